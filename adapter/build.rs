@@ -1,0 +1,11 @@
+//! Compiles the etcd v3 protos in `proto/` with protox (no system protoc).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["etcdserverpb/rpc.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Database access. The store above speaks only the [`Backend`] and
+//! [`Writer`] traits; each dialect (SQLite, PostgreSQL, MySQL) implements them
+//! in its own module, and [`sql`] holds the statements they share.
+//!
+//! The tables (see `schema/sql/*/0001_init.sql`):
+//! - `etcdsql_meta`: one row with the current and compacted revision; the
+//!   write transaction locks it first, which serialises writers across every
+//!   etcdsql process and makes revisions gapless and commit-ordered;
+//! - `etcdsql_live`: one row per existing key (the latest version);
+//! - `etcdsql_history`: one row per change (revision, sub-index), with the
+//!   revision of the version it replaced, for past reads, watch and compaction;
+//! - `etcdsql_lease`: granted leases.
+
+pub mod mysql;
+pub mod postgres;
+pub mod sql;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::proto::mvccpb::KeyValue;
+
+/// What the store needs to tell database failures apart.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DbError {
+    /// Serialization failure, deadlock, lock timeout, Galera certification
+    /// failure, busy database: the whole transaction can be run again.
+    #[error("transient database conflict: {0}")]
+    Retry(String),
+    /// The database cannot be reached or the connection broke.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the data itself (for example a key longer than
+    /// the dialect's key column).
+    #[error("{0}")]
+    Rejected(String),
+    /// Anything else: a bug or a schema problem.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+/// The revision counter row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub revision: i64,
+    /// Reads below this revision fail with "compacted"; 0 means never compacted.
+    pub compact_revision: i64,
+}
+
+/// Which keys a range covers; `end` follows etcd's range_end conventions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyEnd {
+    /// Exactly `key`.
+    Single,
+    /// `[key, end)`.
+    Before(Vec<u8>),
+    /// Every key `>= key` (range_end "\0").
+    Unbounded,
+}
+
+impl KeyEnd {
+    /// etcd's interpretation of a request's `range_end`.
+    pub fn from_range_end(range_end: &[u8]) -> Self {
+        match range_end {
+            [] => KeyEnd::Single,
+            [0] => KeyEnd::Unbounded,
+            end => KeyEnd::Before(end.to_vec()),
+        }
+    }
+
+    pub fn contains(&self, start: &[u8], key: &[u8]) -> bool {
+        match self {
+            KeyEnd::Single => key == start,
+            KeyEnd::Before(end) => key >= start && key < end.as_slice(),
+            KeyEnd::Unbounded => key >= start,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortTarget {
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// One Range, already validated, in the terms SQL needs.
+#[derive(Clone, Debug)]
+pub struct RangeQuery {
+    pub key: Vec<u8>,
+    pub end: KeyEnd,
+    /// `None` reads the latest state; `Some(r)` the state as of revision r.
+    pub at: Option<i64>,
+    /// Rows to fetch (0 = all). The caller asks for one more than the
+    /// client's limit to learn `more`.
+    pub fetch_limit: i64,
+    pub sort: SortTarget,
+    pub descending: bool,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+impl RangeQuery {
+    /// The latest version of every key in `[key, end)`, in key order.
+    pub fn all(key: Vec<u8>, end: KeyEnd, at: Option<i64>) -> Self {
+        RangeQuery {
+            key,
+            end,
+            at,
+            fetch_limit: 0,
+            sort: SortTarget::Key,
+            descending: false,
+            keys_only: false,
+            count_only: false,
+            min_mod_revision: 0,
+            max_mod_revision: 0,
+            min_create_revision: 0,
+            max_create_revision: 0,
+        }
+    }
+}
+
+/// A range's answer, read in one snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RangeRows {
+    pub meta: Option<Meta>,
+    /// Keys in the range at the read revision, before min/max filters.
+    pub count: i64,
+    pub kvs: Vec<KeyValue>,
+}
+
+/// One decoded row of the range statement.
+pub struct RawRangeRow {
+    pub meta: Meta,
+    pub count: i64,
+    /// `None` on the single row of an empty range.
+    pub kv: Option<KeyValue>,
+}
+
+/// Folds the range statement's rows into one answer.
+pub fn assemble_range(rows: Vec<RawRangeRow>) -> RangeRows {
+    let mut out = RangeRows::default();
+    for r in rows {
+        out.meta = Some(r.meta);
+        out.count = r.count;
+        out.kvs.extend(r.kv);
+    }
+    out
+}
+
+/// Revision windows `(lo, hi]` covering `(from, to]`, so that a purge
+/// deletes in bounded chunks instead of one huge statement.
+pub fn purge_windows(from: i64, to: i64) -> impl Iterator<Item = (i64, i64)> {
+    const WINDOW: i64 = 10_000;
+    let mut lo = from.max(0);
+    std::iter::from_fn(move || {
+        (lo < to).then(|| {
+            let hi = (lo + WINDOW).min(to);
+            let w = (lo, hi);
+            lo = hi;
+            w
+        })
+    })
+}
+
+/// One row of `etcdsql_history`.
+#[derive(Clone, Debug)]
+pub struct HistoryRow {
+    pub revision: i64,
+    /// Position of the change within its revision (a Txn changes several keys).
+    pub sub: i32,
+    pub key: Vec<u8>,
+    /// Empty for deletes.
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub deleted: bool,
+    /// Revision of the version this change replaced; 0 for a create.
+    pub prev_revision: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub id: i64,
+    pub ttl: i64,
+    /// Unix milliseconds at which the lease expires.
+    pub expires_at_ms: i64,
+}
+
+/// Writes buffered by a batch, applied to the database in bulk.
+#[derive(Debug, Default)]
+pub struct Flush {
+    pub upserts: Vec<KeyValue>,
+    pub deletes: Vec<Vec<u8>>,
+    pub history: Vec<HistoryRow>,
+    pub lease_upserts: Vec<LeaseRow>,
+    pub lease_deletes: Vec<i64>,
+}
+
+impl Flush {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.deletes.is_empty()
+            && self.history.is_empty()
+            && self.lease_upserts.is_empty()
+            && self.lease_deletes.is_empty()
+    }
+}
+
+/// The read side: statements outside any transaction, each one snapshot.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn dialect_name(&self) -> &'static str;
+
+    /// The longest key the schema stores, where the dialect has a limit.
+    fn max_key_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// One range statement; `meta` in the answer is read in the same snapshot.
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError>;
+
+    /// A connection for the committer, which owns it.
+    async fn writer(&self) -> Result<Box<dyn Writer>, DbError>;
+
+    /// Deletes history rows that no read at or above `to` needs, for
+    /// revisions in `(from, to]`. Idempotent. Returns rows deleted.
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError>;
+
+    /// Bytes the etcdsql tables take on disk.
+    async fn db_size(&self) -> Result<i64, DbError>;
+
+    /// The revision row, outside any transaction.
+    async fn meta(&self) -> Result<Meta, DbError>;
+
+    /// The cluster id chosen when the schema was created.
+    async fn cluster_id(&self) -> Result<i64, DbError>;
+
+    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError>;
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError>;
+
+    /// Leases whose expiry is at or before `now_ms`.
+    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError>;
+
+    /// Keys attached to a lease, latest state.
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
+}
+
+/// One write transaction at a time on a dedicated connection.
+#[async_trait]
+pub trait Writer: Send {
+    /// Starts a transaction and locks the revision row.
+    async fn begin(&mut self) -> Result<Meta, DbError>;
+
+    /// Latest versions of these keys (missing keys are absent).
+    async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError>;
+
+    /// A range inside the transaction; sees what was flushed before.
+    async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError>;
+
+    /// Which of these lease ids exist.
+    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError>;
+
+    /// Keys attached to a lease (sees what was flushed before).
+    async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
+
+    /// A lease's granted TTL, if it exists.
+    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError>;
+
+    async fn flush(&mut self, f: &Flush) -> Result<(), DbError>;
+
+    /// Stores `meta` and commits.
+    async fn commit(&mut self, meta: Meta) -> Result<(), DbError>;
+
+    /// Best effort; a connection that cannot roll back is dropped and
+    /// reopened by the next `begin`.
+    async fn rollback(&mut self);
+}
+
+/// Which database a DSN names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dsn {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+    Mysql(String),
+}
+
+impl Dsn {
+    /// `sqlite:///path` (or `sqlite:path`), `postgres://…`/`postgresql://…`,
+    /// `mysql://…`/`mariadb://…`.
+    pub fn parse(dsn: &str) -> Result<Dsn, String> {
+        let (scheme, rest) = dsn.split_once(':').ok_or_else(|| {
+            format!("endpoint {dsn:?} has no scheme (sqlite:, postgres:, mysql:)")
+        })?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                let path = path.split('?').next().unwrap_or(path);
+                if path.is_empty() {
+                    return Err("sqlite endpoint has no file path".into());
+                }
+                Ok(Dsn::Sqlite(path.into()))
+            }
+            "postgres" | "postgresql" => Ok(Dsn::Postgres(dsn.to_string())),
+            "mysql" | "mariadb" => Ok(Dsn::Mysql(format!("mysql:{rest}"))),
+            other => Err(format!(
+                "endpoint scheme {other:?} is not supported (sqlite, postgres, postgresql, mysql, mariadb)"
+            )),
+        }
+    }
+}
+
+/// Connects, creating the schema if it is missing.
+pub async fn open(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
+    Ok(match dsn {
+        Dsn::Sqlite(path) => Arc::new(sqlite::SqliteBackend::open(path).await?),
+        Dsn::Postgres(url) => Arc::new(postgres::Postgres::open(url).await?),
+        Dsn::Mysql(url) => Arc::new(mysql::Mysql::open(url).await?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_schemes() {
+        assert_eq!(
+            Dsn::parse("sqlite:///var/lib/x.db").unwrap(),
+            Dsn::Sqlite("/var/lib/x.db".into())
+        );
+        assert_eq!(
+            Dsn::parse("sqlite:x.db").unwrap(),
+            Dsn::Sqlite("x.db".into())
+        );
+        assert!(matches!(
+            Dsn::parse("postgresql://u@h/db"),
+            Ok(Dsn::Postgres(_))
+        ));
+        assert_eq!(
+            Dsn::parse("mariadb://root@127.0.0.1/db").unwrap(),
+            Dsn::Mysql("mysql://root@127.0.0.1/db".into())
+        );
+        assert!(
+            Dsn::parse("redis://x")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(Dsn::parse("nothing").is_err());
+    }
+
+    #[test]
+    fn purge_windows_cover_the_range_once() {
+        let w: Vec<_> = purge_windows(5, 25_007).collect();
+        assert_eq!(w, vec![(5, 10_005), (10_005, 20_005), (20_005, 25_007)]);
+        assert_eq!(purge_windows(9, 9).count(), 0);
+    }
+
+    #[test]
+    fn key_end_contains() {
+        assert!(KeyEnd::Single.contains(b"a", b"a"));
+        assert!(!KeyEnd::Single.contains(b"a", b"ab"));
+        assert!(KeyEnd::Before(b"b".to_vec()).contains(b"a", b"az"));
+        assert!(!KeyEnd::Before(b"b".to_vec()).contains(b"a", b"b"));
+        assert!(KeyEnd::Unbounded.contains(b"a", b"zzz"));
+        assert_eq!(KeyEnd::from_range_end(&[0]), KeyEnd::Unbounded);
+    }
+}

@@ -1,0 +1,528 @@
+//! MySQL, MariaDB (also Galera) and TiDB on mysql_async: a pool for reads,
+//! one dedicated connection for the committer. Sessions run at READ
+//! COMMITTED so that every statement after the revision-row lock sees the
+//! previous writer's commit. On Galera, reads wait for the node to apply
+//! every earlier commit (`wsrep_sync_wait`), and a certification failure
+//! surfaces as a deadlock that the committer retries.
+
+use async_trait::async_trait;
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
+
+use super::sql::{self, Dialect, Param};
+use super::{
+    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
+    assemble_range,
+};
+use crate::proto::mvccpb::KeyValue;
+
+const DIALECT: Dialect = Dialect {
+    numbered: false,
+    null_bytes: "NULL",
+};
+
+/// Rows per multi-row statement, and bytes of values per statement (below
+/// the 16 MiB default `max_allowed_packet`).
+const CHUNK_ROWS: usize = 500;
+const CHUNK_BYTES: usize = 8 << 20;
+
+const LOCK_META: &str =
+    "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
+const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
+const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1";
+const PURGE_SUPERSEDED: &str = "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
+    ON h.name = n.name AND h.revision = n.prev_revision \
+    WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0";
+const PURGE_TOMBSTONES: &str =
+    "DELETE FROM etcdsql_history WHERE revision > ? AND revision <= ? AND deleted = 1";
+
+fn classify(e: mysql_async::Error) -> DbError {
+    use mysql_async::Error as E;
+    match e {
+        E::Server(s) => {
+            let msg = format!("{} ({})", s.message, s.code);
+            match s.code {
+                // deadlock (also Galera certification failure), lock wait timeout,
+                // TiDB write conflicts and retryable transaction errors
+                1213 | 1205 | 9007 | 8002 | 8022 | 8028 => DbError::Retry(msg),
+                // WSREP not ready, server shutting down, too many connections
+                1047 | 1053 | 1040 | 1927 => DbError::Unavailable(msg),
+                // data too long (a key longer than the key column)
+                1406 => DbError::Rejected(msg),
+                _ => DbError::Other(msg),
+            }
+        }
+        E::Io(e) => DbError::Unavailable(e.to_string()),
+        E::Driver(e) => DbError::Unavailable(e.to_string()),
+        other => DbError::Other(other.to_string()),
+    }
+}
+
+fn value(p: &Param) -> Value {
+    match p {
+        Param::Bytes(b) => Value::Bytes(b.clone()),
+        Param::Int(i) => Value::Int(*i),
+    }
+}
+
+fn params(p: &[Param]) -> Params {
+    if p.is_empty() {
+        Params::Empty
+    } else {
+        Params::Positional(p.iter().map(value).collect())
+    }
+}
+
+fn col<T: FromValue>(row: &Row, i: usize) -> Result<T, DbError> {
+    match row.get_opt::<T, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(DbError::Other(format!("column {i}: {e}"))),
+        None => Err(DbError::Other(format!("column {i} missing"))),
+    }
+}
+
+fn kv(row: &Row, at: usize) -> Result<Option<KeyValue>, DbError> {
+    let Some(key) = col::<Option<Vec<u8>>>(row, at)? else {
+        return Ok(None);
+    };
+    Ok(Some(KeyValue {
+        key,
+        value: col::<Option<Vec<u8>>>(row, at + 1)?.unwrap_or_default(),
+        create_revision: col(row, at + 2)?,
+        mod_revision: col(row, at + 3)?,
+        version: col(row, at + 4)?,
+        lease: col(row, at + 5)?,
+    }))
+}
+
+fn range_rows(rows: &[Row]) -> Result<RangeRows, DbError> {
+    let mut raw = Vec::with_capacity(rows.len());
+    for r in rows {
+        raw.push(RawRangeRow {
+            meta: Meta {
+                revision: col(r, 0)?,
+                compact_revision: col(r, 1)?,
+            },
+            count: col(r, 2)?,
+            kv: kv(r, 3)?,
+        });
+    }
+    Ok(assemble_range(raw))
+}
+
+fn lease_row(r: &Row) -> Result<LeaseRow, DbError> {
+    Ok(LeaseRow {
+        id: col(r, 0)?,
+        ttl: col(r, 1)?,
+        expires_at_ms: col(r, 2)?,
+    })
+}
+
+fn placeholders(n: usize, row: &str) -> String {
+    vec![row; n].join(", ")
+}
+
+/// Splits rows into statements of at most CHUNK_ROWS rows and about
+/// CHUNK_BYTES bytes.
+fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && (i - start >= CHUNK_ROWS || bytes + n > CHUNK_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+pub struct Mysql {
+    opts: Opts,
+    pool: Pool,
+}
+
+impl Mysql {
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        let base = Opts::from_url(url)
+            .map_err(|e| DbError::Other(format!("invalid mysql endpoint: {e}")))?;
+        let mut conn = Conn::new(base.clone()).await.map_err(classify)?;
+        let galera: Option<(String, String)> = conn
+            .query_first("SHOW VARIABLES LIKE 'wsrep_on'")
+            .await
+            .map_err(classify)?;
+        let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
+        if galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON")) {
+            init.push("SET SESSION wsrep_sync_wait = 1".to_string());
+        }
+        let opts: Opts = OptsBuilder::from_opts(base)
+            .init(init)
+            .stmt_cache_size(256)
+            .into();
+
+        // One process creates the schema at a time.
+        conn.query_drop("SELECT GET_LOCK('etcdsql_schema', 60)")
+            .await
+            .map_err(classify)?;
+        for s in etcdsql_schema::init_statements(etcdsql_schema::Dialect::Mysql) {
+            conn.query_drop(s).await.map_err(classify)?;
+        }
+        conn.query_drop("SELECT RELEASE_LOCK('etcdsql_schema')")
+            .await
+            .map_err(classify)?;
+        let _ = conn.disconnect().await;
+
+        let pool = Pool::new(opts.clone());
+        Ok(Mysql { opts, pool })
+    }
+
+    async fn query(&self, text: &str, p: Params) -> Result<Vec<Row>, DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        conn.exec(text, p).await.map_err(classify)
+    }
+}
+
+#[async_trait]
+impl Backend for Mysql {
+    fn dialect_name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(3000)
+    }
+
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        range_rows(&self.query(&s.text, params(&s.params)).await?)
+    }
+
+    async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
+        Ok(Box::new(MyWriter {
+            opts: self.opts.clone(),
+            conn: None,
+        }))
+    }
+
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        let mut deleted = 0;
+        for (lo, hi) in super::purge_windows(from, to) {
+            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
+                conn.exec_drop(text, (lo, hi)).await.map_err(classify)?;
+                deleted += conn.affected_rows();
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn db_size(&self) -> Result<i64, DbError> {
+        let rows = self
+            .query(
+                "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED) \
+                 FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name LIKE 'etcdsql\\_%'",
+                Params::Empty,
+            )
+            .await?;
+        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+    }
+
+    async fn meta(&self) -> Result<Meta, DbError> {
+        let rows = self
+            .query(
+                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
+                Params::Empty,
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: col(r, 0)?,
+            compact_revision: col(r, 1)?,
+        })
+    }
+
+    async fn cluster_id(&self) -> Result<i64, DbError> {
+        let rows = self
+            .query(
+                "SELECT cluster_id FROM etcdsql_meta WHERE id = 1",
+                Params::Empty,
+            )
+            .await?;
+        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+    }
+
+    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
+                Params::Positional(vec![Value::Int(id)]),
+            )
+            .await?;
+        rows.first().map(lease_row).transpose()
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
+                Params::Empty,
+            )
+            .await?;
+        rows.iter().map(lease_row).collect()
+    }
+
+    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+                Params::Positional(vec![Value::Int(now_ms), Value::Int(limit)]),
+            )
+            .await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self
+            .query(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
+            .await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+}
+
+struct MyWriter {
+    opts: Opts,
+    conn: Option<Conn>,
+}
+
+impl MyWriter {
+    fn conn(&mut self) -> Result<&mut Conn, DbError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("no connection".into()))
+    }
+
+    async fn exec(&mut self, text: &str, p: Params) -> Result<Vec<Row>, DbError> {
+        let r = self.conn()?.exec(text, p).await;
+        self.check(r)
+    }
+
+    async fn exec_drop(&mut self, text: &str, p: Params) -> Result<(), DbError> {
+        let r = self.conn()?.exec_drop(text, p).await;
+        self.check(r)
+    }
+
+    /// Drops the connection when it broke, so that `begin` reconnects.
+    fn check<T>(&mut self, r: mysql_async::Result<T>) -> Result<T, DbError> {
+        r.map_err(|e| {
+            let e = classify(e);
+            if matches!(e, DbError::Unavailable(_)) {
+                self.conn = None;
+            }
+            e
+        })
+    }
+}
+
+#[async_trait]
+impl Writer for MyWriter {
+    async fn begin(&mut self) -> Result<Meta, DbError> {
+        if self.conn.is_none() {
+            let c = Conn::new(self.opts.clone()).await;
+            self.conn = Some(self.check(c)?);
+        }
+        let r = self.conn()?.query_drop("BEGIN").await;
+        self.check(r)?;
+        let rows = self.exec(LOCK_META, Params::Empty).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: col(row, 0)?,
+            compact_revision: col(row, 1)?,
+        })
+    }
+
+    async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in chunks(keys, Vec::len) {
+            let text = format!(
+                "SELECT name, value, create_revision, mod_revision, version, lease \
+                 FROM etcdsql_live WHERE name IN ({})",
+                placeholders(chunk.len(), "?")
+            );
+            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
+            for r in self.exec(&text, p).await? {
+                out.extend(kv(&r, 0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        range_rows(&self.exec(&s.text, params(&s.params)).await?)
+    }
+
+    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let text = format!(
+            "SELECT id FROM etcdsql_lease WHERE id IN ({})",
+            placeholders(ids.len(), "?")
+        );
+        let p = Params::Positional(ids.iter().map(|i| Value::Int(*i)).collect());
+        self.exec(&text, p)
+            .await?
+            .iter()
+            .map(|r| col(r, 0))
+            .collect()
+    }
+
+    async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self
+            .exec(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
+            .await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+
+    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
+        let rows = self
+            .exec(
+                "SELECT ttl FROM etcdsql_lease WHERE id = ?",
+                Params::Positional(vec![Value::Int(id)]),
+            )
+            .await?;
+        rows.first().map(|r| col(r, 0)).transpose()
+    }
+
+    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
+        for chunk in chunks(&f.deletes, Vec::len) {
+            let text = format!(
+                "DELETE FROM etcdsql_live WHERE name IN ({})",
+                placeholders(chunk.len(), "?")
+            );
+            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
+            self.exec_drop(&text, p).await?;
+        }
+        for chunk in chunks(&f.upserts, |k| k.key.len() + k.value.len()) {
+            let text = format!(
+                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease) \
+                 VALUES {} ON DUPLICATE KEY UPDATE value = VALUES(value), \
+                 create_revision = VALUES(create_revision), mod_revision = VALUES(mod_revision), \
+                 version = VALUES(version), lease = VALUES(lease)",
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?)")
+            );
+            let mut p = Vec::with_capacity(chunk.len() * 6);
+            for k in chunk {
+                p.extend([
+                    Value::Bytes(k.key.clone()),
+                    Value::Bytes(k.value.clone()),
+                    Value::Int(k.create_revision),
+                    Value::Int(k.mod_revision),
+                    Value::Int(k.version),
+                    Value::Int(k.lease),
+                ]);
+            }
+            self.exec_drop(&text, Params::Positional(p)).await?;
+        }
+        for chunk in chunks(&f.history, |h| h.key.len() + h.value.len()) {
+            let text = format!(
+                "INSERT INTO etcdsql_history \
+                 (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
+                 VALUES {}",
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            );
+            let mut p = Vec::with_capacity(chunk.len() * 9);
+            for h in chunk {
+                p.extend([
+                    Value::Int(h.revision),
+                    Value::Int(i64::from(h.sub)),
+                    Value::Bytes(h.key.clone()),
+                    Value::Bytes(h.value.clone()),
+                    Value::Int(h.create_revision),
+                    Value::Int(h.version),
+                    Value::Int(h.lease),
+                    Value::Int(i64::from(h.deleted)),
+                    Value::Int(h.prev_revision),
+                ]);
+            }
+            self.exec_drop(&text, Params::Positional(p)).await?;
+        }
+        for chunk in chunks(&f.lease_upserts, |_| 24) {
+            let text = format!(
+                "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES {} \
+                 ON DUPLICATE KEY UPDATE ttl = VALUES(ttl), expires_at_ms = VALUES(expires_at_ms)",
+                placeholders(chunk.len(), "(?, ?, ?)")
+            );
+            let p = chunk
+                .iter()
+                .flat_map(|l| {
+                    [
+                        Value::Int(l.id),
+                        Value::Int(l.ttl),
+                        Value::Int(l.expires_at_ms),
+                    ]
+                })
+                .collect();
+            self.exec_drop(&text, Params::Positional(p)).await?;
+        }
+        for chunk in chunks(&f.lease_deletes, |_| 8) {
+            let text = format!(
+                "DELETE FROM etcdsql_lease WHERE id IN ({})",
+                placeholders(chunk.len(), "?")
+            );
+            let p = Params::Positional(chunk.iter().map(|i| Value::Int(*i)).collect());
+            self.exec_drop(&text, p).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
+        self.exec_drop(
+            STORE_META,
+            Params::Positional(vec![
+                Value::Int(meta.revision),
+                Value::Int(meta.compact_revision),
+            ]),
+        )
+        .await?;
+        let r = self.conn()?.query_drop("COMMIT").await;
+        self.check(r)
+    }
+
+    async fn rollback(&mut self) {
+        if let Some(c) = self.conn.as_mut()
+            && c.query_drop("ROLLBACK").await.is_err()
+        {
+            self.conn = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_rows_and_bytes() {
+        let small = vec![1u8; 1000];
+        let c = chunks(&small, |_| 1);
+        assert_eq!(
+            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![500, 500]
+        );
+        let big = vec![0u8; 3];
+        let c = chunks(&big, |_| CHUNK_BYTES);
+        assert_eq!(c.len(), 3, "one oversized row per statement");
+        assert!(chunks(&Vec::<u8>::new(), |_| 1).is_empty());
+    }
+}

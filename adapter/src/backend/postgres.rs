@@ -1,0 +1,509 @@
+//! PostgreSQL (also CockroachDB over the same protocol) on tokio-postgres:
+//! a deadpool pool for reads, one dedicated connection for the committer.
+//! Bulk writes bind whole columns as arrays and `UNNEST` them, so a batch of
+//! any size is one statement per table.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::sql::{self, Dialect, Param};
+use super::{
+    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
+    assemble_range,
+};
+use crate::proto::mvccpb::KeyValue;
+
+const DIALECT: Dialect = Dialect {
+    numbered: true,
+    null_bytes: "NULL::bytea",
+};
+
+const META: &str = "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1";
+const LOCK_META: &str =
+    "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
+const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
+                   FROM etcdsql_live WHERE name = ANY($1)";
+const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
+    (name, value, create_revision, mod_revision, version, lease) \
+    SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, \
+    create_revision = EXCLUDED.create_revision, mod_revision = EXCLUDED.mod_revision, \
+    version = EXCLUDED.version, lease = EXCLUDED.lease";
+const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
+const INSERT_HISTORY: &str = "INSERT INTO etcdsql_history \
+    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
+    SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::bytea[], $5::int8[], \
+    $6::int8[], $7::int8[], $8::int2[], $9::int8[])";
+const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
+    SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) \
+    ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
+const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
+const LEASES_EXIST: &str = "SELECT id FROM etcdsql_lease WHERE id = ANY($1)";
+const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
+const STORE_META: &str =
+    "UPDATE etcdsql_meta SET revision = $1, compact_revision = $2 WHERE id = 1";
+/// Deletes versions superseded by a change in the window, then the window's
+/// tombstones; what a read at or above the window's end needs stays.
+const PURGE_SUPERSEDED: &str = "DELETE FROM etcdsql_history h USING etcdsql_history n \
+    WHERE n.revision > $1 AND n.revision <= $2 AND n.prev_revision > 0 \
+    AND h.name = n.name AND h.revision = n.prev_revision";
+const PURGE_TOMBSTONES: &str =
+    "DELETE FROM etcdsql_history WHERE revision > $1 AND revision <= $2 AND deleted = 1";
+
+/// Why a statement failed, in the store's terms.
+fn classify(e: &tokio_postgres::Error) -> DbError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let msg = format!("{} ({code})", db.message());
+        return match code {
+            // serialization_failure, deadlock_detected, lock_not_available
+            "40001" | "40P01" | "55P03" => DbError::Retry(msg),
+            // connection and operator-intervention classes, too many connections
+            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                DbError::Unavailable(msg)
+            }
+            // string_data_right_truncation, program_limit_exceeded
+            "22001" | "54000" => DbError::Rejected(msg),
+            _ => DbError::Other(msg),
+        };
+    }
+    if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
+        return DbError::Unavailable(e.to_string());
+    }
+    DbError::Other(e.to_string())
+}
+
+fn pool_error(e: PoolError) -> DbError {
+    match e {
+        PoolError::Backend(e) => classify(&e),
+        other => DbError::Unavailable(other.to_string()),
+    }
+}
+
+impl ToSql for Param {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self, ty) {
+            (Param::Bytes(b), &Type::BYTEA) => b.to_sql(ty, out),
+            (Param::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (p, ty) => Err(format!("parameter {p:?} bound to a {ty} column").into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::BYTEA | Type::INT8)
+    }
+
+    to_sql_checked!();
+}
+
+fn params(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+fn kv(row: &Row, at: usize) -> Result<Option<KeyValue>, tokio_postgres::Error> {
+    let key: Option<Vec<u8>> = row.try_get(at)?;
+    let Some(key) = key else { return Ok(None) };
+    Ok(Some(KeyValue {
+        key,
+        value: row
+            .try_get::<_, Option<Vec<u8>>>(at + 1)?
+            .unwrap_or_default(),
+        create_revision: row.try_get(at + 2)?,
+        mod_revision: row.try_get(at + 3)?,
+        version: row.try_get(at + 4)?,
+        lease: row.try_get(at + 5)?,
+    }))
+}
+
+fn range_rows(rows: &[Row]) -> Result<RangeRows, tokio_postgres::Error> {
+    let mut raw = Vec::with_capacity(rows.len());
+    for r in rows {
+        raw.push(RawRangeRow {
+            meta: Meta {
+                revision: r.try_get(0)?,
+                compact_revision: r.try_get(1)?,
+            },
+            count: r.try_get(2)?,
+            kv: kv(r, 3)?,
+        });
+    }
+    Ok(assemble_range(raw))
+}
+
+fn lease_row(r: &Row) -> Result<LeaseRow, tokio_postgres::Error> {
+    Ok(LeaseRow {
+        id: r.try_get(0)?,
+        ttl: r.try_get(1)?,
+        expires_at_ms: r.try_get(2)?,
+    })
+}
+
+pub struct Postgres {
+    config: tokio_postgres::Config,
+    pool: Pool,
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
+    let (client, conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+impl Postgres {
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| DbError::Other(format!("invalid postgres endpoint: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(32)
+            .build()
+            .map_err(|e| DbError::Other(e.to_string()))?;
+        let client = connect(&config).await?;
+        // One process creates the schema at a time.
+        let statements = etcdsql_schema::init_statements(etcdsql_schema::Dialect::Postgres);
+        client
+            .batch_execute("SELECT pg_advisory_lock(7346201)")
+            .await
+            .map_err(|e| classify(&e))?;
+        for s in &statements {
+            client.batch_execute(s).await.map_err(|e| classify(&e))?;
+        }
+        client
+            .batch_execute("SELECT pg_advisory_unlock(7346201)")
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(Postgres { config, pool })
+    }
+
+    async fn query(&self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let stmt = client
+            .prepare_cached(text)
+            .await
+            .map_err(|e| classify(&e))?;
+        client.query(&stmt, p).await.map_err(|e| classify(&e))
+    }
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    fn dialect_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        let rows = self.query(&s.text, &params(&s.params)).await?;
+        range_rows(&rows).map_err(|e| classify(&e))
+    }
+
+    async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
+        Ok(Box::new(PgWriter {
+            config: self.config.clone(),
+            client: None,
+            statements: HashMap::new(),
+        }))
+    }
+
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let mut deleted = 0;
+        for (lo, hi) in super::purge_windows(from, to) {
+            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
+                deleted += client
+                    .execute(text, &[&lo, &hi])
+                    .await
+                    .map_err(|e| classify(&e))?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn db_size(&self) -> Result<i64, DbError> {
+        let rows = self
+            .query(
+                "SELECT (pg_total_relation_size('etcdsql_meta') + pg_total_relation_size('etcdsql_live') \
+                 + pg_total_relation_size('etcdsql_history') + pg_total_relation_size('etcdsql_lease'))::int8",
+                &[],
+            )
+            .await?;
+        rows.first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| classify(&e))
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn meta(&self) -> Result<Meta, DbError> {
+        let rows = self.query(META, &[]).await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: r.try_get(0).map_err(|e| classify(&e))?,
+            compact_revision: r.try_get(1).map_err(|e| classify(&e))?,
+        })
+    }
+
+    async fn cluster_id(&self) -> Result<i64, DbError> {
+        let rows = self
+            .query("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
+            .await?;
+        rows.first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| classify(&e))
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        rows.first()
+            .map(lease_row)
+            .transpose()
+            .map_err(|e| classify(&e))
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(lease_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify(&e))
+    }
+
+    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
+                &[&now_ms, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify(&e))
+    }
+
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self.query(LEASE_KEYS, &[&id]).await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify(&e))
+    }
+}
+
+/// The committer's connection. Statements are prepared once per connection.
+struct PgWriter {
+    config: tokio_postgres::Config,
+    client: Option<Client>,
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+impl PgWriter {
+    fn client(&self) -> Result<&Client, DbError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| DbError::Unavailable("no connection".into()))
+    }
+
+    async fn prepared(&mut self, text: &str) -> Result<tokio_postgres::Statement, DbError> {
+        if let Some(s) = self.statements.get(text) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .client()?
+            .prepare(text)
+            .await
+            .map_err(|e| self.failed(e))?;
+        self.statements.insert(text.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Classifies an error; a broken connection is dropped so that the next
+    /// `begin` reconnects.
+    fn failed(&self, e: tokio_postgres::Error) -> DbError {
+        classify(&e)
+    }
+
+    async fn query(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        let stmt = self.prepared(text).await?;
+        self.client()?
+            .query(&stmt, p)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn execute(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        let stmt = self.prepared(text).await?;
+        self.client()?
+            .execute(&stmt, p)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+}
+
+#[async_trait]
+impl Writer for PgWriter {
+    async fn begin(&mut self) -> Result<Meta, DbError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            self.client = Some(connect(&self.config).await?);
+        }
+        self.client()?
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.failed(e))?;
+        let rows = self.query(LOCK_META, &[]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: row.try_get(0).map_err(|e| self.failed(e))?,
+            compact_revision: row.try_get(1).map_err(|e| self.failed(e))?,
+        })
+    }
+
+    async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
+        let rows = self.query(GET, &[&keys]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(kv) = kv(r, 0).map_err(|e| self.failed(e))? {
+                out.push(kv);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        let rows = self.query(&s.text, &params(&s.params)).await?;
+        range_rows(&rows).map_err(|e| self.failed(e))
+    }
+
+    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let rows = self.query(LEASES_EXIST, &[&ids]).await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self.query(LEASE_KEYS, &[&id]).await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
+        let rows = self
+            .query("SELECT ttl FROM etcdsql_lease WHERE id = $1", &[&id])
+            .await?;
+        rows.first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
+        if !f.deletes.is_empty() {
+            self.execute(DELETE_LIVE, &[&f.deletes]).await?;
+        }
+        if !f.upserts.is_empty() {
+            let u = &f.upserts;
+            let key: Vec<&[u8]> = u.iter().map(|k| k.key.as_slice()).collect();
+            let value: Vec<&[u8]> = u.iter().map(|k| k.value.as_slice()).collect();
+            let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
+            let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
+            let version: Vec<i64> = u.iter().map(|k| k.version).collect();
+            let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
+            self.execute(
+                UPSERT_LIVE,
+                &[&key, &value, &create, &modr, &version, &lease],
+            )
+            .await?;
+        }
+        if !f.history.is_empty() {
+            let h = &f.history;
+            let rev: Vec<i64> = h.iter().map(|r| r.revision).collect();
+            let sub: Vec<i32> = h.iter().map(|r| r.sub).collect();
+            let key: Vec<&[u8]> = h.iter().map(|r| r.key.as_slice()).collect();
+            let value: Vec<&[u8]> = h.iter().map(|r| r.value.as_slice()).collect();
+            let create: Vec<i64> = h.iter().map(|r| r.create_revision).collect();
+            let version: Vec<i64> = h.iter().map(|r| r.version).collect();
+            let lease: Vec<i64> = h.iter().map(|r| r.lease).collect();
+            let deleted: Vec<i16> = h.iter().map(|r| i16::from(r.deleted)).collect();
+            let prev: Vec<i64> = h.iter().map(|r| r.prev_revision).collect();
+            self.execute(
+                INSERT_HISTORY,
+                &[
+                    &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev,
+                ],
+            )
+            .await?;
+        }
+        if !f.lease_upserts.is_empty() {
+            let l = &f.lease_upserts;
+            let id: Vec<i64> = l.iter().map(|r| r.id).collect();
+            let ttl: Vec<i64> = l.iter().map(|r| r.ttl).collect();
+            let exp: Vec<i64> = l.iter().map(|r| r.expires_at_ms).collect();
+            self.execute(UPSERT_LEASE, &[&id, &ttl, &exp]).await?;
+        }
+        if !f.lease_deletes.is_empty() {
+            self.execute(DELETE_LEASE, &[&f.lease_deletes]).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
+        self.execute(STORE_META, &[&meta.revision, &meta.compact_revision])
+            .await?;
+        self.client()?
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn rollback(&mut self) {
+        let ok = match &self.client {
+            Some(c) => c.batch_execute("ROLLBACK").await.is_ok(),
+            None => true,
+        };
+        if !ok {
+            self.client = None;
+        }
+    }
+}

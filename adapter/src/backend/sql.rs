@@ -1,0 +1,209 @@
+//! SQL text shared by every dialect: the range statement, which answers a
+//! Range (latest or at a past revision) with the revision row and the count
+//! in one statement, so one snapshot covers all three.
+//!
+//! State at a past revision R, in O(keys in range unchanged since R + changes
+//! since R): live rows not modified after R, plus, for every key changed
+//! after R, the version its first later change replaced (`prev_revision`).
+
+use super::{KeyEnd, RangeQuery, SortTarget};
+
+/// A bound value; each dialect converts these to its driver's types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    Bytes(Vec<u8>),
+    Int(i64),
+}
+
+/// The few spellings the shared statements need from a dialect.
+#[derive(Clone, Copy, Debug)]
+pub struct Dialect {
+    /// `$1, $2, …` (PostgreSQL) instead of `?`.
+    pub numbered: bool,
+    /// A typed NULL of the bytes column type.
+    pub null_bytes: &'static str,
+}
+
+/// Statement text with its parameters, in order.
+#[derive(Debug)]
+pub struct Statement {
+    pub text: String,
+    pub params: Vec<Param>,
+    numbered: bool,
+}
+
+impl Statement {
+    pub fn new(d: Dialect) -> Self {
+        Statement {
+            text: String::with_capacity(512),
+            params: Vec::new(),
+            numbered: d.numbered,
+        }
+    }
+
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        self.text.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder bound to `p`.
+    pub fn bind(&mut self, p: Param) -> &mut Self {
+        self.params.push(p);
+        if self.numbered {
+            self.text.push('$');
+            self.text.push_str(&self.params.len().to_string());
+        } else {
+            self.text.push('?');
+        }
+        self
+    }
+
+    /// `col = k`, `col >= k AND col < end` or `col >= k`.
+    fn key_predicate(&mut self, col: &str, key: &[u8], end: &KeyEnd) {
+        self.push(col);
+        match end {
+            KeyEnd::Single => {
+                self.push(" = ").bind(Param::Bytes(key.to_vec()));
+            }
+            KeyEnd::Before(end) => {
+                self.push(" >= ").bind(Param::Bytes(key.to_vec()));
+                self.push(" AND ").push(col).push(" < ");
+                self.bind(Param::Bytes(end.clone()));
+            }
+            KeyEnd::Unbounded => {
+                self.push(" >= ").bind(Param::Bytes(key.to_vec()));
+            }
+        }
+    }
+
+    /// A derived table `(…)` with columns name (the key), value, create_revision,
+    /// mod_revision, version, lease: the state of the range at `q.at`.
+    fn state(&mut self, q: &RangeQuery) {
+        const COLS: &str = "name, value, create_revision, mod_revision, version, lease";
+        self.push("(SELECT ")
+            .push(COLS)
+            .push(" FROM etcdsql_live WHERE ");
+        self.key_predicate("name", &q.key, &q.end);
+        if let Some(rev) = q.at {
+            self.push(" AND mod_revision <= ").bind(Param::Int(rev));
+            self.push(
+                " UNION ALL SELECT p.name, p.value, p.create_revision, p.revision, p.version, p.lease \
+                 FROM (SELECT name, MIN(revision) AS first_rev FROM etcdsql_history WHERE ",
+            );
+            self.key_predicate("name", &q.key, &q.end);
+            self.push(" AND revision > ").bind(Param::Int(rev));
+            self.push(
+                " GROUP BY name) c \
+                 JOIN etcdsql_history f ON f.name = c.name AND f.revision = c.first_rev \
+                 JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision",
+            );
+        }
+        self.push(")");
+    }
+}
+
+fn sort_column(t: SortTarget) -> &'static str {
+    match t {
+        SortTarget::Key => "name",
+        SortTarget::Version => "version",
+        SortTarget::Create => "create_revision",
+        SortTarget::Mod => "mod_revision",
+        SortTarget::Value => "value",
+    }
+}
+
+fn order_by(q: &RangeQuery, prefix: &str) -> String {
+    let dir = if q.descending { " DESC" } else { "" };
+    let col = sort_column(q.sort);
+    if q.sort == SortTarget::Key {
+        format!("{prefix}name{dir}")
+    } else {
+        // etcd sorts a key-ordered list with a stable sort for small lists:
+        // ties stay in key order.
+        format!("{prefix}{col}{dir}, {prefix}name")
+    }
+}
+
+/// The range statement. Columns: revision, compact_revision, count, then
+/// name, value, create_revision, mod_revision, version, lease (NULL when the
+/// range is empty; exactly one row then).
+pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
+    let mut s = Statement::new(d);
+    s.push("SELECT m.revision, m.compact_revision, (SELECT COUNT(*) FROM ");
+    s.state(q);
+    s.push(" cnt) AS total, r.name, ");
+    if q.keys_only {
+        s.push(d.null_bytes);
+    } else {
+        s.push("r.value");
+    }
+    s.push(
+        ", r.create_revision, r.mod_revision, r.version, r.lease \
+         FROM etcdsql_meta m LEFT JOIN (SELECT * FROM ",
+    );
+    s.state(q);
+    s.push(" st WHERE 1=1");
+    for (op, col, v) in [
+        (">=", "mod_revision", q.min_mod_revision),
+        ("<=", "mod_revision", q.max_mod_revision),
+        (">=", "create_revision", q.min_create_revision),
+        ("<=", "create_revision", q.max_create_revision),
+    ] {
+        if v != 0 {
+            s.push(" AND ").push(col).push(" ").push(op).push(" ");
+            s.bind(Param::Int(v));
+        }
+    }
+    s.push(" ORDER BY ").push(&order_by(q, ""));
+    if q.count_only {
+        s.push(" LIMIT 0");
+    } else if q.fetch_limit > 0 {
+        s.push(" LIMIT ").bind(Param::Int(q.fetch_limit));
+    }
+    s.push(") r ON 1=1 WHERE m.id = 1 ORDER BY ")
+        .push(&order_by(q, "r."));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PG: Dialect = Dialect {
+        numbered: true,
+        null_bytes: "NULL::bytea",
+    };
+    const MY: Dialect = Dialect {
+        numbered: false,
+        null_bytes: "NULL",
+    };
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
+        let pg = range(PG, &q);
+        let my = range(MY, &q);
+        assert_eq!(pg.params, my.params);
+        assert_eq!(pg.params.len(), 12);
+        assert!(pg.text.contains("$12") && !pg.text.contains('?'));
+        assert_eq!(my.text.matches('?').count(), 12);
+    }
+
+    #[test]
+    fn latest_reads_touch_no_history() {
+        let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Single, None);
+        let s = range(MY, &q);
+        assert!(!s.text.contains("etcdsql_history"));
+        assert_eq!(s.params, vec![Param::Bytes(b"a".to_vec()); 2]);
+    }
+
+    #[test]
+    fn sort_ties_fall_back_to_key_order() {
+        let mut q = RangeQuery::all(b"a".to_vec(), KeyEnd::Unbounded, None);
+        q.sort = SortTarget::Version;
+        q.descending = true;
+        assert_eq!(order_by(&q, "r."), "r.version DESC, r.name");
+        q.sort = SortTarget::Key;
+        assert_eq!(order_by(&q, ""), "name DESC");
+    }
+}

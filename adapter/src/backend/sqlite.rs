@@ -1,0 +1,436 @@
+//! SQLite, the embedded default, on sqlx: a WAL-mode file with
+//! `synchronous=FULL` (every commit is on disk before it is acknowledged), a
+//! pool of readers and one writer connection. `BEGIN IMMEDIATE` takes the
+//! database's write lock, which also serialises several etcdsql processes
+//! sharing one file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
+
+use super::sql::{self, Dialect, Param};
+use super::{
+    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
+    assemble_range,
+};
+use crate::proto::mvccpb::KeyValue;
+
+const DIALECT: Dialect = Dialect {
+    numbered: false,
+    null_bytes: "CAST(NULL AS BLOB)",
+};
+
+const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
+const PURGE_SUPERSEDED: &str = "DELETE FROM etcdsql_history WHERE (name, revision) IN \
+    (SELECT name, prev_revision FROM etcdsql_history \
+     WHERE revision > ? AND revision <= ? AND prev_revision > 0)";
+const PURGE_TOMBSTONES: &str =
+    "DELETE FROM etcdsql_history WHERE revision > ? AND revision <= ? AND deleted = 1";
+
+fn classify(e: sqlx::Error) -> DbError {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let msg = format!("{} ({code})", db.message());
+            // The primary result code is the low byte of an extended code.
+            match code.parse::<i64>().map(|c| c & 0xff) {
+                // SQLITE_BUSY, SQLITE_LOCKED
+                Ok(5 | 6) => DbError::Retry(msg),
+                // SQLITE_TOOBIG
+                Ok(18) => DbError::Rejected(msg),
+                _ => DbError::Other(msg),
+            }
+        }
+        sqlx::Error::Io(e) => DbError::Unavailable(e.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => DbError::Unavailable(e.to_string()),
+        other => DbError::Other(other.to_string()),
+    }
+}
+
+type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
+
+fn query(text: impl Into<String>, p: &[Param]) -> Query {
+    let mut q = sqlx::query(AssertSqlSafe(text.into()));
+    for p in p {
+        q = match p {
+            Param::Bytes(b) => q.bind(b.clone()),
+            Param::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+fn col<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+    row: &'r SqliteRow,
+    i: usize,
+) -> Result<T, DbError> {
+    row.try_get(i).map_err(classify)
+}
+
+fn kv(row: &SqliteRow, at: usize) -> Result<Option<KeyValue>, DbError> {
+    let Some(key) = col::<Option<Vec<u8>>>(row, at)? else {
+        return Ok(None);
+    };
+    Ok(Some(KeyValue {
+        key,
+        value: col::<Option<Vec<u8>>>(row, at + 1)?.unwrap_or_default(),
+        create_revision: col(row, at + 2)?,
+        mod_revision: col(row, at + 3)?,
+        version: col(row, at + 4)?,
+        lease: col(row, at + 5)?,
+    }))
+}
+
+fn range_rows(rows: &[SqliteRow]) -> Result<RangeRows, DbError> {
+    let mut raw = Vec::with_capacity(rows.len());
+    for r in rows {
+        raw.push(RawRangeRow {
+            meta: Meta {
+                revision: col(r, 0)?,
+                compact_revision: col(r, 1)?,
+            },
+            count: col(r, 2)?,
+            kv: kv(r, 3)?,
+        });
+    }
+    Ok(assemble_range(raw))
+}
+
+fn lease_row(r: &SqliteRow) -> Result<LeaseRow, DbError> {
+    Ok(LeaseRow {
+        id: col(r, 0)?,
+        ttl: col(r, 1)?,
+        expires_at_ms: col(r, 2)?,
+    })
+}
+
+pub struct SqliteBackend {
+    options: SqliteConnectOptions,
+    pool: SqlitePool,
+}
+
+impl SqliteBackend {
+    pub async fn open(path: &Path) -> Result<Self, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbError::Other(format!("creating {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = options.connect().await.map_err(classify)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .map_err(classify)?;
+        for s in etcdsql_schema::init_statements(etcdsql_schema::Dialect::Sqlite) {
+            query(s, &[]).execute(&mut conn).await.map_err(classify)?;
+        }
+        sqlx::query("COMMIT")
+            .execute(&mut conn)
+            .await
+            .map_err(classify)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.clone())
+            .await
+            .map_err(classify)?;
+        Ok(SqliteBackend { options, pool })
+    }
+
+    async fn fetch(&self, text: &str, p: &[Param]) -> Result<Vec<SqliteRow>, DbError> {
+        query(text, p).fetch_all(&self.pool).await.map_err(classify)
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn dialect_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        range_rows(&self.fetch(&s.text, &s.params).await?)
+    }
+
+    async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
+        Ok(Box::new(SqliteWriter {
+            options: self.options.clone(),
+            conn: None,
+        }))
+    }
+
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
+        let mut deleted = 0;
+        for (lo, hi) in super::purge_windows(from, to) {
+            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
+                let r = sqlx::query(text)
+                    .bind(lo)
+                    .bind(hi)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                deleted += r.rows_affected();
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn db_size(&self) -> Result<i64, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                &[],
+            )
+            .await?;
+        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+    }
+
+    async fn meta(&self) -> Result<Meta, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
+                &[],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: col(r, 0)?,
+            compact_revision: col(r, 1)?,
+        })
+    }
+
+    async fn cluster_id(&self) -> Result<i64, DbError> {
+        let rows = self
+            .fetch("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
+            .await?;
+        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+    }
+
+    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
+                &[Param::Int(id)],
+            )
+            .await?;
+        rows.first().map(lease_row).transpose()
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
+                &[],
+            )
+            .await?;
+        rows.iter().map(lease_row).collect()
+    }
+
+    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+                &[Param::Int(now_ms), Param::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+}
+
+struct SqliteWriter {
+    options: SqliteConnectOptions,
+    conn: Option<SqliteConnection>,
+}
+
+impl SqliteWriter {
+    fn conn(&mut self) -> Result<&mut SqliteConnection, DbError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("no connection".into()))
+    }
+
+    async fn fetch(
+        &mut self,
+        text: impl Into<String>,
+        p: &[Param],
+    ) -> Result<Vec<SqliteRow>, DbError> {
+        let q = query(text, p);
+        q.fetch_all(self.conn()?).await.map_err(classify)
+    }
+
+    async fn exec(&mut self, text: &'static str, p: &[Param]) -> Result<(), DbError> {
+        let q = query(text, p);
+        q.execute(self.conn()?).await.map_err(classify).map(drop)
+    }
+}
+
+const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
+    (name, value, create_revision, mod_revision, version, lease) VALUES (?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
+    create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, \
+    version = excluded.version, lease = excluded.lease";
+const INSERT_HISTORY: &str = "INSERT INTO etcdsql_history \
+    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+#[async_trait]
+impl Writer for SqliteWriter {
+    async fn begin(&mut self) -> Result<Meta, DbError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.options.connect().await.map_err(classify)?);
+        }
+        self.exec("BEGIN IMMEDIATE", &[]).await?;
+        let rows = self
+            .fetch(
+                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
+                &[],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+        Ok(Meta {
+            revision: col(row, 0)?,
+            compact_revision: col(row, 1)?,
+        })
+    }
+
+    async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let text = format!(
+                "SELECT name, value, create_revision, mod_revision, version, lease \
+                 FROM etcdsql_live WHERE name IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.clone())).collect();
+            for r in self.fetch(text, &p).await? {
+                out.extend(kv(&r, 0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q);
+        range_rows(&self.fetch(s.text, &s.params).await?)
+    }
+
+    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let mut out = Vec::new();
+        for id in ids {
+            let rows = self
+                .fetch(
+                    "SELECT id FROM etcdsql_lease WHERE id = ?",
+                    &[Param::Int(*id)],
+                )
+                .await?;
+            if !rows.is_empty() {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
+        rows.iter().map(|r| col(r, 0)).collect()
+    }
+
+    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
+        let rows = self
+            .fetch(
+                "SELECT ttl FROM etcdsql_lease WHERE id = ?",
+                &[Param::Int(id)],
+            )
+            .await?;
+        rows.first().map(|r| col(r, 0)).transpose()
+    }
+
+    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
+        for k in &f.deletes {
+            self.exec(
+                "DELETE FROM etcdsql_live WHERE name = ?",
+                &[Param::Bytes(k.clone())],
+            )
+            .await?;
+        }
+        for k in &f.upserts {
+            self.exec(
+                UPSERT_LIVE,
+                &[
+                    Param::Bytes(k.key.clone()),
+                    Param::Bytes(k.value.clone()),
+                    Param::Int(k.create_revision),
+                    Param::Int(k.mod_revision),
+                    Param::Int(k.version),
+                    Param::Int(k.lease),
+                ],
+            )
+            .await?;
+        }
+        for h in &f.history {
+            self.exec(
+                INSERT_HISTORY,
+                &[
+                    Param::Int(h.revision),
+                    Param::Int(i64::from(h.sub)),
+                    Param::Bytes(h.key.clone()),
+                    Param::Bytes(h.value.clone()),
+                    Param::Int(h.create_revision),
+                    Param::Int(h.version),
+                    Param::Int(h.lease),
+                    Param::Int(i64::from(h.deleted)),
+                    Param::Int(h.prev_revision),
+                ],
+            )
+            .await?;
+        }
+        for l in &f.lease_upserts {
+            self.exec(
+                "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES (?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl, expires_at_ms = excluded.expires_at_ms",
+                &[Param::Int(l.id), Param::Int(l.ttl), Param::Int(l.expires_at_ms)],
+            )
+            .await?;
+        }
+        for id in &f.lease_deletes {
+            self.exec("DELETE FROM etcdsql_lease WHERE id = ?", &[Param::Int(*id)])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
+        self.exec(
+            "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",
+            &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
+        )
+        .await?;
+        self.exec("COMMIT", &[]).await
+    }
+
+    async fn rollback(&mut self) {
+        if self.exec("ROLLBACK", &[]).await.is_err() {
+            self.conn = None;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! etcdsql: an etcd v3 API server that keeps its data in SQL databases.
+//!
+//! # Layout
+//! - [`server`]: flags, listeners, and [`server::serve`], the testable entry
+//!   point (the binary only parses flags and passes Ctrl-C);
+//! - [`service`]: the gRPC services (KV, Lease, Maintenance), one module each;
+//! - [`store`]: etcd's semantics as a revision log: validation, the write
+//!   batch, the group committer, read-only views;
+//! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
+//!   MySQL) behind the `Backend`/`Writer` traits, and the shared statements;
+//! - [`error`]: etcd's error codes and messages;
+//! - [`proto`]: the generated wire types.
+
+pub mod backend;
+pub mod error;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod store;

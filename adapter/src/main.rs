@@ -1,0 +1,51 @@
+//! The `etcdsql` binary: parses flags, sets up logging, serves until Ctrl-C
+//! or SIGTERM.
+
+use clap::Parser;
+use etcdsql::server::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "etcdsql",
+    version,
+    about = "An etcd v3 API server on SQL databases"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+
+    /// Log level or tracing filter (e.g. info, debug, etcdsql=trace).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
+        .with_writer(std::io::stderr)
+        .init();
+    server::run(cli.config, terminated()).await
+}

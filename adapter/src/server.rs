@@ -1,0 +1,212 @@
+//! Flags, listeners and the serve loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::backend::{self, Backend, DbError, Dsn};
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::service::kv::KvService;
+use crate::service::lease::LeaseService;
+use crate::service::maintenance::MaintenanceService;
+use crate::service::{Identity, member_id};
+use crate::store::Store;
+use crate::store::check::MAX_TXN_OPS;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
+/// gRPC framing headroom etcd allows above `--max-request-bytes`, so that
+/// an oversized write gets etcd's own error instead of a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Server flags; names follow etcd's where etcd has the flag.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// The database: postgres://…, mysql://… (also mariadb://), or
+    /// sqlite:///path. Without it, an SQLite file under --data-dir.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+
+    /// Where the embedded SQLite database lives when no --endpoint is given.
+    #[arg(long, default_value = "default.etcd")]
+    pub data_dir: PathBuf,
+
+    /// This member's name (reported by the cluster APIs).
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// Comma-separated URLs to serve clients on.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+
+    /// Comma-separated URLs clients are told to use (default: the listen URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// Largest write request accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one Txn branch.
+    #[arg(long, default_value_t = MAX_TXN_OPS)]
+    pub max_txn_ops: usize,
+}
+
+impl Config {
+    pub fn dsn(&self) -> anyhow::Result<Dsn> {
+        match &self.endpoint {
+            Some(e) => Dsn::parse(e).map_err(anyhow::Error::msg),
+            None => Ok(Dsn::Sqlite(self.data_dir.join("etcdsql.db"))),
+        }
+    }
+}
+
+/// `http://host:port` → a socket address.
+fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let u = url::Url::parse(url).with_context(|| format!("invalid listen URL {url:?}"))?;
+    match u.scheme() {
+        "http" => {}
+        "https" => bail!("{url}: TLS listeners are not supported yet; use http://"),
+        s => bail!("{url}: unsupported scheme {s:?} (use http://host:port)"),
+    }
+    let host = u.host_str().context("listen URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = u.port().unwrap_or(2379);
+    format!("{host}:{port}")
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))
+        })
+        .with_context(|| format!("resolving {url}"))
+}
+
+/// Opens the database, waiting while it is unreachable.
+pub async fn open_backend(dsn: &Dsn) -> anyhow::Result<Arc<dyn Backend>> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match backend::open(dsn).await {
+            Ok(b) => return Ok(b),
+            Err(DbError::Unavailable(why)) => {
+                tracing::warn!(%why, "database unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("opening the database"),
+        }
+    }
+}
+
+/// Binds every listen URL, then serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        let addr = listen_addr(url)?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        listeners.push(l);
+    }
+    serve(config, listeners, shutdown).await
+}
+
+/// Serves on already-bound listeners (tests bind 127.0.0.1:0).
+pub async fn serve(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dsn = config.dsn()?;
+    let backend = open_backend(&dsn).await?;
+    let cluster_id = backend
+        .cluster_id()
+        .await
+        .context("reading the cluster id")?;
+    let advertise = if config.advertise_client_urls.is_empty() {
+        config.listen_client_urls.clone()
+    } else {
+        config.advertise_client_urls.clone()
+    };
+    let id = Identity {
+        cluster_id: cluster_id.cast_unsigned(),
+        member_id: member_id(&config.name, &advertise),
+        raft_term: 1,
+    };
+    let store = Arc::new(Store::new(backend.clone()));
+    let kv = Arc::new(KvService {
+        store: store.clone(),
+        id,
+        max_request_bytes: config.max_request_bytes,
+        max_txn_ops: config.max_txn_ops,
+        max_key_bytes: backend.max_key_bytes(),
+    });
+    let lease = Arc::new(LeaseService {
+        store: store.clone(),
+        id,
+    });
+    let maintenance = Arc::new(MaintenanceService { store, id });
+    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, dialect = backend.dialect_name(), "serving etcd v3 API");
+        let mut stop = stop_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(KvServer::from_arc(kv.clone()).max_decoding_message_size(max_message))
+            .add_service(
+                LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                MaintenanceServer::from_arc(maintenance.clone())
+                    .max_decoding_message_size(max_message),
+            );
+        tasks.push(tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.context("listener task")?.context("serving")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_urls() {
+        assert_eq!(
+            listen_addr("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("http://[::1]:23790").unwrap(),
+            "[::1]:23790".parse().unwrap()
+        );
+        assert!(listen_addr("https://127.0.0.1:2379").is_err());
+        assert!(listen_addr("unix:///tmp/x").is_err());
+    }
+}

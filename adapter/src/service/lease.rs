@@ -1,0 +1,151 @@
+//! etcdserverpb.Lease: leases are rows in the database, so they survive
+//! restarts and every etcdsql process sees the same ones.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Identity;
+use crate::error::Error;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::store::{Store, now_ms};
+
+/// etcd's bounds: the shortest TTL its default election timeout allows, and
+/// the longest it accepts.
+pub const MIN_TTL: i64 = 2;
+pub const MAX_TTL: i64 = 9_000_000_000;
+
+pub struct LeaseService {
+    pub store: Arc<Store>,
+    pub id: Identity,
+}
+
+/// Seconds left, rounded up as etcd does; never below zero.
+fn remaining(expires_at_ms: i64) -> i64 {
+    let left = expires_at_ms.saturating_sub(now_ms());
+    if left <= 0 { 0 } else { (left + 999) / 1000 }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let r = req.into_inner();
+        if r.ttl > MAX_TTL {
+            return Err(Error::LeaseTtlTooLarge.into());
+        }
+        let ttl = r.ttl.max(MIN_TTL);
+        let (id, revision) = self.store.lease_grant(r.id, ttl).await?;
+        Ok(Response::new(LeaseGrantResponse {
+            header: self.id.header(revision),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let revision = self.store.lease_revoke(req.into_inner().id).await?;
+        Ok(Response::new(LeaseRevokeResponse {
+            header: self.id.header(revision),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut input = req.into_inner();
+        let store = self.store.clone();
+        let id = self.id;
+        let out = async_stream(move |tx| async move {
+            while let Some(msg) = input.next().await {
+                let Ok(msg) = msg else { break };
+                let resp = match store.lease_renew(msg.id).await {
+                    Ok((ttl, revision)) => Ok(LeaseKeepAliveResponse {
+                        header: id.header(revision),
+                        id: msg.id,
+                        ttl,
+                    }),
+                    // etcd answers an unknown lease with TTL 0.
+                    Err(Error::LeaseNotFound) => match store.meta().await {
+                        Ok(meta) => Ok(LeaseKeepAliveResponse {
+                            header: id.header(meta.revision),
+                            id: msg.id,
+                            ttl: 0,
+                        }),
+                        Err(e) => Err(Status::from(e)),
+                    },
+                    Err(e) => Err(Status::from(e)),
+                };
+                if tx.send(resp).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(out))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        let row = self.store.lease(r.id).await?.ok_or(Error::LeaseNotFound)?;
+        let keys = if r.keys {
+            self.store.lease_keys(r.id).await?
+        } else {
+            Vec::new()
+        };
+        let meta = self.store.meta().await?;
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.id.header(meta.revision),
+            id: r.id,
+            ttl: remaining(row.expires_at_ms),
+            granted_ttl: row.ttl,
+            keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self.store.leases().await?;
+        let meta = self.store.meta().await?;
+        Ok(Response::new(LeaseLeasesResponse {
+            header: self.id.header(meta.revision),
+            leases: leases.iter().map(|l| LeaseStatus { id: l.id }).collect(),
+        }))
+    }
+}
+
+/// A response stream fed by a task; the task stops when the client goes.
+fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send + 'static>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

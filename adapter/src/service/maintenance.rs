@@ -1,0 +1,104 @@
+//! etcdserverpb.Maintenance: Status, Alarm and Defragment; the rest concern
+//! etcd's own Raft and bbolt files and answer Unimplemented.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::Identity;
+use crate::error::Error;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use crate::store::Store;
+
+/// The etcd version etcdsql reports: kube-apiserver enables progress
+/// requests and consistent reads from its cache from 3.5.13 on.
+pub const ETCD_VERSION: &str = "3.5.17";
+
+pub struct MaintenanceService {
+    pub store: Arc<Store>,
+    pub id: Identity,
+}
+
+fn unsupported(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "etcdsql: {what} is not supported: the data lives in the SQL database; use its own tools"
+    ))
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let meta = self.store.meta().await?;
+        Ok(Response::new(AlarmResponse {
+            header: self.id.header(meta.revision),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let meta = self.store.meta().await?;
+        let db_size = self.store.backend().db_size().await.map_err(Error::from)?;
+        let index = u64::try_from(meta.revision).unwrap_or_default();
+        Ok(Response::new(StatusResponse {
+            header: self.id.header(meta.revision),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: self.id.member_id,
+            raft_index: index,
+            raft_term: self.id.raft_term,
+            raft_applied_index: index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let meta = self.store.meta().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.id.header(meta.revision),
+        }))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(unsupported("Hash"))
+    }
+
+    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(unsupported("HashKV"))
+    }
+
+    type SnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unsupported("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unsupported("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unsupported("Downgrade"))
+    }
+}

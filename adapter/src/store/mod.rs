@@ -1,0 +1,260 @@
+//! The revision-log store: etcd's KV and lease semantics over a
+//! [`Backend`]. Reads run as single statements on the read pool; writes go
+//! through the [`committer`], which group-commits them.
+//!
+//! - [`check`]: request validation etcd does before its store;
+//! - [`ops`]: Range/Put/DeleteRange/Txn semantics over a [`ops::View`];
+//! - [`batch`]: the write view, one database transaction per batch;
+//! - [`committer`]: the batching loop and its retries.
+
+pub mod batch;
+pub mod check;
+pub mod committer;
+pub mod ops;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows};
+use crate::error::Error;
+use crate::proto::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::KeyValue;
+use batch::{WriteOp, WriteResult};
+use committer::Committer;
+use ops::View;
+
+/// Attempts for a read that hit a transient conflict (SQLite busy).
+const READ_RETRIES: u32 = 5;
+
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    committer: Committer,
+    /// One purge at a time per process; purges are idempotent across processes.
+    purge: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn unexpected(r: WriteResult) -> Error {
+    Error::Internal(format!("committer answered {r:?}"))
+}
+
+impl Store {
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store {
+            committer: Committer::spawn(backend.clone()),
+            backend,
+            purge: Arc::default(),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    async fn read(&self, q: &RangeQuery) -> Result<RangeRows, Error> {
+        let mut attempt = 0;
+        loop {
+            match self.backend.range(q).await {
+                Err(DbError::Retry(_)) if attempt < READ_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, Error> {
+        let at = (r.revision > 0).then_some(r.revision);
+        let rows = self.read(&ops::range_query(r, at)).await?;
+        let meta = rows
+            .meta
+            .ok_or_else(|| Error::Internal("range statement returned no revision".into()))?;
+        if let Some(rev) = at {
+            if rev > meta.revision {
+                return Err(Error::FutureRev);
+            }
+            if rev < meta.compact_revision {
+                return Err(Error::Compacted);
+            }
+        }
+        Ok(ops::range_response(r, rows, meta.revision))
+    }
+
+    pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
+        match self.committer.submit(WriteOp::Put(p)).await? {
+            WriteResult::Put(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_range(&self, d: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
+        match self.committer.submit(WriteOp::DeleteRange(d)).await? {
+            WriteResult::DeleteRange(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Read-only Txns are answered at one fixed revision without the
+    /// committer; the others go through it.
+    pub async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Error> {
+        if check::txn_is_read_only(&t) {
+            let meta = self.backend.meta().await?;
+            let mut view = ReadView {
+                backend: self.backend.as_ref(),
+                meta,
+            };
+            return ops::txn(&mut view, &t, false).await;
+        }
+        match self.committer.submit(WriteOp::Txn(t)).await? {
+            WriteResult::Txn(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Records the compaction, then deletes the history it made obsolete (in
+    /// the background unless `physical`). Returns the current revision.
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64, Error> {
+        let (previous, revision, current) =
+            match self.committer.submit(WriteOp::Compact(revision)).await? {
+                WriteResult::Compacted {
+                    previous,
+                    revision,
+                    current,
+                } => (previous, revision, current),
+                other => return Err(unexpected(other)),
+            };
+        let backend = self.backend.clone();
+        let lock = self.purge.clone();
+        let purge = tokio::spawn(async move {
+            let _one = lock.lock().await;
+            let started = std::time::Instant::now();
+            let r = backend.purge_history(previous, revision).await;
+            match &r {
+                Ok(rows) => {
+                    tracing::info!(revision, rows, elapsed = ?started.elapsed(), "compacted history")
+                }
+                Err(e) => {
+                    tracing::error!(revision, error = %e, "purging compacted history failed; the next compaction retries it")
+                }
+            }
+            r
+        });
+        if physical {
+            purge
+                .await
+                .map_err(|e| Error::Internal(format!("purge task: {e}")))??;
+        }
+        Ok(current)
+    }
+
+    /// Grants a lease; `id` 0 lets the store choose. Returns (id, revision).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Error> {
+        match self
+            .committer
+            .submit(WriteOp::LeaseGrant {
+                id,
+                ttl,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            WriteResult::LeaseGranted { id, revision, .. } => Ok((id, revision)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes the lease and its keys (one revision). Returns the revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64, Error> {
+        match self.committer.submit(WriteOp::LeaseRevoke(id)).await? {
+            WriteResult::LeaseRevoked { revision } => Ok(revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Restarts a lease's TTL. Returns (ttl, revision).
+    pub async fn lease_renew(&self, id: i64) -> Result<(i64, i64), Error> {
+        match self
+            .committer
+            .submit(WriteOp::LeaseRenew {
+                id,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            WriteResult::LeaseRenewed { ttl, revision } => Ok((ttl, revision)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, Error> {
+        Ok(self.backend.lease(id).await?)
+    }
+
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>, Error> {
+        Ok(self.backend.leases().await?)
+    }
+
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.backend.lease_keys(id).await?)
+    }
+
+    pub async fn meta(&self) -> Result<Meta, Error> {
+        Ok(self.backend.meta().await?)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// A read-only Txn's view: every read at one revision.
+struct ReadView<'a> {
+    backend: &'a dyn Backend,
+    meta: Meta,
+}
+
+#[async_trait]
+impl View for ReadView<'_> {
+    fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    fn changed(&self) -> bool {
+        false
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let q = RangeQuery::all(key.to_vec(), KeyEnd::Single, None);
+        Ok(self.range(&q).await?.kvs.pop())
+    }
+
+    async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, Error> {
+        let mut q = q.clone();
+        let at = *q.at.get_or_insert(self.meta.revision);
+        let rows = self.backend.range(&q).await?;
+        // A compaction past our revision may have purged what we read.
+        if rows.meta.is_some_and(|m| at < m.compact_revision) {
+            return Err(Error::Compacted);
+        }
+        Ok(rows)
+    }
+
+    async fn lease_exists(&mut self, id: i64) -> Result<bool, Error> {
+        Ok(self.backend.lease(id).await?.is_some())
+    }
+
+    async fn put(&mut self, _: KeyValue, _: i64) -> Result<(), Error> {
+        Err(Error::Internal("put in a read-only txn".into()))
+    }
+
+    async fn delete(&mut self, _: &KeyValue) -> Result<(), Error> {
+        Err(Error::Internal("delete in a read-only txn".into()))
+    }
+}
