@@ -1,1 +1,458 @@
-//! placeholder
+//! The integration harness: real databases, real etcdsql processes, and
+//! etcd itself as the reference.
+//!
+//! - [`Target`]: what a case runs against (etcd 3.4, or etcdsql on SQLite,
+//!   PostgreSQL, MariaDB);
+//! - [`TestDb`]: a uniquely named database on the server named by
+//!   `ETCDSQL_TEST_POSTGRES_URL` / `ETCDSQL_TEST_MYSQL_URL`, dropped on drop;
+//! - [`Process`]: a server process (etcdsql or etcd) on a free loopback
+//!   port, killed on drop;
+//! - `ETCDSQL_REQUIRE=etcd,sqlite,postgres,mariadb`: a required target that
+//!   is unavailable fails the run instead of being skipped.
+//!
+//! The test cases themselves are in `tests/it/`, compiled as the `it` test
+//! of the etcdsql package so that Cargo builds the real binary for them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub use etcd_client;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// etcd 3.4 from Debian's etcd-server: the reference.
+    Etcd,
+    Sqlite,
+    Postgres,
+    Mariadb,
+}
+
+impl Target {
+    pub const ETCDSQL: [Target; 3] = [Target::Sqlite, Target::Postgres, Target::Mariadb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Etcd => "etcd",
+            Target::Sqlite => "sqlite",
+            Target::Postgres => "postgres",
+            Target::Mariadb => "mariadb",
+        }
+    }
+
+    fn required(self) -> bool {
+        std::env::var("ETCDSQL_REQUIRE")
+            .unwrap_or_default()
+            .split(',')
+            .any(|t| t.trim() == self.name())
+    }
+
+    /// Why this target cannot run here, if it cannot.
+    fn unavailable(self) -> Option<String> {
+        match self {
+            Target::Etcd => which("etcd")
+                .is_none()
+                .then(|| "no etcd binary on PATH (Debian package etcd-server)".to_string()),
+            Target::Sqlite => None,
+            Target::Postgres => std::env::var("ETCDSQL_TEST_POSTGRES_URL")
+                .is_err()
+                .then(|| "ETCDSQL_TEST_POSTGRES_URL is not set".to_string()),
+            Target::Mariadb => std::env::var("ETCDSQL_TEST_MYSQL_URL")
+                .is_err()
+                .then(|| "ETCDSQL_TEST_MYSQL_URL is not set".to_string()),
+        }
+    }
+
+    /// `true` if the case should run; prints a plain skip line otherwise,
+    /// and panics if the target is required.
+    pub fn available(self) -> bool {
+        match self.unavailable() {
+            None => true,
+            Some(why) if self.required() => {
+                panic!(
+                    "{} is required (ETCDSQL_REQUIRE) but unavailable: {why}",
+                    self.name()
+                )
+            }
+            Some(why) => {
+                eprintln!("skipped: {}: {why}", self.name());
+                false
+            }
+        }
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed),
+        Instant::now().elapsed().subsec_nanos() % 1000
+    )
+}
+
+/// A fresh database for one case; dropped (with its data) on drop.
+pub struct TestDb {
+    pub target: Target,
+    /// The DSN etcdsql gets.
+    pub dsn: String,
+    name: String,
+    admin: String,
+    _dir: Option<tempdir::Dir>,
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory under the system temp dir, removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(name: &str) -> std::io::Result<Dir> {
+            let p = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&p)?;
+            Ok(Dir(p))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+pub use tempdir::Dir as TempDir;
+
+fn replace_db(url: &str, db: &str) -> String {
+    // scheme://authority/path?query → scheme://authority/db?query
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let after_scheme = head.find("://").map_or(0, |i| i + 3);
+    let base = match head[after_scheme..].find('/') {
+        Some(i) => &head[..after_scheme + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+impl TestDb {
+    pub async fn create(target: Target) -> anyhow::Result<TestDb> {
+        let name = unique_name("etcdsql_it");
+        match target {
+            Target::Sqlite => {
+                let dir = tempdir::Dir::new(&name)?;
+                let dsn = format!("sqlite://{}", dir.path().join("etcdsql.db").display());
+                Ok(TestDb {
+                    target,
+                    dsn,
+                    name,
+                    admin: String::new(),
+                    _dir: Some(dir),
+                })
+            }
+            Target::Postgres => {
+                let admin = std::env::var("ETCDSQL_TEST_POSTGRES_URL")?;
+                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to ETCDSQL_TEST_POSTGRES_URL")?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .context("creating the test database")?;
+                Ok(TestDb {
+                    target,
+                    dsn: replace_db(&admin, &name),
+                    name,
+                    admin,
+                    _dir: None,
+                })
+            }
+            Target::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let admin = std::env::var("ETCDSQL_TEST_MYSQL_URL")?;
+                let mut conn = mysql_async::Conn::from_url(&admin)
+                    .await
+                    .context("connecting to ETCDSQL_TEST_MYSQL_URL")?;
+                conn.query_drop(format!("CREATE DATABASE {name}"))
+                    .await
+                    .context("creating the test database")?;
+                let _ = conn.disconnect().await;
+                Ok(TestDb {
+                    target,
+                    dsn: replace_db(&admin, &name),
+                    name,
+                    admin,
+                    _dir: None,
+                })
+            }
+            Target::Etcd => bail!("etcd brings its own storage"),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (target, name, admin) = (self.target, self.name.clone(), self.admin.clone());
+        if matches!(target, Target::Sqlite | Target::Etcd) {
+            return;
+        }
+        // Drop runs outside async; use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                match target {
+                    Target::Postgres => {
+                        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                            .await
+                            .ok()?;
+                        tokio::spawn(conn);
+                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await
+                            .ok()
+                    }
+                    Target::Mariadb => {
+                        use mysql_async::prelude::Queryable;
+                        let mut c = mysql_async::Conn::from_url(&admin).await.ok()?;
+                        c.query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+                            .await
+                            .ok()?;
+                        c.disconnect().await.ok()
+                    }
+                    _ => None,
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A server process on a loopback port; killed on drop.
+pub struct Process {
+    pub endpoint: String,
+    child: Child,
+    _dir: Option<tempdir::Dir>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// etcdsql serving `dsn`.
+    pub async fn etcdsql(bin: &Path, dsn: &str) -> anyhow::Result<Process> {
+        Self::etcdsql_with(bin, dsn, &[]).await
+    }
+
+    pub async fn etcdsql_with(bin: &Path, dsn: &str, extra: &[&str]) -> anyhow::Result<Process> {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let name = unique_name("etcdsql_log");
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let child = Command::new(bin)
+            .args(["--endpoint", dsn, "--listen-client-urls", &url])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut p = Process {
+            endpoint: format!("127.0.0.1:{port}"),
+            child,
+            _dir: None,
+            log,
+        };
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
+    /// etcd 3.4 with a fresh data dir (fsync on, as shipped).
+    pub async fn etcd() -> anyhow::Result<Process> {
+        let (port, peer) = (free_port(), free_port());
+        let name = unique_name("etcd_it");
+        let dir = tempdir::Dir::new(&name)?;
+        let log = dir.path().join("etcd.log");
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting etcd")?;
+        let mut p = Process {
+            endpoint: format!("127.0.0.1:{port}"),
+            child,
+            _dir: Some(dir),
+            log,
+        };
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
+    /// Waits until a Range answers (etcd needs to elect itself first).
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "server exited with {status}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if let Ok(mut c) = self.client().await
+                && c.get("etcdsql-it-ready", None).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "server at {} not ready after 30 s:\n{}",
+                    self.endpoint,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(30));
+        Ok(etcd_client::Client::connect([self.endpoint.as_str()], Some(opts)).await?)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A target started fresh: the server and, for etcdsql, its database.
+pub struct Started {
+    pub target: Target,
+    pub server: Process,
+    pub db: Option<TestDb>,
+}
+
+impl Started {
+    pub async fn new(target: Target, bin: &Path) -> anyhow::Result<Started> {
+        if target == Target::Etcd {
+            return Ok(Started {
+                target,
+                server: Process::etcd().await?,
+                db: None,
+            });
+        }
+        let db = TestDb::create(target).await?;
+        let server = Process::etcdsql(bin, &db.dsn).await?;
+        Ok(Started {
+            target,
+            server,
+            db: Some(db),
+        })
+    }
+}
+
+/// A response's Debug text with what legitimately differs between servers
+/// (cluster and member ids, Raft term) blanked out.
+pub fn normalize(debug: &str) -> String {
+    let mut out = debug.to_string();
+    for field in ["cluster_id: ", "member_id: ", "raft_term: "] {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(field) {
+            let (head, tail) = rest.split_at(i + field.len());
+            result.push_str(head);
+            let digits = tail.chars().take_while(char::is_ascii_digit).count();
+            result.push('_');
+            rest = &tail[digits..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_blanks_identity_fields() {
+        let s = "ResponseHeader { cluster_id: 123, member_id: 45, revision: 7, raft_term: 2 }";
+        assert_eq!(
+            normalize(s),
+            "ResponseHeader { cluster_id: _, member_id: _, revision: 7, raft_term: _ }"
+        );
+    }
+
+    #[test]
+    fn database_names_replace_the_path() {
+        assert_eq!(
+            replace_db("postgres://u@h:5432/postgres?sslmode=disable", "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            replace_db("mysql://root@127.0.0.1:3306", "x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+    }
+}

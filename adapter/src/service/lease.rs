@@ -109,7 +109,17 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        let row = self.store.lease(r.id).await?.ok_or(Error::LeaseNotFound)?;
+        let Some(row) = self.store.lease(r.id).await? else {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            let meta = self.store.meta().await?;
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header: self.id.header(meta.revision),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            }));
+        };
         let keys = if r.keys {
             self.store.lease_keys(r.id).await?
         } else {
