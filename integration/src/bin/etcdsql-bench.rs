@@ -1,0 +1,159 @@
+//! Write throughput of etcd and etcdsql side by side, in one run: each
+//! target is started fresh on this machine (etcd 3.4 with its data in the
+//! temp dir, fsync on; etcdsql on a new database), then driven by the same
+//! concurrent clients.
+//!
+//!   cargo build --release -p etcdsql -p etcdsql-integration
+//!   target/release/etcdsql-bench --etcdsql-bin target/release/etcdsql \
+//!       --targets etcd,postgres --clients 256 --ops 20000
+//!
+//! Workloads: `put` (unique keys) and `create` (kube-apiserver's create:
+//! Txn mod_revision(key) == 0 → put, else get).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcdsql_integration::{Started, Target};
+
+#[derive(Parser)]
+struct Args {
+    /// The etcdsql binary to start (a release build for real numbers).
+    #[arg(long)]
+    etcdsql_bin: PathBuf,
+    /// Comma-separated: etcd, sqlite, postgres, mariadb.
+    #[arg(long, default_value = "etcd,postgres", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Comma-separated: put, create.
+    #[arg(long, default_value = "put,create", value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    clients: usize,
+    /// gRPC connections the clients share.
+    #[arg(long, default_value_t = 16)]
+    conns: usize,
+    /// Requests per workload.
+    #[arg(long, default_value_t = 20_000)]
+    ops: usize,
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+}
+
+struct Outcome {
+    secs: f64,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+/// The latency at `per_mille`/1000 of a sorted list (nearest rank).
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (per_mille * sorted.len()).div_ceil(1000);
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn run(clients: &[Client], args: &Args, workload: &str) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let value = Arc::new(vec![b'v'; args.value_size]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let mut c = clients[i % clients.len()].clone();
+        let (next, value, ops) = (next.clone(), value.clone(), args.ops);
+        let workload = workload.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= ops {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = if workload == "put" {
+                    c.put(format!("/bench/put/{n:08}"), value.as_slice(), None)
+                        .await
+                        .is_ok()
+                } else {
+                    let key = format!("/registry/bench.example.com/widgets/ns/w-{n:08}");
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key.as_str(), value.as_slice(), None)])
+                        .or_else([TxnOp::get(key.as_str(), None)]);
+                    matches!(c.txn(txn).await, Ok(r) if r.succeeded())
+                };
+                lat.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.ops);
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client task");
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    Outcome {
+        secs: started.elapsed().as_secs_f64(),
+        latencies,
+        errors,
+    }
+}
+
+fn target(name: &str) -> anyhow::Result<Target> {
+    Ok(match name {
+        "etcd" => Target::Etcd,
+        "sqlite" => Target::Sqlite,
+        "postgres" => Target::Postgres,
+        "mariadb" => Target::Mariadb,
+        other => anyhow::bail!("unknown target {other}"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "clients {}, connections {}, {} requests per workload, {} B values\n",
+        args.clients, args.conns, args.ops, args.value_size
+    );
+    println!("| workload | target | req/s | p50 ms | p99 ms | max ms | errors | vs etcd |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for workload in &args.workloads {
+        let mut etcd_rate = None;
+        for name in &args.targets {
+            let t = target(name)?;
+            let s = Started::new(t, &args.etcdsql_bin).await?;
+            let mut clients = Vec::new();
+            for _ in 0..args.conns {
+                clients.push(s.server.client().await?);
+            }
+            eprintln!("{workload} on {name} …");
+            let o = run(&clients, &args, workload).await;
+            let rate = args.ops as f64 / o.secs;
+            if t == Target::Etcd {
+                etcd_rate = Some(rate);
+            }
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {workload} | {name} | {rate:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                ms(percentile(&o.latencies, 500)),
+                ms(percentile(&o.latencies, 990)),
+                ms(o.latencies.last().copied().unwrap_or_default()),
+                o.errors,
+                etcd_rate.map_or("–".to_string(), |e| format!("{:.2}x", rate / e)),
+            );
+        }
+    }
+    Ok(())
+}
