@@ -91,4 +91,11 @@ if [ "${ETCDSQL_LINT:-}" = 1 ]; then
 fi
 
 log "cargo test"
-exec cargo test --workspace -- "$@"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+cargo test --workspace --all-targets -- "$@" 2>&1 | tee "$out" || status=$?
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+exit "$status"

@@ -45,7 +45,8 @@ pub enum DbError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {
     pub revision: i64,
-    /// Reads below this revision fail with "compacted"; 0 means never compacted.
+    /// Reads below this revision fail with "compacted"; -1 until the first
+    /// compaction (as etcd), so that Compact(0) is accepted once.
     pub compact_revision: i64,
 }
 

@@ -164,9 +164,13 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
 
 impl Postgres {
     pub async fn open(url: &str) -> Result<Self, DbError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| DbError::Other(format!("invalid postgres endpoint: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable host should fail a request, not hang it.
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

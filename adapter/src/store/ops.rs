@@ -193,9 +193,10 @@ pub async fn delete_range(
     let victims: Vec<KeyValue> = if end == KeyEnd::Single {
         v.get(&d.key).await?.into_iter().collect()
     } else {
-        v.range(&RangeQuery::all(d.key.clone(), end, None))
-            .await?
-            .kvs
+        // Values are only needed to answer prev_kv.
+        let mut q = RangeQuery::all(d.key.clone(), end, None);
+        q.keys_only = !d.prev_kv;
+        v.range(&q).await?.kvs
     };
     for kv in &victims {
         v.delete(kv).await?;

@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| workload | target | req/s | p50 ms | p99 ms | max ms | errors | vs etcd |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for workload in &args.workloads {
-        let mut etcd_rate = None;
+        let mut rows = Vec::new();
         for name in &args.targets {
             let t = target(name)?;
             let s = Started::new(t, &args.etcdsql_bin).await?;
@@ -140,11 +140,11 @@ async fn main() -> anyhow::Result<()> {
             }
             eprintln!("{workload} on {name} …");
             let o = run(&clients, &args, workload).await;
-            let rate = args.ops as f64 / o.secs;
-            if t == Target::Etcd {
-                etcd_rate = Some(rate);
-            }
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            rows.push((t, name, args.ops as f64 / o.secs, o));
+        }
+        let etcd_rate = rows.iter().find(|r| r.0 == Target::Etcd).map(|r| r.2);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        for (_, name, rate, o) in rows {
             println!(
                 "| {workload} | {name} | {rate:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
                 ms(percentile(&o.latencies, 500)),

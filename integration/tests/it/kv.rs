@@ -57,6 +57,16 @@ fn script() -> Vec<Step> {
     use CompareOp::{Equal, Greater, Less, NotEqual};
     vec![
         // -- Put and single-key Range
+        step(
+            "compact at 0 on a new store",
+            Op::Compact(0, false),
+            &["revision: 1"],
+        ),
+        step(
+            "compact at 0 again",
+            Op::Compact(0, false),
+            &["required revision has been compacted"],
+        ),
         step("put a", put("k/a", "1"), &["revision: 2"]), // rev 2
         step("put b", put("k/b", "2"), &["revision: 3"]), // rev 3
         step("put c", put("k/c", "3"), &["revision: 4"]), // rev 4

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS etcdsql_meta (
     schema_version   INT NOT NULL
 ) ENGINE = InnoDB;
 INSERT IGNORE INTO etcdsql_meta (id, revision, compact_revision, cluster_id, schema_version)
-VALUES (1, 1, 0, FLOOR(RAND() * 9000000000000000000) + 1, 1);
+VALUES (1, 1, -1, FLOOR(RAND() * 9000000000000000000) + 1, 1);
 CREATE TABLE IF NOT EXISTS etcdsql_live (
     name            VARBINARY(3000) NOT NULL PRIMARY KEY,
     value           LONGBLOB NOT NULL,

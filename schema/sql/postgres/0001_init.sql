@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS etcdsql_meta (
     schema_version   INTEGER NOT NULL
 );
 INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, schema_version)
-VALUES (1, 1, 0, floor(random() * 9000000000000000000)::BIGINT + 1, 1)
+VALUES (1, 1, -1, floor(random() * 9000000000000000000)::BIGINT + 1, 1)
 ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS etcdsql_live (
     name            BYTEA PRIMARY KEY,

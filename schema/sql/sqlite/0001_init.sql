@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS etcdsql_meta (
     schema_version   INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO etcdsql_meta (id, revision, compact_revision, cluster_id, schema_version)
-VALUES (1, 1, 0, abs(random() % 9000000000000000000) + 1, 1);
+VALUES (1, 1, -1, abs(random() % 9000000000000000000) + 1, 1);
 CREATE TABLE IF NOT EXISTS etcdsql_live (
     name            BLOB PRIMARY KEY,
     value           BLOB NOT NULL,
