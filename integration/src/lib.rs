@@ -276,36 +276,22 @@ impl Process {
 
     pub async fn etcdsql_with(bin: &Path, dsn: &str, extra: &[&str]) -> anyhow::Result<Process> {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let name = unique_name("etcdsql_log");
-        let log = std::env::temp_dir().join(format!("{name}.log"));
-        let child = Command::new(bin)
-            .args(["--endpoint", dsn, "--listen-client-urls", &url])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut p = Process {
-            endpoint: format!("127.0.0.1:{port}"),
-            child,
-            _dir: None,
-            log,
-        };
-        p.wait_ready().await?;
-        Ok(p)
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("etcdsql_log")));
+        let mut cmd = Command::new(bin);
+        cmd.args(["--endpoint", dsn, "--listen-client-urls"])
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(extra);
+        Self::launch(cmd, port, log, None).await
     }
 
     /// etcd 3.4 with a fresh data dir (fsync on, as shipped).
     pub async fn etcd() -> anyhow::Result<Process> {
         let (port, peer) = (free_port(), free_port());
-        let name = unique_name("etcd_it");
-        let dir = tempdir::Dir::new(&name)?;
-        let log = dir.path().join("etcd.log");
+        let dir = tempdir::Dir::new(&unique_name("etcd_it"))?;
         let client = format!("http://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--data-dir")
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -319,15 +305,27 @@ impl Process {
                 "--initial-advertise-peer-urls",
                 &peer_url,
             ])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(["--initial-cluster", &format!("default={peer_url}")]);
+        let log = dir.path().join("etcd.log");
+        Self::launch(cmd, port, log, Some(dir)).await
+    }
+
+    /// Starts `cmd` with its stderr in `log` and waits until it serves on `port`.
+    async fn launch(
+        mut cmd: Command,
+        port: u16,
+        log: PathBuf,
+        dir: Option<tempdir::Dir>,
+    ) -> anyhow::Result<Process> {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .context("starting etcd")?;
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         let mut p = Process {
             endpoint: format!("127.0.0.1:{port}"),
             child,
-            _dir: Some(dir),
+            _dir: dir,
             log,
         };
         p.wait_ready().await?;

@@ -138,23 +138,76 @@ pub struct RangeRows {
     pub kvs: Vec<KeyValue>,
 }
 
-/// One decoded row of the range statement.
-pub struct RawRangeRow {
-    pub meta: Meta,
-    pub count: i64,
-    /// `None` on the single row of an empty range.
-    pub kv: Option<KeyValue>,
+/// Column access the shared row decoders need; each driver implements it
+/// for its row type.
+pub(crate) trait Columns {
+    fn int(&self, i: usize) -> Result<i64, DbError>;
+    /// A bytes column that may be NULL.
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError>;
 }
 
-/// Folds the range statement's rows into one answer.
-pub fn assemble_range(rows: Vec<RawRangeRow>) -> RangeRows {
+/// A key's version from columns `at..at + 6` (name, value, create_revision,
+/// mod_revision, version, lease); `None` when the name is NULL.
+pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>, DbError> {
+    let Some(key) = r.bytes(at)? else {
+        return Ok(None);
+    };
+    Ok(Some(KeyValue {
+        key,
+        value: r.bytes(at + 1)?.unwrap_or_default(),
+        create_revision: r.int(at + 2)?,
+        mod_revision: r.int(at + 3)?,
+        version: r.int(at + 4)?,
+        lease: r.int(at + 5)?,
+    }))
+}
+
+/// Folds the rows of the range statement (see [`sql::range`]) into one answer.
+pub(crate) fn decode_range<R: Columns>(rows: &[R]) -> Result<RangeRows, DbError> {
     let mut out = RangeRows::default();
     for r in rows {
-        out.meta = Some(r.meta);
-        out.count = r.count;
-        out.kvs.extend(r.kv);
+        out.meta = Some(Meta {
+            revision: r.int(0)?,
+            compact_revision: r.int(1)?,
+        });
+        out.count = r.int(2)?;
+        out.kvs.extend(decode_kv(r, 3)?);
     }
-    out
+    Ok(out)
+}
+
+/// Columns id, ttl, expires_at_ms.
+pub(crate) fn decode_lease(r: &impl Columns) -> Result<LeaseRow, DbError> {
+    Ok(LeaseRow {
+        id: r.int(0)?,
+        ttl: r.int(1)?,
+        expires_at_ms: r.int(2)?,
+    })
+}
+
+/// Columns revision, compact_revision.
+pub(crate) fn decode_meta(rows: &[impl Columns]) -> Result<Meta, DbError> {
+    let r = rows
+        .first()
+        .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+    Ok(Meta {
+        revision: r.int(0)?,
+        compact_revision: r.int(1)?,
+    })
+}
+
+/// The first column of every row.
+pub(crate) fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
+    rows.iter().map(|r| r.int(0)).collect()
+}
+
+/// The first column of every row, as bytes (NULLs skipped).
+pub(crate) fn first_bytes(rows: &[impl Columns]) -> Result<Vec<Vec<u8>>, DbError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.extend(r.bytes(0)?);
+    }
+    Ok(out)
 }
 
 /// Revision windows `(lo, hi]` covering `(from, to]`, so that a purge

@@ -11,8 +11,8 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
-    assemble_range,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
+    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -73,49 +73,22 @@ fn params(p: &[Param]) -> Params {
     }
 }
 
+impl Columns for Row {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        col(self, i)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        col(self, i)
+    }
+}
+
 fn col<T: FromValue>(row: &Row, i: usize) -> Result<T, DbError> {
     match row.get_opt::<T, usize>(i) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(DbError::Other(format!("column {i}: {e}"))),
         None => Err(DbError::Other(format!("column {i} missing"))),
     }
-}
-
-fn kv(row: &Row, at: usize) -> Result<Option<KeyValue>, DbError> {
-    let Some(key) = col::<Option<Vec<u8>>>(row, at)? else {
-        return Ok(None);
-    };
-    Ok(Some(KeyValue {
-        key,
-        value: col::<Option<Vec<u8>>>(row, at + 1)?.unwrap_or_default(),
-        create_revision: col(row, at + 2)?,
-        mod_revision: col(row, at + 3)?,
-        version: col(row, at + 4)?,
-        lease: col(row, at + 5)?,
-    }))
-}
-
-fn range_rows(rows: &[Row]) -> Result<RangeRows, DbError> {
-    let mut raw = Vec::with_capacity(rows.len());
-    for r in rows {
-        raw.push(RawRangeRow {
-            meta: Meta {
-                revision: col(r, 0)?,
-                compact_revision: col(r, 1)?,
-            },
-            count: col(r, 2)?,
-            kv: kv(r, 3)?,
-        });
-    }
-    Ok(assemble_range(raw))
-}
-
-fn lease_row(r: &Row) -> Result<LeaseRow, DbError> {
-    Ok(LeaseRow {
-        id: col(r, 0)?,
-        ttl: col(r, 1)?,
-        expires_at_ms: col(r, 2)?,
-    })
 }
 
 fn placeholders(n: usize, row: &str) -> String {
@@ -199,7 +172,7 @@ impl Backend for Mysql {
 
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
-        range_rows(&self.query(&s.text, params(&s.params)).await?)
+        decode_range(&self.query(&s.text, params(&s.params)).await?)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -230,7 +203,7 @@ impl Backend for Mysql {
                 Params::Empty,
             )
             .await?;
-        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn meta(&self) -> Result<Meta, DbError> {
@@ -240,13 +213,7 @@ impl Backend for Mysql {
                 Params::Empty,
             )
             .await?;
-        let r = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: col(r, 0)?,
-            compact_revision: col(r, 1)?,
-        })
+        decode_meta(&rows)
     }
 
     async fn cluster_id(&self) -> Result<i64, DbError> {
@@ -256,7 +223,7 @@ impl Backend for Mysql {
                 Params::Empty,
             )
             .await?;
-        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
@@ -266,7 +233,7 @@ impl Backend for Mysql {
                 Params::Positional(vec![Value::Int(id)]),
             )
             .await?;
-        rows.first().map(lease_row).transpose()
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
@@ -276,7 +243,7 @@ impl Backend for Mysql {
                 Params::Empty,
             )
             .await?;
-        rows.iter().map(lease_row).collect()
+        rows.iter().map(decode_lease).collect()
     }
 
     async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
@@ -286,14 +253,14 @@ impl Backend for Mysql {
                 Params::Positional(vec![Value::Int(now_ms), Value::Int(limit)]),
             )
             .await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_ints(&rows)
     }
 
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self
             .query(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
             .await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_bytes(&rows)
     }
 }
 
@@ -340,14 +307,7 @@ impl Writer for MyWriter {
         }
         let r = self.conn()?.query_drop("BEGIN").await;
         self.check(r)?;
-        let rows = self.exec(LOCK_META, Params::Empty).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: col(row, 0)?,
-            compact_revision: col(row, 1)?,
-        })
+        decode_meta(&self.exec(LOCK_META, Params::Empty).await?)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -360,7 +320,7 @@ impl Writer for MyWriter {
             );
             let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
             for r in self.exec(&text, p).await? {
-                out.extend(kv(&r, 0)?);
+                out.extend(decode_kv(&r, 0)?);
             }
         }
         Ok(out)
@@ -368,7 +328,7 @@ impl Writer for MyWriter {
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
-        range_rows(&self.exec(&s.text, params(&s.params)).await?)
+        decode_range(&self.exec(&s.text, params(&s.params)).await?)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
@@ -391,7 +351,7 @@ impl Writer for MyWriter {
         let rows = self
             .exec(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
             .await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_bytes(&rows)
     }
 
     async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
@@ -401,7 +361,7 @@ impl Writer for MyWriter {
                 Params::Positional(vec![Value::Int(id)]),
             )
             .await?;
-        rows.first().map(|r| col(r, 0)).transpose()
+        rows.first().map(|r| r.int(0)).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {

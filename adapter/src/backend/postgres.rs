@@ -13,8 +13,8 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
-    assemble_range,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
+    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -109,42 +109,14 @@ fn params(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     p.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-fn kv(row: &Row, at: usize) -> Result<Option<KeyValue>, tokio_postgres::Error> {
-    let key: Option<Vec<u8>> = row.try_get(at)?;
-    let Some(key) = key else { return Ok(None) };
-    Ok(Some(KeyValue {
-        key,
-        value: row
-            .try_get::<_, Option<Vec<u8>>>(at + 1)?
-            .unwrap_or_default(),
-        create_revision: row.try_get(at + 2)?,
-        mod_revision: row.try_get(at + 3)?,
-        version: row.try_get(at + 4)?,
-        lease: row.try_get(at + 5)?,
-    }))
-}
-
-fn range_rows(rows: &[Row]) -> Result<RangeRows, tokio_postgres::Error> {
-    let mut raw = Vec::with_capacity(rows.len());
-    for r in rows {
-        raw.push(RawRangeRow {
-            meta: Meta {
-                revision: r.try_get(0)?,
-                compact_revision: r.try_get(1)?,
-            },
-            count: r.try_get(2)?,
-            kv: kv(r, 3)?,
-        });
+impl Columns for Row {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        self.try_get(i).map_err(|e| classify(&e))
     }
-    Ok(assemble_range(raw))
-}
 
-fn lease_row(r: &Row) -> Result<LeaseRow, tokio_postgres::Error> {
-    Ok(LeaseRow {
-        id: r.try_get(0)?,
-        ttl: r.try_get(1)?,
-        expires_at_ms: r.try_get(2)?,
-    })
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        self.try_get(i).map_err(|e| classify(&e))
+    }
 }
 
 pub struct Postgres {
@@ -218,7 +190,7 @@ impl Backend for Postgres {
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        range_rows(&rows).map_err(|e| classify(&e))
+        decode_range(&rows)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -251,33 +223,18 @@ impl Backend for Postgres {
                 &[],
             )
             .await?;
-        rows.first()
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(|e| classify(&e))
-            .map(Option::unwrap_or_default)
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn meta(&self) -> Result<Meta, DbError> {
-        let rows = self.query(META, &[]).await?;
-        let r = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: r.try_get(0).map_err(|e| classify(&e))?,
-            compact_revision: r.try_get(1).map_err(|e| classify(&e))?,
-        })
+        decode_meta(&self.query(META, &[]).await?)
     }
 
     async fn cluster_id(&self) -> Result<i64, DbError> {
         let rows = self
             .query("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
             .await?;
-        rows.first()
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(|e| classify(&e))
-            .map(Option::unwrap_or_default)
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
@@ -287,10 +244,7 @@ impl Backend for Postgres {
                 &[&id],
             )
             .await?;
-        rows.first()
-            .map(lease_row)
-            .transpose()
-            .map_err(|e| classify(&e))
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
@@ -300,10 +254,7 @@ impl Backend for Postgres {
                 &[],
             )
             .await?;
-        rows.iter()
-            .map(lease_row)
-            .collect::<Result<_, _>>()
-            .map_err(|e| classify(&e))
+        rows.iter().map(decode_lease).collect()
     }
 
     async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
@@ -313,18 +264,12 @@ impl Backend for Postgres {
                 &[&now_ms, &limit],
             )
             .await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| classify(&e))
+        first_ints(&rows)
     }
 
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.query(LEASE_KEYS, &[&id]).await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| classify(&e))
+        first_bytes(&rows)
     }
 }
 
@@ -389,23 +334,14 @@ impl Writer for PgWriter {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| self.failed(e))?;
-        let rows = self.query(LOCK_META, &[]).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: row.try_get(0).map_err(|e| self.failed(e))?,
-            compact_revision: row.try_get(1).map_err(|e| self.failed(e))?,
-        })
+        decode_meta(&self.query(LOCK_META, &[]).await?)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
         let rows = self.query(GET, &[&keys]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            if let Some(kv) = kv(r, 0).map_err(|e| self.failed(e))? {
-                out.push(kv);
-            }
+            out.extend(decode_kv(r, 0)?);
         }
         Ok(out)
     }
@@ -413,33 +349,24 @@ impl Writer for PgWriter {
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        range_rows(&rows).map_err(|e| self.failed(e))
+        decode_range(&rows)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
         let rows = self.query(LEASES_EXIST, &[&ids]).await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.failed(e))
+        first_ints(&rows)
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.query(LEASE_KEYS, &[&id]).await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.failed(e))
+        first_bytes(&rows)
     }
 
     async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
         let rows = self
             .query("SELECT ttl FROM etcdsql_lease WHERE id = $1", &[&id])
             .await?;
-        rows.first()
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(|e| self.failed(e))
+        rows.first().map(|r| r.int(0)).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {

@@ -16,8 +16,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, RawRangeRow, Writer,
-    assemble_range,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
+    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -66,48 +66,14 @@ fn query(text: impl Into<String>, p: &[Param]) -> Query {
     q
 }
 
-fn col<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
-    row: &'r SqliteRow,
-    i: usize,
-) -> Result<T, DbError> {
-    row.try_get(i).map_err(classify)
-}
-
-fn kv(row: &SqliteRow, at: usize) -> Result<Option<KeyValue>, DbError> {
-    let Some(key) = col::<Option<Vec<u8>>>(row, at)? else {
-        return Ok(None);
-    };
-    Ok(Some(KeyValue {
-        key,
-        value: col::<Option<Vec<u8>>>(row, at + 1)?.unwrap_or_default(),
-        create_revision: col(row, at + 2)?,
-        mod_revision: col(row, at + 3)?,
-        version: col(row, at + 4)?,
-        lease: col(row, at + 5)?,
-    }))
-}
-
-fn range_rows(rows: &[SqliteRow]) -> Result<RangeRows, DbError> {
-    let mut raw = Vec::with_capacity(rows.len());
-    for r in rows {
-        raw.push(RawRangeRow {
-            meta: Meta {
-                revision: col(r, 0)?,
-                compact_revision: col(r, 1)?,
-            },
-            count: col(r, 2)?,
-            kv: kv(r, 3)?,
-        });
+impl Columns for SqliteRow {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        self.try_get(i).map_err(classify)
     }
-    Ok(assemble_range(raw))
-}
 
-fn lease_row(r: &SqliteRow) -> Result<LeaseRow, DbError> {
-    Ok(LeaseRow {
-        id: col(r, 0)?,
-        ttl: col(r, 1)?,
-        expires_at_ms: col(r, 2)?,
-    })
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        self.try_get(i).map_err(classify)
+    }
 }
 
 pub struct SqliteBackend {
@@ -160,7 +126,7 @@ impl Backend for SqliteBackend {
 
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
-        range_rows(&self.fetch(&s.text, &s.params).await?)
+        decode_range(&self.fetch(&s.text, &s.params).await?)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -193,7 +159,7 @@ impl Backend for SqliteBackend {
                 &[],
             )
             .await?;
-        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn meta(&self) -> Result<Meta, DbError> {
@@ -203,20 +169,14 @@ impl Backend for SqliteBackend {
                 &[],
             )
             .await?;
-        let r = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: col(r, 0)?,
-            compact_revision: col(r, 1)?,
-        })
+        decode_meta(&rows)
     }
 
     async fn cluster_id(&self) -> Result<i64, DbError> {
         let rows = self
             .fetch("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
             .await?;
-        rows.first().map(|r| col(r, 0)).unwrap_or(Ok(0))
+        rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
     async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
@@ -226,7 +186,7 @@ impl Backend for SqliteBackend {
                 &[Param::Int(id)],
             )
             .await?;
-        rows.first().map(lease_row).transpose()
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
@@ -236,7 +196,7 @@ impl Backend for SqliteBackend {
                 &[],
             )
             .await?;
-        rows.iter().map(lease_row).collect()
+        rows.iter().map(decode_lease).collect()
     }
 
     async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
@@ -246,12 +206,12 @@ impl Backend for SqliteBackend {
                 &[Param::Int(now_ms), Param::Int(limit)],
             )
             .await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_ints(&rows)
     }
 
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_bytes(&rows)
     }
 }
 
@@ -304,13 +264,7 @@ impl Writer for SqliteWriter {
                 &[],
             )
             .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
-        Ok(Meta {
-            revision: col(row, 0)?,
-            compact_revision: col(row, 1)?,
-        })
+        decode_meta(&rows)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -323,7 +277,7 @@ impl Writer for SqliteWriter {
             );
             let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.clone())).collect();
             for r in self.fetch(text, &p).await? {
-                out.extend(kv(&r, 0)?);
+                out.extend(decode_kv(&r, 0)?);
             }
         }
         Ok(out)
@@ -331,7 +285,7 @@ impl Writer for SqliteWriter {
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q);
-        range_rows(&self.fetch(s.text, &s.params).await?)
+        decode_range(&self.fetch(s.text, &s.params).await?)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
@@ -352,7 +306,7 @@ impl Writer for SqliteWriter {
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_bytes(&rows)
     }
 
     async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
@@ -362,7 +316,7 @@ impl Writer for SqliteWriter {
                 &[Param::Int(id)],
             )
             .await?;
-        rows.first().map(|r| col(r, 0)).transpose()
+        rows.first().map(|r| r.int(0)).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
