@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`server`]: flags, listeners, and [`server::serve`], the testable entry
 //!   point (the binary only parses flags and passes Ctrl-C);
-//! - [`service`]: the gRPC services (KV, Lease, Maintenance), one module each;
+//! - [`service`]: the gRPC services (KV, Watch, Lease, Maintenance,
+//!   Cluster), one module each;
+//! - [`watch`]: the watch hub that tails the history table for watchers;
 //! - [`store`]: etcd's semantics as a revision log: validation, the write
 //!   batch, the group committer, read-only views;
 //! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
@@ -17,3 +19,4 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod watch;

@@ -11,15 +11,20 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::backend::{self, Backend, DbError, Dsn};
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
+use crate::service::watch::WatchService;
 use crate::service::{Identity, member_id};
 use crate::store::Store;
 use crate::store::check::MAX_TXN_OPS;
+use crate::watch::{BufferLimits, Hub};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
@@ -58,6 +63,29 @@ pub struct Config {
     /// Most operations in one Txn branch.
     #[arg(long, default_value_t = MAX_TXN_OPS)]
     pub max_txn_ops: usize,
+
+    /// How often watches that asked for progress notifications get one
+    /// while idle (etcd's flag; e.g. 10m, 30s, 500ms).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
+}
+
+/// `10m`, `30s`, `500ms`, `1h`: what etcd's duration flags accept, minus
+/// compound forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 impl Config {
@@ -144,7 +172,22 @@ pub async fn serve(
         member_id: member_id(&config.name, &advertise),
         raft_term: 1,
     };
-    let store = Arc::new(Store::new(backend.clone()));
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let store = Store::new(backend.clone(), committed.clone());
+    let hub = Hub::start(backend.clone(), committed, BufferLimits::default())
+        .await
+        .context("starting the watch hub")?;
+    let watch = Arc::new(WatchService {
+        hub,
+        id,
+        progress_interval: config.experimental_watch_progress_notify_interval,
+    });
+    let cluster = Arc::new(ClusterService {
+        store: store.clone(),
+        id,
+        name: config.name.clone(),
+        client_urls: advertise.clone(),
+    });
     let kv = Arc::new(KvService {
         store: store.clone(),
         id,
@@ -174,6 +217,10 @@ pub async fn serve(
             .add_service(
                 LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_message),
             )
+            .add_service(
+                WatchServer::from_arc(watch.clone()).max_decoding_message_size(max_message),
+            )
+            .add_service(ClusterServer::from_arc(cluster.clone()))
             .add_service(
                 MaintenanceServer::from_arc(maintenance.clone())
                     .max_decoding_message_size(max_message),
@@ -208,5 +255,14 @@ mod tests {
         );
         assert!(listen_addr("https://127.0.0.1:2379").is_err());
         assert!(listen_addr("unix:///tmp/x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("3d").is_err());
     }
 }

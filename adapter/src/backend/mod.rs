@@ -144,6 +144,75 @@ pub(crate) trait Columns {
     fn int(&self, i: usize) -> Result<i64, DbError>;
     /// A bytes column that may be NULL.
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError>;
+    /// An integer column that may be NULL.
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError>;
+}
+
+/// One change, as a watcher sees it.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub revision: i64,
+    pub deleted: bool,
+    /// For a delete: only the key and the deletion's revision, as etcd sends.
+    pub kv: KeyValue,
+    /// The version this change replaced; `None` for a create.
+    pub prev: Option<KeyValue>,
+}
+
+impl EventRow {
+    /// Approximate memory held, for the watch buffer's bound.
+    pub fn size(&self) -> usize {
+        64 + self.kv.key.len()
+            + self.kv.value.len()
+            + self
+                .prev
+                .as_ref()
+                .map_or(0, |p| p.key.len() + p.value.len() + 48)
+    }
+}
+
+/// Rows of [`sql::history`].
+pub(crate) fn decode_events<R: Columns>(rows: &[R]) -> Result<Vec<EventRow>, DbError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let revision = r.int(0)?;
+        let deleted = r.int(2)? != 0;
+        let key = r.bytes(3)?.unwrap_or_default();
+        let prev = match r.int_opt(12)? {
+            Some(prev_rev) => Some(KeyValue {
+                key: key.clone(),
+                value: r.bytes(8)?.unwrap_or_default(),
+                create_revision: r.int(9)?,
+                mod_revision: prev_rev,
+                version: r.int(10)?,
+                lease: r.int(11)?,
+            }),
+            None => None,
+        };
+        let kv = if deleted {
+            KeyValue {
+                key,
+                mod_revision: revision,
+                ..Default::default()
+            }
+        } else {
+            KeyValue {
+                key,
+                value: r.bytes(4)?.unwrap_or_default(),
+                create_revision: r.int(5)?,
+                mod_revision: revision,
+                version: r.int(6)?,
+                lease: r.int(7)?,
+            }
+        };
+        out.push(EventRow {
+            revision,
+            deleted,
+            kv,
+            prev,
+        });
+    }
+    Ok(out)
 }
 
 /// A key's version from columns `at..at + 6` (name, value, create_revision,
@@ -308,6 +377,29 @@ pub trait Backend: Send + Sync {
 
     /// Keys attached to a lease, latest state.
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
+
+    /// Changes in revisions `(after, upto]` (within a key range if given).
+    async fn history(
+        &self,
+        after: i64,
+        upto: i64,
+        range: Option<(&[u8], &KeyEnd)>,
+    ) -> Result<Vec<EventRow>, DbError>;
+
+    /// How often the watch hub looks for commits by other processes when
+    /// nothing wakes it.
+    fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(20)
+    }
+
+    /// Starts a task that calls `wake` whenever any process commits, where
+    /// the database can push that (PostgreSQL LISTEN/NOTIFY).
+    fn subscribe(
+        &self,
+        _wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
 }
 
 /// One write transaction at a time on a dedicated connection.
@@ -328,8 +420,8 @@ pub trait Writer: Send {
     /// Keys attached to a lease (sees what was flushed before).
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
 
-    /// A lease's granted TTL, if it exists.
-    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError>;
+    /// A lease's row, if it exists.
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError>;
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError>;
 

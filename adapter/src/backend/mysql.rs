@@ -11,8 +11,9 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
-    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
+    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
+    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -79,6 +80,10 @@ impl Columns for Row {
     }
 
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        col(self, i)
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
         col(self, i)
     }
 }
@@ -262,6 +267,16 @@ impl Backend for Mysql {
             .await?;
         first_bytes(&rows)
     }
+
+    async fn history(
+        &self,
+        after: i64,
+        upto: i64,
+        range: Option<(&[u8], &KeyEnd)>,
+    ) -> Result<Vec<EventRow>, DbError> {
+        let s = sql::history(DIALECT, after, upto, range);
+        decode_events(&self.query(&s.text, params(&s.params)).await?)
+    }
 }
 
 struct MyWriter {
@@ -354,14 +369,14 @@ impl Writer for MyWriter {
         first_bytes(&rows)
     }
 
-    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
         let rows = self
             .exec(
-                "SELECT ttl FROM etcdsql_lease WHERE id = ?",
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
                 Params::Positional(vec![Value::Int(id)]),
             )
             .await?;
-        rows.first().map(|r| r.int(0)).transpose()
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {

@@ -5,16 +5,22 @@
 
 use std::collections::HashMap;
 use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
-    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
+    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
+    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -47,6 +53,9 @@ const LEASES_EXIST: &str = "SELECT id FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 const STORE_META: &str =
     "UPDATE etcdsql_meta SET revision = $1, compact_revision = $2 WHERE id = 1";
+const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
+/// Every commit notifies this channel; watch hubs in all processes listen.
+const CHANNEL: &str = "etcdsql_commit";
 /// Deletes versions superseded by a change in the window, then the window's
 /// tombstones; what a read at or above the window's end needs stays.
 const PURGE_SUPERSEDED: &str = "DELETE FROM etcdsql_history h USING etcdsql_history n \
@@ -111,10 +120,26 @@ fn params(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl Columns for Row {
     fn int(&self, i: usize) -> Result<i64, DbError> {
-        self.try_get(i).map_err(|e| classify(&e))
+        self.int_opt(i)?
+            .ok_or_else(|| DbError::Other(format!("column {i} is NULL")))
     }
 
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        self.try_get(i).map_err(|e| classify(&e))
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        // deleted is SMALLINT
+        if self
+            .columns()
+            .get(i)
+            .is_some_and(|c| *c.type_() == Type::INT2)
+        {
+            return self
+                .try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(i64::from))
+                .map_err(|e| classify(&e));
+        }
         self.try_get(i).map_err(|e| classify(&e))
     }
 }
@@ -141,7 +166,7 @@ impl Postgres {
             .map_err(|e| DbError::Other(format!("invalid postgres endpoint: {e}")))?;
         if config.get_connect_timeout().is_none() {
             // An unreachable host should fail a request, not hang it.
-            config.connect_timeout(std::time::Duration::from_secs(5));
+            config.connect_timeout(Duration::from_secs(5));
         }
         let manager = Manager::from_config(
             config.clone(),
@@ -238,12 +263,7 @@ impl Backend for Postgres {
     }
 
     async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+        let rows = self.query(LEASE_ROW, &[&id]).await?;
         rows.first().map(decode_lease).transpose()
     }
 
@@ -270,6 +290,60 @@ impl Backend for Postgres {
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.query(LEASE_KEYS, &[&id]).await?;
         first_bytes(&rows)
+    }
+
+    async fn history(
+        &self,
+        after: i64,
+        upto: i64,
+        range: Option<(&[u8], &KeyEnd)>,
+    ) -> Result<Vec<EventRow>, DbError> {
+        let s = sql::history(DIALECT, after, upto, range);
+        decode_events(&self.query(&s.text, &params(&s.params)).await?)
+    }
+
+    /// NOTIFY wakes the hub; polling is only the fallback.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    fn subscribe(&self, wake: Arc<Notify>) -> Option<JoinHandle<()>> {
+        let config = self.config.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                if let Err(e) = listen(&config, &wake).await {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                }
+                // Whatever was missed meanwhile is found by the next poll.
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+}
+
+/// Holds a LISTEN connection and wakes the hub on every notification.
+async fn listen(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), DbError> {
+    let (client, mut conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let statement = format!("LISTEN {CHANNEL}");
+    let listen = client.batch_execute(&statement);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r.map_err(|e| classify(&e))?;
+                listening = true;
+                wake.notify_one();
+            }
+            m = messages.next() => match m {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(classify(&e)),
+                None => return Err(DbError::Unavailable("LISTEN connection closed".into())),
+            },
+        }
     }
 }
 
@@ -362,11 +436,9 @@ impl Writer for PgWriter {
         first_bytes(&rows)
     }
 
-    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
-        let rows = self
-            .query("SELECT ttl FROM etcdsql_lease WHERE id = $1", &[&id])
-            .await?;
-        rows.first().map(|r| r.int(0)).transpose()
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        let rows = self.query(LEASE_ROW, &[&id]).await?;
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
@@ -422,6 +494,11 @@ impl Writer for PgWriter {
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         self.execute(STORE_META, &[&meta.revision, &meta.compact_revision])
             .await?;
+        // Delivered to listeners when (and only if) the transaction commits.
+        self.client()?
+            .batch_execute(&format!("NOTIFY {CHANNEL}"))
+            .await
+            .map_err(|e| self.failed(e))?;
         self.client()?
             .batch_execute("COMMIT")
             .await

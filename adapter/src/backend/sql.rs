@@ -165,6 +165,30 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
     s
 }
 
+/// Changes in revisions `(after, upto]`, optionally within a key range,
+/// in revision order, each with the version it replaced. Columns: revision,
+/// sub, deleted, name, value, create_revision, version, lease, then the
+/// replaced version's value, create_revision, version, lease, revision
+/// (NULL for a create).
+pub fn history(d: Dialect, after: i64, upto: i64, range: Option<(&[u8], &KeyEnd)>) -> Statement {
+    let mut s = Statement::new(d);
+    s.push(
+        "SELECT h.revision, h.sub, h.deleted, h.name, h.value, h.create_revision, h.version, \
+         h.lease, p.value, p.create_revision, p.version, p.lease, p.revision \
+         FROM etcdsql_history h LEFT JOIN etcdsql_history p \
+         ON p.name = h.name AND p.revision = h.prev_revision WHERE h.revision > ",
+    );
+    s.bind(Param::Int(after))
+        .push(" AND h.revision <= ")
+        .bind(Param::Int(upto));
+    if let Some((key, end)) = range {
+        s.push(" AND ");
+        s.key_predicate("h.name", key, end);
+    }
+    s.push(" ORDER BY h.revision, h.sub");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

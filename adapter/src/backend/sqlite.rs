@@ -16,8 +16,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Writer, decode_kv,
-    decode_lease, decode_meta, decode_range, first_bytes, first_ints,
+    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
+    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -72,6 +73,10 @@ impl Columns for SqliteRow {
     }
 
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        self.try_get(i).map_err(classify)
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
         self.try_get(i).map_err(classify)
     }
 }
@@ -213,6 +218,16 @@ impl Backend for SqliteBackend {
         let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
         first_bytes(&rows)
     }
+
+    async fn history(
+        &self,
+        after: i64,
+        upto: i64,
+        range: Option<(&[u8], &KeyEnd)>,
+    ) -> Result<Vec<EventRow>, DbError> {
+        let s = sql::history(DIALECT, after, upto, range);
+        decode_events(&self.fetch(&s.text, &s.params).await?)
+    }
 }
 
 struct SqliteWriter {
@@ -309,14 +324,14 @@ impl Writer for SqliteWriter {
         first_bytes(&rows)
     }
 
-    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, DbError> {
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
         let rows = self
             .fetch(
-                "SELECT ttl FROM etcdsql_lease WHERE id = ?",
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
                 &[Param::Int(id)],
             )
             .await?;
-        rows.first().map(|r| r.int(0)).transpose()
+        rows.first().map(decode_lease).transpose()
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {

@@ -2,9 +2,11 @@
 //! the request the way etcd does, calls the store, and fills the response
 //! header.
 
+pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use crate::proto::etcdserverpb::ResponseHeader;
 

@@ -29,9 +29,23 @@ pub enum WriteOp {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(i64),
-    LeaseGrant { id: i64, ttl: i64, now_ms: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+        now_ms: i64,
+    },
     LeaseRevoke(i64),
-    LeaseRenew { id: i64, now_ms: i64 },
+    LeaseRenew {
+        id: i64,
+        now_ms: i64,
+    },
+    /// Revokes the lease only if it is still expired at `now_ms`: a
+    /// renewal that committed first wins, and of several processes
+    /// expiring one lease only the first finds it.
+    LeaseExpire {
+        id: i64,
+        now_ms: i64,
+    },
 }
 
 impl WriteOp {
@@ -70,6 +84,8 @@ pub enum WriteResult {
         ttl: i64,
         revision: i64,
     },
+    /// The lease was not (or no longer) expired.
+    LeaseKept,
 }
 
 pub struct Batch<'w> {
@@ -128,7 +144,9 @@ fn collect(ops: &[WriteOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i6
             WriteOp::LeaseGrant { id, .. } if *id != 0 => {
                 leases.insert(*id);
             }
-            WriteOp::LeaseRevoke(id) | WriteOp::LeaseRenew { id, .. } => {
+            WriteOp::LeaseRevoke(id)
+            | WriteOp::LeaseRenew { id, .. }
+            | WriteOp::LeaseExpire { id, .. } => {
                 leases.insert(*id);
             }
             _ => {}
@@ -263,36 +281,47 @@ impl<'w> Batch<'w> {
                 if !self.lease_exists(*id).await? {
                     return Err(Error::LeaseNotFound);
                 }
-                self.flush().await?;
-                for key in self.w.lease_keys(*id).await? {
-                    if let Some(kv) = self.get(&key).await?.filter(|kv| kv.lease == *id) {
-                        self.delete(&kv).await?;
-                    }
-                }
-                self.set_lease(*id, None);
-                Ok(WriteResult::LeaseRevoked {
-                    revision: self.meta.revision + i64::from(self.sub > 0),
-                })
+                self.revoke(*id).await
             }
+            WriteOp::LeaseExpire { id, now_ms } => match self.lease_row(*id).await? {
+                Some(row) if row.expires_at_ms <= *now_ms => self.revoke(*id).await,
+                _ => Ok(WriteResult::LeaseKept),
+            },
             WriteOp::LeaseRenew { id, now_ms } => {
-                if !self.lease_exists(*id).await? {
-                    return Err(Error::LeaseNotFound);
-                }
-                let ttl = self.lease_ttl(*id).await?.ok_or(Error::LeaseNotFound)?;
-                self.set_lease(*id, Some(lease_row(*id, ttl, *now_ms)));
+                let row = self.lease_row(*id).await?.ok_or(Error::LeaseNotFound)?;
+                self.set_lease(*id, Some(lease_row(*id, row.ttl, *now_ms)));
                 Ok(WriteResult::LeaseRenewed {
-                    ttl,
+                    ttl: row.ttl,
                     revision: self.meta.revision,
                 })
             }
         }
     }
 
-    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, Error> {
-        if let Some(Some(row)) = self.dirty_leases.get(&id) {
-            return Ok(Some(row.ttl));
+    /// Deletes the lease's keys (delete events in this request's revision)
+    /// and the lease.
+    async fn revoke(&mut self, id: i64) -> Result<WriteResult, Error> {
+        self.flush().await?;
+        for key in self.w.lease_keys(id).await? {
+            if let Some(kv) = self.get(&key).await?.filter(|kv| kv.lease == id) {
+                self.delete(&kv).await?;
+            }
         }
-        Ok(self.w.lease_ttl(id).await?)
+        self.set_lease(id, None);
+        Ok(WriteResult::LeaseRevoked {
+            revision: self.meta.revision + i64::from(self.sub > 0),
+        })
+    }
+
+    /// The lease's current row, the batch's own changes included.
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, Error> {
+        if let Some(row) = self.dirty_leases.get(&id) {
+            return Ok(*row);
+        }
+        if let Some(None) = self.leases.get(&id) {
+            return Ok(None);
+        }
+        Ok(self.w.lease_row(id).await?)
     }
 
     fn set_lease(&mut self, id: i64, row: Option<LeaseRow>) {

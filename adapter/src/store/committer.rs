@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::batch::{Batch, WriteOp, WriteResult};
 use crate::backend::{Backend, DbError, Writer};
@@ -33,10 +33,11 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(backend: Arc<dyn Backend>) -> Committer {
+    /// `committed` is notified after every batch, for the watch hub.
+    pub fn spawn(backend: Arc<dyn Backend>, committed: Arc<Notify>) -> Committer {
         // Bounded: a full queue makes callers wait (backpressure).
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH_OPS);
-        tokio::spawn(run(backend, rx));
+        tokio::spawn(run(backend, rx, committed));
         Committer { tx }
     }
 
@@ -50,7 +51,7 @@ impl Committer {
     }
 }
 
-async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
+async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
     let mut writer: Option<Box<dyn Writer>> = None;
     while let Some(first) = rx.recv().await {
         let mut bytes = first.op.size();
@@ -67,6 +68,7 @@ async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
         let results = execute(backend.as_ref(), &mut writer, &ops).await;
+        committed.notify_one();
         tracing::trace!(batch = ops.len(), "committed batch");
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have gone away; its write stands regardless.

@@ -13,8 +13,10 @@ pub mod committer;
 pub mod ops;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows};
 use crate::error::Error;
@@ -41,13 +43,19 @@ fn unexpected(r: WriteResult) -> Error {
     Error::Internal(format!("committer answered {r:?}"))
 }
 
+/// How often each process looks for expired leases.
+const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Store {
-    pub fn new(backend: Arc<dyn Backend>) -> Store {
-        Store {
-            committer: Committer::spawn(backend.clone()),
+    /// `committed` is notified after every write batch (the watch hub's wake-up).
+    pub fn new(backend: Arc<dyn Backend>, committed: Arc<Notify>) -> Arc<Store> {
+        let store = Arc::new(Store {
+            committer: Committer::spawn(backend.clone(), committed),
             backend,
             purge: Arc::default(),
-        }
+        });
+        tokio::spawn(expire_leases(Arc::downgrade(&store)));
+        store
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -204,6 +212,36 @@ impl Store {
 
     pub async fn meta(&self) -> Result<Meta, Error> {
         Ok(self.backend.meta().await?)
+    }
+}
+
+/// Revokes expired leases. Every process runs this; the revocation checks
+/// the expiry again under the revision lock, so each lease expires once.
+async fn expire_leases(store: std::sync::Weak<Store>) {
+    loop {
+        tokio::time::sleep(LEASE_EXPIRY_INTERVAL).await;
+        let Some(store) = store.upgrade() else { return };
+        let now = now_ms();
+        let expired = match store.backend.expired_leases(now, 256).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look for expired leases");
+                continue;
+            }
+        };
+        for id in expired {
+            match store
+                .committer
+                .submit(WriteOp::LeaseExpire { id, now_ms: now })
+                .await
+            {
+                Ok(WriteResult::LeaseRevoked { revision }) => {
+                    tracing::debug!(lease = id, revision, "lease expired");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "expiring a lease failed"),
+            }
+        }
     }
 }
 

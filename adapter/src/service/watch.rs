@@ -1,0 +1,346 @@
+//! etcdserverpb.Watch: one task per stream serves all of the stream's
+//! watches. It delivers each watch's events in revision order from the
+//! hub's buffer, or from the history table when the watch is behind the
+//! buffer; it waits (backpressure) rather than drop when the client reads
+//! slowly. Progress requests are answered once every watch on the stream
+//! has caught up, with watch_id -1, as etcd does.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Identity;
+use crate::backend::{EventRow, KeyEnd};
+use crate::error::Error;
+use crate::proto::etcdserverpb::watch_create_request::FilterType;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::proto::mvccpb::{Event, event::EventType};
+use crate::watch::{Hub, Slice};
+
+/// Events per response; a revision is never split unless it alone is larger.
+const MAX_EVENTS: usize = 1000;
+/// Revisions per history read for a watch behind the buffer.
+const RESYNC_WINDOW: i64 = 1000;
+/// etcd's mvcc error for a reused watch id.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+pub struct WatchService {
+    pub hub: Arc<Hub>,
+    pub id: Identity,
+    /// etcd's --experimental-watch-progress-notify-interval.
+    pub progress_interval: Duration,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ResponseStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let stream = WatchStream {
+            hub: self.hub.clone(),
+            id: self.id,
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_pending: false,
+        };
+        tokio::spawn(stream.run(req.into_inner(), self.progress_interval));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    end: KeyEnd,
+    /// The next revision to deliver.
+    next: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    last_sent: Instant,
+}
+
+impl Watcher {
+    fn wants(&self, e: &EventRow) -> bool {
+        self.end.contains(&self.key, &e.kv.key)
+            && !(e.deleted && self.no_delete)
+            && !(!e.deleted && self.no_put)
+    }
+
+    fn event(&self, e: &EventRow) -> Event {
+        Event {
+            r#type: if e.deleted {
+                EventType::Delete as i32
+            } else {
+                EventType::Put as i32
+            },
+            kv: Some(e.kv.clone()),
+            prev_kv: if self.prev_kv { e.prev.clone() } else { None },
+        }
+    }
+}
+
+/// The client has gone away.
+struct Gone;
+
+struct WatchStream {
+    hub: Arc<Hub>,
+    id: Identity,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    progress_pending: bool,
+}
+
+impl WatchStream {
+    async fn run(mut self, mut input: Streaming<WatchRequest>, progress_interval: Duration) {
+        let mut revision = self.hub.subscribe();
+        let mut ticker = tokio::time::interval(progress_interval);
+        ticker.tick().await;
+        loop {
+            if self.deliver().await.is_err() {
+                return;
+            }
+            tokio::select! {
+                msg = input.next() => match msg {
+                    Some(Ok(req)) => {
+                        if self.handle(req).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The client closed the stream or broke it.
+                    _ => return,
+                },
+                changed = revision.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.progress_notify(progress_interval).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
+        self.tx.send(Ok(resp)).await.map_err(|_| Gone)
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse {
+            header: self.id.header(revision),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Gone> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    let mut r = self.response(c.watch_id, self.hub.revision());
+                    r.canceled = true;
+                    self.send(r).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_pending = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
+        let meta = match self.hub.backend().meta().await {
+            Ok(m) => m,
+            Err(e) => {
+                // Without the database no watch can start: end the stream
+                // with the error, as a broken etcd member would.
+                let _ = self.tx.send(Err(Error::from(e).into())).await;
+                return Err(Gone);
+            }
+        };
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                let mut r = self.response(-1, meta.revision);
+                r.created = true;
+                r.canceled = true;
+                r.cancel_reason = DUPLICATE_ID.to_string();
+                return self.send(r).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let start = if c.start_revision > 0 {
+            c.start_revision
+        } else {
+            meta.revision + 1
+        };
+        let filters: Vec<FilterType> = c
+            .filters
+            .iter()
+            .filter_map(|f| FilterType::try_from(*f).ok())
+            .collect();
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let watcher = Watcher {
+            end: KeyEnd::from_range_end(&c.range_end),
+            key,
+            next: start,
+            prev_kv: c.prev_kv,
+            no_put: filters.contains(&FilterType::Noput),
+            no_delete: filters.contains(&FilterType::Nodelete),
+            progress_notify: c.progress_notify,
+            last_sent: Instant::now(),
+        };
+        let mut r = self.response(id, meta.revision);
+        r.created = true;
+        self.send(r).await?;
+        if start < meta.compact_revision {
+            return self
+                .compacted(id, meta.compact_revision, meta.revision)
+                .await;
+        }
+        self.watchers.insert(id, watcher);
+        Ok(())
+    }
+
+    /// etcd's answer to a watch below the compacted revision: canceled.
+    async fn compacted(&mut self, id: i64, compact: i64, current: i64) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        let mut r = self.response(id, current);
+        r.compact_revision = compact;
+        r.canceled = true;
+        self.send(r).await
+    }
+
+    /// Brings every watch up to the hub's revision, then answers a pending
+    /// progress request.
+    async fn deliver(&mut self) -> Result<(), Gone> {
+        let latest = self.hub.revision();
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            loop {
+                let Some(w) = self.watchers.get(&id) else {
+                    break;
+                };
+                if w.next > latest {
+                    break;
+                }
+                let (events, covered) = match self.hub.slice(w.next, latest, MAX_EVENTS) {
+                    Slice::Events(events) => {
+                        let covered = if events.len() >= MAX_EVENTS {
+                            events.last().map_or(latest, |e| e.revision)
+                        } else {
+                            latest
+                        };
+                        let picked: Vec<Event> = events
+                            .iter()
+                            .filter(|e| w.wants(e))
+                            .map(|e| w.event(e))
+                            .collect();
+                        (picked, covered)
+                    }
+                    Slice::Evicted => match self.resync(id, latest).await? {
+                        Some(step) => step,
+                        None => break,
+                    },
+                };
+                let Some(w) = self.watchers.get_mut(&id) else {
+                    break;
+                };
+                w.next = covered + 1;
+                if !events.is_empty() {
+                    w.last_sent = Instant::now();
+                    let mut r = self.response(id, covered);
+                    r.events = events;
+                    self.send(r).await?;
+                }
+            }
+        }
+        if self.progress_pending && self.watchers.values().all(|w| w.next > latest) {
+            self.progress_pending = false;
+            self.send(self.response(-1, latest)).await?;
+        }
+        Ok(())
+    }
+
+    /// One window of a lagging watch's events from the database. `None`
+    /// when the watch ended (compacted) or the database failed (retried on
+    /// the next wake-up).
+    async fn resync(&mut self, id: i64, latest: i64) -> Result<Option<(Vec<Event>, i64)>, Gone> {
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(None);
+        };
+        let upto = latest.min(w.next - 1 + RESYNC_WINDOW);
+        let meta = self.hub.backend().meta().await;
+        let rows = self.hub.read(w.next - 1, upto, &w.key, &w.end).await;
+        match (meta, rows) {
+            (Ok(meta), _) if w.next < meta.compact_revision => {
+                self.compacted(id, meta.compact_revision, meta.revision)
+                    .await?;
+                Ok(None)
+            }
+            (Ok(_), Ok(rows)) => {
+                let events = rows
+                    .iter()
+                    .filter(|e| w.wants(e))
+                    .map(|e| w.event(e))
+                    .collect();
+                Ok(Some((events, upto)))
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, watch = id, "resyncing a watch from history failed; will retry");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Empty responses to synced watches that asked for progress and were
+    /// sent nothing during the interval.
+    async fn progress_notify(&mut self, interval: Duration) -> Result<(), Gone> {
+        let latest = self.hub.revision();
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| {
+                w.progress_notify && w.next > latest && w.last_sent.elapsed() >= interval
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.send(self.response(id, latest)).await?;
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.last_sent = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! The watch hub: one task per process tails `etcdsql_history` in revision
+//! order into a bounded buffer of recent events, and tells watchers how far
+//! it got. It wakes on this process's commits at once, on any process's
+//! commits where the database pushes them (PostgreSQL LISTEN/NOTIFY), and
+//! otherwise polls.
+//!
+//! Revisions are gapless and commit in order (the revision-row lock), so a
+//! read of revisions `(last, last + n]` that returns revision r has every
+//! revision below r too: the hub never skips an event. Watchers that fall
+//! behind the buffer read history from the database instead (never dropped).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::backend::{Backend, DbError, EventRow, KeyEnd};
+
+/// Revisions read per history query.
+const WINDOW: i64 = 1000;
+
+/// Bounds of the in-memory buffer; older events are read from the database.
+pub struct BufferLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Default for BufferLimits {
+    fn default() -> Self {
+        BufferLimits {
+            events: 100_000,
+            bytes: 64 << 20,
+        }
+    }
+}
+
+struct Buffer {
+    events: VecDeque<Arc<EventRow>>,
+    bytes: usize,
+    /// Every event with a revision at or above this is in `events` (up to
+    /// the hub's revision).
+    first_rev: i64,
+}
+
+pub struct Hub {
+    backend: Arc<dyn Backend>,
+    buffer: RwLock<Buffer>,
+    /// The revision up to which the buffer holds every event.
+    revision: watch::Sender<i64>,
+    /// Woken by commits.
+    wake: Arc<Notify>,
+    limits: BufferLimits,
+}
+
+/// Events a watcher may take from the hub, or where it must go instead.
+pub enum Slice {
+    Events(Vec<Arc<EventRow>>),
+    /// The buffer no longer holds the start: read the database.
+    Evicted,
+}
+
+impl Hub {
+    /// Starts tailing after the current revision.
+    pub async fn start(
+        backend: Arc<dyn Backend>,
+        wake: Arc<Notify>,
+        limits: BufferLimits,
+    ) -> Result<Arc<Hub>, DbError> {
+        let current = backend.meta().await?.revision;
+        let hub = Arc::new(Hub {
+            buffer: RwLock::new(Buffer {
+                events: VecDeque::new(),
+                bytes: 0,
+                first_rev: current + 1,
+            }),
+            revision: watch::channel(current).0,
+            backend,
+            wake,
+            limits,
+        });
+        if let Some(task) = hub.backend.subscribe(hub.wake.clone()) {
+            // The listener lives as long as the process; nothing joins it.
+            drop(task);
+        }
+        tokio::spawn(tail(Arc::downgrade(&hub)));
+        Ok(hub)
+    }
+
+    /// The revision up to which events are known; changes wake receivers.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Buffered events with revisions in `[from, upto]`, at most `max`
+    /// (cut at a revision boundary once `max` is passed).
+    pub fn slice(&self, from: i64, upto: i64, max: usize) -> Slice {
+        let buffer = self.buffer.read().unwrap_or_else(|e| e.into_inner());
+        if from < buffer.first_rev {
+            return Slice::Evicted;
+        }
+        let start = buffer.events.partition_point(|e| e.revision < from);
+        let mut out = Vec::new();
+        for e in buffer.events.range(start..) {
+            if e.revision > upto
+                || (out.len() >= max
+                    && out
+                        .last()
+                        .is_some_and(|l: &Arc<EventRow>| l.revision != e.revision))
+            {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Slice::Events(out)
+    }
+
+    /// Events from the database, for watchers behind the buffer.
+    pub async fn read(
+        &self,
+        after: i64,
+        upto: i64,
+        key: &[u8],
+        end: &KeyEnd,
+    ) -> Result<Vec<EventRow>, DbError> {
+        self.backend.history(after, upto, Some((key, end))).await
+    }
+
+    /// Reads every revision committed since the last call into the buffer.
+    async fn catch_up(&self) -> Result<(), DbError> {
+        loop {
+            let last = self.revision();
+            let events = self.backend.history(last, last + WINDOW, None).await?;
+            let Some(newest) = events.last().map(|e| e.revision) else {
+                return Ok(());
+            };
+            {
+                let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+                for e in events {
+                    b.bytes += e.size();
+                    b.events.push_back(Arc::new(e));
+                }
+                while b.events.len() > self.limits.events || b.bytes > self.limits.bytes {
+                    let Some(old) = b.events.pop_front() else {
+                        break;
+                    };
+                    b.bytes -= old.size();
+                    // Only whole revisions count as held.
+                    b.first_rev = old.revision + 1;
+                }
+            }
+            self.revision.send_replace(newest);
+        }
+    }
+}
+
+/// The tailing loop; ends when the hub is dropped.
+async fn tail(hub: std::sync::Weak<Hub>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        let wake = h.wake.clone();
+        let interval = h.backend.poll_interval();
+        match h.catch_up().await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(100) {
+                    tracing::warn!(error = %e, failures, "watch hub cannot read history; retrying");
+                }
+            }
+        }
+        drop(h);
+        let backoff = if failures > 0 {
+            Duration::from_millis(200)
+        } else {
+            interval
+        };
+        let _ = tokio::time::timeout(backoff, wake.notified()).await;
+    }
+}
