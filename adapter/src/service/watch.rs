@@ -223,18 +223,17 @@ impl WatchStream {
         r.created = true;
         self.send(r).await?;
         if start < meta.compact_revision {
-            return self
-                .compacted(id, meta.compact_revision, meta.revision)
-                .await;
+            return self.compacted(id, meta.compact_revision).await;
         }
         self.watchers.insert(id, watcher);
         Ok(())
     }
 
-    /// etcd's answer to a watch below the compacted revision: canceled.
-    async fn compacted(&mut self, id: i64, compact: i64, current: i64) -> Result<(), Gone> {
+    /// etcd's answer to a watch below the compacted revision: canceled,
+    /// with the compacted revision and (as etcd sends it) header revision 0.
+    async fn compacted(&mut self, id: i64, compact: i64) -> Result<(), Gone> {
         self.watchers.remove(&id);
-        let mut r = self.response(id, current);
+        let mut r = self.response(id, 0);
         r.compact_revision = compact;
         r.canceled = true;
         self.send(r).await
@@ -303,8 +302,7 @@ impl WatchStream {
         let rows = self.hub.read(w.next - 1, upto, &w.key, &w.end).await;
         match (meta, rows) {
             (Ok(meta), _) if w.next < meta.compact_revision => {
-                self.compacted(id, meta.compact_revision, meta.revision)
-                    .await?;
+                self.compacted(id, meta.compact_revision).await?;
                 Ok(None)
             }
             (Ok(_), Ok(rows)) => {

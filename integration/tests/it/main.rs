@@ -9,6 +9,7 @@
 mod concurrency;
 mod etcdctl;
 mod kv;
+mod watch;
 
 use std::path::Path;
 

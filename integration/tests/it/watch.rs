@@ -1,0 +1,375 @@
+//! Watch, compared with etcd 3.4: one scripted stream with several watches
+//! (prefix, range, single key, filters, prev_kv, client-chosen and duplicate
+//! ids, cancel, replay from a past revision, progress request, a watch below
+//! the compaction), its answers grouped per watch id. Responses may batch
+//! events differently, so the comparison is on each watch's sequence of
+//! events and control responses, not on response boundaries.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, DeleteOptions, EventType, GetOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    WatchStream,
+};
+use etcdsql_integration::{Process, Started, Target, TestDb};
+use tokio::sync::OnceCell;
+
+use crate::bin;
+
+/// What each watch id (and -1, progress) received, in order.
+#[derive(Default)]
+struct Log(BTreeMap<i64, Vec<String>>);
+
+impl Log {
+    fn record(&mut self, r: &etcd_client::WatchResponse) {
+        let id = r.watch_id();
+        let rev = r.header().map_or(0, |h| h.revision());
+        let lines = self.0.entry(id).or_default();
+        if r.created() {
+            lines.push(format!(
+                "created rev={rev} canceled={} reason={:?}",
+                r.canceled(),
+                r.cancel_reason()
+            ));
+        } else if r.canceled() {
+            lines.push(format!(
+                "canceled rev={rev} compact={}",
+                r.compact_revision()
+            ));
+        } else if r.events().is_empty() {
+            lines.push(format!("progress rev={rev}"));
+        }
+        for e in r.events() {
+            let kv = e.kv().map(|k| {
+                format!(
+                    "{}={:?} c={} m={} v={} l={}",
+                    String::from_utf8_lossy(k.key()),
+                    String::from_utf8_lossy(k.value()),
+                    k.create_revision(),
+                    k.mod_revision(),
+                    k.version(),
+                    k.lease()
+                )
+            });
+            let prev = e.prev_kv().map(|k| {
+                format!(
+                    "{:?} m={} v={}",
+                    String::from_utf8_lossy(k.value()),
+                    k.mod_revision(),
+                    k.version()
+                )
+            });
+            let ty = if e.event_type() == EventType::Put {
+                "PUT"
+            } else {
+                "DELETE"
+            };
+            lines.push(format!("{ty} {} prev={prev:?}", kv.unwrap_or_default()));
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|(id, l)| l.iter().map(move |l| format!("watch {id}: {l}")))
+            .collect()
+    }
+}
+
+/// Reads responses until none came for a while.
+async fn settle(ws: &mut WatchStream, log: &mut Log) {
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(400), ws.message()).await
+    {
+        log.record(&r);
+    }
+}
+
+async fn script(c: &mut Client) -> Vec<String> {
+    let mut log = Log::default();
+    let opts = WatchOptions::new;
+    let mut ws = c
+        .watch("w/", Some(opts().with_prefix().with_prev_key()))
+        .await
+        .expect("watch");
+    ws.watch(
+        "w/a",
+        Some(
+            opts()
+                .with_watch_id(7)
+                .with_filters([WatchFilterType::NoDelete]),
+        ),
+    )
+    .await
+    .expect("watch 7");
+    ws.watch(
+        "w/b",
+        Some(
+            opts()
+                .with_range("w/d")
+                .with_watch_id(8)
+                .with_filters([WatchFilterType::NoPut])
+                .with_prev_key(),
+        ),
+    )
+    .await
+    .expect("watch 8");
+    ws.watch("w/x", Some(opts().with_watch_id(7)))
+        .await
+        .expect("duplicate");
+    settle(&mut ws, &mut log).await;
+
+    c.put("w/a", "1", None).await.unwrap(); // 2
+    c.put("w/b", "2", None).await.unwrap(); // 3
+    c.put("w/c", "3", None).await.unwrap(); // 4
+    c.put("w/a", "4", None).await.unwrap(); // 5
+    c.delete("w/b", None).await.unwrap(); // 6
+    c.txn(Txn::new().and_then([TxnOp::put("w/d", "5", None), TxnOp::delete("w/c", None)]))
+        .await
+        .unwrap(); // 7
+    c.put("elsewhere", "x", None).await.unwrap(); // 8
+    settle(&mut ws, &mut log).await;
+
+    ws.cancel(8).await.unwrap();
+    settle(&mut ws, &mut log).await;
+    c.put("w/b", "6", None).await.unwrap(); // 9
+    settle(&mut ws, &mut log).await;
+
+    // replay from history
+    ws.watch(
+        "w/",
+        Some(
+            opts()
+                .with_prefix()
+                .with_start_revision(3)
+                .with_prev_key()
+                .with_watch_id(20),
+        ),
+    )
+    .await
+    .unwrap();
+    settle(&mut ws, &mut log).await;
+    ws.request_progress().await.unwrap();
+    settle(&mut ws, &mut log).await;
+
+    c.compact(5, None).await.unwrap();
+    ws.watch(
+        "w/",
+        Some(
+            opts()
+                .with_prefix()
+                .with_start_revision(2)
+                .with_watch_id(21),
+        ),
+    )
+    .await
+    .unwrap();
+    ws.watch(
+        "w/",
+        Some(
+            opts()
+                .with_prefix()
+                .with_start_revision(5)
+                .with_watch_id(22),
+        ),
+    )
+    .await
+    .unwrap();
+    settle(&mut ws, &mut log).await;
+
+    c.delete("w/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap(); // 10
+    ws.watch("", Some(opts().with_all_keys().with_watch_id(23)))
+        .await
+        .unwrap();
+    settle(&mut ws, &mut log).await;
+    c.put("z", "last", None).await.unwrap(); // 11
+    settle(&mut ws, &mut log).await;
+    log.lines()
+}
+
+async fn transcript(target: Target) -> Vec<String> {
+    let s = Started::new(target, bin()).await.expect("start");
+    let mut c = s.server.client().await.expect("client");
+    script(&mut c).await
+}
+
+static REFERENCE: OnceCell<Option<Vec<String>>> = OnceCell::const_new();
+
+async fn check(target: Target) {
+    if !target.available() {
+        return;
+    }
+    let got = transcript(target).await;
+    let want = REFERENCE
+        .get_or_init(|| async {
+            Target::Etcd
+                .available()
+                .then_some(transcript(Target::Etcd).await)
+        })
+        .await;
+    // Semantics that hold with or without the reference.
+    let has = |s: &str| got.iter().any(|l| l.contains(s));
+    assert!(
+        has(
+            "watch -1: created rev=1 canceled=true reason=\"mvcc: duplicate watch ID provided on the WatchStream\""
+        ),
+        "{got:#?}"
+    );
+    assert!(has("watch 21: canceled rev=0 compact=5"), "{got:#?}");
+    assert!(has("watch -1: progress rev=9"), "{got:#?}");
+    assert!(
+        !got.iter().any(|l| l.starts_with("watch 7: DELETE")),
+        "NODELETE: {got:#?}"
+    );
+    if let Some(want) = want {
+        assert_eq!(
+            got.join("\n"),
+            want.join("\n"),
+            "watch transcript on {} differs from etcd 3.4",
+            target.name()
+        );
+    }
+    eprintln!(
+        "watch script on {}: {} lines{}",
+        target.name(),
+        got.len(),
+        if want.is_some() {
+            ", identical to etcd 3.4"
+        } else {
+            ""
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_sqlite() {
+    check(Target::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_postgres() {
+    check(Target::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_mariadb() {
+    check(Target::Mariadb).await;
+}
+
+const WRITES: i64 = 300;
+
+/// Writes through one process reach a watcher on another in order, none
+/// lost; a watcher started later on a third process replays everything
+/// from the history table.
+async fn across_processes(target: Target) {
+    if !target.available() {
+        return;
+    }
+    let db = TestDb::create(target).await.expect("database");
+    let a = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("writer process");
+    let b = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("watcher process");
+    let mut writer = a.client().await.unwrap();
+    let mut watcher = b.client().await.unwrap();
+    let mut ws = watcher
+        .watch(
+            "/registry/pods/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert!(ws.message().await.unwrap().unwrap().created());
+
+    let mut latencies = Vec::new();
+    let mut seen = 0;
+    for i in 0..WRITES {
+        let key = format!("/registry/pods/ns/p{}", i % 10);
+        let sent = Instant::now();
+        writer.put(key, i.to_string(), None).await.unwrap();
+        // Wait for this write's event before the next write.
+        while seen <= i {
+            let r = tokio::time::timeout(Duration::from_secs(5), ws.message())
+                .await
+                .expect("event within 5 s")
+                .unwrap()
+                .unwrap();
+            for e in r.events() {
+                let kv = e.kv().unwrap();
+                assert_eq!(
+                    kv.mod_revision(),
+                    seen + 2,
+                    "events in revision order, none lost"
+                );
+                assert_eq!(kv.value_str().unwrap(), seen.to_string());
+                if seen >= 10 {
+                    let prev = e.prev_kv().expect("prev_kv");
+                    assert_eq!(prev.value_str().unwrap(), (seen - 10).to_string());
+                }
+                seen += 1;
+            }
+        }
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    let p = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+    eprintln!(
+        "watch across processes on {}: {WRITES} events in order; put→event p50 {:?} p99 {:?} max {:?}",
+        target.name(),
+        p(50),
+        p(99),
+        latencies.last().unwrap()
+    );
+
+    // A process started now has none of this in memory: replay from history.
+    let c = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("third process");
+    let mut late = c.client().await.unwrap();
+    let mut ws = late
+        .watch(
+            "/registry/pods/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+        )
+        .await
+        .unwrap();
+    let mut replayed = 0;
+    while replayed < WRITES {
+        let r = tokio::time::timeout(Duration::from_secs(5), ws.message())
+            .await
+            .expect("replay within 5 s")
+            .unwrap()
+            .unwrap();
+        for e in r.events() {
+            assert_eq!(e.kv().unwrap().mod_revision(), replayed + 2);
+            replayed += 1;
+        }
+    }
+    let last = late
+        .get(
+            "/registry/pods/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.count(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_across_processes_postgres() {
+    across_processes(Target::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_across_processes_mariadb() {
+    across_processes(Target::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_across_processes_sqlite() {
+    across_processes(Target::Sqlite).await;
+}
