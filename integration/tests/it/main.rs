@@ -6,6 +6,7 @@
 //! `ETCDSQL_TEST_MYSQL_URL`; a target that is missing is skipped with a
 //! plain message, unless `ETCDSQL_REQUIRE` lists it.
 
+mod apiserver;
 mod concurrency;
 mod etcdctl;
 mod kv;
