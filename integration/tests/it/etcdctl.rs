@@ -142,3 +142,102 @@ async fn etcdctl_postgres() {
 async fn etcdctl_mariadb() {
     check(Target::Mariadb).await;
 }
+
+/// `etcdctl watch` until it is stopped after `secs`.
+fn etcdctl_watch(endpoint: &str, args: &[&str], secs: u64) -> String {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("watch")
+        .args(args)
+        .output()
+        .expect("running etcdctl watch");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Watch replays and leases through etcdctl; lease ids are the server's
+/// choice, so those answers are checked by shape rather than compared.
+async fn watch_and_leases(target: Target) {
+    if !target.available() || !Target::Etcd.available() {
+        return;
+    }
+    let etcd = Started::new(Target::Etcd, bin()).await.expect("etcd");
+    let ours = Started::new(target, bin()).await.expect("etcdsql");
+    let mut watches = Vec::new();
+    for s in [&etcd, &ours] {
+        let e = &s.server.endpoint;
+        for (args, stdin) in &COMMANDS[..14] {
+            etcdctl(e, args, stdin);
+        }
+        watches.push((
+            etcdctl_watch(e, &["k", "--prefix", "--rev=2", "--prev-kv"], 2),
+            etcdctl_watch(e, &["k1", "--rev=3"], 2),
+        ));
+    }
+    assert_eq!(watches[1], watches[0], "etcdctl watch on {}", target.name());
+    assert!(
+        watches[0].0.contains("PUT\nk1\nv1\nk1\nv11"),
+        "{}",
+        watches[0].0
+    );
+
+    let e = &ours.server.endpoint;
+    let grant = etcdctl(e, &["lease", "grant", "60"], "");
+    let id = grant
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("lease id in {grant:?}"))
+        .to_string();
+    assert!(grant.contains("granted with TTL(60s)"), "{grant}");
+    assert!(etcdctl(e, &["put", "lk", "v", &format!("--lease={id}")], "").contains("OK"));
+    let ttl = etcdctl(e, &["lease", "timetolive", &id, "--keys"], "");
+    assert!(ttl.contains("attached keys([lk])"), "{ttl}");
+    let list = etcdctl(e, &["lease", "list"], "");
+    assert!(
+        list.contains("found 1 leases") && list.contains(&id),
+        "{list}"
+    );
+    let keep = etcdctl(e, &["lease", "keep-alive", "--once", &id], "");
+    assert!(keep.contains("keepalived with TTL(60)"), "{keep}");
+    let revoke = etcdctl(e, &["lease", "revoke", &id], "");
+    assert!(revoke.contains("revoked"), "{revoke}");
+    assert!(etcdctl(e, &["get", "lk"], "").ends_with("exit Some(0)\n"));
+    let members = etcdctl(e, &["member", "list"], "");
+    assert!(
+        members.contains(&format!("http://{e}")) && members.contains("started"),
+        "{members}"
+    );
+    // etcdctl 3.4 reports health on standard error.
+    let health = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            format!("--endpoints={e}"),
+            "endpoint".into(),
+            "health".into(),
+        ])
+        .output()
+        .expect("etcdctl endpoint health");
+    let health = String::from_utf8_lossy(&health.stderr);
+    assert!(health.contains(&format!("{e} is healthy")), "{health}");
+    eprintln!(
+        "etcdctl watch, lease, member list, endpoint health on {}: ok",
+        target.name()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_watch_lease_sqlite() {
+    watch_and_leases(Target::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_watch_lease_postgres() {
+    watch_and_leases(Target::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_watch_lease_mariadb() {
+    watch_and_leases(Target::Mariadb).await;
+}

@@ -10,6 +10,7 @@ mod apiserver;
 mod concurrency;
 mod etcdctl;
 mod kv;
+mod lease;
 mod watch;
 
 use std::path::Path;

@@ -1,0 +1,132 @@
+//! Leases: keep-alive holds a lease, expiry deletes its keys as delete
+//! events in one revision, exactly once even with two processes expiring,
+//! and leases survive a restart of etcdsql.
+
+use std::time::Duration;
+
+use etcd_client::{EventType, PutOptions, WatchOptions};
+use etcdsql_integration::{Process, Target, TestDb};
+
+use crate::bin;
+
+async fn expiry_across_processes(target: Target) {
+    if !target.available() {
+        return;
+    }
+    let db = TestDb::create(target).await.expect("database");
+    let a = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let b = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let mut ca = a.client().await.unwrap();
+    let mut cb = b.client().await.unwrap();
+
+    // A short lease with three keys, and one kept alive through the other process.
+    let short = ca.lease_grant(2, None).await.unwrap().id();
+    let kept = ca.lease_grant(2, None).await.unwrap().id();
+    for k in ["/l/a", "/l/b", "/l/c"] {
+        ca.put(k, "v", Some(PutOptions::new().with_lease(short)))
+            .await
+            .unwrap();
+    }
+    ca.put("/l/kept", "v", Some(PutOptions::new().with_lease(kept)))
+        .await
+        .unwrap();
+    let start = ca
+        .get("/l/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut ws = cb
+        .watch(
+            "/l/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(ws.message().await.unwrap().unwrap().created());
+
+    let (mut keeper, mut acks) = cb.lease_keep_alive(kept).await.unwrap();
+    let mut deletes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick() => {
+                keeper.keep_alive().await.unwrap();
+                let ack = acks.message().await.unwrap().unwrap();
+                assert_eq!(ack.ttl(), 2, "a kept-alive lease is renewed to its TTL");
+            }
+            m = ws.message() => {
+                for e in m.unwrap().unwrap().events() {
+                    assert_eq!(e.event_type(), EventType::Delete);
+                    deletes.push((String::from_utf8_lossy(e.kv().unwrap().key()).to_string(), e.kv().unwrap().mod_revision()));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        deletes.len(),
+        3,
+        "three delete events, once each: {deletes:?}"
+    );
+    assert!(
+        deletes.iter().all(|(_, r)| *r == deletes[0].1),
+        "one revision: {deletes:?}"
+    );
+    assert_eq!(deletes[0].1, start + 1, "expiry took exactly one revision");
+    let now = ca
+        .get("/l/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(now.kvs().len(), 1, "the kept-alive key stays");
+    assert_eq!(now.header().unwrap().revision(), start + 1);
+    let ttl = ca.lease_time_to_live(short, None).await.unwrap();
+    assert_eq!(ttl.ttl(), -1, "the expired lease is gone");
+    eprintln!(
+        "leases on {}: expiry once across two processes, keep-alive holds",
+        target.name()
+    );
+
+    // Leases live in the database: a restarted process still has them.
+    drop(a);
+    let a2 = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let mut c2 = a2.client().await.unwrap();
+    let ttl = c2
+        .lease_time_to_live(
+            kept,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 2);
+    assert_eq!(ttl.keys(), [b"/l/kept".to_vec()]);
+    let listed: Vec<i64> = c2
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert_eq!(listed, vec![kept]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expiry_postgres() {
+    expiry_across_processes(Target::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expiry_mariadb() {
+    expiry_across_processes(Target::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lease_expiry_sqlite() {
+    expiry_across_processes(Target::Sqlite).await;
+}
