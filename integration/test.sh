@@ -22,6 +22,7 @@ need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)      # etcd-client's build
 command -v etcd >/dev/null || need+=(etcd-server)               # the reference
 command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v openssl >/dev/null || need+=(openssl)                # TLS test certificates
 if [ -z "${ETCDSQL_TEST_POSTGRES_URL:-}" ]; then
   command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 fi

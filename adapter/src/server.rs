@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -64,6 +65,22 @@ pub struct Config {
     #[arg(long, default_value_t = MAX_TXN_OPS)]
     pub max_txn_ops: usize,
 
+    /// Server certificate (PEM) for https:// listen URLs.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+
+    /// Key of --cert-file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to, with --client-cert-auth.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+
     /// How often watches that asked for progress notifications get one
     /// while idle (etcd's flag; e.g. 10m, 30s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -97,25 +114,57 @@ impl Config {
     }
 }
 
-/// `http://host:port` → a socket address.
-fn listen_addr(url: &str) -> anyhow::Result<SocketAddr> {
+/// A bound client listener; `tls` for https:// URLs.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: bool,
+}
+
+/// `http://host:port` or `https://host:port` → (address, TLS?).
+fn listen_addr(url: &str) -> anyhow::Result<(SocketAddr, bool)> {
     let u = url::Url::parse(url).with_context(|| format!("invalid listen URL {url:?}"))?;
-    match u.scheme() {
-        "http" => {}
-        "https" => bail!("{url}: TLS listeners are not supported yet; use http://"),
-        s => bail!("{url}: unsupported scheme {s:?} (use http://host:port)"),
-    }
+    let tls = match u.scheme() {
+        "http" => false,
+        "https" => true,
+        s => bail!("{url}: unsupported scheme {s:?} (use http:// or https://)"),
+    };
     let host = u.host_str().context("listen URL has no host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = u.port().unwrap_or(2379);
-    format!("{host}:{port}")
+    let addr = format!("{host}:{port}")
         .parse::<SocketAddr>()
         .or_else(|_| {
             std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
                 .next()
                 .ok_or_else(|| std::io::Error::other("no address"))
         })
-        .with_context(|| format!("resolving {url}"))
+        .with_context(|| format!("resolving {url}"))?;
+    Ok((addr, tls))
+}
+
+/// The TLS settings for https:// listeners, from etcd's flags.
+fn tls_config(config: &Config) -> anyhow::Result<ServerTlsConfig> {
+    let read = |what: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
+        let p = p
+            .as_ref()
+            .with_context(|| format!("https:// listen URLs need {what}"))?;
+        std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read("--cert-file", &config.cert_file)?,
+        read("--key-file", &config.key_file)?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if config.client_cert_auth {
+        let ca = read(
+            "--trusted-ca-file (for --client-cert-auth)",
+            &config.trusted_ca_file,
+        )?;
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+            .client_auth_optional(false);
+    }
+    Ok(tls)
 }
 
 /// Opens the database, waiting while it is unreachable.
@@ -141,11 +190,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
-        let addr = listen_addr(url)?;
-        let l = TcpListener::bind(addr)
+        let (addr, tls) = listen_addr(url)?;
+        let tcp = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        listeners.push(l);
+        listeners.push(Listener { tcp, tls });
     }
     serve(config, listeners, shutdown).await
 }
@@ -153,9 +202,14 @@ pub async fn run(
 /// Serves on already-bound listeners (tests bind 127.0.0.1:0).
 pub async fn serve(
     config: Config,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = if listeners.iter().any(|l| l.tls) {
+        Some(tls_config(&config)?)
+    } else {
+        None
+    };
     let dsn = config.dsn()?;
     let backend = open_backend(&dsn).await?;
     let cluster_id = backend
@@ -209,10 +263,15 @@ pub async fn serve(
     });
     let mut tasks = Vec::new();
     for listener in listeners {
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, dialect = backend.dialect_name(), "serving etcd v3 API");
+        let addr = listener.tcp.local_addr()?;
+        tracing::info!(%addr, tls = listener.tls, dialect = backend.dialect_name(), "serving etcd v3 API");
         let mut stop = stop_rx.clone();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if listener.tls {
+            let tls = tls.clone().context("TLS settings")?;
+            builder = builder.tls_config(tls).context("TLS settings")?;
+        }
+        let router = builder
             .add_service(KvServer::from_arc(kv.clone()).max_decoding_message_size(max_message))
             .add_service(
                 LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_message),
@@ -227,7 +286,7 @@ pub async fn serve(
             );
         tasks.push(tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener.tcp), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -247,13 +306,13 @@ mod tests {
     fn listen_urls() {
         assert_eq!(
             listen_addr("http://127.0.0.1:2379").unwrap(),
-            "127.0.0.1:2379".parse().unwrap()
+            ("127.0.0.1:2379".parse().unwrap(), false)
         );
         assert_eq!(
             listen_addr("http://[::1]:23790").unwrap(),
-            "[::1]:23790".parse().unwrap()
+            ("[::1]:23790".parse().unwrap(), false)
         );
-        assert!(listen_addr("https://127.0.0.1:2379").is_err());
+        assert!(listen_addr("https://127.0.0.1:2379").unwrap().1);
         assert!(listen_addr("unix:///tmp/x").is_err());
     }
 

@@ -11,6 +11,7 @@ mod concurrency;
 mod etcdctl;
 mod kv;
 mod lease;
+mod tls;
 mod watch;
 
 use std::path::Path;
