@@ -80,7 +80,7 @@ impl Watcher {
     fn wants(&self, e: &EventRow) -> bool {
         self.end.contains(&self.key, &e.kv.key)
             && !(e.deleted && self.no_delete)
-            && !(!e.deleted && self.no_put)
+            && (e.deleted || !self.no_put)
     }
 
     fn event(&self, e: &EventRow) -> Event {
@@ -245,13 +245,7 @@ impl WatchStream {
         let latest = self.hub.revision();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(w) = self.watchers.get(&id) else {
-                    break;
-                };
-                if w.next > latest {
-                    break;
-                }
+            while let Some(w) = self.watchers.get(&id).filter(|w| w.next <= latest) {
                 let (events, covered) = match self.hub.slice(w.next, latest, MAX_EVENTS) {
                     Slice::Events(events) => {
                         let covered = if events.len() >= MAX_EVENTS {
