@@ -11,10 +11,12 @@
 //! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
 //!   MySQL) behind the `Backend`/`Writer` traits, and the shared statements;
 //! - [`error`]: etcd's error codes and messages;
+//! - [`metrics`]: Prometheus metrics, `/metrics`, per-RPC timing and spans;
 //! - [`proto`]: the generated wire types.
 
 pub mod backend;
 pub mod error;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod service;

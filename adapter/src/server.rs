@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
 
 use crate::backend::{self, Backend, DbError, Dsn};
+use crate::metrics::{self, RpcLayer};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -64,6 +65,10 @@ pub struct Config {
     /// Most operations in one Txn branch.
     #[arg(long, default_value_t = MAX_TXN_OPS)]
     pub max_txn_ops: usize,
+
+    /// Comma-separated http:// URLs serving Prometheus /metrics and /health.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
 
     /// Server certificate (PEM) for https:// listen URLs.
     #[arg(long)]
@@ -188,6 +193,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut metrics_listeners = Vec::new();
+    for url in &config.listen_metrics_urls {
+        let (addr, tls) = listen_addr(url)?;
+        if tls {
+            bail!("{url}: the metrics endpoint serves http:// only");
+        }
+        metrics_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics {addr}"))?,
+        );
+    }
     let mut listeners = Vec::new();
     for url in &config.listen_client_urls {
         let (addr, tls) = listen_addr(url)?;
@@ -196,15 +213,19 @@ pub async fn run(
             .with_context(|| format!("binding {addr}"))?;
         listeners.push(Listener { tcp, tls });
     }
-    serve(config, listeners, shutdown).await
+    serve(config, listeners, metrics_listeners, shutdown).await
 }
 
 /// Serves on already-bound listeners (tests bind 127.0.0.1:0).
 pub async fn serve(
     config: Config,
     listeners: Vec<Listener>,
+    metrics_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Err(e) = metrics::register() {
+        tracing::warn!(error = %e, "metrics already registered");
+    }
     let tls = if listeners.iter().any(|l| l.tls) {
         Some(tls_config(&config)?)
     } else {
@@ -261,6 +282,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    for l in metrics_listeners {
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "serving /metrics");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(metrics::serve(l, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let mut tasks = Vec::new();
     for listener in listeners {
         let addr = listener.tcp.local_addr()?;
@@ -272,6 +301,7 @@ pub async fn serve(
             builder = builder.tls_config(tls).context("TLS settings")?;
         }
         let router = builder
+            .layer(RpcLayer)
             .add_service(KvServer::from_arc(kv.clone()).max_decoding_message_size(max_message))
             .add_service(
                 LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_message),

@@ -162,6 +162,7 @@ impl Hub {
                 }
             }
             self.revision.send_replace(newest);
+            crate::metrics::HUB_REVISION.set(newest);
         }
     }
 }

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Identity;
 use crate::backend::{EventRow, KeyEnd};
 use crate::error::Error;
+use crate::metrics;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
@@ -99,6 +100,12 @@ impl Watcher {
 /// The client has gone away.
 struct Gone;
 
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        metrics::WATCHERS.sub(i64::try_from(self.watchers.len()).unwrap_or(0));
+    }
+}
+
 struct WatchStream {
     hub: Arc<Hub>,
     id: Identity,
@@ -158,6 +165,7 @@ impl WatchStream {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
+                    metrics::WATCHERS.dec();
                     let mut r = self.response(c.watch_id, self.hub.revision());
                     r.canceled = true;
                     self.send(r).await?;
@@ -226,13 +234,16 @@ impl WatchStream {
             return self.compacted(id, meta.compact_revision).await;
         }
         self.watchers.insert(id, watcher);
+        metrics::WATCHERS.inc();
         Ok(())
     }
 
     /// etcd's answer to a watch below the compacted revision: canceled,
     /// with the compacted revision and (as etcd sends it) header revision 0.
     async fn compacted(&mut self, id: i64, compact: i64) -> Result<(), Gone> {
-        self.watchers.remove(&id);
+        if self.watchers.remove(&id).is_some() {
+            metrics::WATCHERS.dec();
+        }
         let mut r = self.response(id, 0);
         r.compact_revision = compact;
         r.canceled = true;
@@ -245,6 +256,9 @@ impl WatchStream {
         let latest = self.hub.revision();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
+            if let Some(w) = self.watchers.get(&id).filter(|w| w.next <= latest) {
+                metrics::WATCH_BACKLOG.observe((latest - w.next + 1) as f64);
+            }
             while let Some(w) = self.watchers.get(&id).filter(|w| w.next <= latest) {
                 let (events, covered) = match self.hub.slice(w.next, latest, MAX_EVENTS) {
                     Slice::Events(events) => {
@@ -270,6 +284,7 @@ impl WatchStream {
                 };
                 w.next = covered + 1;
                 if !events.is_empty() {
+                    metrics::WATCH_EVENTS.inc_by(events.len() as u64);
                     w.last_sent = Instant::now();
                     let mut r = self.response(id, covered);
                     r.events = events;
@@ -292,6 +307,7 @@ impl WatchStream {
             return Ok(None);
         };
         let upto = latest.min(w.next - 1 + RESYNC_WINDOW);
+        metrics::WATCH_RESYNCS.inc();
         let meta = self.hub.backend().meta().await;
         let rows = self.hub.read(w.next - 1, upto, &w.key, &w.end).await;
         match (meta, rows) {

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::batch::{Batch, WriteOp, WriteResult};
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
+use crate::metrics;
 
 /// Requests and bytes per batch: bound the transaction and the memory.
 const MAX_BATCH_OPS: usize = 1024;
@@ -67,8 +68,11 @@ async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, committed: 
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let started = std::time::Instant::now();
         let results = execute(backend.as_ref(), &mut writer, &ops).await;
         committed.notify_one();
+        metrics::BATCH_SIZE.observe(ops.len() as f64);
+        metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         tracing::trace!(batch = ops.len(), "committed batch");
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have gone away; its write stands regardless.
@@ -97,9 +101,12 @@ async fn execute(
             Ok(results) => return results,
             Err(f) => f,
         };
+        let kind = metrics::kind(&failure.error);
+        metrics::DB_ERRORS.with_label_values(&[kind]).inc();
         match failure.error {
             DbError::Retry(ref why) if conflicts < MAX_CONFLICT_RETRIES => {
                 conflicts += 1;
+                metrics::DB_RETRIES.with_label_values(&[kind]).inc();
                 tracing::debug!(attempt = conflicts, %why, "write conflict, retrying batch");
                 tokio::time::sleep(backoff(conflicts)).await;
             }
@@ -107,6 +114,7 @@ async fn execute(
                 if !failure.after_commit_sent && broken < MAX_CONNECT_RETRIES =>
             {
                 broken += 1;
+                metrics::DB_RETRIES.with_label_values(&[kind]).inc();
                 tracing::warn!(attempt = broken, %why, "database unavailable, retrying batch");
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
             }

@@ -11,6 +11,7 @@ mod concurrency;
 mod etcdctl;
 mod kv;
 mod lease;
+mod metrics;
 mod tls;
 mod watch;
 

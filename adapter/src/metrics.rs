@@ -1,0 +1,283 @@
+//! Prometheus metrics and the `/metrics` endpoint (`--listen-metrics-urls`).
+//! Names carry the `etcdsql_` prefix and unit suffixes. A tower layer on
+//! the gRPC server times every RPC and opens a tracing span for it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    TextEncoder, exponential_buckets,
+};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric definitions are constant and valid")
+}
+
+fn plain_histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("metric definitions are constant and valid")
+}
+
+fn plain_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("metric definitions are constant and valid")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are constant and valid")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("metric definitions are constant and valid")
+}
+
+/// 0.1 ms to ~26 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 19).unwrap_or_default()
+}
+
+pub static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "etcdsql_grpc_request_duration_seconds",
+        "Time to answer a gRPC call (to open the stream, for streaming calls).",
+        &["method", "code"],
+        latency_buckets(),
+    )
+});
+
+pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
+    plain_histogram(
+        "etcdsql_write_batch_requests",
+        "Write requests group-committed in one database transaction.",
+        exponential_buckets(1.0, 2.0, 11).unwrap_or_default(),
+    )
+});
+
+pub static BATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    plain_histogram(
+        "etcdsql_write_batch_duration_seconds",
+        "Time from a batch's first statement to its commit, retries included.",
+        latency_buckets(),
+    )
+});
+
+pub static DB_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_db_errors_total",
+        "Database errors by kind (retry, unavailable, rejected, other).",
+        &["kind"],
+    )
+});
+
+pub static DB_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_db_retries_total",
+        "Write batches run again after a transient error, by kind.",
+        &["kind"],
+    )
+});
+
+pub static WATCHERS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("etcdsql_watchers", "Watches open on this process."));
+
+pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    plain_counter(
+        "etcdsql_watch_resync_reads_total",
+        "History reads for watches that fell behind the in-memory buffer.",
+    )
+});
+
+pub static WATCH_BACKLOG: LazyLock<Histogram> = LazyLock::new(|| {
+    plain_histogram(
+        "etcdsql_watch_backlog_revisions",
+        "How many revisions a watch was behind when its stream was woken.",
+        exponential_buckets(1.0, 4.0, 10).unwrap_or_default(),
+    )
+});
+
+pub static WATCH_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    plain_counter(
+        "etcdsql_watch_events_sent_total",
+        "Events sent to watchers.",
+    )
+});
+
+pub static HUB_REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "etcdsql_watch_hub_revision",
+        "Revision up to which this process has read the history for its watchers.",
+    )
+});
+
+/// Registers every metric with the default registry (once, at start).
+pub fn register() -> prometheus::Result<()> {
+    let r = prometheus::default_registry();
+    r.register(Box::new(GRPC_SECONDS.clone()))?;
+    r.register(Box::new(BATCH_SIZE.clone()))?;
+    r.register(Box::new(BATCH_SECONDS.clone()))?;
+    r.register(Box::new(DB_ERRORS.clone()))?;
+    r.register(Box::new(DB_RETRIES.clone()))?;
+    r.register(Box::new(WATCHERS.clone()))?;
+    r.register(Box::new(WATCH_RESYNCS.clone()))?;
+    r.register(Box::new(WATCH_BACKLOG.clone()))?;
+    r.register(Box::new(WATCH_EVENTS.clone()))?;
+    r.register(Box::new(HUB_REVISION.clone()))?;
+    Ok(())
+}
+
+/// The kind label of a database error.
+pub fn kind(e: &crate::backend::DbError) -> &'static str {
+    use crate::backend::DbError;
+    match e {
+        DbError::Retry(_) => "retry",
+        DbError::Unavailable(_) => "unavailable",
+        DbError::Rejected(_) => "rejected",
+        DbError::Other(_) => "other",
+    }
+}
+
+fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    // Encoding to a Vec cannot fail for the text format.
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
+    out
+}
+
+/// Serves `GET /metrics` (and `/health`) until `stop` resolves.
+pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener");
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (http::StatusCode::OK, render()),
+                        "/health" => (http::StatusCode::OK, b"{\"health\":\"true\"}".to_vec()),
+                        _ => (http::StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+                    };
+                    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    Ok::<_, Infallible>(resp)
+                },
+            );
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+/// Times every gRPC call and runs it in a `rpc` tracing span.
+#[derive(Clone, Copy, Default)]
+pub struct RpcLayer;
+
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+}
+
+/// The method label: etcd's own paths, anything else as "other" so that
+/// clients cannot create label values.
+fn method_label(path: &str) -> String {
+    let known = path.starts_with("/etcdserverpb.")
+        && path.len() < 64
+        && path[1..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
+    if known {
+        path[1..].to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = method_label(req.uri().path());
+        let span = tracing::info_span!("rpc", method = %method);
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let resp = fut.await;
+                // Errors travel as a trailers-only response: the status is a header.
+                let code = match &resp {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("0")
+                        .to_string(),
+                    Err(_) => "transport".to_string(),
+                };
+                GRPC_SECONDS
+                    .with_label_values(&[method.as_str(), code.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                resp
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(
+            method_label("/etcdserverpb.KV/Range"),
+            "etcdserverpb.KV/Range"
+        );
+        assert_eq!(method_label("/evil/x?y"), "other");
+        assert_eq!(
+            method_label(&format!("/etcdserverpb.{}", "a".repeat(100))),
+            "other"
+        );
+    }
+}

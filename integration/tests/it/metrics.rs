@@ -1,0 +1,54 @@
+//! The Prometheus endpoint: per-RPC latency, batch sizes, watch counts.
+
+use etcd_client::WatchOptions;
+use etcdsql_integration::{Process, Target, TestDb, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bin;
+
+async fn scrape(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_endpoint() {
+    let db = TestDb::create(Target::Sqlite).await.unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let p = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &url])
+        .await
+        .unwrap();
+    let mut c = p.client().await.unwrap();
+    c.put("a", "1", None).await.unwrap();
+    c.get("a", None).await.unwrap();
+    assert!(c.get("", None).await.is_err());
+    let mut ws = c.watch("a", Some(WatchOptions::new())).await.unwrap();
+    ws.message().await.unwrap();
+    c.put("a", "2", None).await.unwrap();
+    ws.message().await.unwrap();
+
+    let text = scrape(port).await;
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    for want in [
+        "etcdsql_grpc_request_duration_seconds_count{code=\"0\",method=\"etcdserverpb.KV/Put\"} 2",
+        "etcdsql_grpc_request_duration_seconds_count{code=\"0\",method=\"etcdserverpb.KV/Range\"}",
+        "etcdsql_grpc_request_duration_seconds_count{code=\"3\",method=\"etcdserverpb.KV/Range\"} 1",
+        "etcdsql_write_batch_requests_count",
+        "etcdsql_watchers 1",
+        "etcdsql_watch_events_sent_total 1",
+        "etcdsql_watch_hub_revision 3",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
