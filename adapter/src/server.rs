@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::TcpIncoming;
 
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
@@ -172,6 +172,14 @@ fn tls_config(config: &Config) -> anyhow::Result<ServerTlsConfig> {
     Ok(tls)
 }
 
+/// Accepted connections with Nagle off (small responses such as watch
+/// events must not wait for delayed ACKs) and TCP keepalive on.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)))
+}
+
 /// Opens the database, waiting while it is unreachable.
 pub async fn open_backend(dsn: &Dsn) -> anyhow::Result<Arc<dyn Backend>> {
     let mut delay = Duration::from_millis(200);
@@ -316,7 +324,7 @@ pub async fn serve(
             );
         tasks.push(tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener.tcp), async move {
+                .serve_with_incoming_shutdown(incoming(listener.tcp), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await

@@ -7,8 +7,11 @@
 //!   target/release/etcdsql-bench --etcdsql-bin target/release/etcdsql \
 //!       --targets etcd,postgres --clients 256 --ops 20000
 //!
-//! Workloads: `put` (unique keys) and `create` (kube-apiserver's create:
-//! Txn mod_revision(key) == 0 → put, else get).
+//! Workloads: `put` (unique keys), `create` (kube-apiserver's create:
+//! Txn mod_revision(key) == 0 → put, else get), and `watch` (event latency
+//! from put to watchers at a fixed write rate, with the watchers on the
+//! writer's process and, for etcdsql, on a second process sharing the
+//! database).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +44,15 @@ struct Args {
     ops: usize,
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
+    /// Watchers for the watch workload (split over the connections).
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Writes per second for the watch workload.
+    #[arg(long, default_value_t = 200)]
+    watch_rate: u64,
+    /// Writes for the watch workload.
+    #[arg(long, default_value_t = 2000)]
+    watch_events: usize,
 }
 
 struct Outcome {
@@ -110,6 +122,128 @@ async fn run(clients: &[Client], args: &Args, workload: &str) -> Outcome {
     }
 }
 
+fn now_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default()
+}
+
+/// Put-to-event latency: `watch_events` puts at `watch_rate`/s on
+/// `writer`, each value the send time, seen by `watchers` watchers on
+/// `watch_on` connections.
+async fn watch_latency(
+    writer: &Client,
+    watch_on: &[Client],
+    args: &Args,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut streams = Vec::new();
+    for i in 0..args.watchers {
+        let mut c = watch_on[i % watch_on.len()].clone();
+        let mut ws = c
+            .watch(
+                "/bench/watch/",
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await?;
+        ws.message().await?; // created
+        streams.push(ws);
+    }
+    let expected = args.watch_events;
+    let mut readers = Vec::new();
+    for mut ws in streams {
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(expected);
+            while lat.len() < expected {
+                let Ok(Ok(Some(r))) =
+                    tokio::time::timeout(Duration::from_secs(10), ws.message()).await
+                else {
+                    break;
+                };
+                let now = now_micros();
+                for e in r.events() {
+                    let sent: u128 = e
+                        .kv()
+                        .and_then(|kv| kv.value_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(now);
+                    lat.push(Duration::from_micros(
+                        u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
+                    ));
+                }
+            }
+            lat
+        }));
+    }
+    let mut w = writer.clone();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.watch_rate.max(1)));
+    for n in 0..expected {
+        tick.tick().await;
+        w.put(
+            format!("/bench/watch/k{}", n % 100),
+            now_micros().to_string(),
+            None,
+        )
+        .await?;
+    }
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await?);
+    }
+    anyhow::ensure!(
+        all.len() == expected * args.watchers,
+        "lost events: {} of {}",
+        all.len(),
+        expected * args.watchers
+    );
+    all.sort();
+    Ok(all)
+}
+
+async fn watch_rows(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "\n{} watchers, {} puts at {}/s\n",
+        args.watchers, args.watch_events, args.watch_rate
+    );
+    println!("| watch | target | watchers on | events | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for name in &args.targets {
+        let t = target(name)?;
+        let s = Started::new(t, &args.etcdsql_bin).await?;
+        let mut local = Vec::new();
+        for _ in 0..args.conns {
+            local.push(s.server.client().await?);
+        }
+        let mut runs = vec![("the writer's process", local.clone())];
+        let second = match &s.db {
+            Some(db) => {
+                Some(etcdsql_integration::Process::etcdsql(&args.etcdsql_bin, &db.dsn).await?)
+            }
+            None => None,
+        };
+        if let Some(p) = &second {
+            let mut remote = Vec::new();
+            for _ in 0..args.conns {
+                remote.push(p.client().await?);
+            }
+            runs.push(("another process", remote));
+        }
+        for (mode, clients) in runs {
+            eprintln!("watch on {name}, watchers on {mode} …");
+            let lat = watch_latency(&local[0], &clients, args).await?;
+            println!(
+                "| watch | {name} | {mode} | {} | {:.1} | {:.1} | {:.1} |",
+                lat.len(),
+                ms(percentile(&lat, 500)),
+                ms(percentile(&lat, 990)),
+                ms(lat.last().copied().unwrap_or_default())
+            );
+        }
+    }
+    Ok(())
+}
+
 fn target(name: &str) -> anyhow::Result<Target> {
     Ok(match name {
         "etcd" => Target::Etcd,
@@ -127,9 +261,15 @@ async fn main() -> anyhow::Result<()> {
         "clients {}, connections {}, {} requests per workload, {} B values\n",
         args.clients, args.conns, args.ops, args.value_size
     );
-    println!("| workload | target | req/s | p50 ms | p99 ms | max ms | errors | vs etcd |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    if args.workloads.iter().any(|w| w != "watch") {
+        println!("| workload | target | req/s | p50 ms | p99 ms | max ms | errors | vs etcd |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    }
     for workload in &args.workloads {
+        if workload == "watch" {
+            watch_rows(&args).await?;
+            continue;
+        }
         let mut rows = Vec::new();
         for name in &args.targets {
             let t = target(name)?;
