@@ -91,12 +91,33 @@ if [ "${ETCDSQL_LINT:-}" = 1 ]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
+# A real kube-apiserver, where one is given (KUBE_APISERVER); see
+# integration/kube/README.md. It runs after the suite.
+kube=${KUBE_APISERVER:-}
+
 log "cargo test"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 status=0
 cargo test --workspace --all-targets -- "$@" 2>&1 | tee "$out" || status=$?
+if [ "$status" -eq 0 ]; then
+  if [ -n "$kube" ]; then
+    for db in sqlite "${ETCDSQL_TEST_POSTGRES_URL%/*}/etcdsql_kube_$$"; do
+      if [ "$db" != sqlite ]; then
+        psql "$ETCDSQL_TEST_POSTGRES_URL" -qc "CREATE DATABASE etcdsql_kube_$$" || status=1
+      fi
+      KUBE_APISERVER=$kube ETCDSQL_BIN=target/debug/etcdsql integration/kube/run.sh "$db" 2>&1 | grep -E '^(ok|FAILED)|passed|failed' | tee -a "$out" || status=1
+      if [ "$db" != sqlite ]; then
+        psql "$ETCDSQL_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS etcdsql_kube_$$ WITH (FORCE)" || true
+      fi
+    done
+    grep -q "^FAILED" "$out" && status=1
+  else
+    echo "skipped: kube-apiserver on etcdsql: KUBE_APISERVER is not set"
+  fi
+fi
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     /^kube-apiserver on etcdsql/ { p += $(NF-3); f += $(NF-1) }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
 exit "$status"

@@ -158,6 +158,22 @@ async fn mutual_tls() {
     assert!(ok && out.contains("3.5."), "{out}");
     let (ok, out) = etcdctl(d, &endpoint, Some("client"), &["member", "list"]);
     assert!(ok && out.contains("https://127.0.0.1"), "{out}");
+    let (ok, out) = etcdctl(d, &endpoint, Some("client"), &["lease", "grant", "60"]);
+    assert!(ok && out.contains("granted with TTL(60s)"), "{out}");
+    let (ok, out) = etcdctl(d, &endpoint, Some("client"), &["lease", "list"]);
+    assert!(ok && out.contains("found 1 leases"), "{out}");
+    // etcdctl watch runs until stopped; replay from revision 2 and stop it.
+    let watched = Command::new("timeout")
+        .args(["2", "etcdctl", "--endpoints"])
+        .arg(format!("https://{endpoint}"))
+        .arg(format!("--cacert={}", d.join("ca.crt").display()))
+        .arg(format!("--cert={}", d.join("client.crt").display()))
+        .arg(format!("--key={}", d.join("client.key").display()))
+        .args(["watch", "k", "--rev=2", "--prev-kv"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl watch");
+    assert_eq!(String::from_utf8_lossy(&watched.stdout), "PUT\nk\nv\n");
     let (ok, out) = etcdctl(d, &endpoint, None, &["get", "k"]);
     assert!(!ok, "a client without a certificate must be refused: {out}");
     let (ok, out) = etcdctl(d, &endpoint, Some("stranger"), &["get", "k"]);
