@@ -129,14 +129,16 @@ fn now_micros() -> u128 {
         .unwrap_or_default()
 }
 
-/// Put-to-event latency: `watch_events` puts at `watch_rate`/s on
-/// `writer`, each value the send time, seen by `watchers` watchers on
-/// `watch_on` connections.
+/// Watch latency: `watch_events` puts at `watch_rate`/s on `writer`, seen
+/// by `watchers` watchers on `watch_on` connections. Returns, sorted, the
+/// time from sending each put to each event, and from the put's
+/// acknowledgement to each event (delivery after commit; 0 when the event
+/// arrived first).
 async fn watch_latency(
     writer: &Client,
     watch_on: &[Client],
     args: &Args,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut streams = Vec::new();
     for i in 0..args.watchers {
         let mut c = watch_on[i % watch_on.len()].clone();
@@ -153,8 +155,9 @@ async fn watch_latency(
     let mut readers = Vec::new();
     for mut ws in streams {
         readers.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(expected);
-            while lat.len() < expected {
+            // (write number, send time, arrival time)
+            let mut seen: Vec<(usize, u128, u128)> = Vec::with_capacity(expected);
+            while seen.len() < expected {
                 let Ok(Ok(Some(r))) =
                     tokio::time::timeout(Duration::from_secs(10), ws.message()).await
                 else {
@@ -162,42 +165,49 @@ async fn watch_latency(
                 };
                 let now = now_micros();
                 for e in r.events() {
-                    let sent: u128 = e
+                    let v = e
                         .kv()
                         .and_then(|kv| kv.value_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(now);
-                    lat.push(Duration::from_micros(
-                        u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
-                    ));
+                        .unwrap_or_default();
+                    let (n, sent) = v.split_once(':').unwrap_or(("0", "0"));
+                    seen.push((n.parse().unwrap_or(0), sent.parse().unwrap_or(now), now));
                 }
             }
-            lat
+            seen
         }));
     }
     let mut w = writer.clone();
+    let mut acked = vec![0u128; expected];
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.watch_rate.max(1)));
-    for n in 0..expected {
+    for (n, ack) in acked.iter_mut().enumerate() {
         tick.tick().await;
         w.put(
             format!("/bench/watch/k{}", n % 100),
-            now_micros().to_string(),
+            format!("{n}:{}", now_micros()),
             None,
         )
         .await?;
+        *ack = now_micros();
     }
-    let mut all = Vec::new();
+    let micros = |d: u128| Duration::from_micros(u64::try_from(d).unwrap_or(u64::MAX));
+    let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
     for r in readers {
-        all.extend(r.await?);
+        for (n, sent, arrived) in r.await? {
+            from_send.push(micros(arrived.saturating_sub(sent)));
+            from_ack.push(micros(
+                arrived.saturating_sub(acked.get(n).copied().unwrap_or(arrived)),
+            ));
+        }
     }
     anyhow::ensure!(
-        all.len() == expected * args.watchers,
+        from_send.len() == expected * args.watchers,
         "lost events: {} of {}",
-        all.len(),
+        from_send.len(),
         expected * args.watchers
     );
-    all.sort();
-    Ok(all)
+    from_send.sort();
+    from_ack.sort();
+    Ok((from_send, from_ack))
 }
 
 async fn watch_rows(args: &Args) -> anyhow::Result<()> {
@@ -205,8 +215,10 @@ async fn watch_rows(args: &Args) -> anyhow::Result<()> {
         "\n{} watchers, {} puts at {}/s\n",
         args.watchers, args.watch_events, args.watch_rate
     );
-    println!("| watch | target | watchers on | events | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---:|---:|---:|---:|");
+    println!(
+        "| watch | target | watchers on | events | put→event p50 ms | p99 ms | max ms | ack→event p50 ms | p99 ms |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for name in &args.targets {
         let t = target(name)?;
@@ -231,13 +243,15 @@ async fn watch_rows(args: &Args) -> anyhow::Result<()> {
         }
         for (mode, clients) in runs {
             eprintln!("watch on {name}, watchers on {mode} …");
-            let lat = watch_latency(&local[0], &clients, args).await?;
+            let (lat, after_ack) = watch_latency(&local[0], &clients, args).await?;
             println!(
-                "| watch | {name} | {mode} | {} | {:.1} | {:.1} | {:.1} |",
+                "| watch | {name} | {mode} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 lat.len(),
                 ms(percentile(&lat, 500)),
                 ms(percentile(&lat, 990)),
-                ms(lat.last().copied().unwrap_or_default())
+                ms(lat.last().copied().unwrap_or_default()),
+                ms(percentile(&after_ack, 500)),
+                ms(percentile(&after_ack, 990)),
             );
         }
     }
