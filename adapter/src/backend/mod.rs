@@ -140,12 +140,29 @@ pub struct RangeRows {
 
 /// Column access the shared row decoders need; each driver implements it
 /// for its row type.
-pub(crate) trait Columns {
+pub trait Columns {
     fn int(&self, i: usize) -> Result<i64, DbError>;
     /// A bytes column that may be NULL.
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError>;
     /// An integer column that may be NULL.
     fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError>;
+}
+
+/// Rows of one statement, whatever the driver.
+pub type Rows = Vec<Box<dyn Columns + Send + Sync>>;
+
+impl Columns for Box<dyn Columns + Send + Sync> {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        (**self).int(i)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        (**self).bytes(i)
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        (**self).int_opt(i)
+    }
 }
 
 /// One change, as a watcher sees it.
@@ -349,8 +366,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// One range statement; `meta` in the answer is read in the same snapshot.
-    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError>;
+    /// The dialect's spelling of shared statements.
+    fn sql(&self) -> sql::Dialect;
+
+    /// Runs one read statement on the pool.
+    async fn fetch(&self, s: &sql::Statement) -> Result<Rows, DbError>;
 
     /// A connection for the committer, which owns it.
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError>;
@@ -362,21 +382,59 @@ pub trait Backend: Send + Sync {
     /// Bytes the etcdsql tables take on disk.
     async fn db_size(&self) -> Result<i64, DbError>;
 
+    /// One range statement; `meta` in the answer is read in the same snapshot.
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        decode_range(&self.fetch(&sql::range(self.sql(), q)).await?)
+    }
+
     /// The revision row, outside any transaction.
-    async fn meta(&self) -> Result<Meta, DbError>;
+    async fn meta(&self) -> Result<Meta, DbError> {
+        let s = self.statement(
+            "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
+            &[],
+        );
+        decode_meta(&self.fetch(&s).await?)
+    }
 
     /// The cluster id chosen when the schema was created.
-    async fn cluster_id(&self) -> Result<i64, DbError>;
+    async fn cluster_id(&self) -> Result<i64, DbError> {
+        let s = self.statement("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[]);
+        first_ints(&self.fetch(&s).await?).map(|ids| ids.first().copied().unwrap_or_default())
+    }
 
-    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError>;
+    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        let s = self.statement(
+            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
+            &[sql::Param::Int(id)],
+        );
+        self.fetch(&s).await?.first().map(decode_lease).transpose()
+    }
 
-    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError>;
+    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
+        let s = self.statement(
+            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
+            &[],
+        );
+        self.fetch(&s).await?.iter().map(decode_lease).collect()
+    }
 
     /// Leases whose expiry is at or before `now_ms`.
-    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError>;
+    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+        let s = self.statement(
+            "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+            &[sql::Param::Int(now_ms), sql::Param::Int(limit)],
+        );
+        first_ints(&self.fetch(&s).await?)
+    }
 
     /// Keys attached to a lease, latest state.
-    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
+    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
+        let s = self.statement(
+            "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name",
+            &[sql::Param::Int(id)],
+        );
+        first_bytes(&self.fetch(&s).await?)
+    }
 
     /// Changes in revisions `(after, upto]` (within a key range if given).
     async fn history(
@@ -384,7 +442,19 @@ pub trait Backend: Send + Sync {
         after: i64,
         upto: i64,
         range: Option<(&[u8], &KeyEnd)>,
-    ) -> Result<Vec<EventRow>, DbError>;
+    ) -> Result<Vec<EventRow>, DbError> {
+        decode_events(
+            &self
+                .fetch(&sql::history(self.sql(), after, upto, range))
+                .await?,
+        )
+    }
+
+    /// `text` with each `?` bound to the next of `params`, in this
+    /// dialect's placeholder spelling.
+    fn statement(&self, text: &str, params: &[sql::Param]) -> sql::Statement {
+        sql::Statement::with_params(self.sql(), text, params)
+    }
 
     /// How often the watch hub looks for commits by other processes when
     /// nothing wakes it.

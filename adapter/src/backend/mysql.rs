@@ -9,11 +9,10 @@ use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
-use super::sql::{self, Dialect, Param};
+use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
-    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
-    first_ints,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
+    decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -171,13 +170,20 @@ impl Backend for Mysql {
         "mysql"
     }
 
-    fn max_key_bytes(&self) -> Option<usize> {
-        Some(3000)
+    fn sql(&self) -> Dialect {
+        DIALECT
     }
 
-    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
-        decode_range(&self.query(&s.text, params(&s.params)).await?)
+    async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
+        let rows = self.query(&s.text, params(&s.params)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
+    }
+
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(3000)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -209,73 +215,6 @@ impl Backend for Mysql {
             )
             .await?;
         rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn meta(&self) -> Result<Meta, DbError> {
-        let rows = self
-            .query(
-                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
-                Params::Empty,
-            )
-            .await?;
-        decode_meta(&rows)
-    }
-
-    async fn cluster_id(&self) -> Result<i64, DbError> {
-        let rows = self
-            .query(
-                "SELECT cluster_id FROM etcdsql_meta WHERE id = 1",
-                Params::Empty,
-            )
-            .await?;
-        rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
-                Params::Positional(vec![Value::Int(id)]),
-            )
-            .await?;
-        rows.first().map(decode_lease).transpose()
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
-                Params::Empty,
-            )
-            .await?;
-        rows.iter().map(decode_lease).collect()
-    }
-
-    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
-                Params::Positional(vec![Value::Int(now_ms), Value::Int(limit)]),
-            )
-            .await?;
-        first_ints(&rows)
-    }
-
-    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
-        let rows = self
-            .query(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
-            .await?;
-        first_bytes(&rows)
-    }
-
-    async fn history(
-        &self,
-        after: i64,
-        upto: i64,
-        range: Option<(&[u8], &KeyEnd)>,
-    ) -> Result<Vec<EventRow>, DbError> {
-        let s = sql::history(DIALECT, after, upto, range);
-        decode_events(&self.query(&s.text, params(&s.params)).await?)
     }
 }
 

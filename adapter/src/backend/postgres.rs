@@ -16,11 +16,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
-use super::sql::{self, Dialect, Param};
+use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
-    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
-    first_ints,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
+    decode_kv, decode_lease, decode_meta, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -29,7 +28,6 @@ const DIALECT: Dialect = Dialect {
     null_bytes: "NULL::bytea",
 };
 
-const META: &str = "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1";
 const LOCK_META: &str =
     "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
@@ -212,10 +210,16 @@ impl Backend for Postgres {
         "postgres"
     }
 
-    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
+    fn sql(&self) -> Dialect {
+        DIALECT
+    }
+
+    async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        decode_range(&rows)
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -249,57 +253,6 @@ impl Backend for Postgres {
             )
             .await?;
         rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn meta(&self) -> Result<Meta, DbError> {
-        decode_meta(&self.query(META, &[]).await?)
-    }
-
-    async fn cluster_id(&self) -> Result<i64, DbError> {
-        let rows = self
-            .query("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
-            .await?;
-        rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self.query(LEASE_ROW, &[&id]).await?;
-        rows.first().map(decode_lease).transpose()
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
-                &[],
-            )
-            .await?;
-        rows.iter().map(decode_lease).collect()
-    }
-
-    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
-        let rows = self
-            .query(
-                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
-                &[&now_ms, &limit],
-            )
-            .await?;
-        first_ints(&rows)
-    }
-
-    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
-        let rows = self.query(LEASE_KEYS, &[&id]).await?;
-        first_bytes(&rows)
-    }
-
-    async fn history(
-        &self,
-        after: i64,
-        upto: i64,
-        range: Option<(&[u8], &KeyEnd)>,
-    ) -> Result<Vec<EventRow>, DbError> {
-        let s = sql::history(DIALECT, after, upto, range);
-        decode_events(&self.query(&s.text, &params(&s.params)).await?)
     }
 
     /// NOTIFY wakes the hub; polling is only the fallback.

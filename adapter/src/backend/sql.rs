@@ -41,6 +41,26 @@ impl Statement {
         }
     }
 
+    /// `text` with each `?` bound to the next of `params`.
+    pub fn with_params(d: Dialect, text: &str, params: &[Param]) -> Self {
+        let mut s = Statement::new(d);
+        let mut params = params.iter();
+        for (i, part) in text.split('?').enumerate() {
+            if i > 0 {
+                match params.next() {
+                    Some(p) => {
+                        s.bind(p.clone());
+                    }
+                    None => {
+                        s.push("?");
+                    }
+                }
+            }
+            s.push(part);
+        }
+        s
+    }
+
     pub fn push(&mut self, sql: &str) -> &mut Self {
         self.text.push_str(sql);
         self
@@ -211,6 +231,15 @@ mod tests {
         assert_eq!(pg.params.len(), 12);
         assert!(pg.text.contains("$12") && !pg.text.contains('?'));
         assert_eq!(my.text.matches('?').count(), 12);
+    }
+
+    #[test]
+    fn with_params_numbers_placeholders() {
+        let s = Statement::with_params(PG, "a = ? AND b <= ?", &[Param::Int(1), Param::Int(2)]);
+        assert_eq!(s.text, "a = $1 AND b <= $2");
+        assert_eq!(s.params, vec![Param::Int(1), Param::Int(2)]);
+        let s = Statement::with_params(MY, "a = ?", &[Param::Int(1)]);
+        assert_eq!(s.text, "a = ?");
     }
 
     #[test]

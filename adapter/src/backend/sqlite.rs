@@ -14,11 +14,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
-use super::sql::{self, Dialect, Param};
+use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, EventRow, Flush, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows,
-    Writer, decode_events, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
-    first_ints,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
+    decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -129,9 +128,19 @@ impl Backend for SqliteBackend {
         "sqlite"
     }
 
-    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
-        decode_range(&self.fetch(&s.text, &s.params).await?)
+    fn sql(&self) -> Dialect {
+        DIALECT
+    }
+
+    async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
+        let rows = query(s.text.clone(), &s.params)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -165,68 +174,6 @@ impl Backend for SqliteBackend {
             )
             .await?;
         rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn meta(&self) -> Result<Meta, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
-                &[],
-            )
-            .await?;
-        decode_meta(&rows)
-    }
-
-    async fn cluster_id(&self) -> Result<i64, DbError> {
-        let rows = self
-            .fetch("SELECT cluster_id FROM etcdsql_meta WHERE id = 1", &[])
-            .await?;
-        rows.first().map_or(Ok(0), |r| r.int(0))
-    }
-
-    async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
-                &[Param::Int(id)],
-            )
-            .await?;
-        rows.first().map(decode_lease).transpose()
-    }
-
-    async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
-                &[],
-            )
-            .await?;
-        rows.iter().map(decode_lease).collect()
-    }
-
-    async fn expired_leases(&self, now_ms: i64, limit: i64) -> Result<Vec<i64>, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT id FROM etcdsql_lease WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
-                &[Param::Int(now_ms), Param::Int(limit)],
-            )
-            .await?;
-        first_ints(&rows)
-    }
-
-    async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
-        let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
-        first_bytes(&rows)
-    }
-
-    async fn history(
-        &self,
-        after: i64,
-        upto: i64,
-        range: Option<(&[u8], &KeyEnd)>,
-    ) -> Result<Vec<EventRow>, DbError> {
-        let s = sql::history(DIALECT, after, upto, range);
-        decode_events(&self.fetch(&s.text, &s.params).await?)
     }
 }
 
