@@ -9,6 +9,7 @@
 mod apiserver;
 mod concurrency;
 mod etcdctl;
+mod faults;
 mod kv;
 mod lease;
 mod metrics;
