@@ -96,10 +96,6 @@ impl Hub {
         *self.revision.borrow()
     }
 
-    pub fn wake(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }

@@ -168,17 +168,17 @@ fn replace_db(url: &str, db: &str) -> String {
 impl TestDb {
     pub async fn create(target: Target) -> anyhow::Result<TestDb> {
         let name = unique_name("etcdsql_it");
-        match target {
+        let admin = match target {
             Target::Sqlite => {
                 let dir = tempdir::Dir::new(&name)?;
                 let dsn = format!("sqlite://{}", dir.path().join("etcdsql.db").display());
-                Ok(TestDb {
+                return Ok(TestDb {
                     target,
                     dsn,
                     name,
                     admin: String::new(),
                     _dir: Some(dir),
-                })
+                });
             }
             Target::Postgres => {
                 let admin = std::env::var("ETCDSQL_TEST_POSTGRES_URL")?;
@@ -190,13 +190,7 @@ impl TestDb {
                     .batch_execute(&format!("CREATE DATABASE {name}"))
                     .await
                     .context("creating the test database")?;
-                Ok(TestDb {
-                    target,
-                    dsn: replace_db(&admin, &name),
-                    name,
-                    admin,
-                    _dir: None,
-                })
+                admin
             }
             Target::Mariadb => {
                 use mysql_async::prelude::Queryable;
@@ -208,16 +202,17 @@ impl TestDb {
                     .await
                     .context("creating the test database")?;
                 let _ = conn.disconnect().await;
-                Ok(TestDb {
-                    target,
-                    dsn: replace_db(&admin, &name),
-                    name,
-                    admin,
-                    _dir: None,
-                })
+                admin
             }
             Target::Etcd => bail!("etcd brings its own storage"),
-        }
+        };
+        Ok(TestDb {
+            target,
+            dsn: replace_db(&admin, &name),
+            name,
+            admin,
+            _dir: None,
+        })
     }
 }
 
@@ -406,6 +401,40 @@ impl Started {
             server,
             db: Some(db),
         })
+    }
+}
+
+/// etcd's answers to a test script, computed once per test binary and
+/// shared by the cases that compare against it; `None` where etcd is not
+/// installed (and not required).
+pub struct Reference(tokio::sync::OnceCell<Option<Vec<String>>>);
+
+impl Reference {
+    pub const fn new() -> Self {
+        Reference(tokio::sync::OnceCell::const_new())
+    }
+
+    pub async fn get<F, Fut>(&self, transcript: F) -> Option<&Vec<String>>
+    where
+        F: FnOnce(Target) -> Fut,
+        Fut: std::future::Future<Output = Vec<String>>,
+    {
+        self.0
+            .get_or_init(|| async {
+                if Target::Etcd.available() {
+                    Some(transcript(Target::Etcd).await)
+                } else {
+                    None
+                }
+            })
+            .await
+            .as_ref()
+    }
+}
+
+impl Default for Reference {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -322,15 +322,9 @@ impl PgWriter {
             .client()?
             .prepare(text)
             .await
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| classify(&e))?;
         self.statements.insert(text.to_string(), s.clone());
         Ok(s)
-    }
-
-    /// Classifies an error; a broken connection is dropped so that the next
-    /// `begin` reconnects.
-    fn failed(&self, e: tokio_postgres::Error) -> DbError {
-        classify(&e)
     }
 
     async fn query(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
@@ -338,7 +332,7 @@ impl PgWriter {
         self.client()?
             .query(&stmt, p)
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| classify(&e))
     }
 
     async fn execute(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
@@ -346,7 +340,7 @@ impl PgWriter {
         self.client()?
             .execute(&stmt, p)
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| classify(&e))
     }
 }
 
@@ -360,7 +354,7 @@ impl Writer for PgWriter {
         self.client()?
             .batch_execute("BEGIN")
             .await
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| classify(&e))?;
         decode_meta(&self.query(LOCK_META, &[]).await?)
     }
 
@@ -451,11 +445,11 @@ impl Writer for PgWriter {
         self.client()?
             .batch_execute(&format!("NOTIFY {CHANNEL}"))
             .await
-            .map_err(|e| self.failed(e))?;
+            .map_err(|e| classify(&e))?;
         self.client()?
             .batch_execute("COMMIT")
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| classify(&e))
     }
 
     async fn rollback(&mut self) {

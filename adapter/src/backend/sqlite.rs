@@ -116,10 +116,6 @@ impl SqliteBackend {
             .map_err(classify)?;
         Ok(SqliteBackend { options, pool })
     }
-
-    async fn fetch(&self, text: &str, p: &[Param]) -> Result<Vec<SqliteRow>, DbError> {
-        query(text, p).fetch_all(&self.pool).await.map_err(classify)
-    }
 }
 
 #[async_trait]
@@ -167,12 +163,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn db_size(&self) -> Result<i64, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-                &[],
-            )
-            .await?;
+        let s = self.statement(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            &[],
+        );
+        let rows = self.fetch(&s).await?;
         rows.first().map_or(Ok(0), |r| r.int(0))
     }
 }

@@ -99,8 +99,8 @@ pub struct Batch<'w> {
     /// Live-table changes not yet written.
     dirty: BTreeMap<Vec<u8>, Option<KeyValue>>,
     history: Vec<HistoryRow>,
-    /// Known lease rows (None = absent), and those not yet written.
-    leases: HashMap<i64, Option<LeaseRow>>,
+    /// Leases known to exist (or not), and rows not yet written.
+    leases: HashMap<i64, bool>,
     dirty_leases: BTreeMap<i64, Option<LeaseRow>>,
 }
 
@@ -183,12 +183,7 @@ impl<'w> Batch<'w> {
             let ids: Vec<i64> = leases.into_iter().collect();
             let found: HashSet<i64> = b.w.leases_exist(&ids).await?.into_iter().collect();
             for id in ids {
-                let row = found.contains(&id).then_some(LeaseRow {
-                    id,
-                    ttl: 0,
-                    expires_at_ms: 0,
-                });
-                b.leases.insert(id, row);
+                b.leases.insert(id, found.contains(&id));
             }
         }
         Ok(b)
@@ -318,14 +313,14 @@ impl<'w> Batch<'w> {
         if let Some(row) = self.dirty_leases.get(&id) {
             return Ok(*row);
         }
-        if let Some(None) = self.leases.get(&id) {
+        if self.leases.get(&id) == Some(&false) {
             return Ok(None);
         }
         Ok(self.w.lease_row(id).await?)
     }
 
     fn set_lease(&mut self, id: i64, row: Option<LeaseRow>) {
-        self.leases.insert(id, row);
+        self.leases.insert(id, row.is_some());
         self.dirty_leases.insert(id, row);
     }
 
@@ -386,18 +381,11 @@ impl View for Batch<'_> {
     }
 
     async fn lease_exists(&mut self, id: i64) -> Result<bool, Error> {
-        if let Some(row) = self.leases.get(&id) {
-            return Ok(row.is_some());
+        if let Some(exists) = self.leases.get(&id) {
+            return Ok(*exists);
         }
         let exists = !self.w.leases_exist(&[id]).await?.is_empty();
-        self.leases.insert(
-            id,
-            exists.then_some(LeaseRow {
-                id,
-                ttl: 0,
-                expires_at_ms: 0,
-            }),
-        );
+        self.leases.insert(id, exists);
         Ok(exists)
     }
 

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
-use etcdsql_integration::{Started, Target, normalize};
-use tokio::sync::OnceCell;
+use etcdsql_integration::{Reference, Started, Target, normalize};
 
 use crate::bin;
 
@@ -237,7 +236,7 @@ async fn transcript(target: Target) -> Vec<String> {
     script(&mut c).await
 }
 
-static REFERENCE: OnceCell<Option<Vec<String>>> = OnceCell::const_new();
+static REFERENCE: Reference = Reference::new();
 
 async fn check(target: Target) {
     if !target.available() {
@@ -269,13 +268,7 @@ async fn check(target: Target) {
         got.iter().any(|l| l == "progress at Some(1209)"),
         "{got:#?}"
     );
-    let want = REFERENCE
-        .get_or_init(|| async {
-            Target::Etcd
-                .available()
-                .then_some(transcript(Target::Etcd).await)
-        })
-        .await;
+    let want = REFERENCE.get(transcript).await;
     if let Some(want) = want {
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g, w, "step {i} on {} differs from etcd 3.4", target.name());

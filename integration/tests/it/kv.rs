@@ -8,8 +8,7 @@ use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
     LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
-use etcdsql_integration::{Started, Target, normalize};
-use tokio::sync::OnceCell;
+use etcdsql_integration::{Reference, Started, Target, normalize};
 
 use crate::bin;
 
@@ -806,19 +805,10 @@ async fn transcript(target: Target) -> Vec<String> {
 }
 
 /// etcd's transcript, computed once per test run.
-static REFERENCE: OnceCell<Option<Vec<String>>> = OnceCell::const_new();
+static REFERENCE: Reference = Reference::new();
 
 async fn reference() -> Option<&'static Vec<String>> {
-    REFERENCE
-        .get_or_init(|| async {
-            if Target::Etcd.available() {
-                Some(transcript(Target::Etcd).await)
-            } else {
-                None
-            }
-        })
-        .await
-        .as_ref()
+    REFERENCE.get(transcript).await
 }
 
 async fn check(target: Target) {
