@@ -2,13 +2,14 @@
 //! etcd itself as the reference.
 //!
 //! - [`Target`]: what a case runs against (etcd 3.4, or etcdsql on SQLite,
-//!   PostgreSQL, MariaDB);
-//! - [`TestDb`]: a uniquely named database on the server named by
-//!   `ETCDSQL_TEST_POSTGRES_URL` / `ETCDSQL_TEST_MYSQL_URL`, dropped on drop;
+//!   PostgreSQL, MariaDB, Galera, CockroachDB, TiDB);
+//! - [`servers`]: each target's database server, from a DSN variable or
+//!   from containers the run owns;
+//! - [`TestDb`]: a uniquely named database on that server, dropped on drop;
 //! - [`Process`]: a server process (etcdsql or etcd) on a free loopback
 //!   port, killed on drop;
-//! - `ETCDSQL_REQUIRE=etcd,sqlite,postgres,mariadb`: a required target that
-//!   is unavailable fails the run instead of being skipped.
+//! - `ETCDSQL_REQUIRE=etcd,sqlite,postgres,mariadb,galera`: a required
+//!   target that is unavailable fails the run instead of being skipped.
 //!
 //! The test cases themselves are in `tests/it/`, compiled as the `it` test
 //! of the etcdsql package so that Cargo builds the real binary for them.
@@ -23,6 +24,8 @@ use anyhow::{Context, bail};
 
 pub use etcd_client;
 
+pub mod servers;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// etcd 3.4 from Debian's etcd-server: the reference.
@@ -30,10 +33,21 @@ pub enum Target {
     Sqlite,
     Postgres,
     Mariadb,
+    /// A MariaDB Galera cluster (3 nodes unless given by DSNs).
+    Galera,
+    Cockroach,
+    Tidb,
 }
 
 impl Target {
-    pub const ETCDSQL: [Target; 3] = [Target::Sqlite, Target::Postgres, Target::Mariadb];
+    pub const ETCDSQL: [Target; 6] = [
+        Target::Sqlite,
+        Target::Postgres,
+        Target::Mariadb,
+        Target::Galera,
+        Target::Cockroach,
+        Target::Tidb,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -41,30 +55,34 @@ impl Target {
             Target::Sqlite => "sqlite",
             Target::Postgres => "postgres",
             Target::Mariadb => "mariadb",
+            Target::Galera => "galera",
+            Target::Cockroach => "cockroachdb",
+            Target::Tidb => "tidb",
         }
     }
 
-    fn required(self) -> bool {
+    pub fn required(self) -> bool {
         std::env::var("ETCDSQL_REQUIRE")
             .unwrap_or_default()
             .split(',')
             .any(|t| t.trim() == self.name())
     }
 
-    /// Why this target cannot run here, if it cannot.
-    fn unavailable(self) -> Option<String> {
+    /// Why this target cannot run here, if it cannot. The first call for a
+    /// database target starts its server.
+    pub fn unavailable(self) -> Option<String> {
         match self {
             Target::Etcd => which("etcd")
                 .is_none()
                 .then(|| "no etcd binary on PATH (Debian package etcd-server)".to_string()),
             Target::Sqlite => None,
-            Target::Postgres => std::env::var("ETCDSQL_TEST_POSTGRES_URL")
-                .is_err()
-                .then(|| "ETCDSQL_TEST_POSTGRES_URL is not set".to_string()),
-            Target::Mariadb => std::env::var("ETCDSQL_TEST_MYSQL_URL")
-                .is_err()
-                .then(|| "ETCDSQL_TEST_MYSQL_URL is not set".to_string()),
+            _ => servers::server(self).err(),
         }
+    }
+
+    /// Whether the target speaks PostgreSQL's protocol (else MySQL's).
+    fn is_postgres(self) -> bool {
+        matches!(self, Target::Postgres | Target::Cockroach)
     }
 
     /// `true` if the case should run; prints a plain skip line otherwise,
@@ -118,6 +136,8 @@ pub struct TestDb {
     pub target: Target,
     /// The DSN etcdsql gets.
     pub dsn: String,
+    /// The same database through every node (Galera); `[dsn]` otherwise.
+    pub dsns: Vec<String>,
     name: String,
     admin: String,
     _dir: Option<tempdir::Dir>,
@@ -168,47 +188,34 @@ fn replace_db(url: &str, db: &str) -> String {
 impl TestDb {
     pub async fn create(target: Target) -> anyhow::Result<TestDb> {
         let name = unique_name("etcdsql_it");
-        let admin = match target {
-            Target::Sqlite => {
-                let dir = tempdir::Dir::new(&name)?;
-                let dsn = format!("sqlite://{}", dir.path().join("etcdsql.db").display());
-                return Ok(TestDb {
-                    target,
-                    dsn,
-                    name,
-                    admin: String::new(),
-                    _dir: Some(dir),
-                });
-            }
-            Target::Postgres => {
-                let admin = std::env::var("ETCDSQL_TEST_POSTGRES_URL")?;
-                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .context("connecting to ETCDSQL_TEST_POSTGRES_URL")?;
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .context("creating the test database")?;
-                admin
-            }
-            Target::Mariadb => {
-                use mysql_async::prelude::Queryable;
-                let admin = std::env::var("ETCDSQL_TEST_MYSQL_URL")?;
-                let mut conn = mysql_async::Conn::from_url(&admin)
-                    .await
-                    .context("connecting to ETCDSQL_TEST_MYSQL_URL")?;
-                conn.query_drop(format!("CREATE DATABASE {name}"))
-                    .await
-                    .context("creating the test database")?;
-                let _ = conn.disconnect().await;
-                admin
-            }
-            Target::Etcd => bail!("etcd brings its own storage"),
-        };
+        if target == Target::Sqlite {
+            let dir = tempdir::Dir::new(&name)?;
+            let dsn = format!("sqlite://{}", dir.path().join("etcdsql.db").display());
+            return Ok(TestDb {
+                target,
+                dsns: vec![dsn.clone()],
+                dsn,
+                name,
+                admin: String::new(),
+                _dir: Some(dir),
+            });
+        }
+        if target == Target::Etcd {
+            bail!("etcd brings its own storage");
+        }
+        let urls = servers::server(target)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", target.name()))?
+            .urls
+            .clone();
+        let admin = urls[0].clone();
+        admin_sql(target, &admin, &format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating the test database on {}", target.name()))?;
+        let dsns: Vec<String> = urls.iter().map(|u| replace_db(u, &name)).collect();
         Ok(TestDb {
             target,
-            dsn: replace_db(&admin, &name),
+            dsn: dsns[0].clone(),
+            dsns,
             name,
             admin,
             _dir: None,
@@ -216,40 +223,37 @@ impl TestDb {
     }
 }
 
+/// One statement on the server's admin connection.
+async fn admin_sql(target: Target, admin: &str, sql: &str) -> anyhow::Result<()> {
+    if target.is_postgres() {
+        let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute(sql).await?;
+    } else {
+        use mysql_async::prelude::Queryable;
+        let mut conn = mysql_async::Conn::from_url(admin).await?;
+        conn.query_drop(sql).await?;
+        let _ = conn.disconnect().await;
+    }
+    Ok(())
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (target, name, admin) = (self.target, self.name.clone(), self.admin.clone());
-        if matches!(target, Target::Sqlite | Target::Etcd) {
-            return;
-        }
+        let (target, admin) = (self.target, self.admin.clone());
+        let sql = match target {
+            Target::Sqlite | Target::Etcd => return,
+            Target::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            Target::Cockroach => format!("DROP DATABASE IF EXISTS {} CASCADE", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
         // Drop runs outside async; use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .ok()?;
-            rt.block_on(async move {
-                match target {
-                    Target::Postgres => {
-                        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                            .await
-                            .ok()?;
-                        tokio::spawn(conn);
-                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await
-                            .ok()
-                    }
-                    Target::Mariadb => {
-                        use mysql_async::prelude::Queryable;
-                        let mut c = mysql_async::Conn::from_url(&admin).await.ok()?;
-                        c.query_drop(format!("DROP DATABASE IF EXISTS {name}"))
-                            .await
-                            .ok()?;
-                        c.disconnect().await.ok()
-                    }
-                    _ => None,
-                }
-            })
+            rt.block_on(admin_sql(target, &admin, &sql)).ok()
         })
         .join();
     }

@@ -126,8 +126,15 @@ pub struct Mysql {
 
 impl Mysql {
     pub async fn open(url: &str) -> Result<Self, DbError> {
-        let base = Opts::from_url(url)
+        let mut base = Opts::from_url(url)
             .map_err(|e| DbError::Other(format!("invalid mysql endpoint: {e}")))?;
+        // mysql_async by default swaps a loopback TCP connection for the
+        // server's socket path (@@socket) as seen on this machine: for a
+        // server in a container, or another instance, that is a different
+        // server. Use the socket only where the DSN asks for it.
+        if !url.contains("prefer_socket=") {
+            base = OptsBuilder::from_opts(base).prefer_socket(false).into();
+        }
         let mut conn = Conn::new(base.clone()).await.map_err(classify)?;
         let galera: Option<(String, String)> = conn
             .query_first("SHOW VARIABLES LIKE 'wsrep_on'")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use etcdsql_integration::{Reference, Started, Target, normalize};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 const PREFIX: &str = "/registry/configmaps/";
 const OBJECTS: usize = 1200;
@@ -239,9 +239,6 @@ async fn transcript(target: Target) -> Vec<String> {
 static REFERENCE: Reference = Reference::new();
 
 async fn check(target: Target) {
-    if !target.available() {
-        return;
-    }
     let got = transcript(target).await;
     let pages = got.iter().filter(|l| l.starts_with("page rev=")).count();
     assert_eq!(pages, 3, "{OBJECTS} objects in pages of {PAGE}: {got:#?}");
@@ -287,17 +284,6 @@ async fn check(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn apiserver_shapes_sqlite() {
-    check(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn apiserver_shapes_postgres() {
-    check(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn apiserver_shapes_mariadb() {
-    check(Target::Mariadb).await;
+pub fn cases() -> Vec<Case> {
+    vec![case!("shapes", &Target::ETCDSQL, check)]
 }

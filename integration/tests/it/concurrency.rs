@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use etcdsql_integration::{Process, Target, TestDb};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 const CLIENTS: usize = 32;
 const ATTEMPTS: usize = 40;
@@ -35,9 +35,6 @@ async fn increment_until_done(mut c: Client, successes: Arc<AtomicI64>) {
 }
 
 async fn cas_through_two_processes(target: Target) {
-    if !target.available() {
-        return;
-    }
     let db = TestDb::create(target).await.expect("database");
     let a = Process::etcdsql(bin(), &db.dsn)
         .await
@@ -106,17 +103,10 @@ async fn cas_through_two_processes(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cas_postgres() {
-    cas_through_two_processes(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn cas_mariadb() {
-    cas_through_two_processes(Target::Mariadb).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn cas_sqlite() {
-    cas_through_two_processes(Target::Sqlite).await;
+pub fn cases() -> Vec<Case> {
+    vec![case!(
+        "cas_two_processes",
+        &Target::ETCDSQL,
+        cas_through_two_processes
+    )]
 }

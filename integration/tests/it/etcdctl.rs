@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use etcdsql_integration::{Started, Target};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 /// (arguments, standard input)
 const COMMANDS: &[(&[&str], &str)] = &[
@@ -104,7 +104,7 @@ fn transcript(endpoint: &str) -> Vec<String> {
 }
 
 async fn check(target: Target) {
-    if !target.available() || !Target::Etcd.available() {
+    if !Target::Etcd.available() {
         return;
     }
     let etcd = Started::new(Target::Etcd, bin()).await.expect("etcd");
@@ -128,21 +128,6 @@ async fn check(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_sqlite() {
-    check(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_postgres() {
-    check(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_mariadb() {
-    check(Target::Mariadb).await;
-}
-
 /// `etcdctl watch` until it is stopped after `secs`.
 fn etcdctl_watch(endpoint: &str, args: &[&str], secs: u64) -> String {
     let out = Command::new("timeout")
@@ -160,7 +145,7 @@ fn etcdctl_watch(endpoint: &str, args: &[&str], secs: u64) -> String {
 /// Watch replays and leases through etcdctl; lease ids are the server's
 /// choice, so those answers are checked by shape rather than compared.
 async fn watch_and_leases(target: Target) {
-    if !target.available() || !Target::Etcd.available() {
+    if !Target::Etcd.available() {
         return;
     }
     let etcd = Started::new(Target::Etcd, bin()).await.expect("etcd");
@@ -227,17 +212,9 @@ async fn watch_and_leases(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_watch_lease_sqlite() {
-    watch_and_leases(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_watch_lease_postgres() {
-    watch_and_leases(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_watch_lease_mariadb() {
-    watch_and_leases(Target::Mariadb).await;
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("commands", &Target::ETCDSQL, check),
+        case!("watch_and_leases", &Target::ETCDSQL, watch_and_leases),
+    ]
 }

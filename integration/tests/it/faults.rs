@@ -10,15 +10,12 @@ use etcdsql_integration::{Process, Target, TestDb};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 const CLIENTS: usize = 64;
 const WRITES: usize = 10_000;
 
 async fn kill_during_writes(target: Target) {
-    if !target.available() {
-        return;
-    }
     let db = TestDb::create(target).await.expect("database");
     let mut p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
     let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
@@ -95,24 +92,8 @@ async fn kill_during_writes(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_during_writes_postgres() {
-    kill_during_writes(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_during_writes_mariadb() {
-    kill_during_writes(Target::Mariadb).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_during_writes_sqlite() {
-    kill_during_writes(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn garbage_on_the_grpc_port() {
-    let db = TestDb::create(Target::Sqlite).await.unwrap();
+async fn garbage_on_the_grpc_port(target: Target) {
+    let db = TestDb::create(target).await.unwrap();
     let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
     let noise: Vec<u8> = (0..16_384u32)
         .map(|i| u8::try_from(i.wrapping_mul(2_654_435_761) >> 24).unwrap_or(0))
@@ -142,4 +123,15 @@ async fn garbage_on_the_grpc_port() {
         .await
         .unwrap();
     assert_eq!(all.count(), 1, "garbage wrote nothing");
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("kill_during_writes", &Target::ETCDSQL, kill_during_writes),
+        case!(
+            "garbage_on_the_grpc_port",
+            &[Target::Sqlite],
+            garbage_on_the_grpc_port
+        ),
+    ]
 }

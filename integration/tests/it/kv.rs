@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use etcdsql_integration::{Reference, Started, Target, normalize};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 #[derive(Clone)]
 enum Op {
@@ -812,9 +812,6 @@ async fn reference() -> Option<&'static Vec<String>> {
 }
 
 async fn check(target: Target) {
-    if !target.available() {
-        return;
-    }
     let got = transcript(target).await;
     let steps = script();
     let mut failures = Vec::new();
@@ -865,8 +862,7 @@ async fn check(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn etcd_reference_meets_the_table() {
+async fn etcd_reference_meets_the_table(_target: Target) {
     // The expectations themselves are checked against etcd, so that a wrong
     // expectation cannot pass silently.
     let Some(etcd) = reference().await else {
@@ -884,17 +880,13 @@ async fn etcd_reference_meets_the_table() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kv_table_sqlite() {
-    check(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kv_table_postgres() {
-    check(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kv_table_mariadb() {
-    check(Target::Mariadb).await;
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("table", &Target::ETCDSQL, check),
+        case!(
+            "etcd_reference_meets_the_table",
+            &[Target::Etcd],
+            etcd_reference_meets_the_table
+        ),
+    ]
 }

@@ -7,12 +7,9 @@ use std::time::Duration;
 use etcd_client::{EventType, PutOptions, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 async fn expiry_across_processes(target: Target) {
-    if !target.available() {
-        return;
-    }
     let db = TestDb::create(target).await.expect("database");
     let a = Process::etcdsql(bin(), &db.dsn).await.unwrap();
     let b = Process::etcdsql(bin(), &db.dsn).await.unwrap();
@@ -116,17 +113,10 @@ async fn expiry_across_processes(target: Target) {
     assert_eq!(listed, vec![kept]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn lease_expiry_postgres() {
-    expiry_across_processes(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lease_expiry_mariadb() {
-    expiry_across_processes(Target::Mariadb).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn lease_expiry_sqlite() {
-    expiry_across_processes(Target::Sqlite).await;
+pub fn cases() -> Vec<Case> {
+    vec![case!(
+        "expiry_across_processes",
+        &Target::ETCDSQL,
+        expiry_across_processes
+    )]
 }

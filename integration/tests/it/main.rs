@@ -2,9 +2,11 @@
 //! real clients (the etcd-client crate, etcdctl), and etcd 3.4 itself as the
 //! reference. The harness is `etcdsql-integration` (integration/src).
 //!
-//! Databases come from `ETCDSQL_TEST_POSTGRES_URL` and
-//! `ETCDSQL_TEST_MYSQL_URL`; a target that is missing is skipped with a
-//! plain message, unless `ETCDSQL_REQUIRE` lists it.
+//! Every case runs once per target it names, as the trial
+//! `module::case::target`. Database servers come from DSN variables or from
+//! containers this binary starts and removes (see `servers`); a target that
+//! is unavailable is reported as ignored with the reason ("skipped: no image
+//! for cockroachdb"), and fails instead when `ETCDSQL_REQUIRE` lists it.
 
 mod apiserver;
 mod concurrency;
@@ -16,9 +18,83 @@ mod metrics;
 mod tls;
 mod watch;
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+
+use etcdsql_integration::{Target, servers};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 /// The etcdsql binary Cargo built for this test.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_etcdsql"))
+}
+
+type CaseFn = fn(Target) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One test case and the targets it runs against.
+pub struct Case {
+    name: &'static str,
+    targets: &'static [Target],
+    run: CaseFn,
+}
+
+/// `case!("name", &targets, async_fn_taking_target)`.
+#[macro_export]
+macro_rules! case {
+    ($name:literal, $targets:expr, $f:path) => {
+        $crate::Case {
+            name: $name,
+            targets: $targets,
+            run: |t| Box::pin($f(t)),
+        }
+    };
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let modules = [
+        ("kv", kv::cases()),
+        ("watch", watch::cases()),
+        ("lease", lease::cases()),
+        ("concurrency", concurrency::cases()),
+        ("faults", faults::cases()),
+        ("etcdctl", etcdctl::cases()),
+        ("apiserver", apiserver::cases()),
+        ("tls", tls::cases()),
+        ("metrics", metrics::cases()),
+    ];
+    let mut trials = Vec::new();
+    for (module, cases) in modules {
+        for case in cases {
+            for &target in case.targets {
+                let name = format!("{module}::{}::{}", case.name, target.name());
+                let run = case.run;
+                trials.push(Trial::ignorable_test(name, move || trial(run, target)));
+            }
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    servers::shutdown();
+    conclusion.exit();
+}
+
+fn trial(run: CaseFn, target: Target) -> Result<Completion, Failed> {
+    if let Some(why) = target.unavailable() {
+        if target.required() {
+            return Err(format!(
+                "{} is required (ETCDSQL_REQUIRE) but unavailable: {why}",
+                target.name()
+            )
+            .into());
+        }
+        return Ok(Completion::ignored_with(format!("skipped: {why}")));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+    rt.block_on(run(target));
+    Ok(Completion::Completed)
 }

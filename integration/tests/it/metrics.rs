@@ -4,7 +4,7 @@ use etcd_client::WatchOptions;
 use etcdsql_integration::{Process, Target, TestDb, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 async fn scrape(port: u16) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -18,9 +18,8 @@ async fn scrape(port: u16) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_endpoint() {
-    let db = TestDb::create(Target::Sqlite).await.unwrap();
+async fn metrics_endpoint(target: Target) {
+    let db = TestDb::create(target).await.unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let p = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &url])
@@ -51,4 +50,8 @@ async fn metrics_endpoint() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![case!("endpoint", &[Target::Sqlite], metrics_endpoint)]
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use etcdsql_integration::{TempDir, free_port};
+use etcdsql_integration::{Target, TempDir, free_port};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let ok = Command::new("openssl")
@@ -111,8 +111,7 @@ fn etcdctl(dir: &Path, endpoint: &str, cert: Option<&str>, args: &[&str]) -> (bo
     (out.status.success(), text)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn mutual_tls() {
+async fn mutual_tls(_target: Target) {
     if Command::new("openssl").arg("version").output().is_err() {
         panic!("openssl is needed to make the test certificates");
     }
@@ -181,4 +180,8 @@ async fn mutual_tls() {
     eprintln!(
         "tls: etcdctl with a client certificate served; without one, or from another CA, refused"
     );
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![case!("mutual_tls", &[Target::Sqlite], mutual_tls)]
 }

@@ -14,7 +14,7 @@ use etcd_client::{
 };
 use etcdsql_integration::{Process, Reference, Started, Target, TestDb};
 
-use crate::bin;
+use crate::{Case, bin, case};
 
 /// What each watch id (and -1, progress) received, in order.
 #[derive(Default)]
@@ -197,9 +197,6 @@ async fn transcript(target: Target) -> Vec<String> {
 static REFERENCE: Reference = Reference::new();
 
 async fn check(target: Target) {
-    if !target.available() {
-        return;
-    }
     let got = transcript(target).await;
     let want = REFERENCE.get(transcript).await;
     // Semantics that hold with or without the reference.
@@ -236,30 +233,12 @@ async fn check(target: Target) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_sqlite() {
-    check(Target::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_postgres() {
-    check(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_mariadb() {
-    check(Target::Mariadb).await;
-}
-
 const WRITES: i64 = 300;
 
 /// Writes through one process reach a watcher on another in order, none
 /// lost; a watcher started later on a third process replays everything
 /// from the history table.
 async fn across_processes(target: Target) {
-    if !target.available() {
-        return;
-    }
     let db = TestDb::create(target).await.expect("database");
     let a = Process::etcdsql(bin(), &db.dsn)
         .await
@@ -352,17 +331,9 @@ async fn across_processes(target: Target) {
     assert_eq!(last.count(), 10);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_across_processes_postgres() {
-    across_processes(Target::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_across_processes_mariadb() {
-    across_processes(Target::Mariadb).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn watch_across_processes_sqlite() {
-    across_processes(Target::Sqlite).await;
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("script", &Target::ETCDSQL, check),
+        case!("across_processes", &Target::ETCDSQL, across_processes),
+    ]
 }

@@ -1,0 +1,392 @@
+//! Database servers for the suite. Each target's server comes from its DSN
+//! variable when that is set, and otherwise from containers started here
+//! with testcontainers (host networking, loopback ports) and owned by the
+//! run: [`shutdown`] removes them, and the watchdog removes them on
+//! SIGINT/SIGTERM.
+//!
+//! | target    | DSN variable                          | image (override variable)                 |
+//! |-----------|---------------------------------------|-------------------------------------------|
+//! | postgres  | ETCDSQL_TEST_POSTGRES_URL             | postgres:15 (ETCDSQL_TEST_POSTGRES_IMAGE)  |
+//! | mariadb   | ETCDSQL_TEST_MYSQL_URL                | mariadb:10.11 (ETCDSQL_TEST_MARIADB_IMAGE) |
+//! | galera    | ETCDSQL_TEST_GALERA_URLS (one per node, comma-separated) | mariadb:10.11, 3 nodes |
+//! | cockroach | ETCDSQL_TEST_COCKROACH_URL            | cockroachdb/cockroach:v24.3.5 (ETCDSQL_TEST_COCKROACH_IMAGE) |
+//! | tidb      | ETCDSQL_TEST_TIDB_URL                 | pingcap/tidb:v8.5.1 (ETCDSQL_TEST_TIDB_IMAGE) |
+//!
+//! `integration/images/build.sh` builds postgres:15 and mariadb:10.11 from
+//! Debian's packages where no registry is reachable. MySQL URLs carry
+//! `prefer_socket=false`: mysql_async would otherwise swap the container's
+//! loopback port for the socket path it reports, which on the host is
+//! another server's.
+
+use std::future::Future;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
+
+use crate::{Target, free_port};
+
+/// Docker calls run on this runtime, whatever runtime the caller is on:
+/// the Docker client and the containers outlive any one test's runtime.
+static DOCKER_RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("docker")
+        .enable_all()
+        .build()
+        .expect("a runtime for Docker calls")
+});
+
+/// Runs `f` on the Docker runtime and waits for it (from synchronous code).
+fn on_docker_blocking<F>(f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    DOCKER_RT.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("the Docker runtime dropped a task")
+}
+
+/// A running container; removed on drop.
+pub struct Container {
+    inner: Option<Arc<ContainerAsync<GenericImage>>>,
+}
+
+impl Container {
+    fn start(req: ContainerRequest<GenericImage>) -> anyhow::Result<Container> {
+        let c = on_docker_blocking(async move { req.start().await })?;
+        Ok(Container {
+            inner: Some(Arc::new(c)),
+        })
+    }
+
+    fn handle(&self) -> Arc<ContainerAsync<GenericImage>> {
+        self.inner.clone().expect("container present until drop")
+    }
+
+    /// Stops the container (SIGTERM, then SIGKILL after 10 s), as an
+    /// operator's restart would.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let c = self.handle();
+        Ok(DOCKER_RT.spawn(async move { c.stop().await }).await??)
+    }
+
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let c = self.handle();
+        Ok(DOCKER_RT.spawn(async move { c.start().await }).await??)
+    }
+
+    /// The container's output so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let c = self.handle();
+        on_docker_blocking(async move {
+            let mut out = c.stdout_to_vec().await.unwrap_or_default();
+            out.extend(c.stderr_to_vec().await.unwrap_or_default());
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(c) = self.inner.take() {
+            // ContainerAsync removes itself on drop, which needs its runtime.
+            on_docker_blocking(async move { drop(c) });
+        }
+    }
+}
+
+/// Containers that live for the whole run (shared by the cases).
+static OWNED: Mutex<Vec<Container>> = Mutex::new(Vec::new());
+
+/// Removes the shared containers; the test binary calls it before exiting.
+pub fn shutdown() {
+    let owned = std::mem::take(&mut *OWNED.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(owned);
+}
+
+/// A database server: admin DSNs, one per node (one for a single server).
+pub struct Server {
+    pub urls: Vec<String>,
+}
+
+fn slot(target: Target) -> &'static OnceLock<Result<Server, String>> {
+    static SLOTS: [OnceLock<Result<Server, String>>; 7] = [const { OnceLock::new() }; 7];
+    &SLOTS[target as usize]
+}
+
+/// The shared server for `target`, started on first use; the error says
+/// why there is none ("no image for cockroachdb", ...).
+pub fn server(target: Target) -> Result<&'static Server, String> {
+    slot(target)
+        .get_or_init(|| provide(target).map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A server of its own for a case that stops and restarts it: always a
+/// container (a DSN's server is not ours to restart).
+pub fn dedicated(target: Target) -> anyhow::Result<(Server, Container)> {
+    let mut owned = Vec::new();
+    let server = start_containers(target, &mut owned)?;
+    let c = owned.pop().context("one container")?;
+    Ok((server, c))
+}
+
+fn dsn_var(target: Target) -> Option<&'static str> {
+    Some(match target {
+        Target::Postgres => "ETCDSQL_TEST_POSTGRES_URL",
+        Target::Mariadb => "ETCDSQL_TEST_MYSQL_URL",
+        Target::Galera => "ETCDSQL_TEST_GALERA_URLS",
+        Target::Cockroach => "ETCDSQL_TEST_COCKROACH_URL",
+        Target::Tidb => "ETCDSQL_TEST_TIDB_URL",
+        Target::Etcd | Target::Sqlite => return None,
+    })
+}
+
+fn image(target: Target) -> (String, &'static str) {
+    let (var, default) = match target {
+        Target::Postgres => ("ETCDSQL_TEST_POSTGRES_IMAGE", "postgres:15"),
+        Target::Mariadb | Target::Galera => ("ETCDSQL_TEST_MARIADB_IMAGE", "mariadb:10.11"),
+        Target::Cockroach => (
+            "ETCDSQL_TEST_COCKROACH_IMAGE",
+            "cockroachdb/cockroach:v24.3.5",
+        ),
+        Target::Tidb => ("ETCDSQL_TEST_TIDB_IMAGE", "pingcap/tidb:v8.5.1"),
+        Target::Etcd | Target::Sqlite => ("", ""),
+    };
+    (
+        std::env::var(var).unwrap_or_else(|_| default.to_string()),
+        var,
+    )
+}
+
+fn provide(target: Target) -> anyhow::Result<Server> {
+    if let Some(var) = dsn_var(target)
+        && let Ok(v) = std::env::var(var)
+    {
+        let urls: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+        if target == Target::Galera && urls.len() < 2 {
+            bail!(
+                "{var} names {} node(s); the Galera cases need 2 or more",
+                urls.len()
+            );
+        }
+        return Ok(Server { urls });
+    }
+    let mut owned = Vec::new();
+    let server = start_containers(target, &mut owned)?;
+    OWNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(owned);
+    Ok(server)
+}
+
+fn docker(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure `name` is present locally, pulling it where a registry is
+/// reachable.
+fn ensure_image(target: Target, name: &str, var: &str) -> anyhow::Result<()> {
+    if !docker(&["version", "--format", "{{.Server.Version}}"]) {
+        bail!(
+            "no Docker engine, and {} is not set",
+            dsn_var(target).unwrap_or_default()
+        );
+    }
+    if docker(&["image", "inspect", name]) || docker(&["pull", "-q", name]) {
+        return Ok(());
+    }
+    bail!(
+        "no image for {} ({name}; integration/images/build.sh builds postgres and mariadb; \
+         {var} names another image)",
+        target.name()
+    )
+}
+
+fn request(name: &str) -> ContainerRequest<GenericImage> {
+    let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+    GenericImage::new(repo, tag)
+        .with_network("host")
+        .with_label("org.etcdsql.test", std::process::id().to_string())
+        .with_startup_timeout(Duration::from_secs(180))
+}
+
+fn start_containers(target: Target, owned: &mut Vec<Container>) -> anyhow::Result<Server> {
+    let (name, var) = image(target);
+    ensure_image(target, &name, var)?;
+    let server = match target {
+        Target::Postgres => {
+            let port = free_port();
+            let c = Container::start(
+                request(&name)
+                    .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
+                    .with_cmd([
+                        "postgres".to_string(),
+                        "-p".into(),
+                        port.to_string(),
+                        "-c".into(),
+                        "listen_addresses=127.0.0.1".into(),
+                        "-c".into(),
+                        "max_connections=500".into(),
+                    ]),
+            )?;
+            let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            wait_ready(target, &url, &c)?;
+            owned.push(c);
+            Server { urls: vec![url] }
+        }
+        Target::Mariadb => {
+            let port = free_port();
+            let c = Container::start(mariadb_request(&name, port, &[]))?;
+            let url = format!("mysql://root@127.0.0.1:{port}/mysql?prefer_socket=false");
+            wait_ready(target, &url, &c)?;
+            owned.push(c);
+            Server { urls: vec![url] }
+        }
+        Target::Galera => galera(&name, owned)?,
+        Target::Cockroach => {
+            let (port, http) = (free_port(), free_port());
+            let c = Container::start(request(&name).with_cmd([
+                "start-single-node".to_string(),
+                "--insecure".into(),
+                format!("--listen-addr=127.0.0.1:{port}"),
+                format!("--http-addr=127.0.0.1:{http}"),
+                "--store=type=mem,size=2GiB".into(),
+            ]))?;
+            let url = format!("postgres://root@127.0.0.1:{port}/defaultdb?sslmode=disable");
+            wait_ready(target, &url, &c)?;
+            owned.push(c);
+            Server { urls: vec![url] }
+        }
+        Target::Tidb => {
+            let (port, status) = (free_port(), free_port());
+            let c = Container::start(request(&name).with_cmd([
+                "-host".to_string(),
+                "127.0.0.1".into(),
+                "-P".into(),
+                port.to_string(),
+                "-status".into(),
+                status.to_string(),
+            ]))?;
+            let url = format!("mysql://root@127.0.0.1:{port}/mysql?prefer_socket=false");
+            wait_ready(target, &url, &c)?;
+            owned.push(c);
+            Server { urls: vec![url] }
+        }
+        Target::Etcd | Target::Sqlite => bail!("{} needs no server", target.name()),
+    };
+    Ok(server)
+}
+
+fn mariadb_request(name: &str, port: u16, extra: &[String]) -> ContainerRequest<GenericImage> {
+    let mut cmd = vec![
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".to_string(),
+        "--max-connections=1000".to_string(),
+    ];
+    cmd.extend_from_slice(extra);
+    request(name)
+        .with_env_var("MARIADB_ALLOW_EMPTY_ROOT_PASSWORD", "1")
+        .with_cmd(cmd)
+}
+
+/// Three MariaDB Galera nodes on loopback ports: the first bootstraps the
+/// cluster, the others join it by state transfer (rsync).
+fn galera(name: &str, owned: &mut Vec<Container>) -> anyhow::Result<Server> {
+    const NODES: usize = 3;
+    let ports: Vec<[u16; 4]> = (0..NODES)
+        .map(|_| [free_port(), free_port(), free_port(), free_port()])
+        .collect();
+    let mut urls = Vec::new();
+    for (i, [sql, gcomm, ist, sst]) in ports.iter().enumerate() {
+        let cluster = if i == 0 {
+            "gcomm://".to_string()
+        } else {
+            format!("gcomm://127.0.0.1:{}", ports[0][1])
+        };
+        let args = [
+            "--wsrep_on=ON".to_string(),
+            "--wsrep_provider=/usr/lib/galera/libgalera_smm.so".into(),
+            "--wsrep_cluster_name=etcdsql_it".into(),
+            format!("--wsrep_cluster_address={cluster}"),
+            format!("--wsrep_node_name=node{}", i + 1),
+            format!("--wsrep_node_address=127.0.0.1:{gcomm}"),
+            format!(
+                "--wsrep_provider_options=gmcast.listen_addr=tcp://127.0.0.1:{gcomm};ist.recv_addr=127.0.0.1:{ist}"
+            ),
+            format!("--wsrep_sst_receive_address=127.0.0.1:{sst}"),
+            "--wsrep_sst_method=rsync".into(),
+            "--binlog_format=ROW".into(),
+            "--innodb_autoinc_lock_mode=2".into(),
+        ];
+        let c = Container::start(mariadb_request(name, *sql, &args))?;
+        let url = format!("mysql://root@127.0.0.1:{sql}/mysql?prefer_socket=false");
+        wait_ready(Target::Galera, &url, &c)?;
+        owned.push(c);
+        urls.push(url);
+    }
+    Ok(Server { urls })
+}
+
+/// Waits until the server answers (and, on Galera, is synced).
+fn wait_ready(target: Target, url: &str, c: &Container) -> anyhow::Result<()> {
+    let url = url.to_string();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let u = url.clone();
+        match on_docker_blocking(async move { probe(target, &u).await }) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!(
+        "{} at {url} not ready after 180 s: {last}\n{}",
+        target.name(),
+        c.logs()
+    )
+}
+
+async fn probe(target: Target, url: &str) -> anyhow::Result<()> {
+    match target {
+        Target::Postgres | Target::Cockroach => {
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            c.simple_query("SELECT 1").await?;
+        }
+        Target::Mariadb | Target::Galera | Target::Tidb => {
+            use mysql_async::prelude::Queryable;
+            let mut c = mysql_async::Conn::from_url(url).await?;
+            if target == Target::Galera {
+                let ready: Option<i64> = c
+                    .query_first(
+                        "SELECT 1 FROM information_schema.GLOBAL_STATUS \
+                         WHERE VARIABLE_NAME = 'WSREP_READY' AND VARIABLE_VALUE = 'ON'",
+                    )
+                    .await?;
+                if ready.is_none() {
+                    bail!("wsrep_ready is not ON");
+                }
+            }
+            c.query_drop("SELECT 1").await?;
+            let _ = c.disconnect().await;
+        }
+        Target::Etcd | Target::Sqlite => {}
+    }
+    Ok(())
+}
