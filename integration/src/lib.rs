@@ -207,6 +207,12 @@ impl TestDb {
             .map_err(|e| anyhow::anyhow!("{}: {e}", target.name()))?
             .urls
             .clone();
+        Self::create_on(target, &urls).await
+    }
+
+    /// A fresh database on the server with these admin DSNs (one per node).
+    pub async fn create_on(target: Target, urls: &[String]) -> anyhow::Result<TestDb> {
+        let name = unique_name("etcdsql_it");
         let admin = urls[0].clone();
         admin_sql(target, &admin, &format!("CREATE DATABASE {name}"))
             .await
@@ -220,6 +226,14 @@ impl TestDb {
             admin,
             _dir: None,
         })
+    }
+}
+
+impl TestDb {
+    /// The database through another node where there are several (Galera),
+    /// for a second etcdsql process; `dsn` otherwise.
+    pub fn other_dsn(&self) -> &str {
+        self.dsns.last().unwrap_or(&self.dsn)
     }
 }
 
@@ -380,6 +394,33 @@ impl Drop for Process {
         self.kill();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The text of etcdsql's Prometheus endpoint on `port` (HTTP response
+/// included).
+pub async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("metrics request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("metrics response");
+    out
+}
+
+/// The sum of a counter's samples (all label sets) in a scrape.
+pub fn metric_sum(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A target started fresh: the server and, for etcdsql, its database.

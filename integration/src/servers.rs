@@ -211,8 +211,7 @@ fn ensure_image(target: Target, name: &str, var: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!(
-        "no image for {} ({name}; integration/images/build.sh builds postgres and mariadb; \
-         {var} names another image)",
+        "no image for {} ({name}; {var} names another)",
         target.name()
     )
 }

@@ -1,12 +1,14 @@
 //! Faults: an etcdsql process killed with SIGKILL during concurrent writes
-//! loses nothing it acknowledged, and revisions stay gapless; garbage on
-//! the gRPC port leaves the server serving.
+//! loses nothing it acknowledged, and revisions stay gapless; a database
+//! restarted under load costs clients Unavailable answers and nothing else;
+//! garbage on the gRPC port leaves the server serving.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use etcdsql_integration::{Process, Target, TestDb};
+use etcdsql_integration::{Process, Target, TestDb, servers};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -46,7 +48,7 @@ async fn kill_during_writes(target: Target) {
     }
     let acked = acked.lock().await.clone();
 
-    let p2 = Process::etcdsql(bin(), &db.dsn)
+    let p2 = Process::etcdsql(bin(), db.other_dsn())
         .await
         .expect("restarted etcdsql");
     let mut c = p2.client().await.unwrap();
@@ -92,6 +94,153 @@ async fn kill_during_writes(target: Target) {
     );
 }
 
+/// Every acknowledged write is readable at the revision it was acknowledged
+/// with, and the keys under `prefix` took revisions 2..=n, each once.
+async fn assert_acked_and_gapless(
+    c: &mut etcd_client::Client,
+    prefix: &str,
+    acked: &[(String, i64)],
+) -> i64 {
+    for (key, rev) in acked {
+        let r = c.get(key.as_str(), None).await.expect("get");
+        let kv = r
+            .kvs()
+            .first()
+            .unwrap_or_else(|| panic!("acknowledged {key} is missing"));
+        assert_eq!(
+            kv.mod_revision(),
+            *rev,
+            "{key} has the revision it was acknowledged with"
+        );
+    }
+    let all = c
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .expect("list");
+    let mut revs: Vec<i64> = all.kvs().iter().map(|kv| kv.mod_revision()).collect();
+    revs.sort_unstable();
+    assert!(
+        revs.iter().zip(2i64..).all(|(r, want)| *r == want),
+        "revisions 2..=n, each once"
+    );
+    all.count()
+}
+
+/// Stops the database container under load and starts it again.
+async fn database_restart(target: Target) {
+    let (server, container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
+        .await
+        .expect("container task")
+        .expect("a database container of its own");
+    let db = TestDb::create_on(target, &server.urls)
+        .await
+        .expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, i64, Instant)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut c = p.client().await.unwrap();
+        let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("/r/{w:02}/{n:06}");
+                n += 1;
+                let r = if w % 4 == 3 {
+                    c.get(
+                        "/r/",
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                    .map(|_| None)
+                } else {
+                    c.put(key.clone(), "v", None)
+                        .await
+                        .map(|r| Some(r.header().map_or(0, |h| h.revision())))
+                };
+                match r {
+                    Ok(Some(rev)) => acked.lock().await.push((key, rev, Instant::now())),
+                    Ok(None) => {}
+                    Err(etcd_client::Error::GRpcStatus(s)) => {
+                        errors
+                            .lock()
+                            .await
+                            .push(format!("{:?}: {}", s.code(), s.message()));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => {
+                        errors.lock().await.push(format!("client: {e}"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = acked.lock().await.len();
+    container.stop().await.expect("stopping the database");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    container
+        .start_again()
+        .await
+        .expect("starting the database");
+    let up = Instant::now();
+    let recovered = loop {
+        if let Some(t) = acked.lock().await.iter().map(|a| a.2).find(|t| *t > up) {
+            break t - up;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(90),
+            "no write succeeded within 90 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let errors = errors.lock().await.clone();
+    assert!(
+        !errors.is_empty(),
+        "clients saw no error while the database was down"
+    );
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.starts_with("Unavailable: "))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "errors other than Unavailable: {unexpected:?}"
+    );
+    let acked: Vec<(String, i64)> = acked
+        .lock()
+        .await
+        .iter()
+        .map(|(k, r, _)| (k.clone(), *r))
+        .collect();
+    let mut c = p.client().await.unwrap();
+    let applied = assert_acked_and_gapless(&mut c, "/r/", &acked).await;
+    eprintln!(
+        "database restart on {}: {before} writes before the stop, {} Unavailable answers while down, \
+         first write {} ms after the start, {} acknowledged in all, all present; {applied} applied, gapless",
+        target.name(),
+        errors.len(),
+        recovered.as_millis(),
+        acked.len(),
+    );
+    drop(p);
+    drop(db);
+    tokio::task::spawn_blocking(move || drop(container))
+        .await
+        .unwrap();
+}
+
 async fn garbage_on_the_grpc_port(target: Target) {
     let db = TestDb::create(target).await.unwrap();
     let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
@@ -128,6 +277,11 @@ async fn garbage_on_the_grpc_port(target: Target) {
 pub fn cases() -> Vec<Case> {
     vec![
         case!("kill_during_writes", &Target::ETCDSQL, kill_during_writes),
+        case!(
+            "database_restart",
+            &[Target::Postgres, Target::Mariadb],
+            database_restart
+        ),
         case!(
             "garbage_on_the_grpc_port",
             &[Target::Sqlite],

@@ -13,7 +13,7 @@ use etcdsql_integration::{Reference, Started, Target, normalize};
 use crate::{Case, bin, case};
 
 #[derive(Clone)]
-enum Op {
+pub(crate) enum Op {
     Put(&'static str, Vec<u8>, Option<PutOptions>),
     Get(&'static str, Option<GetOptions>),
     Del(&'static str, Option<DeleteOptions>),
@@ -752,7 +752,7 @@ fn script() -> Vec<Step> {
 }
 
 /// The answer of one step as normalized text.
-async fn run(c: &mut Client, op: Op) -> String {
+pub(crate) async fn run(c: &mut Client, op: Op) -> String {
     let r = match op {
         Op::Put(k, v, o) => c.put(k, v, o).await.map(|r| format!("{r:?}")),
         Op::Get(k, o) => c.get(k, o).await.map(|r| format!("{r:?}")),

@@ -12,7 +12,7 @@ use crate::{Case, bin, case};
 async fn expiry_across_processes(target: Target) {
     let db = TestDb::create(target).await.expect("database");
     let a = Process::etcdsql(bin(), &db.dsn).await.unwrap();
-    let b = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let b = Process::etcdsql(bin(), db.other_dsn()).await.unwrap();
     let mut ca = a.client().await.unwrap();
     let mut cb = b.client().await.unwrap();
 

@@ -9,6 +9,7 @@
 //! for cockroachdb"), and fails instead when `ETCDSQL_REQUIRE` lists it.
 
 mod apiserver;
+mod bad_input;
 mod concurrency;
 mod etcdctl;
 mod faults;
@@ -57,6 +58,7 @@ fn main() {
         ("kv", kv::cases()),
         ("watch", watch::cases()),
         ("lease", lease::cases()),
+        ("bad_input", bad_input::cases()),
         ("concurrency", concurrency::cases()),
         ("faults", faults::cases()),
         ("etcdctl", etcdctl::cases()),

@@ -1,22 +1,9 @@
 //! The Prometheus endpoint: per-RPC latency, batch sizes, watch counts.
 
 use etcd_client::WatchOptions;
-use etcdsql_integration::{Process, Target, TestDb, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics as scrape};
 
 use crate::{Case, bin, case};
-
-async fn scrape(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("metrics port");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
 
 async fn metrics_endpoint(target: Target) {
     let db = TestDb::create(target).await.unwrap();

@@ -243,7 +243,7 @@ async fn across_processes(target: Target) {
     let a = Process::etcdsql(bin(), &db.dsn)
         .await
         .expect("writer process");
-    let b = Process::etcdsql(bin(), &db.dsn)
+    let b = Process::etcdsql(bin(), db.other_dsn())
         .await
         .expect("watcher process");
     let mut writer = a.client().await.unwrap();
