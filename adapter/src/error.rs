@@ -71,6 +71,57 @@ impl From<Error> for Status {
     }
 }
 
+/// tonic answers a request over the decoding limit with OutOfRange and its
+/// own text; etcd (grpc-go) answers ResourceExhausted, "grpc: received
+/// message larger than max (N vs. M)". Rewrites such a trailers-only
+/// response's status to etcd's.
+pub fn oversized_as_grpc_go(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").map(http::HeaderValue::as_bytes) != Some(b"11") {
+        return;
+    }
+    let Some(msg) = headers
+        .get("grpc-message")
+        .map(|v| percent_decode(v.as_bytes()))
+    else {
+        return;
+    };
+    let Some(rest) = msg.strip_prefix("Error, decoded message length too large: found ") else {
+        return;
+    };
+    let nums: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let [found, limit] = nums[..] {
+        let text = format!("grpc: received message larger than max ({found} vs. {limit})");
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            headers.insert("grpc-message", v);
+        }
+    }
+}
+
+fn percent_decode(b: &[u8]) -> String {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            )
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +139,34 @@ mod tests {
         let s = Status::from(Error::Db(DbError::Unavailable("connection refused".into())));
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("connection refused"));
+    }
+
+    #[test]
+    fn oversized_requests_answer_as_grpc_go() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "Error,%20decoded%20message%20length%20too%20large:%20found%203145740%20bytes,%20the%20limit%20is:%202097152%20bytes",
+            ),
+        );
+        oversized_as_grpc_go(&mut h);
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(
+            h["grpc-message"],
+            "grpc: received message larger than max (3145740 vs. 2097152)"
+        );
+        // Other OutOfRange answers are left alone.
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("11"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+        );
+        oversized_as_grpc_go(&mut h);
+        assert_eq!(h["grpc-status"], "11");
     }
 }

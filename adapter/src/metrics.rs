@@ -243,7 +243,10 @@ where
         let fut = self.inner.call(req);
         Box::pin(
             async move {
-                let resp = fut.await;
+                let mut resp = fut.await;
+                if let Ok(r) = &mut resp {
+                    crate::error::oversized_as_grpc_go(r.headers_mut());
+                }
                 // Errors travel as a trailers-only response: the status is a header.
                 let code = match &resp {
                     Ok(r) => r
