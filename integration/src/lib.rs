@@ -62,10 +62,7 @@ impl Target {
     }
 
     pub fn required(self) -> bool {
-        std::env::var("ETCDSQL_REQUIRE")
-            .unwrap_or_default()
-            .split(',')
-            .any(|t| t.trim() == self.name())
+        required(self.name())
     }
 
     /// Why this target cannot run here, if it cannot. The first call for a
@@ -102,6 +99,14 @@ impl Target {
             }
         }
     }
+}
+
+/// Whether `ETCDSQL_REQUIRE` (comma-separated) lists `name`.
+pub fn required(name: &str) -> bool {
+    std::env::var("ETCDSQL_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .any(|t| t.trim() == name)
 }
 
 fn which(bin: &str) -> Option<PathBuf> {

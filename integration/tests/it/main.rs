@@ -13,6 +13,7 @@ mod bad_input;
 mod concurrency;
 mod etcdctl;
 mod faults;
+mod kube;
 mod kv;
 mod lease;
 mod metrics;
@@ -23,7 +24,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use etcdsql_integration::{Target, servers};
+use etcdsql_integration::{Target, required, servers};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 /// The etcdsql binary Cargo built for this test.
@@ -38,16 +39,23 @@ pub struct Case {
     name: &'static str,
     targets: &'static [Target],
     run: CaseFn,
+    /// What else the case needs (`Err`: why it cannot run here); the case
+    /// is named `name` in `ETCDSQL_REQUIRE` to make that a failure.
+    requires: fn() -> Result<(), String>,
 }
 
-/// `case!("name", &targets, async_fn_taking_target)`.
+/// `case!("name", &targets, async_fn_taking_target [, requires = fn])`.
 #[macro_export]
 macro_rules! case {
     ($name:literal, $targets:expr, $f:path) => {
+        $crate::case!($name, $targets, $f, requires = || Ok(()))
+    };
+    ($name:literal, $targets:expr, $f:path, requires = $req:expr) => {
         $crate::Case {
             name: $name,
             targets: $targets,
             run: |t| Box::pin($f(t)),
+            requires: $req,
         }
     };
 }
@@ -64,6 +72,7 @@ fn main() {
         ("etcdctl", etcdctl::cases()),
         ("apiserver", apiserver::cases()),
         ("tls", tls::cases()),
+        ("kube", kube::cases()),
         ("metrics", metrics::cases()),
     ];
     let mut trials = Vec::new();
@@ -71,8 +80,13 @@ fn main() {
         for case in cases {
             for &target in case.targets {
                 let name = format!("{module}::{}::{}", case.name, target.name());
-                let run = case.run;
-                trials.push(Trial::ignorable_test(name, move || trial(run, target)));
+                let (run, requires, case_name) = (case.run, case.requires, case.name);
+                trials.push(Trial::ignorable_test(name, move || {
+                    if let Err(why) = requires() {
+                        return skip_or_fail(case_name, why);
+                    }
+                    trial(run, target)
+                }));
             }
         }
     }
@@ -81,16 +95,17 @@ fn main() {
     conclusion.exit();
 }
 
+/// A skip, or a failure where `ETCDSQL_REQUIRE` names what is missing.
+fn skip_or_fail(name: &str, why: String) -> Result<Completion, Failed> {
+    if required(name) {
+        return Err(format!("{name} is required (ETCDSQL_REQUIRE) but unavailable: {why}").into());
+    }
+    Ok(Completion::ignored_with(format!("skipped: {why}")))
+}
+
 fn trial(run: CaseFn, target: Target) -> Result<Completion, Failed> {
     if let Some(why) = target.unavailable() {
-        if target.required() {
-            return Err(format!(
-                "{} is required (ETCDSQL_REQUIRE) but unavailable: {why}",
-                target.name()
-            )
-            .into());
-        }
-        return Ok(Completion::ignored_with(format!("skipped: {why}")));
+        return skip_or_fail(target.name(), why);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
