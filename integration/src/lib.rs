@@ -235,6 +235,30 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// A `SELECT COUNT(*) ...` run directly on the test database.
+    pub async fn count(&self, sql: &'static str) -> anyhow::Result<i64> {
+        match self.target {
+            Target::Sqlite => {
+                use sqlx::Connection;
+                let mut c = sqlx::SqliteConnection::connect(&self.dsn).await?;
+                Ok(sqlx::query_scalar(sql).fetch_one(&mut c).await?)
+            }
+            t if t.is_postgres() => {
+                let (c, conn) = tokio_postgres::connect(&self.dsn, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                Ok(c.query_one(sql, &[]).await?.get(0))
+            }
+            Target::Etcd => bail!("etcd's storage is not SQL"),
+            _ => {
+                use mysql_async::prelude::Queryable;
+                let mut c = mysql_async::Conn::from_url(&self.dsn).await?;
+                let n: Option<i64> = c.query_first(sql).await?;
+                let _ = c.disconnect().await;
+                n.context("no row")
+            }
+        }
+    }
+
     /// The database through another node where there are several (Galera),
     /// for a second etcdsql process; `dsn` otherwise.
     pub fn other_dsn(&self) -> &str {

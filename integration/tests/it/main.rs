@@ -10,7 +10,7 @@
 
 mod apiserver;
 mod bad_input;
-mod concurrency;
+mod compaction;
 mod etcdctl;
 mod faults;
 mod kube;
@@ -18,6 +18,7 @@ mod kv;
 mod lease;
 mod metrics;
 mod tls;
+mod txn;
 mod watch;
 
 use std::future::Future;
@@ -66,8 +67,9 @@ fn main() {
         ("kv", kv::cases()),
         ("watch", watch::cases()),
         ("lease", lease::cases()),
+        ("compaction", compaction::cases()),
         ("bad_input", bad_input::cases()),
-        ("concurrency", concurrency::cases()),
+        ("txn", txn::cases()),
         ("faults", faults::cases()),
         ("etcdctl", etcdctl::cases()),
         ("apiserver", apiserver::cases()),
