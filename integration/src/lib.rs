@@ -407,6 +407,21 @@ impl Process {
         Ok(etcd_client::Client::connect([self.endpoint.as_str()], Some(opts)).await?)
     }
 
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in bytes.
+    pub fn rss(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,17 +1,29 @@
-//! Write throughput of etcd and etcdsql side by side, in one run: each
-//! target is started fresh on this machine (etcd 3.4 with its data in the
-//! temp dir, fsync on; etcdsql on a new database), then driven by the same
-//! concurrent clients.
+//! Kubernetes-shaped load on etcd 3.4 and etcdsql side by side, in one run.
+//! Each target is started fresh on this machine (etcd with its data in the
+//! temp dir on the same disk, fsync on; etcdsql, a release build, on a new
+//! database: SQLite in the temp dir, or PostgreSQL/MariaDB from
+//! ETCDSQL_TEST_*_URL or a container, as in the integration suite), then
+//! driven by the same clients. Progress goes to stderr, Markdown tables to
+//! stdout, one per workload, with the etcdsql/etcd ratio.
 //!
 //!   cargo build --release -p etcdsql -p etcdsql-integration
 //!   target/release/etcdsql-bench --etcdsql-bin target/release/etcdsql \
-//!       --targets etcd,postgres --clients 256 --ops 20000
+//!       --targets etcd,sqlite,postgres,mariadb
 //!
-//! Workloads: `put` (unique keys), `create` (kube-apiserver's create:
-//! Txn mod_revision(key) == 0 → put, else get), and `watch` (event latency
-//! from put to watchers at a fixed write rate, with the watchers on the
-//! writer's process and, for etcdsql, on a second process sharing the
-//! database).
+//! Workloads (`--workloads`, all by default):
+//! - `create`: custom-resource-like JSON objects (1 to 4 KiB, with labels)
+//!   created by kube-apiserver's create Txn (mod_revision == 0 → put, else
+//!   get), from many concurrent clients;
+//! - `update`: kube-apiserver's GuaranteedUpdate on a hot set of objects:
+//!   read, then Txn mod_revision == read → put, else get, retried on
+//!   conflict; contention is by design;
+//! - `list`: paginated LIST of all objects, 500 per page, later pages at
+//!   the first page's revision, as kube-apiserver pages;
+//! - `watch`: event latency from put to each of many watchers on a prefix;
+//! - `memory`: the server's RSS while it holds more and more keys.
+//!
+//! `--endpoint HOST:PORT` drives an already running etcd v3 server instead
+//! (named `endpoint` in the tables; no RSS).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,46 +31,123 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-use etcdsql_integration::{Started, Target};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use etcdsql_integration::{Process, Started, Target};
 
 #[derive(Parser)]
 struct Args {
     /// The etcdsql binary to start (a release build for real numbers).
-    #[arg(long)]
+    #[arg(long, default_value = "target/release/etcdsql")]
     etcdsql_bin: PathBuf,
-    /// Comma-separated: etcd, sqlite, postgres, mariadb.
-    #[arg(long, default_value = "etcd,postgres", value_delimiter = ',')]
+    /// Comma-separated: etcd, sqlite, postgres, mariadb, galera, cockroachdb, tidb.
+    #[arg(long, default_value = "etcd,sqlite,postgres,mariadb", value_delimiter = ',')]
     targets: Vec<String>,
-    /// Comma-separated: put, create.
-    #[arg(long, default_value = "put,create", value_delimiter = ',')]
+    /// An etcd v3 endpoint to drive as well (host:port).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Comma-separated: create, update, list, watch, memory.
+    #[arg(
+        long,
+        default_value = "create,update,list,watch,memory",
+        value_delimiter = ','
+    )]
     workloads: Vec<String>,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 256)]
-    clients: usize,
     /// gRPC connections the clients share.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     conns: usize,
-    /// Requests per workload.
+    /// Objects created by `create`.
+    #[arg(long, default_value_t = 60_000)]
+    create_objects: usize,
+    /// Concurrent clients of `create`.
+    #[arg(long, default_value_t = 3600)]
+    create_clients: usize,
+    /// Objects in the hot set of `update`.
+    #[arg(long, default_value_t = 1000)]
+    update_objects: usize,
+    /// Successful updates `update` makes.
     #[arg(long, default_value_t = 20_000)]
-    ops: usize,
-    #[arg(long, default_value_t = 1024)]
-    value_size: usize,
-    /// Watchers for the watch workload (split over the connections).
-    #[arg(long, default_value_t = 100)]
+    update_ops: usize,
+    /// Concurrent clients of `update`.
+    #[arg(long, default_value_t = 256)]
+    update_clients: usize,
+    /// Objects `list` lists.
+    #[arg(long, default_value_t = 100_000)]
+    list_objects: usize,
+    /// Full paginated LISTs, run by `list_clients` clients at once.
+    #[arg(long, default_value_t = 8)]
+    lists: usize,
+    #[arg(long, default_value_t = 2)]
+    list_clients: usize,
+    /// Watchers of `watch` (split over the connections).
+    #[arg(long, default_value_t = 1000)]
     watchers: usize,
-    /// Writes per second for the watch workload.
-    #[arg(long, default_value_t = 200)]
+    /// Puts per second during `watch`.
+    #[arg(long, default_value_t = 100)]
     watch_rate: u64,
-    /// Writes for the watch workload.
-    #[arg(long, default_value_t = 2000)]
+    /// Puts during `watch`.
+    #[arg(long, default_value_t = 1000)]
     watch_events: usize,
+    /// Keys `memory` grows to (RSS sampled at 1/10, 1/4, 1/2 and all of it).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_keys: usize,
 }
 
-struct Outcome {
-    secs: f64,
-    latencies: Vec<Duration>,
-    errors: usize,
+/// A target under load: its clients and, where it was started here, its
+/// process (for RSS).
+struct Under {
+    name: String,
+    clients: Vec<Client>,
+    started: Option<Started>,
+}
+
+impl Under {
+    async fn start(name: &str, args: &Args) -> anyhow::Result<Under> {
+        let (started, endpoint) = if name == "endpoint" {
+            (None, args.endpoint.clone().unwrap_or_default())
+        } else {
+            let s = Started::new(target(name)?, &args.etcdsql_bin).await?;
+            let e = s.server.endpoint.clone();
+            (Some(s), e)
+        };
+        let mut clients = Vec::new();
+        for _ in 0..args.conns {
+            clients.push(
+                Client::connect(
+                    [endpoint.as_str()],
+                    Some(
+                        etcd_client::ConnectOptions::new()
+                            .with_timeout(Duration::from_secs(60))
+                            .with_connect_timeout(Duration::from_secs(5)),
+                    ),
+                )
+                .await?,
+            );
+        }
+        Ok(Under {
+            name: name.to_string(),
+            clients,
+            started,
+        })
+    }
+
+    fn process(&self) -> Option<&Process> {
+        self.started.as_ref().map(|s| &s.server)
+    }
+
+    fn peak_rss(&self) -> Option<u64> {
+        self.process().map(|p| p.rss().1)
+    }
+
+    fn client(&self, i: usize) -> Client {
+        self.clients[i % self.clients.len()].clone()
+    }
+}
+
+fn target(name: &str) -> anyhow::Result<Target> {
+    std::iter::once(Target::Etcd)
+        .chain(Target::ETCDSQL)
+        .find(|t| t.name() == name)
+        .ok_or_else(|| anyhow::anyhow!("unknown target {name}"))
 }
 
 /// The latency at `per_mille`/1000 of a sorted list (nearest rank).
@@ -70,15 +159,129 @@ fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn run(clients: &[Client], args: &Args, workload: &str) -> Outcome {
-    let next = Arc::new(AtomicUsize::new(0));
-    let value = Arc::new(vec![b'v'; args.value_size]);
-    let started = Instant::now();
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0}", b as f64 / (1 << 20) as f64)
+}
+
+/// One table row: throughput in `unit`/s and request latencies.
+struct Row {
+    target: String,
+    rate: f64,
+    latencies: Vec<Duration>,
+    errors: usize,
+    peak_rss: Option<u64>,
+    note: String,
+}
+
+fn print_table(title: &str, unit: &str, rows: &[Row]) {
+    println!("\n### {title}\n");
+    println!(
+        "| target | {unit}/s | p50 ms | p99 ms | max ms | errors | peak RSS MiB | vs etcd | |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let etcd = rows.iter().find(|r| r.target == "etcd").map(|r| r.rate);
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            r.target,
+            r.rate,
+            ms(percentile(&r.latencies, 500)),
+            ms(percentile(&r.latencies, 990)),
+            ms(r.latencies.last().copied().unwrap_or_default()),
+            r.errors,
+            r.peak_rss.map_or("–".to_string(), mib),
+            etcd.filter(|e| *e > 0.0)
+                .map_or("–".to_string(), |e| format!("{:.2}x", r.rate / e)),
+            r.note
+        );
+    }
+}
+
+/// A deterministic custom-resource-like JSON object of 1 to 4 KiB.
+fn object(n: usize, generation: usize) -> Vec<u8> {
+    let size = 1024 + (n.wrapping_mul(2_654_435_761) % 3072);
+    let head = format!(
+        r#"{{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{{"name":"w-{n:08}","namespace":"ns-{}","generation":{generation},"labels":{{"app":"app-{}","tier":"{}","shard":"{}"}}}},"spec":{{"replicas":{},"data":""#,
+        n % 100,
+        n % 50,
+        ["web", "db", "cache"][n % 3],
+        n % 16,
+        n % 5
+    );
+    let mut v = head.into_bytes();
+    let pad = size.saturating_sub(v.len() + 3);
+    v.extend(std::iter::repeat_n(b'x', pad));
+    v.extend_from_slice(br#""}}"#);
+    v
+}
+
+fn object_key(n: usize) -> String {
+    format!("/registry/bench.example.com/widgets/ns-{}/w-{n:08}", n % 100)
+}
+
+const PREFIX: &str = "/registry/bench.example.com/widgets/";
+
+/// Puts objects `0..n` in Txns of 128 (the fastest way in, for setup).
+async fn preload(u: &Under, n: usize, value: impl Fn(usize) -> Vec<u8> + Sync) -> anyhow::Result<()> {
+    let value = &value;
+    let next = AtomicUsize::new(0);
+    let next = &next;
+    let t = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.clients {
-        let mut c = clients[i % clients.len()].clone();
-        let (next, value, ops) = (next.clone(), value.clone(), args.ops);
-        let workload = workload.to_string();
+    for i in 0..32 {
+        let mut c = u.client(i);
+        tasks.push(async move {
+            loop {
+                let start = next.fetch_add(128, Ordering::Relaxed);
+                if start >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let ops: Vec<TxnOp> = (start..(start + 128).min(n))
+                    .map(|k| TxnOp::put(object_key(k), value(k), None))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await?;
+            }
+        });
+    }
+    futures::future::try_join_all(tasks).await?;
+    eprintln!(
+        "  {}: {n} objects loaded in {:.1} s",
+        u.name,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `op(client, n)` for n in 0..ops from `clients` tasks; returns the
+/// elapsed time, sorted latencies and the number of failed operations.
+async fn drive<F, Fut>(u: &Under, clients: usize, ops: usize, what: &str, op: F) -> (f64, Vec<Duration>, usize)
+where
+    F: Fn(Client, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let progress = {
+        let (done, name, what) = (done.clone(), u.name.clone(), what.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprintln!(
+                    "  {name} {what}: {}/{ops} after {:.0} s",
+                    done.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (c, next, done, op) = (u.client(i), next.clone(), done.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0);
             loop {
@@ -87,39 +290,172 @@ async fn run(clients: &[Client], args: &Args, workload: &str) -> Outcome {
                     break;
                 }
                 let t = Instant::now();
-                let ok = if workload == "put" {
-                    c.put(format!("/bench/put/{n:08}"), value.as_slice(), None)
-                        .await
-                        .is_ok()
-                } else {
-                    let key = format!("/registry/bench.example.com/widgets/ns/w-{n:08}");
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(key.as_str(), value.as_slice(), None)])
-                        .or_else([TxnOp::get(key.as_str(), None)]);
-                    matches!(c.txn(txn).await, Ok(r) if r.succeeded())
-                };
-                lat.push(t.elapsed());
-                if !ok {
+                if !op(c.clone(), n).await {
                     errors += 1;
                 }
+                lat.push(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
             }
             (lat, errors)
         }));
     }
-    let mut latencies = Vec::with_capacity(args.ops);
-    let mut errors = 0;
+    let (mut latencies, mut errors) = (Vec::with_capacity(ops), 0);
     for t in tasks {
-        let (l, e) = t.await.expect("client task");
-        latencies.extend(l);
-        errors += e;
+        if let Ok((l, e)) = t.await {
+            latencies.extend(l);
+            errors += e;
+        }
     }
+    progress.abort();
     latencies.sort();
-    Outcome {
-        secs: started.elapsed().as_secs_f64(),
+    (started.elapsed().as_secs_f64(), latencies, errors)
+}
+
+async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let (secs, latencies, errors) = drive(u, args.create_clients, args.create_objects, "create", |mut c, n| async move {
+        let key = object_key(n);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), object(n, 1), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        matches!(c.txn(txn).await, Ok(r) if r.succeeded())
+    })
+    .await;
+    Ok(Row {
+        target: u.name.clone(),
+        rate: args.create_objects as f64 / secs,
         latencies,
         errors,
+        peak_rss: u.peak_rss(),
+        note: format!("{} objects in {secs:.1} s", args.create_objects),
+    })
+}
+
+async fn update(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let hot = args.update_objects;
+    preload(u, hot, |n| object(n, 1)).await?;
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let c2 = conflicts.clone();
+    let (secs, latencies, errors) = drive(u, args.update_clients, args.update_ops, "update", move |mut c, n| {
+        let conflicts = c2.clone();
+        async move {
+            // One GuaranteedUpdate: read, then CAS; on conflict the else
+            // branch returns the current object and the update is retried.
+            let key = object_key((n.wrapping_mul(7919)) % hot);
+            let Ok(r) = c.get(key.as_str(), None).await else {
+                return false;
+            };
+            let Some(mut rev) = r.kvs().first().map(|kv| kv.mod_revision()) else {
+                return false;
+            };
+            for attempt in 0..100 {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::put(key.as_str(), object(n, attempt + 2), None)])
+                    .or_else([TxnOp::get(key.as_str(), None)]);
+                let Ok(r) = c.txn(txn).await else {
+                    return false;
+                };
+                if r.succeeded() {
+                    return true;
+                }
+                conflicts.fetch_add(1, Ordering::Relaxed);
+                let current = r.op_responses().into_iter().find_map(|op| match op {
+                    etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                    _ => None,
+                });
+                match current {
+                    Some(r) => rev = r,
+                    None => return false,
+                }
+            }
+            false
+        }
+    })
+    .await;
+    Ok(Row {
+        target: u.name.clone(),
+        rate: args.update_ops as f64 / secs,
+        latencies,
+        errors,
+        peak_rss: u.peak_rss(),
+        note: format!(
+            "{} updates of {hot} objects, {} conflicts retried",
+            args.update_ops,
+            conflicts.load(Ordering::Relaxed)
+        ),
+    })
+}
+
+/// One kube-apiserver-style paginated LIST; returns objects seen and page
+/// latencies.
+async fn list_once(c: &mut Client, pages: &mut Vec<Duration>) -> anyhow::Result<usize> {
+    let end = format!("{}0", &PREFIX[..PREFIX.len() - 1]);
+    let (mut key, mut rev, mut seen) = (PREFIX.as_bytes().to_vec(), 0, 0);
+    loop {
+        let mut o = GetOptions::new().with_range(end.as_str()).with_limit(500);
+        if rev > 0 {
+            o = o.with_revision(rev);
+        }
+        let t = Instant::now();
+        let r = c.get(key.clone(), Some(o)).await?;
+        pages.push(t.elapsed());
+        if rev == 0 {
+            rev = r.header().map_or(0, |h| h.revision());
+        }
+        seen += r.kvs().len();
+        match r.kvs().last() {
+            Some(last) if r.more() => {
+                key = last.key().to_vec();
+                key.push(0);
+            }
+            _ => return Ok(seen),
+        }
     }
+}
+
+async fn list(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let n = args.list_objects;
+    preload(u, n, |k| object(k, 1)).await?;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    for i in 0..args.list_clients {
+        let (mut c, next, lists) = (u.client(i), next.clone(), args.lists);
+        tasks.push(tokio::spawn(async move {
+            let (mut pages, mut errors, mut objects) = (Vec::new(), 0, 0);
+            while next.fetch_add(1, Ordering::Relaxed) < lists {
+                match list_once(&mut c, &mut pages).await {
+                    Ok(seen) if seen == n => objects += seen,
+                    _ => errors += 1,
+                }
+            }
+            (pages, errors, objects)
+        }));
+    }
+    let (mut latencies, mut errors, mut objects) = (Vec::new(), 0, 0);
+    for task in tasks {
+        let (p, e, o) = task.await?;
+        latencies.extend(p);
+        errors += e;
+        objects += o;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    latencies.sort();
+    eprintln!("  {}: {} full LISTs in {secs:.1} s", u.name, args.lists);
+    Ok(Row {
+        target: u.name.clone(),
+        rate: objects as f64 / secs,
+        latencies,
+        errors,
+        peak_rss: u.peak_rss(),
+        note: format!(
+            "{} LISTs of {n} ({} at a time), {:.2} s per LIST; latencies per page of 500",
+            args.lists,
+            args.list_clients,
+            secs * args.list_clients as f64 / args.lists as f64
+        ),
+    })
 }
 
 fn now_micros() -> u128 {
@@ -129,185 +465,199 @@ fn now_micros() -> u128 {
         .unwrap_or_default()
 }
 
-/// Watch latency: `watch_events` puts at `watch_rate`/s on `writer`, seen
-/// by `watchers` watchers on `watch_on` connections. Returns, sorted, the
-/// time from sending each put to each event, and from the put's
-/// acknowledgement to each event (delivery after commit; 0 when the event
-/// arrived first).
-async fn watch_latency(
-    writer: &Client,
-    watch_on: &[Client],
-    args: &Args,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+/// `watch_events` puts at `watch_rate`/s, each seen by every watcher;
+/// latencies from sending the put to each event.
+async fn watch(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let prefix = "/registry/bench.example.com/watched/";
     let mut streams = Vec::new();
     for i in 0..args.watchers {
-        let mut c = watch_on[i % watch_on.len()].clone();
-        let mut ws = c
-            .watch(
-                "/bench/watch/",
-                Some(etcd_client::WatchOptions::new().with_prefix()),
-            )
-            .await?;
+        let mut c = u.client(i);
+        let mut ws = c.watch(prefix, Some(WatchOptions::new().with_prefix())).await?;
         ws.message().await?; // created
         streams.push(ws);
     }
+    eprintln!("  {}: {} watchers created", u.name, args.watchers);
     let expected = args.watch_events;
     let mut readers = Vec::new();
     for mut ws in streams {
         readers.push(tokio::spawn(async move {
-            // (write number, send time, arrival time)
-            let mut seen: Vec<(usize, u128, u128)> = Vec::with_capacity(expected);
-            while seen.len() < expected {
-                let Ok(Ok(Some(r))) =
-                    tokio::time::timeout(Duration::from_secs(10), ws.message()).await
+            let mut lat = Vec::with_capacity(expected);
+            while lat.len() < expected {
+                let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(10), ws.message()).await
                 else {
                     break;
                 };
                 let now = now_micros();
                 for e in r.events() {
-                    let v = e
+                    let sent: u128 = e
                         .kv()
                         .and_then(|kv| kv.value_str().ok())
-                        .unwrap_or_default();
-                    let (n, sent) = v.split_once(':').unwrap_or(("0", "0"));
-                    seen.push((n.parse().unwrap_or(0), sent.parse().unwrap_or(now), now));
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(now);
+                    lat.push(Duration::from_micros(
+                        u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
+                    ));
                 }
             }
-            seen
+            lat
         }));
     }
-    let mut w = writer.clone();
-    let mut acked = vec![0u128; expected];
+    let mut w = u.client(0);
+    let mut errors = 0;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.watch_rate.max(1)));
-    for (n, ack) in acked.iter_mut().enumerate() {
+    for n in 0..expected {
         tick.tick().await;
-        w.put(
-            format!("/bench/watch/k{}", n % 100),
-            format!("{n}:{}", now_micros()),
-            None,
-        )
-        .await?;
-        *ack = now_micros();
+        if w
+            .put(format!("{prefix}k{}", n % 100), now_micros().to_string(), None)
+            .await
+            .is_err()
+        {
+            errors += 1;
+        }
     }
-    let micros = |d: u128| Duration::from_micros(u64::try_from(d).unwrap_or(u64::MAX));
-    let (mut from_send, mut from_ack) = (Vec::new(), Vec::new());
+    let mut latencies = Vec::new();
     for r in readers {
-        for (n, sent, arrived) in r.await? {
-            from_send.push(micros(arrived.saturating_sub(sent)));
-            from_ack.push(micros(
-                arrived.saturating_sub(acked.get(n).copied().unwrap_or(arrived)),
-            ));
-        }
+        latencies.extend(r.await?);
     }
-    anyhow::ensure!(
-        from_send.len() == expected * args.watchers,
-        "lost events: {} of {}",
-        from_send.len(),
-        expected * args.watchers
-    );
-    from_send.sort();
-    from_ack.sort();
-    Ok((from_send, from_ack))
+    let want = (expected - errors) * args.watchers;
+    let lost = want.saturating_sub(latencies.len());
+    latencies.sort();
+    Ok(Row {
+        target: u.name.clone(),
+        rate: latencies.len() as f64 / (expected as f64 / args.watch_rate as f64),
+        latencies,
+        errors: errors + lost,
+        peak_rss: u.peak_rss(),
+        note: format!(
+            "{} watchers × {expected} puts at {}/s; latency put→event",
+            args.watchers, args.watch_rate
+        ),
+    })
 }
 
-async fn watch_rows(args: &Args) -> anyhow::Result<()> {
-    println!(
-        "\n{} watchers, {} puts at {}/s\n",
-        args.watchers, args.watch_events, args.watch_rate
-    );
-    println!(
-        "| watch | target | watchers on | events | put→event p50 ms | p99 ms | max ms | ack→event p50 ms | p99 ms |"
-    );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    for name in &args.targets {
-        let t = target(name)?;
-        let s = Started::new(t, &args.etcdsql_bin).await?;
-        let mut local = Vec::new();
-        for _ in 0..args.conns {
-            local.push(s.server.client().await?);
+/// Loads `memory_keys` keys (256 B values) and samples the server's RSS as
+/// they grow; a full paginated LIST at the end.
+async fn memory(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let total = args.memory_keys;
+    let marks = [total / 10, total / 4, total / 2, total];
+    let mut samples = Vec::new();
+    let mut loaded = 0;
+    let t = Instant::now();
+    let value = vec![b'm'; 256];
+    for mark in marks {
+        let next = AtomicUsize::new(loaded);
+        let (next, value) = (&next, &value);
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let mut c = u.client(i);
+            tasks.push(async move {
+                loop {
+                    let start = next.fetch_add(128, Ordering::Relaxed);
+                    if start >= mark {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let ops: Vec<TxnOp> = (start..(start + 128).min(mark))
+                        .map(|k| TxnOp::put(format!("/registry/memory/k{k:09}"), value.clone(), None))
+                        .collect();
+                    c.txn(Txn::new().and_then(ops)).await?;
+                }
+            });
         }
-        let mut runs = vec![("the writer's process", local.clone())];
-        let second = match &s.db {
-            Some(db) => {
-                Some(etcdsql_integration::Process::etcdsql(&args.etcdsql_bin, &db.dsn).await?)
-            }
-            None => None,
-        };
-        if let Some(p) = &second {
-            let mut remote = Vec::new();
-            for _ in 0..args.conns {
-                remote.push(p.client().await?);
-            }
-            runs.push(("another process", remote));
-        }
-        for (mode, clients) in runs {
-            eprintln!("watch on {name}, watchers on {mode} …");
-            let (lat, after_ack) = watch_latency(&local[0], &clients, args).await?;
-            println!(
-                "| watch | {name} | {mode} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                lat.len(),
-                ms(percentile(&lat, 500)),
-                ms(percentile(&lat, 990)),
-                ms(lat.last().copied().unwrap_or_default()),
-                ms(percentile(&after_ack, 500)),
-                ms(percentile(&after_ack, 990)),
-            );
-        }
+        futures::future::try_join_all(tasks).await?;
+        loaded = mark;
+        let rss = u.process().map_or(0, |p| p.rss().0);
+        eprintln!(
+            "  {}: {loaded} keys after {:.0} s, RSS {} MiB",
+            u.name,
+            t.elapsed().as_secs_f64(),
+            mib(rss)
+        );
+        samples.push(format!("{}k: {}", loaded / 1000, mib(rss)));
     }
-    Ok(())
-}
-
-fn target(name: &str) -> anyhow::Result<Target> {
-    Ok(match name {
-        "etcd" => Target::Etcd,
-        "sqlite" => Target::Sqlite,
-        "postgres" => Target::Postgres,
-        "mariadb" => Target::Mariadb,
-        other => anyhow::bail!("unknown target {other}"),
+    let secs = t.elapsed().as_secs_f64();
+    let mut pages = Vec::new();
+    let mut c = u.client(0);
+    let count = c
+        .get("/registry/memory/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await?
+        .count();
+    let _ = list_once(&mut c, &mut pages).await;
+    let rss = u.process().map_or(0, |p| p.rss().0);
+    samples.push(format!("after a count and a LIST: {}", mib(rss)));
+    Ok(Row {
+        target: u.name.clone(),
+        rate: total as f64 / secs,
+        latencies: Vec::new(),
+        errors: usize::try_from(count).map_or(1, |c| usize::from(c != total)),
+        peak_rss: u.peak_rss(),
+        note: format!("RSS MiB at {}", samples.join(", ")),
     })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut targets = args.targets.clone();
+    if args.endpoint.is_some() {
+        targets.push("endpoint".to_string());
+    }
     println!(
-        "clients {}, connections {}, {} requests per workload, {} B values\n",
-        args.clients, args.conns, args.ops, args.value_size
+        "etcdsql-bench: targets {}, {} gRPC connections; {} cores",
+        targets.join(","),
+        args.conns,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    if args.workloads.iter().any(|w| w != "watch") {
-        println!("| workload | target | req/s | p50 ms | p99 ms | max ms | errors | vs etcd |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    }
     for workload in &args.workloads {
-        if workload == "watch" {
-            watch_rows(&args).await?;
-            continue;
-        }
         let mut rows = Vec::new();
-        for name in &args.targets {
-            let t = target(name)?;
-            let s = Started::new(t, &args.etcdsql_bin).await?;
-            let mut clients = Vec::new();
-            for _ in 0..args.conns {
-                clients.push(s.server.client().await?);
-            }
+        for name in &targets {
             eprintln!("{workload} on {name} …");
-            let o = run(&clients, &args, workload).await;
-            rows.push((t, name, args.ops as f64 / o.secs, o));
+            let u = Under::start(name, &args).await?;
+            let row = match workload.as_str() {
+                "create" => create(&u, &args).await?,
+                "update" => update(&u, &args).await?,
+                "list" => list(&u, &args).await?,
+                "watch" => watch(&u, &args).await?,
+                "memory" => memory(&u, &args).await?,
+                other => anyhow::bail!("unknown workload {other}"),
+            };
+            rows.push(row);
         }
-        let etcd_rate = rows.iter().find(|r| r.0 == Target::Etcd).map(|r| r.2);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        for (_, name, rate, o) in rows {
-            println!(
-                "| {workload} | {name} | {rate:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
-                ms(percentile(&o.latencies, 500)),
-                ms(percentile(&o.latencies, 990)),
-                ms(o.latencies.last().copied().unwrap_or_default()),
-                o.errors,
-                etcd_rate.map_or("–".to_string(), |e| format!("{:.2}x", rate / e)),
-            );
-        }
+        let (title, unit) = match workload.as_str() {
+            "create" => (
+                format!(
+                    "create: {} objects (1–4 KiB JSON, labels), {} concurrent clients, create Txn",
+                    args.create_objects, args.create_clients
+                ),
+                "objects",
+            ),
+            "update" => (
+                format!(
+                    "update: GuaranteedUpdate (read + CAS Txn, retried on conflict), {} clients on {} objects",
+                    args.update_clients, args.update_objects
+                ),
+                "updates",
+            ),
+            "list" => (
+                format!(
+                    "list: paginated LIST of {} objects, 500 per page, pinned revision",
+                    args.list_objects
+                ),
+                "objects",
+            ),
+            "watch" => (
+                format!(
+                    "watch: {} watchers on a prefix, {} puts/s",
+                    args.watchers, args.watch_rate
+                ),
+                "events",
+            ),
+            _ => (
+                format!("memory: RSS while the server holds up to {} keys", args.memory_keys),
+                "keys loaded",
+            ),
+        };
+        print_table(&title, unit, &rows);
     }
+    etcdsql_integration::servers::shutdown();
     Ok(())
 }
