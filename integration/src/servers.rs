@@ -180,8 +180,21 @@ fn provide(target: Target) -> anyhow::Result<Server> {
         }
         return Ok(Server { urls });
     }
-    let mut owned = Vec::new();
-    let server = start_containers(target, &mut owned)?;
+    // A second attempt, on new ports, where the first did not come up (seen
+    // once for Galera on a loaded machine); the first attempt's containers
+    // are removed with `owned`.
+    let mut attempt = 0;
+    let (server, owned) = loop {
+        let mut owned = Vec::new();
+        match start_containers(target, &mut owned) {
+            Ok(server) => break (server, owned),
+            Err(e) if attempt == 0 && !format!("{e:#}").starts_with("no ") => {
+                eprintln!("{}: retrying after: {e:#}", target.name());
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     OWNED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

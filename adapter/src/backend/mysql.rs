@@ -19,6 +19,7 @@ use crate::proto::mvccpb::KeyValue;
 const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "NULL",
+    no_index: "",
 };
 
 /// Rows per multi-row statement, and bytes of values per statement (below

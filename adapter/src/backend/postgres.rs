@@ -26,6 +26,7 @@ use crate::proto::mvccpb::KeyValue;
 const DIALECT: Dialect = Dialect {
     numbered: true,
     null_bytes: "NULL::bytea",
+    no_index: "",
 };
 
 const LOCK_META: &str =

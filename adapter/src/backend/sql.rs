@@ -2,9 +2,10 @@
 //! Range (latest or at a past revision) with the revision row and the count
 //! in one statement, so one snapshot covers all three.
 //!
-//! State at a past revision R, in O(keys in range unchanged since R + changes
-//! since R): live rows not modified after R, plus, for every key changed
-//! after R, the version its first later change replaced (`prev_revision`).
+//! State at a past revision R: live rows not modified after R, plus, for
+//! every key changed after R, the version its first later change replaced
+//! (`prev_revision`). Each half is sorted and limited on its own, so a page
+//! costs O(page + changes since R), and the count reads names only (an index).
 
 use super::{KeyEnd, RangeQuery, SortTarget};
 
@@ -22,6 +23,9 @@ pub struct Dialect {
     pub numbered: bool,
     /// A typed NULL of the bytes column type.
     pub null_bytes: &'static str,
+    /// Put before a column, keeps the planner from using an index on it
+    /// (SQLite's unary `+`); empty where the planner has statistics.
+    pub no_index: &'static str,
 }
 
 /// Statement text with its parameters, in order.
@@ -96,27 +100,83 @@ impl Statement {
         }
     }
 
-    /// A derived table `(…)` with columns name (the key), value, create_revision,
-    /// mod_revision, version, lease: the state of the range at `q.at`.
-    fn state(&mut self, q: &RangeQuery) {
-        const COLS: &str = "name, value, create_revision, mod_revision, version, lease";
-        self.push("(SELECT ")
-            .push(COLS)
-            .push(" FROM etcdsql_live WHERE ");
+    /// Conditions making `f` the first change after `rev` of a key in the
+    /// range. Driven by the revision index: O(changes since `rev`).
+    fn first_change_after(&mut self, d: Dialect, q: &RangeQuery, rev: i64) {
+        self.push("f.revision > ").bind(Param::Int(rev)).push(" AND ");
+        self.key_predicate(&format!("{}f.name", d.no_index), &q.key, &q.end);
+        self.push(
+            " AND NOT EXISTS (SELECT 1 FROM etcdsql_history e \
+             WHERE e.name = f.name AND e.revision < f.revision AND e.revision > ",
+        );
+        self.bind(Param::Int(rev)).push(")");
+    }
+
+    /// A derived table `(…)` of the names in the range at `q.at`.
+    fn names(&mut self, d: Dialect, q: &RangeQuery) {
+        self.push("(SELECT name FROM etcdsql_live WHERE ");
         self.key_predicate("name", &q.key, &q.end);
         if let Some(rev) = q.at {
             self.push(" AND mod_revision <= ").bind(Param::Int(rev));
             self.push(
-                " UNION ALL SELECT p.name, p.value, p.create_revision, p.revision, p.version, p.lease \
-                 FROM (SELECT name, MIN(revision) AS first_rev FROM etcdsql_history WHERE ",
+                " UNION ALL SELECT f.name FROM etcdsql_history f \
+                 JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
             );
-            self.key_predicate("name", &q.key, &q.end);
-            self.push(" AND revision > ").bind(Param::Int(rev));
+            self.first_change_after(d, q, rev);
+        }
+        self.push(")");
+    }
+
+    /// ` AND` the revision filters of `q`, on these columns.
+    fn revision_filters(&mut self, q: &RangeQuery, mod_col: &str, create_col: &str) {
+        for (op, col, v) in [
+            (">=", mod_col, q.min_mod_revision),
+            ("<=", mod_col, q.max_mod_revision),
+            (">=", create_col, q.min_create_revision),
+            ("<=", create_col, q.max_create_revision),
+        ] {
+            if v != 0 {
+                self.push(" AND ").push(col).push(" ").push(op).push(" ");
+                self.bind(Param::Int(v));
+            }
+        }
+    }
+
+    /// ` ORDER BY … [LIMIT n]`.
+    fn order_limit(&mut self, q: &RangeQuery, limit: Option<i64>) {
+        self.push(" ORDER BY ").push(&order_by(q, ""));
+        if let Some(n) = limit {
+            self.push(" LIMIT ").bind(Param::Int(n));
+        }
+    }
+
+    /// A derived table `(…)` with columns name (the key), value,
+    /// create_revision, mod_revision, version, lease: the rows of the range at
+    /// `q.at` that pass its revision filters, each half in order and cut at
+    /// `limit`.
+    fn rows(&mut self, d: Dialect, q: &RangeQuery, limit: Option<i64>) {
+        self.push(
+            "(SELECT * FROM (SELECT name, value, create_revision, mod_revision, version, lease \
+             FROM etcdsql_live WHERE ",
+        );
+        self.key_predicate("name", &q.key, &q.end);
+        if let Some(rev) = q.at {
+            self.push(" AND mod_revision <= ").bind(Param::Int(rev));
+        }
+        self.revision_filters(q, "mod_revision", "create_revision");
+        self.order_limit(q, limit);
+        self.push(") a");
+        if let Some(rev) = q.at {
             self.push(
-                " GROUP BY name) c \
-                 JOIN etcdsql_history f ON f.name = c.name AND f.revision = c.first_rev \
-                 JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision",
+                " UNION ALL SELECT * FROM (SELECT p.name AS name, p.value AS value, \
+                 p.create_revision AS create_revision, p.revision AS mod_revision, \
+                 p.version AS version, p.lease AS lease FROM etcdsql_history f \
+                 JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
             );
+            self.first_change_after(d, q, rev);
+            self.revision_filters(q, "p.revision", "p.create_revision");
+            self.order_limit(q, limit);
+            self.push(") b");
         }
         self.push(")");
     }
@@ -148,9 +208,14 @@ fn order_by(q: &RangeQuery, prefix: &str) -> String {
 /// name, value, create_revision, mod_revision, version, lease (NULL when the
 /// range is empty; exactly one row then).
 pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
+    let limit = if q.count_only {
+        Some(0)
+    } else {
+        (q.fetch_limit > 0).then_some(q.fetch_limit)
+    };
     let mut s = Statement::new(d);
     s.push("SELECT m.revision, m.compact_revision, (SELECT COUNT(*) FROM ");
-    s.state(q);
+    s.names(d, q);
     s.push(" cnt) AS total, r.name, ");
     if q.keys_only {
         s.push(d.null_bytes);
@@ -161,25 +226,9 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
         ", r.create_revision, r.mod_revision, r.version, r.lease \
          FROM etcdsql_meta m LEFT JOIN (SELECT * FROM ",
     );
-    s.state(q);
-    s.push(" st WHERE 1=1");
-    for (op, col, v) in [
-        (">=", "mod_revision", q.min_mod_revision),
-        ("<=", "mod_revision", q.max_mod_revision),
-        (">=", "create_revision", q.min_create_revision),
-        ("<=", "create_revision", q.max_create_revision),
-    ] {
-        if v != 0 {
-            s.push(" AND ").push(col).push(" ").push(op).push(" ");
-            s.bind(Param::Int(v));
-        }
-    }
-    s.push(" ORDER BY ").push(&order_by(q, ""));
-    if q.count_only {
-        s.push(" LIMIT 0");
-    } else if q.fetch_limit > 0 {
-        s.push(" LIMIT ").bind(Param::Int(q.fetch_limit));
-    }
+    s.rows(d, q, limit);
+    s.push(" st");
+    s.order_limit(q, limit);
     s.push(") r ON 1=1 WHERE m.id = 1 ORDER BY ")
         .push(&order_by(q, "r."));
     s
@@ -216,10 +265,12 @@ mod tests {
     const PG: Dialect = Dialect {
         numbered: true,
         null_bytes: "NULL::bytea",
+        no_index: "",
     };
     const MY: Dialect = Dialect {
         numbered: false,
         null_bytes: "NULL",
+        no_index: "",
     };
 
     #[test]
@@ -228,9 +279,9 @@ mod tests {
         let pg = range(PG, &q);
         let my = range(MY, &q);
         assert_eq!(pg.params, my.params);
-        assert_eq!(pg.params.len(), 12);
-        assert!(pg.text.contains("$12") && !pg.text.contains('?'));
-        assert_eq!(my.text.matches('?').count(), 12);
+        assert_eq!(pg.params.len(), 14);
+        assert!(pg.text.contains("$14") && !pg.text.contains('?'));
+        assert_eq!(my.text.matches('?').count(), 14);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::proto::mvccpb::KeyValue;
 const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "CAST(NULL AS BLOB)",
+    no_index: "+",
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";

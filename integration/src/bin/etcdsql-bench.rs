@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 3600)]
     create_clients: usize,
     /// Objects in the hot set of `update`.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 100)]
     update_objects: usize,
     /// Successful updates `update` makes.
     #[arg(long, default_value_t = 20_000)]

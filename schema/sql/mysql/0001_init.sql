@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS etcdsql_live (
     mod_revision    BIGINT NOT NULL,
     version         BIGINT NOT NULL,
     lease           BIGINT NOT NULL,
+    KEY etcdsql_live_revision (name, mod_revision),
     KEY etcdsql_live_lease (lease)
 ) ENGINE = InnoDB;
 CREATE TABLE IF NOT EXISTS etcdsql_history (

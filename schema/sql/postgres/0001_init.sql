@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS etcdsql_live (
     version         BIGINT NOT NULL,
     lease           BIGINT NOT NULL
 );
+-- Counts and past-revision reads of a range read names and revisions only.
+CREATE INDEX IF NOT EXISTS etcdsql_live_revision ON etcdsql_live (name, mod_revision);
 CREATE INDEX IF NOT EXISTS etcdsql_live_lease ON etcdsql_live (lease) WHERE lease <> 0;
 CREATE TABLE IF NOT EXISTS etcdsql_history (
     revision        BIGINT NOT NULL,
