@@ -409,8 +409,8 @@ impl Process {
 
     /// Resident memory now and at its peak (VmRSS, VmHWM), in bytes.
     pub fn rss(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         let kib = |field: &str| {
             status
                 .lines()

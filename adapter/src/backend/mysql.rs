@@ -20,6 +20,7 @@ const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "NULL",
     no_index: "",
+    names_hint: " FORCE INDEX (etcdsql_live_revision)",
 };
 
 /// Rows per multi-row statement, and bytes of values per statement (below
@@ -156,6 +157,22 @@ impl Mysql {
             .map_err(classify)?;
         for s in etcdsql_schema::init_statements(etcdsql_schema::Dialect::Mysql) {
             conn.query_drop(s).await.map_err(classify)?;
+        }
+        // Databases created before the (name, mod_revision) index existed;
+        // MySQL 8 has no CREATE INDEX IF NOT EXISTS.
+        let has_index: Option<i64> = conn
+            .query_first(
+                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() \
+                 AND table_name = 'etcdsql_live' AND index_name = 'etcdsql_live_revision' LIMIT 1",
+            )
+            .await
+            .map_err(classify)?;
+        if has_index.is_none() {
+            conn.query_drop(
+                "CREATE INDEX etcdsql_live_revision ON etcdsql_live (name, mod_revision)",
+            )
+            .await
+            .map_err(classify)?;
         }
         conn.query_drop("SELECT RELEASE_LOCK('etcdsql_schema')")
             .await

@@ -27,6 +27,7 @@ const DIALECT: Dialect = Dialect {
     numbered: true,
     null_bytes: "NULL::bytea",
     no_index: "",
+    names_hint: "",
 };
 
 const LOCK_META: &str =

@@ -25,6 +25,7 @@ const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "CAST(NULL AS BLOB)",
     no_index: "+",
+    names_hint: "",
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
