@@ -103,6 +103,8 @@ pub struct RangeQuery {
     pub descending: bool,
     pub keys_only: bool,
     pub count_only: bool,
+    /// Whether to count the range (`count` is 0 otherwise).
+    pub count: bool,
     pub min_mod_revision: i64,
     pub max_mod_revision: i64,
     pub min_create_revision: i64,
@@ -121,6 +123,7 @@ impl RangeQuery {
             descending: false,
             keys_only: false,
             count_only: false,
+            count: true,
             min_mod_revision: 0,
             max_mod_revision: 0,
             min_create_revision: 0,

@@ -222,9 +222,16 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
         (q.fetch_limit > 0).then_some(q.fetch_limit)
     };
     let mut s = Statement::new(d);
-    s.push("SELECT m.revision, m.compact_revision, (SELECT COUNT(*) FROM ");
-    s.names(d, q);
-    s.push(" cnt) AS total, r.name, ");
+    s.push("SELECT m.revision, m.compact_revision, ");
+    if q.count {
+        s.push("(SELECT COUNT(*) FROM ");
+        s.names(d, q);
+        s.push(" cnt)");
+    } else {
+        // A zero of COUNT's type in every dialect.
+        s.push("(SELECT COUNT(*) FROM etcdsql_meta WHERE 1 = 0)");
+    }
+    s.push(" AS total, r.name, ");
     if q.keys_only {
         s.push(d.null_bytes);
     } else {

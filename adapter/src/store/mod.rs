@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod check;
 pub mod committer;
+mod counts;
 pub mod ops;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct Store {
     committer: Committer,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
+    page_counts: counts::PageCounts,
 }
 
 fn unexpected(r: WriteResult) -> Error {
@@ -53,6 +55,7 @@ impl Store {
             committer: Committer::spawn(backend.clone(), committed),
             backend,
             purge: Arc::default(),
+            page_counts: counts::PageCounts::default(),
         });
         tokio::spawn(expire_leases(Arc::downgrade(&store)));
         store
@@ -77,7 +80,24 @@ impl Store {
 
     pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, Error> {
         let at = (r.revision > 0).then_some(r.revision);
-        let rows = self.read(&ops::range_query(r, at)).await?;
+        let mut q = ops::range_query(r, at);
+        // A page of a paginated LIST (ascending keys, no filters) whose
+        // count the previous page left.
+        let pageable = r.limit > 0
+            && !r.count_only
+            && q.sort == crate::backend::SortTarget::Key
+            && !q.descending
+            && r.min_mod_revision == 0
+            && r.max_mod_revision == 0
+            && r.min_create_revision == 0
+            && r.max_create_revision == 0
+            && matches!(q.end, KeyEnd::Before(_) | KeyEnd::Unbounded);
+        let known = match at {
+            Some(rev) if pageable => self.page_counts.take(&r.range_end, rev, &r.key),
+            _ => None,
+        };
+        q.count = known.is_none();
+        let mut rows = self.read(&q).await?;
         let meta = rows
             .meta
             .ok_or_else(|| Error::Internal("range statement returned no revision".into()))?;
@@ -89,7 +109,21 @@ impl Store {
                 return Err(Error::Compacted);
             }
         }
-        Ok(ops::range_response(r, rows, meta.revision))
+        if let Some(n) = known {
+            rows.count = n;
+        }
+        let resp = ops::range_response(r, rows, meta.revision);
+        if pageable
+            && resp.more
+            && let Some(last) = resp.kvs.last()
+        {
+            let mut next = last.key.clone();
+            next.push(0);
+            let rest = resp.count - i64::try_from(resp.kvs.len()).unwrap_or(i64::MAX);
+            self.page_counts
+                .put(&r.range_end, at.unwrap_or(meta.revision), next, rest);
+        }
+        Ok(resp)
     }
 
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {

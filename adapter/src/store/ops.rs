@@ -64,6 +64,7 @@ pub fn range_query(r: &RangeRequest, at: Option<i64>) -> RangeQuery {
         descending: r.sort_order() == SortOrder::Descend,
         keys_only: r.keys_only,
         count_only: r.count_only,
+        count: true,
         min_mod_revision: r.min_mod_revision,
         max_mod_revision: r.max_mod_revision,
         min_create_revision: r.min_create_revision,
