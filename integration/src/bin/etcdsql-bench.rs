@@ -232,33 +232,42 @@ fn object_key(n: usize) -> String {
 
 const PREFIX: &str = "/registry/bench.example.com/widgets/";
 
-/// Puts objects `0..n` in Txns of 128 (the fastest way in, for setup).
-async fn preload(
+/// Puts keys `from..to` in Txns of 128 from 32 clients (the fastest way
+/// in, for setup).
+async fn load(
     u: &Under,
-    n: usize,
+    from: usize,
+    to: usize,
+    key: impl Fn(usize) -> String + Sync,
     value: impl Fn(usize) -> Vec<u8> + Sync,
 ) -> anyhow::Result<()> {
-    let value = &value;
-    let next = AtomicUsize::new(0);
+    let (key, value) = (&key, &value);
+    let next = AtomicUsize::new(from);
     let next = &next;
-    let t = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..32 {
         let mut c = u.client(i);
         tasks.push(async move {
             loop {
                 let start = next.fetch_add(128, Ordering::Relaxed);
-                if start >= n {
+                if start >= to {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let ops: Vec<TxnOp> = (start..(start + 128).min(n))
-                    .map(|k| TxnOp::put(object_key(k), value(k), None))
+                let ops: Vec<TxnOp> = (start..(start + 128).min(to))
+                    .map(|k| TxnOp::put(key(k), value(k), None))
                     .collect();
                 c.txn(Txn::new().and_then(ops)).await?;
             }
         });
     }
     futures::future::try_join_all(tasks).await?;
+    Ok(())
+}
+
+/// Puts objects `0..n`.
+async fn preload(u: &Under, n: usize) -> anyhow::Result<()> {
+    let t = Instant::now();
+    load(u, 0, n, object_key, |k| object(k, 1)).await?;
     eprintln!(
         "  {}: {n} objects loaded in {:.1} s",
         u.name,
@@ -356,7 +365,7 @@ async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
 
 async fn update(u: &Under, args: &Args) -> anyhow::Result<Row> {
     let hot = args.update_objects;
-    preload(u, hot, |n| object(n, 1)).await?;
+    preload(u, hot).await?;
     let conflicts = Arc::new(AtomicUsize::new(0));
     let c2 = conflicts.clone();
     let (secs, latencies, errors) = drive(
@@ -452,7 +461,7 @@ async fn list_once(
 
 async fn list(u: &Under, args: &Args) -> anyhow::Result<Row> {
     let n = args.list_objects;
-    preload(u, n, |k| object(k, 1)).await?;
+    preload(u, n).await?;
     let t = Instant::now();
     let mut tasks = Vec::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -587,27 +596,14 @@ async fn memory(u: &Under, args: &Args) -> anyhow::Result<Row> {
     let t = Instant::now();
     let value = vec![b'm'; 256];
     for mark in marks {
-        let next = AtomicUsize::new(loaded);
-        let (next, value) = (&next, &value);
-        let mut tasks = Vec::new();
-        for i in 0..32 {
-            let mut c = u.client(i);
-            tasks.push(async move {
-                loop {
-                    let start = next.fetch_add(128, Ordering::Relaxed);
-                    if start >= mark {
-                        return Ok::<_, anyhow::Error>(());
-                    }
-                    let ops: Vec<TxnOp> = (start..(start + 128).min(mark))
-                        .map(|k| {
-                            TxnOp::put(format!("/registry/memory/k{k:09}"), value.clone(), None)
-                        })
-                        .collect();
-                    c.txn(Txn::new().and_then(ops)).await?;
-                }
-            });
-        }
-        futures::future::try_join_all(tasks).await?;
+        load(
+            u,
+            loaded,
+            mark,
+            |k| format!("/registry/memory/k{k:09}"),
+            |_| value.clone(),
+        )
+        .await?;
         loaded = mark;
         let rss = u.process().map_or(0, |p| p.rss().0);
         eprintln!(
