@@ -643,6 +643,19 @@ async fn memory(u: &Under, args: &Args) -> anyhow::Result<Row> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // On SIGINT/SIGTERM the run is dropped, which stops the servers it
+    // started (exiting directly would leave them running).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = run(&args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    etcdsql_integration::servers::shutdown();
+    result
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
     let mut targets = args.targets.clone();
     if args.endpoint.is_some() {
         targets.push("endpoint".to_string());
@@ -657,13 +670,13 @@ async fn main() -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for name in &targets {
             eprintln!("{workload} on {name} …");
-            let u = Under::start(name, &args).await?;
+            let u = Under::start(name, args).await?;
             let row = match workload.as_str() {
-                "create" => create(&u, &args).await?,
-                "update" => update(&u, &args).await?,
-                "list" => list(&u, &args).await?,
-                "watch" => watch(&u, &args).await?,
-                "memory" => memory(&u, &args).await?,
+                "create" => create(&u, args).await?,
+                "update" => update(&u, args).await?,
+                "list" => list(&u, args).await?,
+                "watch" => watch(&u, args).await?,
+                "memory" => memory(&u, args).await?,
                 other => anyhow::bail!("unknown workload {other}"),
             };
             rows.push(row);
@@ -707,6 +720,5 @@ async fn main() -> anyhow::Result<()> {
         };
         print_table(&title, unit, &rows);
     }
-    etcdsql_integration::servers::shutdown();
     Ok(())
 }
