@@ -191,7 +191,9 @@ pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
     }
 }
 
-/// Times every gRPC call and runs it in a `rpc` tracing span.
+/// Times every gRPC call and runs it in a `rpc` tracing span. It also
+/// gives an oversized request etcd's status (the layer sees every
+/// response; see `error::oversized_as_grpc_go`).
 #[derive(Clone, Copy, Default)]
 pub struct RpcLayer;
 

@@ -192,8 +192,8 @@ fn replace_db(url: &str, db: &str) -> String {
 
 impl TestDb {
     pub async fn create(target: Target) -> anyhow::Result<TestDb> {
-        let name = unique_name("etcdsql_it");
         if target == Target::Sqlite {
+            let name = unique_name("etcdsql_it");
             let dir = tempdir::Dir::new(&name)?;
             let dsn = format!("sqlite://{}", dir.path().join("etcdsql.db").display());
             return Ok(TestDb {
@@ -232,9 +232,7 @@ impl TestDb {
             _dir: None,
         })
     }
-}
 
-impl TestDb {
     /// A `SELECT COUNT(*) ...` run directly on the test database.
     pub async fn count(&self, sql: &'static str) -> anyhow::Result<i64> {
         match self.target {
@@ -267,7 +265,7 @@ impl TestDb {
 }
 
 /// One statement on the server's admin connection.
-async fn admin_sql(target: Target, admin: &str, sql: &str) -> anyhow::Result<()> {
+pub(crate) async fn admin_sql(target: Target, admin: &str, sql: &str) -> anyhow::Result<()> {
     if target.is_postgres() {
         let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);

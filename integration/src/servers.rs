@@ -117,7 +117,9 @@ pub struct Server {
 }
 
 fn slot(target: Target) -> &'static OnceLock<Result<Server, String>> {
-    static SLOTS: [OnceLock<Result<Server, String>>; 7] = [const { OnceLock::new() }; 7];
+    const TARGETS: usize = Target::ETCDSQL.len() + 1;
+    static SLOTS: [OnceLock<Result<Server, String>>; TARGETS] =
+        [const { OnceLock::new() }; TARGETS];
     &SLOTS[target as usize]
 }
 
@@ -133,8 +135,7 @@ pub fn server(target: Target) -> Result<&'static Server, String> {
 /// A server of its own for a case that stops and restarts it: always a
 /// container (a DSN's server is not ours to restart).
 pub fn dedicated(target: Target) -> anyhow::Result<(Server, Container)> {
-    let mut owned = Vec::new();
-    let server = start_containers(target, &mut owned)?;
+    let (server, mut owned) = start_containers(target)?;
     let c = owned.pop().context("one container")?;
     Ok((server, c))
 }
@@ -180,21 +181,7 @@ fn provide(target: Target) -> anyhow::Result<Server> {
         }
         return Ok(Server { urls });
     }
-    // A second attempt, on new ports, where the first did not come up (seen
-    // once for Galera on a loaded machine); the first attempt's containers
-    // are removed with `owned`.
-    let mut attempt = 0;
-    let (server, owned) = loop {
-        let mut owned = Vec::new();
-        match start_containers(target, &mut owned) {
-            Ok(server) => break (server, owned),
-            Err(e) if attempt == 0 && !format!("{e:#}").starts_with("no ") => {
-                eprintln!("{}: retrying after: {e:#}", target.name());
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let (server, owned) = start_containers(target)?;
     OWNED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -237,14 +224,29 @@ fn request(name: &str) -> ContainerRequest<GenericImage> {
         .with_startup_timeout(Duration::from_secs(180))
 }
 
-fn start_containers(target: Target, owned: &mut Vec<Container>) -> anyhow::Result<Server> {
+/// The target's containers, started and ready; a second attempt, on new
+/// ports, where the first did not come up (seen once for Galera on a loaded
+/// machine). A failed attempt's containers are removed as it returns.
+fn start_containers(target: Target) -> anyhow::Result<(Server, Vec<Container>)> {
     let (name, var) = image(target);
     ensure_image(target, &name, var)?;
-    let server = match target {
+    match launch(target, &name) {
+        Ok(started) => Ok(started),
+        Err(e) => {
+            eprintln!("{}: retrying after: {e:#}", target.name());
+            launch(target, &name)
+        }
+    }
+}
+
+fn launch(target: Target, name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
+    // Single servers: the container request and the admin DSN.
+    let (req, url) = match target {
+        Target::Galera => return galera(name),
         Target::Postgres => {
             let port = free_port();
-            let c = Container::start(
-                request(&name)
+            (
+                request(name)
                     .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
                     .with_cmd([
                         "postgres".to_string(),
@@ -255,53 +257,49 @@ fn start_containers(target: Target, owned: &mut Vec<Container>) -> anyhow::Resul
                         "-c".into(),
                         "max_connections=500".into(),
                     ]),
-            )?;
-            let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-            wait_ready(target, &url, &c)?;
-            owned.push(c);
-            Server { urls: vec![url] }
+                format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            )
         }
         Target::Mariadb => {
             let port = free_port();
-            let c = Container::start(mariadb_request(&name, port, &[]))?;
-            let url = format!("mysql://root@127.0.0.1:{port}/mysql?prefer_socket=false");
-            wait_ready(target, &url, &c)?;
-            owned.push(c);
-            Server { urls: vec![url] }
+            (mariadb_request(name, port, &[]), mysql_url(port))
         }
-        Target::Galera => galera(&name, owned)?,
         Target::Cockroach => {
             let (port, http) = (free_port(), free_port());
-            let c = Container::start(request(&name).with_cmd([
-                "start-single-node".to_string(),
-                "--insecure".into(),
-                format!("--listen-addr=127.0.0.1:{port}"),
-                format!("--http-addr=127.0.0.1:{http}"),
-                "--store=type=mem,size=2GiB".into(),
-            ]))?;
-            let url = format!("postgres://root@127.0.0.1:{port}/defaultdb?sslmode=disable");
-            wait_ready(target, &url, &c)?;
-            owned.push(c);
-            Server { urls: vec![url] }
+            (
+                request(name).with_cmd([
+                    "start-single-node".to_string(),
+                    "--insecure".into(),
+                    format!("--listen-addr=127.0.0.1:{port}"),
+                    format!("--http-addr=127.0.0.1:{http}"),
+                    "--store=type=mem,size=2GiB".into(),
+                ]),
+                format!("postgres://root@127.0.0.1:{port}/defaultdb?sslmode=disable"),
+            )
         }
         Target::Tidb => {
             let (port, status) = (free_port(), free_port());
-            let c = Container::start(request(&name).with_cmd([
-                "-host".to_string(),
-                "127.0.0.1".into(),
-                "-P".into(),
-                port.to_string(),
-                "-status".into(),
-                status.to_string(),
-            ]))?;
-            let url = format!("mysql://root@127.0.0.1:{port}/mysql?prefer_socket=false");
-            wait_ready(target, &url, &c)?;
-            owned.push(c);
-            Server { urls: vec![url] }
+            (
+                request(name).with_cmd([
+                    "-host".to_string(),
+                    "127.0.0.1".into(),
+                    "-P".into(),
+                    port.to_string(),
+                    "-status".into(),
+                    status.to_string(),
+                ]),
+                mysql_url(port),
+            )
         }
         Target::Etcd | Target::Sqlite => bail!("{} needs no server", target.name()),
     };
-    Ok(server)
+    let c = Container::start(req)?;
+    wait_ready(target, &url, &c)?;
+    Ok((Server { urls: vec![url] }, vec![c]))
+}
+
+fn mysql_url(port: u16) -> String {
+    format!("mysql://root@127.0.0.1:{port}/mysql?prefer_socket=false")
 }
 
 fn mariadb_request(name: &str, port: u16, extra: &[String]) -> ContainerRequest<GenericImage> {
@@ -318,12 +316,12 @@ fn mariadb_request(name: &str, port: u16, extra: &[String]) -> ContainerRequest<
 
 /// Three MariaDB Galera nodes on loopback ports: the first bootstraps the
 /// cluster, the others join it by state transfer (rsync).
-fn galera(name: &str, owned: &mut Vec<Container>) -> anyhow::Result<Server> {
+fn galera(name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
     const NODES: usize = 3;
     let ports: Vec<[u16; 4]> = (0..NODES)
         .map(|_| [free_port(), free_port(), free_port(), free_port()])
         .collect();
-    let mut urls = Vec::new();
+    let (mut urls, mut owned) = (Vec::new(), Vec::new());
     for (i, [sql, gcomm, ist, sst]) in ports.iter().enumerate() {
         let cluster = if i == 0 {
             "gcomm://".to_string()
@@ -346,12 +344,12 @@ fn galera(name: &str, owned: &mut Vec<Container>) -> anyhow::Result<Server> {
             "--innodb_autoinc_lock_mode=2".into(),
         ];
         let c = Container::start(mariadb_request(name, *sql, &args))?;
-        let url = format!("mysql://root@127.0.0.1:{sql}/mysql?prefer_socket=false");
+        let url = mysql_url(*sql);
         wait_ready(Target::Galera, &url, &c)?;
         owned.push(c);
         urls.push(url);
     }
-    Ok(Server { urls })
+    Ok((Server { urls }, owned))
 }
 
 /// Waits until the server answers (and, on Galera, is synced).
@@ -375,30 +373,19 @@ fn wait_ready(target: Target, url: &str, c: &Container) -> anyhow::Result<()> {
 }
 
 async fn probe(target: Target, url: &str) -> anyhow::Result<()> {
-    match target {
-        Target::Postgres | Target::Cockroach => {
-            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            c.simple_query("SELECT 1").await?;
+    if target == Target::Galera {
+        use mysql_async::prelude::Queryable;
+        let mut c = mysql_async::Conn::from_url(url).await?;
+        let ready: Option<i64> = c
+            .query_first(
+                "SELECT 1 FROM information_schema.GLOBAL_STATUS \
+                 WHERE VARIABLE_NAME = 'WSREP_READY' AND VARIABLE_VALUE = 'ON'",
+            )
+            .await?;
+        let _ = c.disconnect().await;
+        if ready.is_none() {
+            bail!("wsrep_ready is not ON");
         }
-        Target::Mariadb | Target::Galera | Target::Tidb => {
-            use mysql_async::prelude::Queryable;
-            let mut c = mysql_async::Conn::from_url(url).await?;
-            if target == Target::Galera {
-                let ready: Option<i64> = c
-                    .query_first(
-                        "SELECT 1 FROM information_schema.GLOBAL_STATUS \
-                         WHERE VARIABLE_NAME = 'WSREP_READY' AND VARIABLE_VALUE = 'ON'",
-                    )
-                    .await?;
-                if ready.is_none() {
-                    bail!("wsrep_ready is not ON");
-                }
-            }
-            c.query_drop("SELECT 1").await?;
-            let _ = c.disconnect().await;
-        }
-        Target::Etcd | Target::Sqlite => {}
     }
-    Ok(())
+    crate::admin_sql(target, url, "SELECT 1").await
 }

@@ -137,11 +137,17 @@ async fn transcript(target: Target) -> Vec<String> {
 static REFERENCE: Reference = Reference::new();
 
 async fn check(target: Target) {
-    let got = transcript(target).await;
     let reference = REFERENCE.get(transcript).await;
+    // On etcd itself the reference is the answer (the trial runs only where
+    // etcd is available).
+    let got = match (target, reference) {
+        (Target::Etcd, Some(etcd)) => etcd.clone(),
+        _ => transcript(target).await,
+    };
     let before = &got[0];
+    let requests = requests();
     let mut failures = Vec::new();
-    for (i, (name, _, expect)) in requests().iter().enumerate() {
+    for (i, (name, _, expect)) in requests.iter().enumerate() {
         let (answer, after) = (&got[1 + 2 * i], &got[2 + 2 * i]);
         for want in *expect {
             if !answer.contains(want) {
@@ -171,7 +177,7 @@ async fn check(target: Target) {
     eprintln!(
         "bad input on {}: {} requests answered as expected{}, nothing written",
         target.name(),
-        requests().len(),
+        requests.len(),
         if reference.is_some() {
             " and as etcd 3.4 does"
         } else {
@@ -180,13 +186,9 @@ async fn check(target: Target) {
     );
 }
 
-async fn etcd_meets_the_expectations(target: Target) {
-    check(target).await;
-}
-
 pub fn cases() -> Vec<Case> {
     vec![
         case!("errors", &Target::ETCDSQL, check),
-        case!("etcd_itself", &[Target::Etcd], etcd_meets_the_expectations),
+        case!("etcd_itself", &[Target::Etcd], check),
     ]
 }
