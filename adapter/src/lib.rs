@@ -10,10 +10,12 @@
 //!   batch, the group committer, read-only views;
 //! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
 //!   MySQL) behind the `Backend`/`Writer` traits, and the shared statements;
+//! - [`admin`]: the `schema` and `partitions` subcommands;
 //! - [`error`]: etcd's error codes and messages;
 //! - [`metrics`]: Prometheus metrics, `/metrics`, per-RPC timing and spans;
 //! - [`proto`]: the generated wire types.
 
+pub mod admin;
 pub mod backend;
 pub mod error;
 pub mod metrics;

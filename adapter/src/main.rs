@@ -1,7 +1,8 @@
 //! The `etcdsql` binary: parses flags, sets up logging, serves until Ctrl-C
-//! or SIGTERM.
+//! or SIGTERM; or runs one of the `schema` and `partitions` subcommands.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use etcdsql::admin;
 use etcdsql::server::{self, Config};
 
 #[derive(Parser, Debug)]
@@ -10,13 +11,31 @@ use etcdsql::server::{self, Config};
     version,
     about = "An etcd v3 API server on SQL databases"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     config: Config,
 
     /// Log level or tracing filter (e.g. info, debug, etcdsql=trace).
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Schema migrations: status, migrate (with --dry-run).
+    Schema {
+        #[command(subcommand)]
+        action: admin::SchemaAction,
+    },
+    /// Native partitions by resource: list, plan, add.
+    Partitions {
+        #[command(subcommand)]
+        action: admin::PartitionsAction,
+    },
 }
 
 async fn terminated() {
@@ -47,5 +66,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level)?)
         .with_writer(std::io::stderr)
         .init();
-    server::run(cli.config, terminated()).await
+    match cli.command {
+        None => server::run(cli.config, terminated()).await,
+        Some(Command::Schema { action }) => admin::schema(action).await,
+        Some(Command::Partitions { action }) => admin::partitions(action).await,
+    }
 }

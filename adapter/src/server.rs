@@ -90,6 +90,11 @@ pub struct Config {
     /// while idle (etcd's flag; e.g. 10m, 30s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
+
+    /// Apply pending schema migrations on start instead of refusing to
+    /// start (default: on for the embedded SQLite, off for servers).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub auto_migrate: Option<bool>,
 }
 
 /// `10m`, `30s`, `500ms`, `1h`: what etcd's duration flags accept, minus
@@ -180,9 +185,32 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
         .with_keepalive(Some(Duration::from_secs(30)))
 }
 
-/// Opens the database, waiting while it is unreachable.
-pub async fn open_backend(dsn: &Dsn) -> anyhow::Result<Arc<dyn Backend>> {
+/// Opens the database, waiting while it is unreachable. Refuses a schema
+/// this build does not know unless `auto_migrate`, which migrates it.
+pub async fn open_backend(dsn: &Dsn, auto_migrate: bool) -> anyhow::Result<Arc<dyn Backend>> {
     let mut delay = Duration::from_millis(200);
+    let (dialect, endpoint) = dsn.schema();
+    loop {
+        match etcdsql_schema::status(dialect, &endpoint).await {
+            Ok(status) => match status.refusal(&dsn.redacted()) {
+                None => break,
+                // Only pending versions are migrated; drift, a newer or an
+                // unfinished version always stops the start.
+                Some(why) if !auto_migrate || !status.pending_only() => bail!("{why}"),
+                Some(_) => {
+                    let applied = etcdsql_schema::migrate(dialect, &endpoint).await?;
+                    tracing::info!(?applied, "schema migrated (--auto-migrate)");
+                    break;
+                }
+            },
+            Err(etcdsql_schema::SchemaError::Db(e)) if unreachable(&e) => {
+                tracing::warn!(why = %e, "database unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("reading the schema version"),
+        }
+    }
     loop {
         match backend::open(dsn).await {
             Ok(b) => return Ok(b),
@@ -194,6 +222,14 @@ pub async fn open_backend(dsn: &Dsn) -> anyhow::Result<Arc<dyn Backend>> {
             Err(e) => return Err(e).context("opening the database"),
         }
     }
+}
+
+/// Whether a connection error means "try again later".
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+    )
 }
 
 /// Binds every listen URL, then serves until `shutdown` resolves.
@@ -240,7 +276,8 @@ pub async fn serve(
         None
     };
     let dsn = config.dsn()?;
-    let backend = open_backend(&dsn).await?;
+    let auto_migrate = config.auto_migrate.unwrap_or(matches!(dsn, Dsn::Sqlite(_)));
+    let backend = open_backend(&dsn, auto_migrate).await?;
     let cluster_id = backend
         .cluster_id()
         .await

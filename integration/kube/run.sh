@@ -37,7 +37,7 @@ etcd_port=$(free_port)
 if [ "$target" = sqlite ]; then
   endpoint_args=(--data-dir "$work/etcdsql")
 else
-  endpoint_args=(--endpoint "$target")
+  endpoint_args=(--endpoint "$target" --auto-migrate)
 fi
 "$ETCDSQL_BIN" "${endpoint_args[@]}" --listen-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-metrics-urls "http://127.0.0.1:$(free_port)" 2> "$work/etcdsql.log" &

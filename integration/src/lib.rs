@@ -78,7 +78,7 @@ impl Target {
     }
 
     /// Whether the target speaks PostgreSQL's protocol (else MySQL's).
-    fn is_postgres(self) -> bool {
+    pub fn is_postgres(self) -> bool {
         matches!(self, Target::Postgres | Target::Cockroach)
     }
 
@@ -257,6 +257,50 @@ impl TestDb {
         }
     }
 
+    /// Runs statements on the test database (PostgreSQL or MySQL).
+    pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        admin_sql(self.target, &self.dsn, sql).await
+    }
+
+    /// The rows of a statement on the test database, each as its columns
+    /// joined by " | " (for EXPLAIN output).
+    pub async fn lines(&self, sql: &str) -> anyhow::Result<Vec<String>> {
+        if self.target.is_postgres() {
+            let (c, conn) = tokio_postgres::connect(&self.dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for m in c.simple_query(sql).await? {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    let cols: Vec<&str> =
+                        (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
+                    out.push(cols.join(" | "));
+                }
+            }
+            Ok(out)
+        } else {
+            use mysql_async::prelude::Queryable;
+            let mut c = mysql_async::Conn::from_url(&self.dsn).await?;
+            let rows: Vec<mysql_async::Row> = c.query(sql).await?;
+            let _ = c.disconnect().await;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    r.unwrap()
+                        .into_iter()
+                        .map(|v| match v {
+                            mysql_async::Value::Bytes(b) => {
+                                String::from_utf8_lossy(&b).into_owned()
+                            }
+                            mysql_async::Value::NULL => "NULL".into(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                })
+                .collect())
+        }
+    }
+
     /// The database through another node where there are several (Galera),
     /// for a second etcdsql process; `dsn` otherwise.
     pub fn other_dsn(&self) -> &str {
@@ -321,6 +365,10 @@ impl Process {
         cmd.args(["--endpoint", dsn, "--listen-client-urls"])
             .arg(format!("http://127.0.0.1:{port}"))
             .args(extra);
+        // Each case gets a fresh database; the schema cases test refusals.
+        if !extra.iter().any(|a| a.starts_with("--auto-migrate")) {
+            cmd.arg("--auto-migrate");
+        }
         Self::launch(cmd, port, log, None).await
     }
 

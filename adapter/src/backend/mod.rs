@@ -16,9 +16,10 @@ pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
+use etcdsql_partitions::{Registry, State};
 
 use crate::proto::mvccpb::KeyValue;
 
@@ -290,6 +291,11 @@ pub(crate) fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
     rows.iter().map(|r| r.int(0)).collect()
 }
 
+/// The first column of every row, as integers.
+pub fn first_ints_of(rows: &Rows) -> Result<Vec<i64>, DbError> {
+    first_ints(rows)
+}
+
 /// The first column of every row, as bytes (NULLs skipped).
 pub(crate) fn first_bytes(rows: &[impl Columns]) -> Result<Vec<Vec<u8>>, DbError> {
     let mut out = Vec::with_capacity(rows.len());
@@ -359,6 +365,58 @@ impl Flush {
     }
 }
 
+/// The partition registry as this process last read it, shared by the
+/// read pool and the committer. Every statement that limits itself to some
+/// partitions checks the `partitions_version` its snapshot saw against the
+/// one the registry was read at, and reads again after a reload if they
+/// differ; the committer reloads under the revision-row lock.
+#[derive(Default)]
+pub struct Partitions(RwLock<Arc<Registry>>);
+
+impl Partitions {
+    pub fn get(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, r: Registry) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(r);
+    }
+}
+
+/// Reads `etcdsql_partition` with the version, in one snapshot.
+pub const REGISTRY_SQL: &str = "SELECT m.partitions_version, p.resource, p.part, p.state \
+    FROM etcdsql_meta m LEFT JOIN etcdsql_partition p ON 1 = 1 WHERE m.id = 1";
+
+/// Rows of [`REGISTRY_SQL`].
+pub(crate) fn decode_registry(rows: &[impl Columns]) -> Result<Registry, DbError> {
+    let mut reg = Registry::default();
+    for r in rows {
+        reg.version = r.int(0)?;
+        if let (Some(resource), Some(part)) = (r.bytes(1)?, r.bytes(2)?) {
+            let text = |b: Vec<u8>| {
+                String::from_utf8(b).map_err(|e| DbError::Other(format!("etcdsql_partition: {e}")))
+            };
+            reg.resources
+                .insert(text(resource)?, (text(part)?, State::from_code(r.int(3)?)));
+        }
+    }
+    Ok(reg)
+}
+
+/// etcd's range end as `parts_for` takes it.
+fn end_bytes(end: &KeyEnd) -> Option<&[u8]> {
+    match end {
+        KeyEnd::Single => None,
+        KeyEnd::Before(e) => Some(e),
+        KeyEnd::Unbounded => Some(&[]),
+    }
+}
+
+/// The parts a range may read, by `reg`.
+pub fn parts_of(reg: &Registry, q_key: &[u8], end: &KeyEnd) -> Option<Vec<String>> {
+    reg.parts_for(q_key, end_bytes(end))
+}
+
 /// The read side: statements outside any transaction, each one snapshot.
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -385,9 +443,49 @@ pub trait Backend: Send + Sync {
     /// Bytes the etcdsql tables take on disk.
     async fn db_size(&self) -> Result<i64, DbError>;
 
-    /// One range statement; `meta` in the answer is read in the same snapshot.
+    /// The partition registry, where the dialect has partitions.
+    fn partitions(&self) -> Option<&Partitions> {
+        None
+    }
+
+    /// Runs DDL outside any transaction (partition maintenance).
+    async fn batch(&self, text: &str) -> Result<(), DbError> {
+        Err(DbError::Other(format!("not supported here: {text}")))
+    }
+
+    /// Reads the registry again.
+    async fn reload_partitions(&self) -> Result<(), DbError> {
+        if let Some(p) = self.partitions() {
+            let rows = self.fetch(&self.statement(REGISTRY_SQL, &[])).await?;
+            p.set(decode_registry(&rows)?);
+        }
+        Ok(())
+    }
+
+    /// One range statement; `meta` in the answer is read in the same
+    /// snapshot. Reads only the partitions that can hold the range.
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        decode_range(&self.fetch(&sql::range(self.sql(), q)).await?)
+        let Some(p) = self.partitions() else {
+            return decode_range(&self.fetch(&sql::range(self.sql(), q, None)).await?);
+        };
+        loop {
+            let reg = p.get();
+            let parts = parts_of(&reg, &q.key, &q.end);
+            let rows = self
+                .fetch(&sql::range(self.sql(), q, parts.as_deref()))
+                .await?;
+            let seen = match rows.first() {
+                Some(r) => r.int(9)?,
+                None => reg.version,
+            };
+            if seen != reg.version {
+                self.reload_partitions().await?;
+                if parts.is_some() {
+                    continue;
+                }
+            }
+            return decode_range(&rows);
+        }
     }
 
     /// The revision row, outside any transaction.
@@ -446,11 +544,35 @@ pub trait Backend: Send + Sync {
         upto: i64,
         range: Option<(&[u8], &KeyEnd)>,
     ) -> Result<Vec<EventRow>, DbError> {
-        decode_events(
-            &self
-                .fetch(&sql::history(self.sql(), after, upto, range))
-                .await?,
-        )
+        let d = self.sql();
+        let (Some(p), Some((key, end)), true) = (self.partitions(), range, d.history_parts) else {
+            return decode_events(
+                &self
+                    .fetch(&sql::history(d, after, upto, range, None))
+                    .await?,
+            );
+        };
+        loop {
+            let reg = p.get();
+            let parts = parts_of(&reg, key, end);
+            let rows = self
+                .fetch(&sql::history(d, after, upto, range, parts.as_deref()))
+                .await?;
+            // Versions only grow: unchanged after the read means unchanged in it.
+            let version = self
+                .fetch(&self.statement(
+                    "SELECT partitions_version FROM etcdsql_meta WHERE id = 1",
+                    &[],
+                ))
+                .await?;
+            if first_ints(&version)?.first() != Some(&reg.version) {
+                self.reload_partitions().await?;
+                if parts.is_some() {
+                    continue;
+                }
+            }
+            return decode_events(&rows);
+        }
     }
 
     /// `text` with each `?` bound to the next of `params`, in this
@@ -504,6 +626,12 @@ pub trait Writer: Send {
     /// Best effort; a connection that cannot roll back is dropped and
     /// reopened by the next `begin`.
     async fn rollback(&mut self);
+
+    /// One statement inside the transaction (partition maintenance);
+    /// returns rows affected.
+    async fn execute(&mut self, s: &sql::Statement) -> Result<u64, DbError> {
+        Err(DbError::Other(format!("not supported here: {}", s.text)))
+    }
 }
 
 /// Which database a DSN names.
@@ -539,7 +667,33 @@ impl Dsn {
     }
 }
 
-/// Connects, creating the schema if it is missing.
+impl Dsn {
+    /// The schema crate's dialect and endpoint for this DSN.
+    pub fn schema(&self) -> (etcdsql_schema::Dialect, String) {
+        match self {
+            Dsn::Sqlite(path) => (
+                etcdsql_schema::Dialect::Sqlite,
+                format!("sqlite://{}", path.display()),
+            ),
+            Dsn::Postgres(url) => (etcdsql_schema::Dialect::Postgres, url.clone()),
+            Dsn::Mysql(url) => (etcdsql_schema::Dialect::Mysql, url.clone()),
+        }
+    }
+
+    /// The DSN for messages: a password is replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let text = self.schema().1;
+        match url::Url::parse(&text) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => text,
+        }
+    }
+}
+
+/// Connects to a database whose schema is current (see `server::open_backend`).
 pub async fn open(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
     Ok(match dsn {
         Dsn::Sqlite(path) => Arc::new(sqlite::SqliteBackend::open(path).await?),

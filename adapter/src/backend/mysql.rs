@@ -5,14 +5,16 @@
 //! every earlier commit (`wsrep_sync_wait`), and a certification failure
 //! surfaces as a deadlock that the committer retries.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
-    decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
+    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -21,6 +23,7 @@ const DIALECT: Dialect = Dialect {
     null_bytes: "NULL",
     no_index: "",
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
+    history_parts: false,
 };
 
 /// Rows per multi-row statement, and bytes of values per statement (below
@@ -28,8 +31,8 @@ const DIALECT: Dialect = Dialect {
 const CHUNK_ROWS: usize = 500;
 const CHUNK_BYTES: usize = 8 << 20;
 
-const LOCK_META: &str =
-    "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
+const LOCK_META: &str = "SELECT revision, compact_revision, partitions_version, epoch \
+    FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
 const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1";
 const PURGE_SUPERSEDED: &str = "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
@@ -64,6 +67,7 @@ fn value(p: &Param) -> Value {
     match p {
         Param::Bytes(b) => Value::Bytes(b.clone()),
         Param::Int(i) => Value::Int(*i),
+        Param::Text(t) => Value::Bytes(t.clone().into_bytes()),
     }
 }
 
@@ -124,6 +128,7 @@ fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
 pub struct Mysql {
     opts: Opts,
     pool: Pool,
+    partitions: Arc<Partitions>,
 }
 
 impl Mysql {
@@ -151,36 +156,16 @@ impl Mysql {
             .stmt_cache_size(256)
             .into();
 
-        // One process creates the schema at a time.
-        conn.query_drop("SELECT GET_LOCK('etcdsql_schema', 60)")
-            .await
-            .map_err(classify)?;
-        for s in etcdsql_schema::init_statements(etcdsql_schema::Dialect::Mysql) {
-            conn.query_drop(s).await.map_err(classify)?;
-        }
-        // Databases created before the (name, mod_revision) index existed;
-        // MySQL 8 has no CREATE INDEX IF NOT EXISTS.
-        let has_index: Option<i64> = conn
-            .query_first(
-                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() \
-                 AND table_name = 'etcdsql_live' AND index_name = 'etcdsql_live_revision' LIMIT 1",
-            )
-            .await
-            .map_err(classify)?;
-        if has_index.is_none() {
-            conn.query_drop(
-                "CREATE INDEX etcdsql_live_revision ON etcdsql_live (name, mod_revision)",
-            )
-            .await
-            .map_err(classify)?;
-        }
-        conn.query_drop("SELECT RELEASE_LOCK('etcdsql_schema')")
-            .await
-            .map_err(classify)?;
         let _ = conn.disconnect().await;
 
         let pool = Pool::new(opts.clone());
-        Ok(Mysql { opts, pool })
+        let my = Mysql {
+            opts,
+            pool,
+            partitions: Arc::default(),
+        };
+        my.reload_partitions().await?;
+        Ok(my)
     }
 
     async fn query(&self, text: &str, p: Params) -> Result<Vec<Row>, DbError> {
@@ -199,6 +184,15 @@ impl Backend for Mysql {
         DIALECT
     }
 
+    fn partitions(&self) -> Option<&Partitions> {
+        Some(&self.partitions)
+    }
+
+    async fn batch(&self, text: &str) -> Result<(), DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        conn.query_drop(text).await.map_err(classify)
+    }
+
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, params(&s.params)).await?;
         Ok(rows
@@ -215,6 +209,8 @@ impl Backend for Mysql {
         Ok(Box::new(MyWriter {
             opts: self.opts.clone(),
             conn: None,
+            partitions: self.partitions.clone(),
+            epoch: 0,
         }))
     }
 
@@ -246,6 +242,9 @@ impl Backend for Mysql {
 struct MyWriter {
     opts: Opts,
     conn: Option<Conn>,
+    partitions: Arc<Partitions>,
+    /// History rows of this transaction belong to this epoch.
+    epoch: i64,
 }
 
 impl MyWriter {
@@ -286,7 +285,16 @@ impl Writer for MyWriter {
         }
         let r = self.conn()?.query_drop("BEGIN").await;
         self.check(r)?;
-        decode_meta(&self.exec(LOCK_META, Params::Empty).await?)
+        let rows = self.exec(LOCK_META, Params::Empty).await?;
+        let meta = decode_meta(&rows)?;
+        if let Some(r) = rows.first() {
+            self.epoch = r.int(3)?;
+            if r.int(2)? != self.partitions.get().version {
+                let reg = self.exec(super::REGISTRY_SQL, Params::Empty).await?;
+                self.partitions.set(super::decode_registry(&reg)?);
+            }
+        }
+        Ok(meta)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -306,7 +314,8 @@ impl Writer for MyWriter {
     }
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
+        let parts = super::parts_of(&self.partitions.get(), &q.key, &q.end);
+        let s = sql::range(DIALECT, q, parts.as_deref());
         decode_range(&self.exec(&s.text, params(&s.params)).await?)
     }
 
@@ -352,15 +361,32 @@ impl Writer for MyWriter {
             let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
             self.exec_drop(&text, p).await?;
         }
+        let reg = self.partitions.get();
+        let moving: Vec<&Vec<u8>> = f
+            .upserts
+            .iter()
+            .filter(|k| reg.moving(&k.key))
+            .map(|k| &k.key)
+            .collect();
+        // Rows of resources being moved to their own partition that are
+        // still in the default one; the upsert re-inserts them there.
+        for chunk in chunks(&moving, |k| k.len()) {
+            let text = format!(
+                "DELETE FROM etcdsql_live WHERE part = '' AND name IN ({})",
+                placeholders(chunk.len(), "?")
+            );
+            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
+            self.exec_drop(&text, p).await?;
+        }
         for chunk in chunks(&f.upserts, |k| k.key.len() + k.value.len()) {
             let text = format!(
-                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease) \
+                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part) \
                  VALUES {} ON DUPLICATE KEY UPDATE value = VALUES(value), \
                  create_revision = VALUES(create_revision), mod_revision = VALUES(mod_revision), \
                  version = VALUES(version), lease = VALUES(lease)",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?)")
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?)")
             );
-            let mut p = Vec::with_capacity(chunk.len() * 6);
+            let mut p = Vec::with_capacity(chunk.len() * 7);
             for k in chunk {
                 p.extend([
                     Value::Bytes(k.key.clone()),
@@ -369,6 +395,7 @@ impl Writer for MyWriter {
                     Value::Int(k.mod_revision),
                     Value::Int(k.version),
                     Value::Int(k.lease),
+                    Value::Bytes(reg.target(&k.key).as_bytes().to_vec()),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
@@ -376,11 +403,11 @@ impl Writer for MyWriter {
         for chunk in chunks(&f.history, |h| h.key.len() + h.value.len()) {
             let text = format!(
                 "INSERT INTO etcdsql_history \
-                 (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
-                 VALUES {}",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
+                 epoch) VALUES {}",
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             );
-            let mut p = Vec::with_capacity(chunk.len() * 9);
+            let mut p = Vec::with_capacity(chunk.len() * 10);
             for h in chunk {
                 p.extend([
                     Value::Int(h.revision),
@@ -392,6 +419,7 @@ impl Writer for MyWriter {
                     Value::Int(h.lease),
                     Value::Int(i64::from(h.deleted)),
                     Value::Int(h.prev_revision),
+                    Value::Int(self.epoch),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
@@ -436,6 +464,11 @@ impl Writer for MyWriter {
         .await?;
         let r = self.conn()?.query_drop("COMMIT").await;
         self.check(r)
+    }
+
+    async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
+        self.exec_drop(&s.text, params(&s.params)).await?;
+        Ok(self.conn()?.affected_rows())
     }
 
     async fn rollback(&mut self) {

@@ -18,8 +18,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
-    decode_kv, decode_lease, decode_meta, decode_range, first_bytes, first_ints,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
+    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -28,23 +28,28 @@ const DIALECT: Dialect = Dialect {
     null_bytes: "NULL::bytea",
     no_index: "",
     names_hint: "",
+    history_parts: true,
 };
 
-const LOCK_META: &str =
-    "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
+const LOCK_META: &str = "SELECT revision, compact_revision, partitions_version, epoch \
+    FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
                    FROM etcdsql_live WHERE name = ANY($1)";
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
-    (name, value, create_revision, mod_revision, version, lease) \
-    SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
-    ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, \
+    (name, value, create_revision, mod_revision, version, lease, part) \
+    SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
+    $7::text[]) \
+    ON CONFLICT (name, part) DO UPDATE SET value = EXCLUDED.value, \
     create_revision = EXCLUDED.create_revision, mod_revision = EXCLUDED.mod_revision, \
     version = EXCLUDED.version, lease = EXCLUDED.lease";
 const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
+/// Rows of resources being moved to their own partition that are still in
+/// the default one; an update re-inserts them in the resource's partition.
+const DELETE_DEFAULT: &str = "DELETE FROM etcdsql_live WHERE part = '' AND name = ANY($1)";
 const INSERT_HISTORY: &str = "INSERT INTO etcdsql_history \
-    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
-    SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::bytea[], $5::int8[], \
-    $6::int8[], $7::int8[], $8::int2[], $9::int8[])";
+    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, part, epoch) \
+    SELECT *, $11::int8 FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::bytea[], $5::int8[], \
+    $6::int8[], $7::int8[], $8::int2[], $9::int8[], $10::text[])";
 const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
     SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) \
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
@@ -103,12 +108,13 @@ impl ToSql for Param {
         match (self, ty) {
             (Param::Bytes(b), &Type::BYTEA) => b.to_sql(ty, out),
             (Param::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            (Param::Text(t), &Type::TEXT) => t.to_sql(ty, out),
             (p, ty) => Err(format!("parameter {p:?} bound to a {ty} column").into()),
         }
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::BYTEA | Type::INT8)
+        matches!(*ty, Type::BYTEA | Type::INT8 | Type::TEXT)
     }
 
     to_sql_checked!();
@@ -125,6 +131,16 @@ impl Columns for Row {
     }
 
     fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        if self
+            .columns()
+            .get(i)
+            .is_some_and(|c| *c.type_() == Type::TEXT)
+        {
+            return self
+                .try_get::<_, Option<String>>(i)
+                .map(|v| v.map(String::into_bytes))
+                .map_err(|e| classify(&e));
+        }
         self.try_get(i).map_err(|e| classify(&e))
     }
 
@@ -147,6 +163,7 @@ impl Columns for Row {
 pub struct Postgres {
     config: tokio_postgres::Config,
     pool: Pool,
+    partitions: Arc<Partitions>,
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
@@ -179,21 +196,13 @@ impl Postgres {
             .max_size(32)
             .build()
             .map_err(|e| DbError::Other(e.to_string()))?;
-        let client = connect(&config).await?;
-        // One process creates the schema at a time.
-        let statements = etcdsql_schema::init_statements(etcdsql_schema::Dialect::Postgres);
-        client
-            .batch_execute("SELECT pg_advisory_lock(7346201)")
-            .await
-            .map_err(|e| classify(&e))?;
-        for s in &statements {
-            client.batch_execute(s).await.map_err(|e| classify(&e))?;
-        }
-        client
-            .batch_execute("SELECT pg_advisory_unlock(7346201)")
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(Postgres { config, pool })
+        let pg = Postgres {
+            config,
+            pool,
+            partitions: Arc::default(),
+        };
+        pg.reload_partitions().await?;
+        Ok(pg)
     }
 
     async fn query(&self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
@@ -216,6 +225,15 @@ impl Backend for Postgres {
         DIALECT
     }
 
+    fn partitions(&self) -> Option<&Partitions> {
+        Some(&self.partitions)
+    }
+
+    async fn batch(&self, text: &str) -> Result<(), DbError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.batch_execute(text).await.map_err(|e| classify(&e))
+    }
+
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
         Ok(rows
@@ -229,6 +247,8 @@ impl Backend for Postgres {
             config: self.config.clone(),
             client: None,
             statements: HashMap::new(),
+            partitions: self.partitions.clone(),
+            epoch: 0,
         }))
     }
 
@@ -307,6 +327,9 @@ struct PgWriter {
     config: tokio_postgres::Config,
     client: Option<Client>,
     statements: HashMap<String, tokio_postgres::Statement>,
+    partitions: Arc<Partitions>,
+    /// History rows of this transaction belong to this epoch.
+    epoch: i64,
 }
 
 impl PgWriter {
@@ -357,7 +380,17 @@ impl Writer for PgWriter {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e))?;
-        decode_meta(&self.query(LOCK_META, &[]).await?)
+        let rows = self.query(LOCK_META, &[]).await?;
+        let meta = decode_meta(&rows)?;
+        let r = rows.first().map(|r| (r.int(2), r.int(3)));
+        if let Some((version, epoch)) = r {
+            self.epoch = epoch?;
+            if version? != self.partitions.get().version {
+                let reg = self.query(super::REGISTRY_SQL, &[]).await?;
+                self.partitions.set(super::decode_registry(&reg)?);
+            }
+        }
+        Ok(meta)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -370,7 +403,8 @@ impl Writer for PgWriter {
     }
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
+        let parts = super::parts_of(&self.partitions.get(), &q.key, &q.end);
+        let s = sql::range(DIALECT, q, parts.as_deref());
         let rows = self.query(&s.text, &params(&s.params)).await?;
         decode_range(&rows)
     }
@@ -394,8 +428,18 @@ impl Writer for PgWriter {
         if !f.deletes.is_empty() {
             self.execute(DELETE_LIVE, &[&f.deletes]).await?;
         }
+        let reg = self.partitions.get();
         if !f.upserts.is_empty() {
             let u = &f.upserts;
+            let moving: Vec<&[u8]> = u
+                .iter()
+                .filter(|k| reg.moving(&k.key))
+                .map(|k| k.key.as_slice())
+                .collect();
+            if !moving.is_empty() {
+                self.execute(DELETE_DEFAULT, &[&moving]).await?;
+            }
+            let part: Vec<&str> = u.iter().map(|k| reg.target(&k.key)).collect();
             let key: Vec<&[u8]> = u.iter().map(|k| k.key.as_slice()).collect();
             let value: Vec<&[u8]> = u.iter().map(|k| k.value.as_slice()).collect();
             let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
@@ -404,7 +448,7 @@ impl Writer for PgWriter {
             let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
             self.execute(
                 UPSERT_LIVE,
-                &[&key, &value, &create, &modr, &version, &lease],
+                &[&key, &value, &create, &modr, &version, &lease, &part],
             )
             .await?;
         }
@@ -419,10 +463,13 @@ impl Writer for PgWriter {
             let lease: Vec<i64> = h.iter().map(|r| r.lease).collect();
             let deleted: Vec<i16> = h.iter().map(|r| i16::from(r.deleted)).collect();
             let prev: Vec<i64> = h.iter().map(|r| r.prev_revision).collect();
+            let part: Vec<&str> = h.iter().map(|r| reg.target(&r.key)).collect();
+            let epoch = self.epoch;
             self.execute(
                 INSERT_HISTORY,
                 &[
-                    &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev,
+                    &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev, &part,
+                    &epoch,
                 ],
             )
             .await?;
@@ -452,6 +499,10 @@ impl Writer for PgWriter {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| classify(&e))
+    }
+
+    async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
+        self.execute(&s.text, &params(&s.params)).await
     }
 
     async fn rollback(&mut self) {

@@ -14,6 +14,7 @@ use super::{KeyEnd, RangeQuery, SortTarget};
 pub enum Param {
     Bytes(Vec<u8>),
     Int(i64),
+    Text(String),
 }
 
 /// The few spellings the shared statements need from a dialect.
@@ -30,7 +31,15 @@ pub struct Dialect {
     /// the planner read the (name, mod_revision) index rather than the rows
     /// (MySQL's `FORCE INDEX`; InnoDB otherwise scans the clustered rows).
     pub names_hint: &'static str,
+    /// History rows carry `part` too (PostgreSQL partitions history by
+    /// epoch, then part; MySQL by epoch only).
+    pub history_parts: bool,
 }
+
+/// Which partitions a statement may read: `None` for all of them, or the
+/// `part` values (identifiers from `etcdsql_partitions::part_ident`, so
+/// inlined: the planner prunes on literals).
+pub type Parts<'a> = Option<&'a [String]>;
 
 /// Statement text with its parameters, in order.
 #[derive(Debug)]
@@ -104,33 +113,60 @@ impl Statement {
         }
     }
 
+    /// ` AND col IN ('a', …)` when `parts` limits the partitions.
+    fn parts(&mut self, col: &str, parts: Parts) {
+        if let Some(parts) = parts {
+            self.push(" AND ").push(col).push(" IN (");
+            for (i, p) in parts.iter().enumerate() {
+                debug_assert!(p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                if i > 0 {
+                    self.push(", ");
+                }
+                self.push("'").push(p).push("'");
+            }
+            self.push(")");
+        }
+    }
+
+    /// [`Self::parts`] on a history alias, where history has parts.
+    fn history_parts(&mut self, d: Dialect, alias: &str, parts: Parts) {
+        if d.history_parts {
+            self.parts(&format!("{alias}.part"), parts);
+        }
+    }
+
     /// Conditions making `f` the first change after `rev` of a key in the
     /// range. Driven by the revision index: O(changes since `rev`).
-    fn first_change_after(&mut self, d: Dialect, q: &RangeQuery, rev: i64) {
+    fn first_change_after(&mut self, d: Dialect, q: &RangeQuery, rev: i64, parts: Parts) {
         self.push("f.revision > ")
             .bind(Param::Int(rev))
             .push(" AND ");
         self.key_predicate(&format!("{}f.name", d.no_index), &q.key, &q.end);
+        self.history_parts(d, "f", parts);
+        self.history_parts(d, "p", parts);
         self.push(
             " AND NOT EXISTS (SELECT 1 FROM etcdsql_history e \
              WHERE e.name = f.name AND e.revision < f.revision AND e.revision > ",
         );
-        self.bind(Param::Int(rev)).push(")");
+        self.bind(Param::Int(rev));
+        self.history_parts(d, "e", parts);
+        self.push(")");
     }
 
     /// A derived table `(…)` of the names in the range at `q.at`.
-    fn names(&mut self, d: Dialect, q: &RangeQuery) {
+    fn names(&mut self, d: Dialect, q: &RangeQuery, parts: Parts) {
         self.push("(SELECT name FROM etcdsql_live")
             .push(d.names_hint)
             .push(" WHERE ");
         self.key_predicate("name", &q.key, &q.end);
+        self.parts("part", parts);
         if let Some(rev) = q.at {
             self.push(" AND mod_revision <= ").bind(Param::Int(rev));
             self.push(
                 " UNION ALL SELECT f.name FROM etcdsql_history f \
                  JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
             );
-            self.first_change_after(d, q, rev);
+            self.first_change_after(d, q, rev, parts);
         }
         self.push(")");
     }
@@ -162,12 +198,13 @@ impl Statement {
     /// create_revision, mod_revision, version, lease: the rows of the range at
     /// `q.at` that pass its revision filters, each half in order and cut at
     /// `limit`.
-    fn rows(&mut self, d: Dialect, q: &RangeQuery, limit: Option<i64>) {
+    fn rows(&mut self, d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) {
         self.push(
             "(SELECT * FROM (SELECT name, value, create_revision, mod_revision, version, lease \
              FROM etcdsql_live WHERE ",
         );
         self.key_predicate("name", &q.key, &q.end);
+        self.parts("part", parts);
         if let Some(rev) = q.at {
             self.push(" AND mod_revision <= ").bind(Param::Int(rev));
         }
@@ -181,7 +218,7 @@ impl Statement {
                  p.version AS version, p.lease AS lease FROM etcdsql_history f \
                  JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
             );
-            self.first_change_after(d, q, rev);
+            self.first_change_after(d, q, rev, parts);
             self.revision_filters(q, "p.revision", "p.create_revision");
             self.order_limit(q, limit);
             self.push(") b");
@@ -214,8 +251,9 @@ fn order_by(q: &RangeQuery, prefix: &str) -> String {
 
 /// The range statement. Columns: revision, compact_revision, count, then
 /// name, value, create_revision, mod_revision, version, lease (NULL when the
-/// range is empty; exactly one row then).
-pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
+/// range is empty; exactly one row then), then partitions_version (which
+/// partition layout the snapshot had, see [`Parts`]).
+pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     let limit = if q.count_only {
         Some(0)
     } else {
@@ -225,7 +263,7 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
     s.push("SELECT m.revision, m.compact_revision, ");
     if q.count {
         s.push("(SELECT COUNT(*) FROM ");
-        s.names(d, q);
+        s.names(d, q, parts);
         s.push(" cnt)");
     } else {
         // A zero of COUNT's type in every dialect.
@@ -238,10 +276,10 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
         s.push("r.value");
     }
     s.push(
-        ", r.create_revision, r.mod_revision, r.version, r.lease \
+        ", r.create_revision, r.mod_revision, r.version, r.lease, m.partitions_version \
          FROM etcdsql_meta m LEFT JOIN (SELECT * FROM ",
     );
-    s.rows(d, q, limit);
+    s.rows(d, q, limit, parts);
     s.push(" st");
     s.order_limit(q, limit);
     s.push(") r ON 1=1 WHERE m.id = 1 ORDER BY ")
@@ -254,20 +292,31 @@ pub fn range(d: Dialect, q: &RangeQuery) -> Statement {
 /// sub, deleted, name, value, create_revision, version, lease, then the
 /// replaced version's value, create_revision, version, lease, revision
 /// (NULL for a create).
-pub fn history(d: Dialect, after: i64, upto: i64, range: Option<(&[u8], &KeyEnd)>) -> Statement {
+pub fn history(
+    d: Dialect,
+    after: i64,
+    upto: i64,
+    range: Option<(&[u8], &KeyEnd)>,
+    parts: Parts,
+) -> Statement {
     let mut s = Statement::new(d);
     s.push(
         "SELECT h.revision, h.sub, h.deleted, h.name, h.value, h.create_revision, h.version, \
          h.lease, p.value, p.create_revision, p.version, p.lease, p.revision \
          FROM etcdsql_history h LEFT JOIN etcdsql_history p \
-         ON p.name = h.name AND p.revision = h.prev_revision WHERE h.revision > ",
+         ON p.name = h.name AND p.revision = h.prev_revision",
     );
+    if range.is_some() {
+        s.history_parts(d, "p", parts);
+    }
+    s.push(" WHERE h.revision > ");
     s.bind(Param::Int(after))
         .push(" AND h.revision <= ")
         .bind(Param::Int(upto));
     if let Some((key, end)) = range {
         s.push(" AND ");
         s.key_predicate("h.name", key, end);
+        s.history_parts(d, "h", parts);
     }
     s.push(" ORDER BY h.revision, h.sub");
     s
@@ -282,19 +331,21 @@ mod tests {
         null_bytes: "NULL::bytea",
         no_index: "",
         names_hint: "",
+        history_parts: true,
     };
     const MY: Dialect = Dialect {
         numbered: false,
         null_bytes: "NULL",
         no_index: "",
         names_hint: "",
+        history_parts: false,
     };
 
     #[test]
     fn placeholders_follow_the_dialect() {
         let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
-        let pg = range(PG, &q);
-        let my = range(MY, &q);
+        let pg = range(PG, &q, None);
+        let my = range(MY, &q, None);
         assert_eq!(pg.params, my.params);
         assert_eq!(pg.params.len(), 14);
         assert!(pg.text.contains("$14") && !pg.text.contains('?'));
@@ -313,9 +364,26 @@ mod tests {
     #[test]
     fn latest_reads_touch_no_history() {
         let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Single, None);
-        let s = range(MY, &q);
+        let s = range(MY, &q, None);
         assert!(!s.text.contains("etcdsql_history"));
         assert_eq!(s.params, vec![Param::Bytes(b"a".to_vec()); 2]);
+    }
+
+    #[test]
+    fn parts_limit_live_and_history_where_history_has_them() {
+        let q = RangeQuery::all(
+            b"/registry/pods/".to_vec(),
+            KeyEnd::Before(b"/registry/pods0".to_vec()),
+            Some(7),
+        );
+        let parts = vec!["pods".to_string()];
+        let pg = range(PG, &q, Some(&parts));
+        assert_eq!(pg.text.matches("part IN ('pods')").count(), 2 + 2 * 3);
+        let my = range(MY, &q, Some(&parts));
+        assert_eq!(my.text.matches("part IN ('pods')").count(), 2);
+        assert!(range(MY, &q, None).text.contains("m.partitions_version"));
+        let h = history(PG, 1, 9, Some((&q.key, &q.end)), Some(&parts));
+        assert!(h.text.contains("h.part IN ('pods')"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ const DIALECT: Dialect = Dialect {
     null_bytes: "CAST(NULL AS BLOB)",
     no_index: "+",
     names_hint: "",
+    history_parts: false,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -63,6 +64,7 @@ fn query(text: impl Into<String>, p: &[Param]) -> Query {
         q = match p {
             Param::Bytes(b) => q.bind(b.clone()),
             Param::Int(i) => q.bind(*i),
+            Param::Text(t) => q.bind(t.clone()),
         };
     }
     q
@@ -99,18 +101,6 @@ impl SqliteBackend {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let mut conn = options.connect().await.map_err(classify)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .map_err(classify)?;
-        for s in etcdsql_schema::init_statements(etcdsql_schema::Dialect::Sqlite) {
-            query(s, &[]).execute(&mut conn).await.map_err(classify)?;
-        }
-        sqlx::query("COMMIT")
-            .execute(&mut conn)
-            .await
-            .map_err(classify)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
@@ -243,7 +233,7 @@ impl Writer for SqliteWriter {
     }
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q);
+        let s = sql::range(DIALECT, q, None);
         decode_range(&self.fetch(s.text, &s.params).await?)
     }
 

@@ -17,6 +17,7 @@ mod kube;
 mod kv;
 mod lease;
 mod metrics;
+mod schema;
 mod tls;
 mod txn;
 mod watch;
@@ -76,6 +77,7 @@ fn main() {
         ("tls", tls::cases()),
         ("kube", kube::cases()),
         ("metrics", metrics::cases()),
+        ("schema", schema::cases()),
     ];
     let mut trials = Vec::new();
     for (module, cases) in modules {

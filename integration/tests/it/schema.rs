@@ -1,0 +1,433 @@
+//! The schema and partitions subcommands on a real database: migrate a
+//! fresh database, migrate again (no-op), status, dry-run, the server's
+//! refusal of an unmigrated or newer schema, migrations from several
+//! processes at once; `partitions add` while writes continue, losing
+//! nothing, and the plans of a LIST and a watch resync touching only the
+//! resource's partitions.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use etcd_client::GetOptions;
+use etcdsql::backend::sql::{self, Param, Statement};
+use etcdsql::backend::{KeyEnd, RangeQuery};
+use etcdsql_integration::{Process, Target, TestDb, free_port};
+
+use crate::{Case, bin, case};
+
+const SERVERS: &[Target] = &[Target::Postgres, Target::Mariadb];
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("etcdsql")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Starts a server with `--auto-migrate=false` and waits for it to exit.
+fn refused_start(dsn: &str) -> Output {
+    let mut child = Command::new(bin())
+        .args([
+            "--endpoint",
+            dsn,
+            "--auto-migrate=false",
+            "--listen-client-urls",
+        ])
+        .arg(format!("http://127.0.0.1:{}", free_port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdsql");
+    for _ in 0..200 {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("etcdsql started on a schema it should refuse");
+}
+
+async fn migrations(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let dsn = db.dsn.as_str();
+
+    // A fresh database: status lists both migrations as pending and fails.
+    let st = run(&["schema", "status", "--endpoint", dsn]);
+    assert!(!st.status.success(), "{}", stdout(&st));
+    assert!(
+        stdout(&st).contains("pending  0001 init"),
+        "{}",
+        stdout(&st)
+    );
+    assert!(
+        stdout(&st).contains("pending  0002 layout"),
+        "{}",
+        stdout(&st)
+    );
+    let refused = refused_start(dsn);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 2: run `etcdsql schema migrate --endpoint"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Dry run: the exact SQL, and nothing changes.
+    let dry = run(&["schema", "migrate", "--dry-run", "--endpoint", dsn]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let sql = stdout(&dry);
+    assert!(sql.starts_with("-- migration 1 (init)"), "{sql}");
+    assert!(
+        sql.contains("CREATE TABLE IF NOT EXISTS etcdsql_meta ("),
+        "{sql}"
+    );
+    assert!(sql.contains("-- migration 2 (layout)"), "{sql}");
+    assert!(sql.contains("PARTITION BY"), "{sql}");
+    assert!(
+        !run(&["schema", "status", "--endpoint", dsn])
+            .status
+            .success()
+    );
+
+    // Three processes at once: one applies, the others wait and find it done.
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let dsn = dsn.to_string();
+            std::thread::spawn(move || run(&["schema", "migrate", "--endpoint", &dsn]))
+        })
+        .collect();
+    for h in handles {
+        let o = h.join().expect("thread");
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM _sqlx_migrations")
+            .await
+            .unwrap(),
+        2
+    );
+    let again = run(&["schema", "migrate", "--endpoint", dsn]);
+    assert!(
+        stdout(&again).contains("up to date, nothing to run"),
+        "{}",
+        stdout(&again)
+    );
+    let st = run(&["schema", "status", "--endpoint", dsn]);
+    assert!(st.status.success(), "{}", stderr(&st));
+    let text = stdout(&st);
+    assert!(
+        text.contains("schema version 2 (this etcdsql: 2)")
+            && text.contains("applied  0002 layout"),
+        "{text}"
+    );
+    assert!(text.ends_with("up to date\n"), "{text}");
+
+    // Migrated: the server starts without --auto-migrate and serves.
+    let p = Process::etcdsql_with(bin(), dsn, &["--auto-migrate=false"])
+        .await
+        .expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    c.put("/registry/pods/ns/a", "1", None).await.unwrap();
+    assert_eq!(
+        c.get("/registry/pods/ns/a", None).await.unwrap().kvs()[0].value(),
+        b"1"
+    );
+    drop(p);
+
+    // A newer etcdsql migrated it: refused, naming what to do.
+    let (zero, one) = if target.is_postgres() {
+        ("'\\x00'::bytea", "'\\x01'::bytea")
+    } else {
+        ("X'00'", "X'01'")
+    };
+    db.execute(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (3, 'from the future', TRUE, {zero}, 0)"
+    ))
+    .await
+    .unwrap_or_else(|_| panic!("recording version 3"));
+    let refused = refused_start(dsn);
+    assert!(
+        stderr(&refused).contains("is at version 3 (from the future), newer than this etcdsql knows (up to 2); run a newer etcdsql"),
+        "{}",
+        stderr(&refused)
+    );
+    let st = run(&["schema", "status", "--endpoint", dsn]);
+    assert!(
+        !st.status.success() && stdout(&st).contains("UNKNOWN"),
+        "{}",
+        stdout(&st)
+    );
+    let m = run(&["schema", "migrate", "--endpoint", dsn]);
+    assert!(!m.status.success(), "migrate must refuse a newer schema");
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 3")
+        .await
+        .unwrap();
+
+    // Drift: a migration recorded with another text.
+    db.execute(&format!(
+        "UPDATE _sqlx_migrations SET checksum = {one} WHERE version = 2"
+    ))
+    .await
+    .unwrap();
+    let st = run(&["schema", "status", "--endpoint", dsn]);
+    assert!(
+        !st.status.success()
+            && stdout(&st).contains("0002 layout")
+            && stdout(&st).contains("CHECKSUM DRIFT"),
+        "{}",
+        stdout(&st)
+    );
+    assert!(stderr(&refused_start(dsn)).contains("checksum drift"));
+}
+
+/// A statement with its parameters written in, for EXPLAIN.
+fn inline(target: Target, s: &Statement) -> String {
+    let lit = |p: &Param| match p {
+        Param::Int(i) => i.to_string(),
+        Param::Text(t) => format!("'{t}'"),
+        Param::Bytes(b) => {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            if target.is_postgres() {
+                format!("'\\x{hex}'::bytea")
+            } else {
+                format!("X'{hex}'")
+            }
+        }
+    };
+    let mut out = s.text.clone();
+    if target.is_postgres() {
+        for (i, p) in s.params.iter().enumerate().rev() {
+            out = out.replace(&format!("${}", i + 1), &lit(p));
+        }
+    } else {
+        for p in &s.params {
+            out = out.replacen('?', &lit(p), 1);
+        }
+    }
+    out
+}
+
+async fn explain(db: &TestDb, s: &Statement) -> String {
+    let prefix = if db.target.is_postgres() {
+        "EXPLAIN "
+    } else {
+        "EXPLAIN PARTITIONS "
+    };
+    db.lines(&format!("{prefix}{}", inline(db.target, s)))
+        .await
+        .expect("explain")
+        .join("\n")
+}
+
+async fn partition_add_under_writes(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    for i in 0..1500u32 {
+        c.put(
+            format!("/registry/pods/ns/p{i:05}"),
+            format!("v0-{i}"),
+            None,
+        )
+        .await
+        .unwrap();
+        if i.is_multiple_of(3) {
+            c.put(format!("/registry/configmaps/ns/c{i:05}"), "c", None)
+                .await
+                .unwrap();
+        }
+    }
+    let before = c
+        .get("/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    let pinned = before.header().unwrap().revision();
+    let plan = run(&["partitions", "plan", "--endpoint", &db.dsn]);
+    assert!(
+        stdout(&plan).contains("etcdsql partitions add pods"),
+        "{}",
+        stdout(&plan)
+    );
+
+    // Writers keep creating and updating pods (and configmaps) while the
+    // rows move; each remembers the last value it got acknowledged per key.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let mut c = p.client().await.unwrap();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = if n.is_multiple_of(2) {
+                    format!("/registry/pods/ns/p{:05}", (n * 7 + w) % 2000)
+                } else {
+                    format!("/registry/configmaps/ns/w{w}-{n}")
+                };
+                let value = format!("w{w}-{n}");
+                let r = c
+                    .put(key.clone(), value.clone(), None)
+                    .await
+                    .expect("write during the move");
+                acked.insert(key, (value, r.header().unwrap().revision()));
+            }
+            acked
+        }));
+    }
+    let dsn = db.dsn.clone();
+    let add = tokio::task::spawn_blocking(move || {
+        run(&[
+            "partitions",
+            "add",
+            "pods",
+            "--batch",
+            "100",
+            "--endpoint",
+            &dsn,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(
+        stdout(&add).contains("pods: partition pods,"),
+        "{}",
+        stdout(&add)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    for w in writers {
+        for (k, v) in w.await.unwrap() {
+            match acked.get(&k) {
+                Some((_, r)) if *r > v.1 => {}
+                _ => {
+                    acked.insert(k, v);
+                }
+            }
+        }
+    }
+    assert!(acked.len() > 50, "writers made progress: {}", acked.len());
+
+    // Nothing lost: every acknowledged write is the key's latest value,
+    // the pinned revision reads as before, revisions stayed gapless.
+    for (k, (v, rev)) in &acked {
+        let r = c.get(k.as_str(), None).await.unwrap();
+        let kv = &r.kvs()[0];
+        assert_eq!(
+            (kv.value_str().unwrap(), kv.mod_revision()),
+            (v.as_str(), *rev),
+            "{k}"
+        );
+    }
+    let pods = GetOptions::new().with_prefix();
+    let now = c.get("/registry/pods/", Some(pods.clone())).await.unwrap();
+    let old = c
+        .get("/registry/pods/", Some(pods.clone().with_revision(pinned)))
+        .await
+        .unwrap();
+    assert_eq!(old.count(), 1500);
+    assert!(
+        old.kvs()
+            .iter()
+            .enumerate()
+            .all(|(i, kv)| kv.value_str().unwrap() == format!("v0-{i}"))
+    );
+    let head = now.header().unwrap().revision();
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM etcdsql_history")
+            .await
+            .unwrap(),
+        head - 1
+    );
+    // Every pod row is in the pods partition, nothing else is.
+    let in_pods = "SELECT COUNT(*) FROM etcdsql_live WHERE part = 'pods'";
+    assert_eq!(db.count(in_pods).await.unwrap(), now.count());
+    let (lo, hi) = if target.is_postgres() {
+        (
+            "'\\x2f72656769737472792f706f64732f'::bytea",
+            "'\\x2f72656769737472792f706f647330'::bytea",
+        )
+    } else {
+        (
+            "X'2f72656769737472792f706f64732f'",
+            "X'2f72656769737472792f706f647330'",
+        )
+    };
+    let stray = format!(
+        "SELECT COUNT(*) FROM etcdsql_live WHERE part = '' AND name >= {lo} AND name < {hi}"
+    );
+    let strays: i64 = db.lines(&stray).await.unwrap()[0].parse().unwrap();
+    assert_eq!(strays, 0, "pods rows left in the default partition");
+    let list = run(&["partitions", "list", "--endpoint", &db.dsn]);
+    assert!(
+        stdout(&list).contains("etcdsql_live_pods") || stdout(&list).contains("p_pods"),
+        "{}",
+        stdout(&list)
+    );
+    eprintln!("{}: partitions list\n{}", target.name(), stdout(&list));
+
+    // The plans: a LIST page of pods and a watch resync of pods.
+    let parts = vec!["pods".to_string()];
+    let mut q = RangeQuery::all(
+        b"/registry/pods/".to_vec(),
+        KeyEnd::Before(b"/registry/pods0".to_vec()),
+        None,
+    );
+    q.fetch_limit = 501;
+    let dialect = etcdsql::backend::open(&etcdsql::backend::Dsn::parse(&db.dsn).unwrap())
+        .await
+        .unwrap()
+        .sql();
+    let list_plan = explain(&db, &sql::range(dialect, &q, Some(&parts))).await;
+    let resync = sql::history(
+        dialect,
+        pinned,
+        head,
+        Some((b"/registry/pods/", &q.end)),
+        Some(&parts),
+    );
+    let resync_plan = explain(&db, &resync).await;
+    eprintln!(
+        "{}: LIST /registry/pods/ plan\n{list_plan}\n{}: watch resync plan\n{resync_plan}",
+        target.name(),
+        target.name()
+    );
+    if target.is_postgres() {
+        assert!(list_plan.contains("etcdsql_live_pods"), "{list_plan}");
+        assert!(!list_plan.contains("etcdsql_live_default"), "{list_plan}");
+        assert!(
+            resync_plan.contains("etcdsql_history_e1_pods"),
+            "{resync_plan}"
+        );
+        assert!(!resync_plan.contains("_default"), "{resync_plan}");
+    } else {
+        assert!(
+            list_plan.contains("p_pods") && !list_plan.contains("p_default"),
+            "{list_plan}"
+        );
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("migrations", SERVERS, migrations),
+        case!(
+            "partition_add_under_writes",
+            SERVERS,
+            partition_add_under_writes
+        ),
+    ]
+}
