@@ -269,8 +269,11 @@ impl Backend for Postgres {
     async fn db_size(&self) -> Result<i64, DbError> {
         let rows = self
             .query(
-                "SELECT (pg_total_relation_size('etcdsql_meta') + pg_total_relation_size('etcdsql_live') \
-                 + pg_total_relation_size('etcdsql_history') + pg_total_relation_size('etcdsql_lease'))::int8",
+                // A partitioned table has no storage of its own: sum its tree.
+                "SELECT (pg_total_relation_size('etcdsql_meta') + pg_total_relation_size('etcdsql_lease') \
+                 + (SELECT COALESCE(SUM(pg_total_relation_size(relid)), 0) FROM ( \
+                 SELECT relid FROM pg_partition_tree('etcdsql_live') \
+                 UNION ALL SELECT relid FROM pg_partition_tree('etcdsql_history')) t))::int8",
                 &[],
             )
             .await?;
