@@ -358,7 +358,7 @@ pub async fn add(
     // 1. The partitions (empty; the default partitions are not scanned).
     match b.dialect_name() {
         "postgres" => {
-            let epochs: Vec<i64> = backend::first_ints_of(
+            let epochs: Vec<i64> = backend::first_ints(
                 &rows(b, "SELECT epoch FROM etcdsql_epoch ORDER BY epoch").await?,
             )?;
             for s in plan::ddl::postgres_add(&part, &epochs) {
@@ -398,18 +398,20 @@ pub async fn add(
         s.push(" AND name < ");
         s.bind(Param::Bytes(end.clone()));
     };
-    let history = b.sql().history_parts;
+    // MySQL keeps history by epoch only: its history rows have no part.
+    let tables: &[&str] = if b.sql().history_parts {
+        &["etcdsql_live", "etcdsql_history"]
+    } else {
+        &["etcdsql_live"]
+    };
     let mut todo = 0;
-    for table in ["etcdsql_live", "etcdsql_history"] {
-        if table == "etcdsql_history" && !history {
-            continue;
-        }
+    for table in tables {
         let mut s = Statement::new(b.sql());
         s.push(&format!(
             "SELECT COUNT(*) FROM {table} WHERE part = '' AND name >= "
         ));
         range(&mut s);
-        todo += backend::first_ints_of(&b.fetch(&s).await?)?
+        todo += backend::first_ints(&b.fetch(&s).await?)?
             .first()
             .copied()
             .unwrap_or(0);
@@ -428,10 +430,7 @@ pub async fn add(
     }
     let mut moved = 0u64;
     let mut w = b.writer().await?;
-    for table in ["etcdsql_live", "etcdsql_history"] {
-        if table == "etcdsql_history" && !history {
-            continue;
-        }
+    for &table in tables {
         loop {
             let mut s = Statement::new(b.sql());
             if b.dialect_name() == "postgres" {
@@ -509,9 +508,11 @@ async fn set_state(
             .bind(Param::Text(part.to_string()))
             .push(&format!(", {})", state.code()));
     }
-    let bump = Statement::new(b.sql());
-    let mut bump = bump;
-    bump.push("UPDATE etcdsql_meta SET partitions_version = partitions_version + 1 WHERE id = 1");
+    let bump = Statement::with_params(
+        b.sql(),
+        "UPDATE etcdsql_meta SET partitions_version = partitions_version + 1 WHERE id = 1",
+        &[],
+    );
     let mut w = b.writer().await?;
     let r = async {
         let meta = w.begin().await?;

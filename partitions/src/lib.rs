@@ -43,8 +43,12 @@ pub fn resource_of(key: &[u8]) -> Option<&[u8]> {
 
 /// `/registry/<resource>/`: every key of the resource starts with it.
 pub fn prefix_of(resource: &str) -> Vec<u8> {
+    prefix_of_bytes(resource.as_bytes())
+}
+
+fn prefix_of_bytes(resource: &[u8]) -> Vec<u8> {
     let mut p = REGISTRY.to_vec();
-    p.extend_from_slice(resource.as_bytes());
+    p.extend_from_slice(resource);
     p.push(b'/');
     p
 }
@@ -64,8 +68,7 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Whether `resource` is a resource name `resource_of` can return.
 pub fn valid_resource(resource: &str) -> bool {
-    let key = prefix_of(resource);
-    let mut probe = key.clone();
+    let mut probe = prefix_of(resource);
     probe.push(b'x');
     resource_of(&probe) == Some(resource.as_bytes()) && !resource.ends_with('/')
 }
@@ -155,12 +158,7 @@ impl Registry {
             return Some(vec![String::new()]);
         }
         let within = |resource: &[u8]| {
-            let prefix = {
-                let mut p = REGISTRY.to_vec();
-                p.extend_from_slice(resource);
-                p.push(b'/');
-                p
-            };
+            let prefix = prefix_of_bytes(resource);
             match end {
                 None => true,
                 Some([]) => false,

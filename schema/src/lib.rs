@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use sqlx::AnyConnection;
-use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Connection, Row, SqlStr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,16 +20,6 @@ pub enum Dialect {
     Sqlite,
     Postgres,
     Mysql,
-}
-
-impl Dialect {
-    pub fn name(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "sqlite",
-            Dialect::Postgres => "postgres",
-            Dialect::Mysql => "mysql",
-        }
-    }
 }
 
 /// (file name, text) of every migration of a dialect, in version order.
@@ -116,11 +106,6 @@ impl Status {
             .map(|a| a.version)
             .max()
             .unwrap_or(0)
-    }
-
-    /// Whether this build can serve the database as it is.
-    pub fn is_current(&self) -> bool {
-        self.pending.is_empty() && self.pending_only()
     }
 
     /// Whether all that differs from this build is pending migrations.
@@ -327,15 +312,6 @@ pub async fn migrate(d: Dialect, endpoint: &str) -> Result<Vec<i64>, SchemaError
         || SchemaError::Mismatch("migration did not settle".into()),
         SchemaError::from,
     ))
-}
-
-/// Makes sure `conn` can take migrations (creates the bookkeeping table);
-/// exposed for tests that record a fake newer version.
-pub async fn ensure_migrations_table(d: Dialect, endpoint: &str) -> Result<(), SchemaError> {
-    let mut conn = connect(d, endpoint).await?;
-    conn.ensure_migrations_table("_sqlx_migrations").await?;
-    conn.close().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -287,13 +287,8 @@ pub(crate) fn decode_meta(rows: &[impl Columns]) -> Result<Meta, DbError> {
 }
 
 /// The first column of every row.
-pub(crate) fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
+pub fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
     rows.iter().map(|r| r.int(0)).collect()
-}
-
-/// The first column of every row, as integers.
-pub fn first_ints_of(rows: &Rows) -> Result<Vec<i64>, DbError> {
-    first_ints(rows)
 }
 
 /// The first column of every row, as bytes (NULLs skipped).
@@ -386,6 +381,31 @@ impl Partitions {
 /// Reads `etcdsql_partition` with the version, in one snapshot.
 pub const REGISTRY_SQL: &str = "SELECT m.partitions_version, p.resource, p.part, p.state \
     FROM etcdsql_meta m LEFT JOIN etcdsql_partition p ON 1 = 1 WHERE m.id = 1";
+
+/// The write transaction's first statement (PostgreSQL, MySQL): locks the
+/// revision row and reads what the transaction's writes depend on.
+pub(crate) const LOCK_META: &str = "SELECT revision, compact_revision, partitions_version, epoch \
+    FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
+
+/// Rows of [`LOCK_META`].
+pub(crate) struct Locked {
+    pub meta: Meta,
+    /// History rows of the transaction belong to this epoch.
+    pub epoch: i64,
+    /// The registry is older than the locked row says: reload it inside
+    /// the transaction, before writing.
+    pub stale: bool,
+}
+
+pub(crate) fn decode_locked(rows: &[impl Columns], p: &Partitions) -> Result<Locked, DbError> {
+    let meta = decode_meta(rows)?;
+    let r = &rows[0];
+    Ok(Locked {
+        meta,
+        epoch: r.int(3)?,
+        stale: r.int(2)? != p.get().version,
+    })
+}
 
 /// Rows of [`REGISTRY_SQL`].
 pub(crate) fn decode_registry(rows: &[impl Columns]) -> Result<Registry, DbError> {
@@ -558,6 +578,9 @@ pub trait Backend: Send + Sync {
             let rows = self
                 .fetch(&sql::history(d, after, upto, range, parts.as_deref()))
                 .await?;
+            if parts.is_none() {
+                return decode_events(&rows);
+            }
             // Versions only grow: unchanged after the read means unchanged in it.
             let version = self
                 .fetch(&self.statement(
@@ -565,13 +588,10 @@ pub trait Backend: Send + Sync {
                     &[],
                 ))
                 .await?;
-            if first_ints(&version)?.first() != Some(&reg.version) {
-                self.reload_partitions().await?;
-                if parts.is_some() {
-                    continue;
-                }
+            if first_ints(&version)?.first() == Some(&reg.version) {
+                return decode_events(&rows);
             }
-            return decode_events(&rows);
+            self.reload_partitions().await?;
         }
     }
 

@@ -14,7 +14,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Writer, decode_kv, decode_lease, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -31,8 +31,6 @@ const DIALECT: Dialect = Dialect {
 const CHUNK_ROWS: usize = 500;
 const CHUNK_BYTES: usize = 8 << 20;
 
-const LOCK_META: &str = "SELECT revision, compact_revision, partitions_version, epoch \
-    FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
 const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1";
 const PURGE_SUPERSEDED: &str = "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
@@ -285,16 +283,14 @@ impl Writer for MyWriter {
         }
         let r = self.conn()?.query_drop("BEGIN").await;
         self.check(r)?;
-        let rows = self.exec(LOCK_META, Params::Empty).await?;
-        let meta = decode_meta(&rows)?;
-        if let Some(r) = rows.first() {
-            self.epoch = r.int(3)?;
-            if r.int(2)? != self.partitions.get().version {
-                let reg = self.exec(super::REGISTRY_SQL, Params::Empty).await?;
-                self.partitions.set(super::decode_registry(&reg)?);
-            }
+        let rows = self.exec(super::LOCK_META, Params::Empty).await?;
+        let locked = super::decode_locked(&rows, &self.partitions)?;
+        self.epoch = locked.epoch;
+        if locked.stale {
+            let reg = self.exec(super::REGISTRY_SQL, Params::Empty).await?;
+            self.partitions.set(super::decode_registry(&reg)?);
         }
-        Ok(meta)
+        Ok(locked.meta)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {

@@ -19,7 +19,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes, first_ints,
+    Writer, decode_kv, decode_lease, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -31,8 +31,6 @@ const DIALECT: Dialect = Dialect {
     history_parts: true,
 };
 
-const LOCK_META: &str = "SELECT revision, compact_revision, partitions_version, epoch \
-    FROM etcdsql_meta WHERE id = 1 FOR UPDATE";
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
                    FROM etcdsql_live WHERE name = ANY($1)";
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
@@ -383,17 +381,14 @@ impl Writer for PgWriter {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e))?;
-        let rows = self.query(LOCK_META, &[]).await?;
-        let meta = decode_meta(&rows)?;
-        let r = rows.first().map(|r| (r.int(2), r.int(3)));
-        if let Some((version, epoch)) = r {
-            self.epoch = epoch?;
-            if version? != self.partitions.get().version {
-                let reg = self.query(super::REGISTRY_SQL, &[]).await?;
-                self.partitions.set(super::decode_registry(&reg)?);
-            }
+        let rows = self.query(super::LOCK_META, &[]).await?;
+        let locked = super::decode_locked(&rows, &self.partitions)?;
+        self.epoch = locked.epoch;
+        if locked.stale {
+            let reg = self.query(super::REGISTRY_SQL, &[]).await?;
+            self.partitions.set(super::decode_registry(&reg)?);
         }
-        Ok(meta)
+        Ok(locked.meta)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
