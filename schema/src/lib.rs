@@ -69,6 +69,9 @@ pub enum SchemaError {
     /// The database is not at the version this build requires.
     #[error("{0}")]
     Mismatch(String),
+    /// The SQLite file's directory could not be made.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// One applied migration as recorded in `_sqlx_migrations`.
@@ -173,14 +176,7 @@ impl Status {
 /// sqlx's URL for an endpoint: SQLite files are created if missing.
 fn url(d: Dialect, endpoint: &str) -> String {
     match d {
-        Dialect::Sqlite => {
-            let path = endpoint
-                .strip_prefix("sqlite://")
-                .or_else(|| endpoint.strip_prefix("sqlite:"))
-                .unwrap_or(endpoint);
-            let path = path.split('?').next().unwrap_or(path);
-            format!("sqlite://{path}?mode=rwc")
-        }
+        Dialect::Sqlite => format!("sqlite://{}?mode=rwc", sqlite_path(endpoint)),
         Dialect::Postgres => endpoint.to_string(),
         Dialect::Mysql => {
             // mysql_async's own options are not sqlx's.
@@ -190,7 +186,24 @@ fn url(d: Dialect, endpoint: &str) -> String {
     }
 }
 
+/// The file of an SQLite endpoint.
+fn sqlite_path(endpoint: &str) -> &str {
+    let path = endpoint
+        .strip_prefix("sqlite://")
+        .or_else(|| endpoint.strip_prefix("sqlite:"))
+        .unwrap_or(endpoint);
+    path.split('?').next().unwrap_or(path)
+}
+
 async fn connect(d: Dialect, endpoint: &str) -> Result<AnyConnection, SchemaError> {
+    if d == Dialect::Sqlite {
+        // The embedded default's --data-dir need not exist yet.
+        let dir = std::path::Path::new(sqlite_path(endpoint)).parent();
+        if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SchemaError::Io(format!("creating {}: {e}", dir.display())))?;
+        }
+    }
     sqlx::any::install_default_drivers();
     let mut conn = AnyConnection::connect(&url(d, endpoint)).await?;
     if d == Dialect::Sqlite {

@@ -91,10 +91,6 @@ pub struct SqliteBackend {
 
 impl SqliteBackend {
     pub async fn open(path: &Path) -> Result<Self, DbError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DbError::Other(format!("creating {}: {e}", dir.display())))?;
-        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
