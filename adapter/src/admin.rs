@@ -516,6 +516,23 @@ async fn set_state(
     let mut w = b.writer().await?;
     let r = async {
         let meta = w.begin().await?;
+        if b.dialect_name() == "postgres" {
+            // Its partition in every epoch, read under the revision-row
+            // lock: a compaction starting an epoch holds it too, so either
+            // it sees this resource or this sees its epoch.
+            let epochs = backend::first_ints(
+                &w.rows(&Statement::with_params(
+                    b.sql(),
+                    "SELECT epoch FROM etcdsql_epoch ORDER BY epoch",
+                    &[],
+                ))
+                .await?,
+            )?;
+            for text in plan::ddl::postgres_add(part, &epochs) {
+                w.execute(&Statement::with_params(b.sql(), &text, &[]))
+                    .await?;
+            }
+        }
         w.execute(&s).await?;
         w.execute(&bump).await?;
         w.commit(meta).await

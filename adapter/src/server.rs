@@ -24,8 +24,8 @@ use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
 use crate::service::{Identity, member_id};
-use crate::store::Store;
 use crate::store::check::MAX_TXN_OPS;
+use crate::store::{Compaction, Store};
 use crate::watch::{BufferLimits, Hub};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
@@ -95,6 +95,12 @@ pub struct Config {
     /// start (default: on for the embedded SQLite, off for servers).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub auto_migrate: Option<bool>,
+
+    /// How compaction removes obsolete history: `drop` whole epoch
+    /// partitions (PostgreSQL, MySQL family; SQLite deletes rows) or
+    /// `delete` rows.
+    #[arg(long, value_enum, default_value_t = Compaction::Drop)]
+    pub history_compaction: Compaction,
 }
 
 /// `10m`, `30s`, `500ms`, `1h`: what etcd's duration flags accept, minus
@@ -293,7 +299,11 @@ pub async fn serve(
         raft_term: 1,
     };
     let committed = Arc::new(tokio::sync::Notify::new());
-    let store = Store::new(backend.clone(), committed.clone());
+    let store = Store::new(
+        backend.clone(),
+        committed.clone(),
+        config.history_compaction,
+    );
     let hub = Hub::start(backend.clone(), committed, BufferLimits::default())
         .await
         .context("starting the watch hub")?;

@@ -11,6 +11,7 @@
 //!   revision of the version it replaced, for past reads, watch and compaction;
 //! - `etcdsql_lease`: granted leases.
 
+pub mod epochs;
 pub mod mysql;
 pub mod postgres;
 pub mod sql;
@@ -473,6 +474,12 @@ pub trait Backend: Send + Sync {
         Err(DbError::Other(format!("not supported here: {text}")))
     }
 
+    /// One write statement outside any transaction (maintenance); returns
+    /// rows affected.
+    async fn execute(&self, s: &sql::Statement) -> Result<u64, DbError> {
+        Err(DbError::Other(format!("not supported here: {}", s.text)))
+    }
+
     /// Reads the registry again.
     async fn reload_partitions(&self) -> Result<(), DbError> {
         if let Some(p) = self.partitions() {
@@ -650,6 +657,11 @@ pub trait Writer: Send {
     /// One statement inside the transaction (partition maintenance);
     /// returns rows affected.
     async fn execute(&mut self, s: &sql::Statement) -> Result<u64, DbError> {
+        Err(DbError::Other(format!("not supported here: {}", s.text)))
+    }
+
+    /// One query inside the transaction (maintenance).
+    async fn rows(&mut self, s: &sql::Statement) -> Result<Rows, DbError> {
         Err(DbError::Other(format!("not supported here: {}", s.text)))
     }
 }

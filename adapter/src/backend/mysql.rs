@@ -191,6 +191,14 @@ impl Backend for Mysql {
         conn.query_drop(text).await.map_err(classify)
     }
 
+    async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        conn.exec_drop(s.text.as_str(), params(&s.params))
+            .await
+            .map_err(classify)?;
+        Ok(conn.affected_rows())
+    }
+
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, params(&s.params)).await?;
         Ok(rows
@@ -465,6 +473,14 @@ impl Writer for MyWriter {
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
         self.exec_drop(&s.text, params(&s.params)).await?;
         Ok(self.conn()?.affected_rows())
+    }
+
+    async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
+        let rows = self.exec(&s.text, params(&s.params)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
     }
 
     async fn rollback(&mut self) {

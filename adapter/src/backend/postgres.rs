@@ -232,6 +232,15 @@ impl Backend for Postgres {
         client.batch_execute(text).await.map_err(|e| classify(&e))
     }
 
+    async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
+        // Not cached: maintenance statements carry inlined lists.
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(s.text.as_str(), &params(&s.params))
+            .await
+            .map_err(|e| classify(&e))
+    }
+
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
         Ok(rows
@@ -501,6 +510,14 @@ impl Writer for PgWriter {
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
         self.execute(&s.text, &params(&s.params)).await
+    }
+
+    async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
+        let rows = self.query(&s.text, &params(&s.params)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
     }
 
     async fn rollback(&mut self) {

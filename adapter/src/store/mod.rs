@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows};
+use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -33,8 +33,20 @@ use ops::View;
 /// Attempts for a read that hit a transient conflict (SQLite busy).
 const READ_RETRIES: u32 = 5;
 
+/// How compaction removes obsolete history.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compaction {
+    /// Drop whole history epochs (partitions), keeping their survivors;
+    /// row deletes where the dialect has no partitions (SQLite).
+    #[default]
+    Drop,
+    /// Delete obsolete rows one by one (no DDL at compaction).
+    Delete,
+}
+
 pub struct Store {
     backend: Arc<dyn Backend>,
+    compaction: Compaction,
     committer: Committer,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
@@ -50,10 +62,15 @@ const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Store {
     /// `committed` is notified after every write batch (the watch hub's wake-up).
-    pub fn new(backend: Arc<dyn Backend>, committed: Arc<Notify>) -> Arc<Store> {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        committed: Arc<Notify>,
+        compaction: Compaction,
+    ) -> Arc<Store> {
         let store = Arc::new(Store {
             committer: Committer::spawn(backend.clone(), committed),
             backend,
+            compaction,
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
         });
@@ -171,10 +188,24 @@ impl Store {
             };
         let backend = self.backend.clone();
         let lock = self.purge.clone();
+        let epochs = self.compaction == Compaction::Drop && backend.partitions().is_some();
         let purge = tokio::spawn(async move {
             let _one = lock.lock().await;
             let started = std::time::Instant::now();
-            let r = backend.purge_history(previous, revision).await;
+            let r = async {
+                if !epochs {
+                    return backend.purge_history(previous, revision).await;
+                }
+                let e = epochs::compact(&*backend, revision).await?;
+                tracing::info!(revision, rolled = ?e.rolled, dropped = ?e.dropped, moved = e.moved,
+                    deleted = e.deleted, elapsed = ?started.elapsed(), "dropped compacted epochs");
+                // Rows at or below the revision in epochs that stay.
+                Ok(e.deleted
+                    + backend
+                        .purge_history(previous.max(e.covered), revision)
+                        .await?)
+            }
+            .await;
             match &r {
                 Ok(rows) => {
                     tracing::info!(revision, rows, elapsed = ?started.elapsed(), "compacted history")
