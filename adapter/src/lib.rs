@@ -11,11 +11,14 @@
 //! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
 //!   MySQL) behind the `Backend`/`Writer` traits, and the shared statements;
 //! - [`admin`]: the `schema` and `partitions` subcommands;
+//! - [`autopart`]: partitions the server creates (`--partitions-file`,
+//!   `--auto-partition`);
 //! - [`error`]: etcd's error codes and messages;
 //! - [`metrics`]: Prometheus metrics, `/metrics`, per-RPC timing and spans;
 //! - [`proto`]: the generated wire types.
 
 pub mod admin;
+pub mod autopart;
 pub mod backend;
 pub mod error;
 pub mod metrics;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 
+use crate::autopart::{Partitioner, PartitionsFile};
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -101,6 +102,43 @@ pub struct Config {
     /// `delete` rows.
     #[arg(long, value_enum, default_value_t = Compaction::Drop)]
     pub history_compaction: Compaction,
+
+    /// A TOML file: `resources = [...]` to give partitions of their own at
+    /// start (rows move online), `auto_partition = true|false`.
+    #[arg(long)]
+    pub partitions_file: Option<PathBuf>,
+
+    /// Give each custom resource partitions of its own when its
+    /// CustomResourceDefinition is written (PostgreSQL, MySQL family).
+    #[arg(long)]
+    pub auto_partition: bool,
+}
+
+/// The server's own partitioning: the file's resources now, CRDs as they
+/// come with `--auto-partition`.
+fn partitioner(
+    config: &Config,
+    backend: &Arc<dyn Backend>,
+) -> anyhow::Result<Option<Arc<Partitioner>>> {
+    let file = match &config.partitions_file {
+        Some(path) => PartitionsFile::read(path)?,
+        None => PartitionsFile::default(),
+    };
+    let auto = config.auto_partition || file.auto_partition;
+    if !auto && file.resources.is_empty() {
+        return Ok(None);
+    }
+    if backend.partitions().is_none() {
+        tracing::warn!(
+            "SQLite has no native partitions: --partitions-file and --auto-partition do nothing here"
+        );
+        return Ok(None);
+    }
+    let p = Partitioner::new(backend.clone(), auto);
+    for r in file.resources {
+        p.ensure(r);
+    }
+    Ok(Some(p))
 }
 
 /// `10m`, `30s`, `500ms`, `1h`: what etcd's duration flags accept, minus
@@ -303,6 +341,7 @@ pub async fn serve(
         backend.clone(),
         committed.clone(),
         config.history_compaction,
+        partitioner(&config, &backend)?,
     );
     let hub = Hub::start(backend.clone(), committed, BufferLimits::default())
         .await

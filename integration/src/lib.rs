@@ -522,6 +522,11 @@ pub struct Started {
 
 impl Started {
     pub async fn new(target: Target, bin: &Path) -> anyhow::Result<Started> {
+        Started::with_args(target, bin, &[]).await
+    }
+
+    /// `extra` goes to etcdsql's command line (not to etcd's).
+    pub async fn with_args(target: Target, bin: &Path, extra: &[&str]) -> anyhow::Result<Started> {
         if target == Target::Etcd {
             return Ok(Started {
                 target,
@@ -530,7 +535,7 @@ impl Started {
             });
         }
         let db = TestDb::create(target).await?;
-        let server = Process::etcdsql(bin, &db.dsn).await?;
+        let server = Process::etcdsql_with(bin, &db.dsn, extra).await?;
         Ok(Started {
             target,
             server,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::autopart::Partitioner;
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
@@ -47,6 +48,7 @@ pub enum Compaction {
 pub struct Store {
     backend: Arc<dyn Backend>,
     compaction: Compaction,
+    partitioner: Option<Arc<Partitioner>>,
     committer: Committer,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
@@ -66,11 +68,13 @@ impl Store {
         backend: Arc<dyn Backend>,
         committed: Arc<Notify>,
         compaction: Compaction,
+        partitioner: Option<Arc<Partitioner>>,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
             committer: Committer::spawn(backend.clone(), committed),
             backend,
             compaction,
+            partitioner,
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
         });
@@ -144,8 +148,14 @@ impl Store {
     }
 
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
+        let key = self.partitioner.as_ref().map(|_| p.key.clone());
         match self.committer.submit(WriteOp::Put(p)).await? {
-            WriteResult::Put(r) => Ok(r),
+            WriteResult::Put(r) => {
+                if let (Some(part), Some(key)) = (&self.partitioner, key) {
+                    part.put(&key);
+                }
+                Ok(r)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -168,8 +178,14 @@ impl Store {
             };
             return ops::txn(&mut view, &t, false).await;
         }
+        let request = self.partitioner.as_ref().map(|_| t.clone());
         match self.committer.submit(WriteOp::Txn(t)).await? {
-            WriteResult::Txn(r) => Ok(r),
+            WriteResult::Txn(r) => {
+                if let (Some(part), Some(t)) = (&self.partitioner, request) {
+                    part.txn(&t, r.succeeded);
+                }
+                Ok(r)
+            }
             other => Err(unexpected(other)),
         }
     }

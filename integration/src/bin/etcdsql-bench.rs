@@ -20,7 +20,11 @@
 //! - `list`: paginated LIST of all objects, 500 per page, later pages at
 //!   the first page's revision, as kube-apiserver pages;
 //! - `watch`: event latency from put to each of many watchers on a prefix;
-//! - `memory`: the server's RSS while it holds more and more keys.
+//! - `memory`: the server's RSS while it holds more and more keys;
+//! - `compact`: `--compact-rows` versions of `--compact-keys` keys, then
+//!   one physical compaction at the head, timed; each etcdsql target runs
+//!   it twice, dropping history epochs and deleting rows
+//!   (`--history-compaction drop|delete`).
 //!
 //! `--endpoint HOST:PORT` drives an already running etcd v3 server instead
 //! (named `endpoint` in the tables; no RSS).
@@ -49,10 +53,10 @@ struct Args {
     /// An etcd v3 endpoint to drive as well (host:port).
     #[arg(long)]
     endpoint: Option<String>,
-    /// Comma-separated: create, update, list, watch, memory.
+    /// Comma-separated: create, update, list, watch, memory, compact.
     #[arg(
         long,
-        default_value = "create,update,list,watch,memory",
+        default_value = "create,update,list,watch,memory,compact",
         value_delimiter = ','
     )]
     workloads: Vec<String>,
@@ -94,6 +98,12 @@ struct Args {
     /// Keys `memory` grows to (RSS sampled at 1/10, 1/4, 1/2 and all of it).
     #[arg(long, default_value_t = 1_000_000)]
     memory_keys: usize,
+    /// History rows (key versions) `compact` writes before compacting.
+    #[arg(long, default_value_t = 1_000_000)]
+    compact_rows: usize,
+    /// Keys they are versions of.
+    #[arg(long, default_value_t = 10_000)]
+    compact_keys: usize,
 }
 
 /// A target under load: its clients and, where it was started here, its
@@ -106,10 +116,15 @@ struct Under {
 
 impl Under {
     async fn start(name: &str, args: &Args) -> anyhow::Result<Under> {
+        Under::start_with(name, args, &[]).await
+    }
+
+    /// `extra`: etcdsql flags.
+    async fn start_with(name: &str, args: &Args, extra: &[&str]) -> anyhow::Result<Under> {
         let (started, endpoint) = if name == "endpoint" {
             (None, args.endpoint.clone().unwrap_or_default())
         } else {
-            let s = Started::new(target(name)?, &args.etcdsql_bin).await?;
+            let s = Started::with_args(target(name)?, &args.etcdsql_bin, extra).await?;
             let e = s.server.endpoint.clone();
             (Some(s), e)
         };
@@ -640,6 +655,113 @@ async fn memory(u: &Under, args: &Args) -> anyhow::Result<Row> {
     })
 }
 
+/// One line of the `compact` table.
+struct Compaction {
+    target: String,
+    method: &'static str,
+    load: Duration,
+    rows_before: Option<i64>,
+    rows_after: Option<i64>,
+    took: Duration,
+}
+
+/// `compact`: load versions, compact at the head (physical), timed.
+async fn compact_run(name: &str, method: &'static str, args: &Args) -> anyhow::Result<Compaction> {
+    let extra: &[&str] = match method {
+        "drop" => &["--history-compaction", "drop"],
+        "delete" => &["--history-compaction", "delete"],
+        _ => &[],
+    };
+    let u = Under::start_with(name, args, extra).await?;
+    let keys = args.compact_keys.max(128);
+    let t = Instant::now();
+    load(
+        &u,
+        0,
+        args.compact_rows,
+        |k| format!("/registry/events/ns-{}/e-{:06}", k % keys % 50, k % keys),
+        |k| {
+            let mut v =
+                format!(r#"{{"kind":"Event","count":{},"message":""#, k / keys).into_bytes();
+            v.resize(240, b'm');
+            v.extend_from_slice(br#""}"#);
+            v
+        },
+    )
+    .await?;
+    let load_took = t.elapsed();
+    let db = u.started.as_ref().and_then(|s| s.db.as_ref());
+    const HISTORY: &str = "SELECT COUNT(*) FROM etcdsql_history";
+    let rows_before = match db {
+        Some(db) => Some(db.count(HISTORY).await?),
+        None => None,
+    };
+    let mut c = u.client(0);
+    let head = c
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    eprintln!(
+        "  {name} ({method}): {} versions of {keys} keys loaded in {:.1} s, head {head}; compacting",
+        args.compact_rows,
+        load_took.as_secs_f64()
+    );
+    let t = Instant::now();
+    c.compact(
+        head,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await?;
+    let took = t.elapsed();
+    let rows_after = match db {
+        Some(db) => Some(db.count(HISTORY).await?),
+        None => None,
+    };
+    Ok(Compaction {
+        target: name.to_string(),
+        method,
+        load: load_took,
+        rows_before,
+        rows_after,
+        took,
+    })
+}
+
+async fn compact_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for name in targets {
+        let methods: &[&'static str] = if name == "etcd" || name == "endpoint" {
+            &["etcd"]
+        } else {
+            &["drop", "delete"]
+        };
+        for method in methods {
+            eprintln!("compact on {name} ({method}) …");
+            rows.push(compact_run(name, method, args).await?);
+        }
+    }
+    println!(
+        "\n### compact: {} versions of {} keys (~256 B values, Txns of 128), one physical compaction at the head\n",
+        args.compact_rows, args.compact_keys
+    );
+    println!("| target | method | load s | history rows before | after | compaction s |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let opt = |n: Option<i64>| n.map_or("–".to_string(), |n| n.to_string());
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} | {} | {} | {:.2} |",
+            r.target,
+            r.method,
+            r.load.as_secs_f64(),
+            opt(r.rows_before),
+            opt(r.rows_after),
+            r.took.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -667,6 +789,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for workload in &args.workloads {
+        if workload == "compact" {
+            compact_table(&targets, args).await?;
+            continue;
+        }
         let mut rows = Vec::new();
         for name in &targets {
             eprintln!("{workload} on {name} …");

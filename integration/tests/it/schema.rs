@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::GetOptions;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use etcdsql::backend::sql::{self, Param, Statement};
 use etcdsql::backend::{KeyEnd, RangeQuery};
 use etcdsql_integration::{Process, Target, TestDb, free_port};
@@ -421,8 +421,107 @@ async fn partition_add_under_writes(target: Target) {
     }
 }
 
+/// The server partitions by itself: the resources its `--partitions-file`
+/// lists (moving rows already there), and with `--auto-partition` a custom
+/// resource once its CRD is written (by a create Txn, as kube-apiserver
+/// writes it); reads see every object throughout.
+async fn server_partitions(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    // Events exist before the server that partitions them starts.
+    {
+        let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+        let mut c = p.client().await.unwrap();
+        for i in 0..300 {
+            c.put(format!("/registry/events/ns/e{i:04}"), "e", None)
+                .await
+                .unwrap();
+        }
+    }
+    let file = std::env::temp_dir().join(format!("etcdsql-partitions-{}.toml", free_port()));
+    std::fs::write(&file, "resources = [\"events\"]\n").unwrap();
+    let p = Process::etcdsql_with(
+        bin(),
+        &db.dsn,
+        &[
+            "--partitions-file",
+            file.to_str().unwrap(),
+            "--auto-partition",
+        ],
+    )
+    .await
+    .expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    let crd = "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com";
+    let created = c
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision(crd, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    crd,
+                    "{\"kind\":\"CustomResourceDefinition\"}",
+                    None,
+                )]),
+        )
+        .await
+        .unwrap();
+    assert!(created.succeeded());
+    for i in 0..200 {
+        c.put(
+            format!("/registry/example.com/widgets/ns/w{i:04}"),
+            "w",
+            None,
+        )
+        .await
+        .unwrap();
+        c.put(format!("/registry/events/ns/n{i:04}"), "e", None)
+            .await
+            .unwrap();
+    }
+    let ready = "SELECT COUNT(*) FROM etcdsql_partition WHERE state = 1 \
+                 AND resource IN ('events', 'example.com/widgets')";
+    let mut waited = 0;
+    while db.count(ready).await.unwrap() < 2 {
+        waited += 1;
+        assert!(waited < 300, "partitions not ready after 30 s: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(&file).unwrap();
+    let parts = db
+        .lines("SELECT resource, part FROM etcdsql_partition ORDER BY resource")
+        .await
+        .unwrap();
+    assert_eq!(
+        parts,
+        [
+            "events | events",
+            "example.com/widgets | example_com_widgets"
+        ]
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM etcdsql_live WHERE part = 'events'")
+            .await
+            .unwrap(),
+        500
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM etcdsql_live WHERE part = 'example_com_widgets'")
+            .await
+            .unwrap(),
+        200
+    );
+    let all = GetOptions::new().with_prefix().with_count_only();
+    for (prefix, n) in [
+        ("/registry/events/", 500),
+        ("/registry/example.com/widgets/", 200),
+    ] {
+        let r = c.get(prefix, Some(all.clone())).await.unwrap();
+        assert_eq!(r.count(), n, "{prefix}");
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        case!("server_partitions", SERVERS, server_partitions),
         case!("migrations", SERVERS, migrations),
         case!(
             "partition_add_under_writes",
