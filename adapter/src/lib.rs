@@ -13,6 +13,8 @@
 //! - [`admin`]: the `schema` and `partitions` subcommands;
 //! - [`autopart`]: partitions the server creates (`--partitions-file`,
 //!   `--auto-partition`);
+//! - [`replicas`]: read replicas (`--read-endpoint`), linearizable reads
+//!   on them, their health;
 //! - [`error`]: etcd's error codes and messages;
 //! - [`metrics`]: Prometheus metrics, `/metrics`, per-RPC timing and spans;
 //! - [`proto`]: the generated wire types.
@@ -23,6 +25,7 @@ pub mod backend;
 pub mod error;
 pub mod metrics;
 pub mod proto;
+pub mod replicas;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -119,6 +119,50 @@ pub static HUB_REVISION: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    prometheus::GaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are constant and valid")
+}
+
+pub static REPLICA_LAG_SECONDS: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    gauges(
+        "etcdsql_replica_lag_seconds",
+        "How long ago the primary reached a revision this replica has not applied yet (0: caught up).",
+        &["replica"],
+    )
+});
+
+pub static REPLICA_LAG_REVISIONS: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    gauges(
+        "etcdsql_replica_lag_revisions",
+        "Primary revision minus the replica's, at the last health check.",
+        &["replica"],
+    )
+});
+
+pub static REPLICA_HEALTHY: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    gauges(
+        "etcdsql_replica_healthy",
+        "1 while the replica is in rotation, 0 while it is out (failing or lagging).",
+        &["replica"],
+    )
+});
+
+pub static READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_reads_total",
+        "Reads by the server that answered them (primary or a replica) and kind (range, watch).",
+        &["server", "kind"],
+    )
+});
+
+pub static FENCES: LazyLock<IntCounter> = LazyLock::new(|| {
+    plain_counter(
+        "etcdsql_primary_fence_reads_total",
+        "Reads of the primary's revision for linearizable replica reads (coalesced).",
+    )
+});
+
 /// Registers every metric with the default registry (once, at start).
 pub fn register() -> prometheus::Result<()> {
     let r = prometheus::default_registry();
@@ -132,6 +176,11 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(WATCH_BACKLOG.clone()))?;
     r.register(Box::new(WATCH_EVENTS.clone()))?;
     r.register(Box::new(HUB_REVISION.clone()))?;
+    r.register(Box::new(REPLICA_LAG_SECONDS.clone()))?;
+    r.register(Box::new(REPLICA_LAG_REVISIONS.clone()))?;
+    r.register(Box::new(REPLICA_HEALTHY.clone()))?;
+    r.register(Box::new(READS.clone()))?;
+    r.register(Box::new(FENCES.clone()))?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 
 use crate::autopart::{Partitioner, PartitionsFile};
+use crate::replicas::{self, Replicas};
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -112,6 +113,52 @@ pub struct Config {
     /// CustomResourceDefinition is written (PostgreSQL, MySQL family).
     #[arg(long)]
     pub auto_partition: bool,
+
+    /// A read replica of --endpoint (repeatable; same dialect): Range and
+    /// watch reads go to healthy replicas, still linearizable.
+    #[arg(long = "read-endpoint")]
+    pub read_endpoints: Vec<String>,
+
+    /// How long a read waits for a replica to reach the revision it needs
+    /// before the primary answers it.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub replica_wait: Duration,
+
+    /// A replica further behind the primary than this is out of rotation
+    /// until it catches up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub max_replica_lag: Duration,
+}
+
+/// The `--read-endpoint`s, each of the primary's dialect.
+fn replicas(
+    config: &Config,
+    primary: &Dsn,
+    backend: &Arc<dyn Backend>,
+) -> anyhow::Result<Option<Arc<Replicas>>> {
+    if config.read_endpoints.is_empty() {
+        return Ok(None);
+    }
+    let mut dsns = Vec::new();
+    for e in &config.read_endpoints {
+        let d = Dsn::parse(e).map_err(|e| anyhow::anyhow!("--read-endpoint: {e}"))?;
+        if std::mem::discriminant(&d) != std::mem::discriminant(primary) || matches!(d, Dsn::Sqlite(_)) {
+            bail!(
+                "--read-endpoint {} is not a replica of {}: replicas are PostgreSQL or MySQL servers of the primary's dialect",
+                d.redacted(),
+                primary.redacted()
+            );
+        }
+        dsns.push(d);
+    }
+    Ok(Some(Replicas::start(
+        backend.clone(),
+        &dsns,
+        replicas::Settings {
+            wait: config.replica_wait,
+            max_lag: config.max_replica_lag,
+        },
+    )))
 }
 
 /// The server's own partitioning: the file's resources now, CRDs as they
@@ -337,13 +384,15 @@ pub async fn serve(
         raft_term: 1,
     };
     let committed = Arc::new(tokio::sync::Notify::new());
+    let replicas = replicas(&config, &dsn, &backend)?;
     let store = Store::new(
         backend.clone(),
         committed.clone(),
         config.history_compaction,
         partitioner(&config, &backend)?,
+        replicas.clone(),
     );
-    let hub = Hub::start(backend.clone(), committed, BufferLimits::default())
+    let hub = Hub::start(backend.clone(), replicas, committed, BufferLimits::default())
         .await
         .context("starting the watch hub")?;
     let watch = Arc::new(WatchService {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use crate::backend::{Backend, DbError, EventRow, KeyEnd};
+use crate::replicas::Replicas;
 
 /// Revisions read per history query.
 const WINDOW: i64 = 1000;
@@ -45,6 +46,8 @@ struct Buffer {
 
 pub struct Hub {
     backend: Arc<dyn Backend>,
+    /// Where history is read when there are read replicas.
+    replicas: Option<Arc<Replicas>>,
     buffer: RwLock<Buffer>,
     /// The revision up to which the buffer holds every event.
     revision: watch::Sender<i64>,
@@ -64,6 +67,7 @@ impl Hub {
     /// Starts tailing after the current revision.
     pub async fn start(
         backend: Arc<dyn Backend>,
+        replicas: Option<Arc<Replicas>>,
         wake: Arc<Notify>,
         limits: BufferLimits,
     ) -> Result<Arc<Hub>, DbError> {
@@ -76,6 +80,7 @@ impl Hub {
             }),
             revision: watch::channel(current).0,
             backend,
+            replicas,
             wake,
             limits,
         });
@@ -131,17 +136,54 @@ impl Hub {
         key: &[u8],
         end: &KeyEnd,
     ) -> Result<Vec<EventRow>, DbError> {
-        self.backend.history(after, upto, Some((key, end))).await
+        let Some(rs) = &self.replicas else {
+            return self.backend.history(after, upto, Some((key, end))).await;
+        };
+        // The hub got to `upto`, so the primary has it; a replica whose
+        // revision (read first) has reached it holds all of it.
+        rs.read("watch", Some(upto), |b| async move {
+            let at = b.meta().await?.revision;
+            if at < upto {
+                return Ok((Vec::new(), at));
+            }
+            Ok((b.history(after, upto, Some((key, end))).await?, at))
+        })
+        .await
+    }
+
+    /// The next events after `last`: from the database, or with replicas,
+    /// from one that has reached the primary's revision (all of it: history
+    /// is gapless and replicas apply commits in order). Returns them and
+    /// the revision they complete.
+    async fn next_events(&self, last: i64) -> Result<(Vec<EventRow>, i64), DbError> {
+        let Some(rs) = &self.replicas else {
+            let events = self.backend.history(last, last + WINDOW, None).await?;
+            let newest = events.last().map_or(last, |e| e.revision);
+            return Ok((events, newest));
+        };
+        let target = rs.fence().await?;
+        if target <= last {
+            return Ok((Vec::new(), last));
+        }
+        let upto = target.min(last + WINDOW);
+        rs.read("watch", Some(upto), |b| async move {
+            let at = b.meta().await?.revision;
+            if at < upto {
+                return Ok(((Vec::new(), last), at));
+            }
+            Ok(((b.history(last, upto, None).await?, upto), at))
+        })
+        .await
     }
 
     /// Reads every revision committed since the last call into the buffer.
     async fn catch_up(&self) -> Result<(), DbError> {
         loop {
             let last = self.revision();
-            let events = self.backend.history(last, last + WINDOW, None).await?;
-            let Some(newest) = events.last().map(|e| e.revision) else {
+            let (events, newest) = self.next_events(last).await?;
+            if newest <= last {
                 return Ok(());
-            };
+            }
             {
                 let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
                 for e in events {

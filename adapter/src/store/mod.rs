@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::autopart::Partitioner;
+use crate::replicas::Replicas;
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
@@ -49,6 +50,7 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     compaction: Compaction,
     partitioner: Option<Arc<Partitioner>>,
+    replicas: Option<Arc<Replicas>>,
     committer: Committer,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
@@ -69,12 +71,14 @@ impl Store {
         committed: Arc<Notify>,
         compaction: Compaction,
         partitioner: Option<Arc<Partitioner>>,
+        replicas: Option<Arc<Replicas>>,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
             committer: Committer::spawn(backend.clone(), committed),
             backend,
             compaction,
             partitioner,
+            replicas,
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
         });
@@ -86,10 +90,35 @@ impl Store {
         &self.backend
     }
 
-    async fn read(&self, q: &RangeQuery) -> Result<RangeRows, Error> {
+    /// A Range on the primary, or with replicas on one that has reached
+    /// the revision it needs: the primary's current one (linearizable), the
+    /// one asked for (`revision` set), or none (serializable).
+    async fn route(&self, r: &RangeRequest, q: &RangeQuery) -> Result<RangeRows, Error> {
+        let Some(rs) = &self.replicas else {
+            return self.read(self.backend.as_ref(), q).await;
+        };
+        let min = match (r.serializable, r.revision > 0) {
+            (_, true) => Some(r.revision),
+            (true, false) => None,
+            (false, false) => Some(rs.fence().await?),
+        };
+        let rows = rs
+            .read("range", min, |b| async move {
+                let rows = self.read(b.as_ref(), q).await.map_err(|e| match e {
+                    Error::Db(e) => e,
+                    other => DbError::Other(other.to_string()),
+                })?;
+                let at = rows.meta.as_ref().map_or(0, |m| m.revision);
+                Ok((rows, at))
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    async fn read(&self, backend: &dyn Backend, q: &RangeQuery) -> Result<RangeRows, Error> {
         let mut attempt = 0;
         loop {
-            match self.backend.range(q).await {
+            match backend.range(q).await {
                 Err(DbError::Retry(_)) if attempt < READ_RETRIES => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -118,7 +147,7 @@ impl Store {
             _ => None,
         };
         q.count = known.is_none();
-        let mut rows = self.read(&q).await?;
+        let mut rows = self.route(r, &q).await?;
         let meta = rows
             .meta
             .ok_or_else(|| Error::Internal("range statement returned no revision".into()))?;
