@@ -193,7 +193,9 @@ impl Replicas {
                 match read(b).await {
                     Ok((value, at)) if min.is_none_or(|m| at >= m) => {
                         replica.revision.fetch_max(at, Ordering::Relaxed);
-                        metrics::READS.with_label_values(&[&replica.name, kind]).inc();
+                        metrics::READS
+                            .with_label_values(&[&replica.name, kind])
+                            .inc();
                         return Ok(value);
                     }
                     Ok(_) => {}
@@ -228,7 +230,12 @@ async fn fence_reader(this: std::sync::Weak<Replicas>) {
         // Every ticket up to here was taken before this read starts.
         let ticket = r.fence.issued.load(Ordering::SeqCst);
         metrics::FENCES.inc();
-        let rev = r.primary.meta().await.map(|m| m.revision).map_err(|e| e.to_string());
+        let rev = r
+            .primary
+            .meta()
+            .await
+            .map(|m| m.revision)
+            .map_err(|e| e.to_string());
         let _previous = r.fence.answered.send_replace((ticket, rev));
         answered = ticket;
     }
@@ -248,13 +255,16 @@ async fn primary_sampler(this: std::sync::Weak<Replicas>) {
         }
         // Keep what the lag bound can need, plus the latest.
         while samples.len() > 1
-            && samples
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > r.settings.max_lag * 4 + HEALTH_INTERVAL * 4)
+            && samples.front().is_some_and(|(t, _)| {
+                now.duration_since(*t) > r.settings.max_lag * 4 + HEALTH_INTERVAL * 4
+            })
         {
             samples.pop_front();
         }
-        let checks = r.replicas.iter().map(|rep| check(rep.clone(), &samples, r.settings.max_lag));
+        let checks = r
+            .replicas
+            .iter()
+            .map(|rep| check(rep.clone(), &samples, r.settings.max_lag));
         futures::future::join_all(checks).await;
         drop(r);
         tokio::time::sleep(HEALTH_INTERVAL).await;
@@ -294,7 +304,10 @@ async fn check(rep: Arc<Replica>, samples: &VecDeque<(Instant, i64)>, max_lag: D
         .with_label_values(&[&rep.name])
         .set((primary - rev).max(0) as f64);
     if lag > max_lag {
-        rep.set_healthy(false, &format!("{:.1} s behind the primary", lag.as_secs_f64()));
+        rep.set_healthy(
+            false,
+            &format!("{:.1} s behind the primary", lag.as_secs_f64()),
+        );
     } else {
         rep.set_healthy(true, "");
     }

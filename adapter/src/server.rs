@@ -12,7 +12,6 @@ use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 
 use crate::autopart::{Partitioner, PartitionsFile};
-use crate::replicas::{self, Replicas};
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -20,6 +19,7 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::replicas::{self, Replicas};
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
@@ -142,7 +142,9 @@ fn replicas(
     let mut dsns = Vec::new();
     for e in &config.read_endpoints {
         let d = Dsn::parse(e).map_err(|e| anyhow::anyhow!("--read-endpoint: {e}"))?;
-        if std::mem::discriminant(&d) != std::mem::discriminant(primary) || matches!(d, Dsn::Sqlite(_)) {
+        if std::mem::discriminant(&d) != std::mem::discriminant(primary)
+            || matches!(d, Dsn::Sqlite(_))
+        {
             bail!(
                 "--read-endpoint {} is not a replica of {}: replicas are PostgreSQL or MySQL servers of the primary's dialect",
                 d.redacted(),
@@ -392,9 +394,14 @@ pub async fn serve(
         partitioner(&config, &backend)?,
         replicas.clone(),
     );
-    let hub = Hub::start(backend.clone(), replicas, committed, BufferLimits::default())
-        .await
-        .context("starting the watch hub")?;
+    let hub = Hub::start(
+        backend.clone(),
+        replicas,
+        committed,
+        BufferLimits::default(),
+    )
+    .await
+    .context("starting the watch hub")?;
     let watch = Arc::new(WatchService {
         hub,
         id,

@@ -143,7 +143,7 @@ pub struct TestDb {
     pub dsn: String,
     /// The same database through every node (Galera); `[dsn]` otherwise.
     pub dsns: Vec<String>,
-    name: String,
+    pub name: String,
     admin: String,
     _dir: Option<tempdir::Dir>,
 }
@@ -265,8 +265,13 @@ impl TestDb {
     /// The rows of a statement on the test database, each as its columns
     /// joined by " | " (for EXPLAIN output).
     pub async fn lines(&self, sql: &str) -> anyhow::Result<Vec<String>> {
-        if self.target.is_postgres() {
-            let (c, conn) = tokio_postgres::connect(&self.dsn, tokio_postgres::NoTls).await?;
+        TestDb::admin_lines(self.target, &self.dsn, sql).await
+    }
+
+    /// [`TestDb::lines`] on any server of the target's dialect.
+    pub async fn admin_lines(target: Target, url: &str, sql: &str) -> anyhow::Result<Vec<String>> {
+        if target.is_postgres() {
+            let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
             let mut out = Vec::new();
             for m in c.simple_query(sql).await? {
@@ -279,7 +284,7 @@ impl TestDb {
             Ok(out)
         } else {
             use mysql_async::prelude::Queryable;
-            let mut c = mysql_async::Conn::from_url(&self.dsn).await?;
+            let mut c = mysql_async::Conn::from_url(url).await?;
             let rows: Vec<mysql_async::Row> = c.query(sql).await?;
             let _ = c.disconnect().await;
             Ok(rows
@@ -309,7 +314,7 @@ impl TestDb {
 }
 
 /// One statement on the server's admin connection.
-pub(crate) async fn admin_sql(target: Target, admin: &str, sql: &str) -> anyhow::Result<()> {
+pub async fn admin_sql(target: Target, admin: &str, sql: &str) -> anyhow::Result<()> {
     if target.is_postgres() {
         let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);

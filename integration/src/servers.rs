@@ -218,7 +218,11 @@ fn ensure_image(target: Target, name: &str, var: &str) -> anyhow::Result<()> {
 
 fn request(name: &str) -> ContainerRequest<GenericImage> {
     let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
-    GenericImage::new(repo, tag)
+    host(GenericImage::new(repo, tag))
+}
+
+fn host(image: GenericImage) -> ContainerRequest<GenericImage> {
+    image
         .with_network("host")
         .with_label("org.etcdsql.test", std::process::id().to_string())
         .with_startup_timeout(Duration::from_secs(180))
@@ -350,6 +354,90 @@ fn galera(name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
         urls.push(url);
     }
     Ok((Server { urls }, owned))
+}
+
+/// The port of a `scheme://user@127.0.0.1:PORT/...` URL.
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    let after = url.rsplit_once('@').map_or(url, |(_, a)| a);
+    let port = after
+        .split(['/', '?'])
+        .next()
+        .and_then(|h| h.rsplit_once(':'))
+        .context("no port in the URL")?
+        .1;
+    Ok(port.parse()?)
+}
+
+/// `url` with its port replaced.
+pub fn with_port(url: &str, port: u16) -> anyhow::Result<String> {
+    let old = port_of(url)?;
+    Ok(url.replacen(&format!(":{old}/"), &format!(":{port}/"), 1))
+}
+
+/// A PostgreSQL primary of our own, and a hot standby of it made with
+/// `pg_basebackup -R` (streaming replication) in a second container: the
+/// primary's admin URL, the standby's, and both containers (primary
+/// first). The standby keeps its data across a stop and start.
+pub fn postgres_with_standby() -> anyhow::Result<(String, String, Vec<Container>)> {
+    let (name, var) = image(Target::Postgres);
+    ensure_image(Target::Postgres, &name, var)?;
+    let (server, primary) = dedicated(Target::Postgres)?;
+    let url = server.urls[0].clone();
+    let primary_port = port_of(&url)?;
+    let port = free_port();
+    let script = format!(
+        "set -e; bin=/usr/lib/postgresql/15/bin; d=/var/lib/postgresql/standby; \
+         install -d -o postgres -g postgres -m 0700 $d; install -d -o postgres -g postgres /var/run/postgresql; \
+         if [ ! -s $d/PG_VERSION ]; then runuser -u postgres -- $bin/pg_basebackup -h 127.0.0.1 \
+         -p {primary_port} -U postgres -D $d -R -X stream; fi; \
+         exec setpriv --reuid=postgres --regid=postgres --init-groups $bin/postgres -D $d -p {port} \
+         -c listen_addresses=127.0.0.1 -c hot_standby=on -c max_connections=500"
+    );
+    let (repo, tag) = name.rsplit_once(':').unwrap_or((&name, "latest"));
+    let req = host(GenericImage::new(repo, tag).with_entrypoint("sh"))
+        .with_cmd(["-c".to_string(), script]);
+    let standby = Container::start(req)?;
+    let standby_url = with_port(&url, port)?;
+    wait_ready(Target::Postgres, &standby_url, &standby)?;
+    Ok((url, standby_url, vec![primary, standby]))
+}
+
+/// A MariaDB primary (binary log, server id 1) and a replica of it by GTID
+/// (server id 2, read-only): both admin URLs and both containers.
+pub fn mariadb_with_replica() -> anyhow::Result<(String, String, Vec<Container>)> {
+    let (name, var) = image(Target::Mariadb);
+    ensure_image(Target::Mariadb, &name, var)?;
+    let (p, r) = (free_port(), free_port());
+    let primary = Container::start(mariadb_request(
+        &name,
+        p,
+        &[
+            "--server-id=1".into(),
+            "--log-bin=mysql-bin".into(),
+            "--binlog-format=ROW".into(),
+        ],
+    ))?;
+    let primary_url = mysql_url(p);
+    wait_ready(Target::Mariadb, &primary_url, &primary)?;
+    let replica = Container::start(mariadb_request(
+        &name,
+        r,
+        &[
+            "--server-id=2".into(),
+            "--read-only=ON".into(),
+            "--log-bin=mysql-bin".into(),
+            "--log-slave-updates=ON".into(),
+        ],
+    ))?;
+    let replica_url = mysql_url(r);
+    wait_ready(Target::Mariadb, &replica_url, &replica)?;
+    let start = format!(
+        "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {p}, MASTER_USER = 'root', \
+         MASTER_PASSWORD = '', MASTER_USE_GTID = slave_pos; START SLAVE"
+    );
+    let u = replica_url.clone();
+    on_docker_blocking(async move { crate::admin_sql(Target::Mariadb, &u, &start).await })?;
+    Ok((primary_url, replica_url, vec![primary, replica]))
 }
 
 /// Waits until the server answers (and, on Galera, is synced).

@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::autopart::Partitioner;
-use crate::replicas::Replicas;
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
@@ -28,6 +27,7 @@ use crate::proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
+use crate::replicas::Replicas;
 use batch::{WriteOp, WriteResult};
 use committer::Committer;
 use ops::View;

@@ -17,6 +17,7 @@ mod kube;
 mod kv;
 mod lease;
 mod metrics;
+mod replicas;
 mod schema;
 mod tls;
 mod txn;
@@ -78,6 +79,7 @@ fn main() {
         ("kube", kube::cases()),
         ("metrics", metrics::cases()),
         ("schema", schema::cases()),
+        ("replicas", replicas::cases()),
     ];
     let mut trials = Vec::new();
     for (module, cases) in modules {

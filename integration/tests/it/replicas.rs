@@ -1,0 +1,262 @@
+//! Read replicas (`--read-endpoint`) on a real PostgreSQL hot standby
+//! (`pg_basebackup -R`) and a real MariaDB GTID replica: reads go to the
+//! replica when it is healthy (counted on the replica's side), a default
+//! Range never reads stale data while replication is paused (a
+//! serializable one does, from the replica), watches keep delivering, and a
+//! replica stopped under load costs no request, with the replica back in
+//! rotation after it restarts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics, servers};
+
+use crate::{Case, bin, case};
+
+/// The sum of `name`'s samples whose labels contain `label`.
+fn metric(scrape: &str, name: &str, label: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Reads counted on the replica's own server.
+async fn replica_side_reads(target: Target, replica_admin: &str, db: &str) -> i64 {
+    let sql = if target.is_postgres() {
+        format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'")
+    } else {
+        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_SELECT'"
+            .to_string()
+    };
+    let admin = TestDb::admin_lines(target, replica_admin, &sql)
+        .await
+        .expect("replica statistics");
+    admin[0].parse().expect("a number")
+}
+
+async fn wait_healthy(port: u16, healthy: bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let m = scrape_metrics(port).await;
+        if metric(&m, "etcdsql_replica_healthy", "replica=") == if healthy { 1.0 } else { 0.0 } {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: replica health never became {healthy}\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn served_by_replica(port: u16) -> f64 {
+    let m = scrape_metrics(port).await;
+    metric(&m, "etcdsql_reads_total", "kind=\"range\"")
+        - metric(
+            &m,
+            "etcdsql_reads_total",
+            "server=\"primary\",kind=\"range\"",
+        )
+}
+
+async fn replicated(target: Target) {
+    let (primary, replica, containers) = tokio::task::spawn_blocking(move || {
+        if target.is_postgres() {
+            servers::postgres_with_standby()
+        } else {
+            servers::mariadb_with_replica()
+        }
+    })
+    .await
+    .expect("container task")
+    .expect("a primary and a replica");
+    let db = TestDb::create_on(target, &[primary.clone(), replica.clone()])
+        .await
+        .expect("database");
+    let metrics_port = free_port();
+    let p = Process::etcdsql_with(
+        bin(),
+        &db.dsn,
+        &[
+            "--read-endpoint",
+            &db.dsns[1],
+            "--max-replica-lag",
+            "1h",
+            "--replica-wait",
+            "300ms",
+            "--listen-metrics-urls",
+            &format!("http://127.0.0.1:{metrics_port}"),
+        ],
+    )
+    .await
+    .expect("etcdsql");
+    wait_healthy(metrics_port, true, "at start").await;
+    let mut c = p.client().await.unwrap();
+    for i in 0..100 {
+        c.put(format!("/r/{i:03}"), i.to_string(), None)
+            .await
+            .unwrap();
+    }
+
+    // Reads go to the replica, as both sides count them.
+    let (ours, theirs) = (
+        served_by_replica(metrics_port).await,
+        replica_side_reads(target, &replica, &db.name).await,
+    );
+    for i in 0..100 {
+        let r = c.get(format!("/r/{i:03}"), None).await.unwrap();
+        assert_eq!(r.kvs()[0].value_str().unwrap(), i.to_string());
+    }
+    let list = c
+        .get("/r/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(list.count(), 100);
+    let by_replica = served_by_replica(metrics_port).await - ours;
+    assert!(
+        by_replica >= 90.0,
+        "reads served by the replica: {by_replica} of 101"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counted = loop {
+        // PostgreSQL flushes a backend's statistics about once a second.
+        let n = replica_side_reads(target, &replica, &db.name).await - theirs;
+        if n >= 100 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        counted >= 100,
+        "reads the replica itself counted: {counted}"
+    );
+
+    // Replication paused: a default Range still sees the newest write (from
+    // the primary, after waiting for the replica); a serializable one is
+    // served by the replica as it is.
+    let (pause, resume) = if target.is_postgres() {
+        (
+            "SELECT pg_wal_replay_pause()",
+            "SELECT pg_wal_replay_resume()",
+        )
+    } else {
+        ("STOP SLAVE SQL_THREAD", "START SLAVE SQL_THREAD")
+    };
+    etcdsql_integration::admin_sql(target, &replica, pause)
+        .await
+        .unwrap();
+    let mut w = c.watch("/fresh", None).await.unwrap();
+    let put = c.put("/fresh", "new", None).await.unwrap();
+    let rev = put.header().unwrap().revision();
+    let fresh = c.get("/fresh", None).await.unwrap();
+    assert_eq!(fresh.count(), 1, "a default Range saw the write");
+    assert_eq!(fresh.kvs()[0].value_str().unwrap(), "new");
+    let stale = c
+        .get("/fresh", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.count(),
+        0,
+        "a serializable Range came from the paused replica"
+    );
+    let at = c
+        .get("/fresh", Some(GetOptions::new().with_revision(rev)))
+        .await
+        .unwrap();
+    assert_eq!(at.count(), 1, "a Range at the write's revision saw it");
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = w.message().await.unwrap().expect("watch open");
+            if let Some(e) = m.events().first() {
+                return e.kv().unwrap().mod_revision();
+            }
+        }
+    })
+    .await
+    .expect("the watch event while the replica is paused");
+    assert_eq!(seen, rev);
+    etcdsql_integration::admin_sql(target, &replica, resume)
+        .await
+        .unwrap();
+    drop(w);
+
+    // The replica stops under load: no request fails, the primary answers,
+    // and the replica is back in rotation after it restarts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let mut c: Client = p.client().await.unwrap();
+        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("/r/{:03}", (n * 7 + t) % 100);
+                let r = match (t, n % 3) {
+                    (0, _) => c.put(key, format!("w{n}"), None).await.map(|_| ()),
+                    (_, 0) => c
+                        .get(key, Some(GetOptions::new().with_serializable()))
+                        .await
+                        .map(|_| ()),
+                    (_, 1) => c
+                        .get("/r/", Some(GetOptions::new().with_prefix().with_limit(50)))
+                        .await
+                        .map(|_| ()),
+                    _ => c.get(key, None).await.map(|_| ()),
+                };
+                match r {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    containers[1].stop().await.expect("stopping the replica");
+    wait_healthy(metrics_port, false, "replica stopped").await;
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_down = done.load(Ordering::Relaxed) - before;
+    containers[1]
+        .start_again()
+        .await
+        .expect("starting the replica");
+    wait_healthy(metrics_port, true, "replica restarted").await;
+    let back = served_by_replica(metrics_port).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = served_by_replica(metrics_port).await - back;
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert!(
+        while_down > 0,
+        "requests answered while the replica was down"
+    );
+    assert!(after > 0.0, "reads served by the replica after it returned");
+    eprintln!(
+        "replicas on {}: {by_replica} of 101 reads by the replica ({counted} counted there); \
+         paused: default Range fresh, serializable stale; replica stopped: {while_down} requests in 2 s, 0 failed, \
+         {after} reads by it within 2 s of its return",
+        target.name()
+    );
+    drop(containers);
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![case!(
+        "replicated",
+        &[Target::Postgres, Target::Mariadb],
+        replicated
+    )]
+}
