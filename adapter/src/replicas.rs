@@ -12,6 +12,12 @@
 //!   primary reported (history is gapless and replicas apply commits in
 //!   order, so a prefix read from any replica is the same prefix).
 //!
+//! Behind a proxy tier (`--proxy-tier`: Pgpool-II, pgcat, ProxySQL) the
+//! one endpoint is both: fences, writes and primary reads run inside
+//! transactions behind `/*NO LOAD BALANCE*/` ([`backend::Primary`]), which
+//! the proxies send to the primary, and plain reads outside them, which
+//! they balance; the same checks keep those reads linearizable.
+//!
 //! A health task per replica measures its lag; a replica that fails or lags
 //! past `--max-replica-lag` is out of rotation until it is back. With no
 //! replica in rotation everything reads the primary.
@@ -97,14 +103,20 @@ impl Replicas {
     /// Starts the fence reader and a health task per replica. Replicas are
     /// connected by their health task, so one that is down at start only
     /// starts out of rotation.
-    pub fn start(primary: Arc<dyn Backend>, dsns: &[Dsn], settings: Settings) -> Arc<Replicas> {
-        let replicas: Vec<Arc<Replica>> = dsns
-            .iter()
-            .map(|d| {
+    /// `replicas`: each one's DSN, and its backend where it is already open
+    /// (the balanced side of a proxy tier).
+    pub fn start(
+        primary: Arc<dyn Backend>,
+        replicas: Vec<(Dsn, Option<Arc<dyn Backend>>)>,
+        settings: Settings,
+    ) -> Arc<Replicas> {
+        let replicas: Vec<Arc<Replica>> = replicas
+            .into_iter()
+            .map(|(d, backend)| {
                 let r = Arc::new(Replica {
                     name: d.redacted(),
-                    dsn: d.clone(),
-                    backend: RwLock::new(None),
+                    dsn: d,
+                    backend: RwLock::new(backend),
                     healthy: AtomicBool::new(false),
                     revision: AtomicI64::new(0),
                 });

@@ -128,6 +128,12 @@ pub struct Config {
     /// until it catches up.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub max_replica_lag: Duration,
+
+    /// --endpoint is a proxy tier over a primary and replicas (Pgpool-II,
+    /// pgcat, ProxySQL): writes and fencing reads run in transactions it
+    /// sends to the primary, other reads outside them, for it to balance.
+    #[arg(long)]
+    pub proxy_tier: bool,
 }
 
 /// The `--read-endpoint`s, each of the primary's dialect.
@@ -136,6 +142,21 @@ fn replicas(
     primary: &Dsn,
     backend: &Arc<dyn Backend>,
 ) -> anyhow::Result<Option<Arc<Replicas>>> {
+    let settings = replicas::Settings {
+        wait: config.replica_wait,
+        max_lag: config.max_replica_lag,
+    };
+    if config.proxy_tier {
+        if !config.read_endpoints.is_empty() || matches!(primary, Dsn::Sqlite(_)) {
+            bail!("--proxy-tier takes one PostgreSQL or MySQL --endpoint (the proxy) and no --read-endpoint");
+        }
+        let primary_side: Arc<dyn Backend> = Arc::new(backend::Primary(backend.clone()));
+        return Ok(Some(Replicas::start(
+            primary_side,
+            vec![(primary.clone(), Some(backend.clone()))],
+            settings,
+        )));
+    }
     if config.read_endpoints.is_empty() {
         return Ok(None);
     }
@@ -151,16 +172,9 @@ fn replicas(
                 primary.redacted()
             );
         }
-        dsns.push(d);
+        dsns.push((d, None));
     }
-    Ok(Some(Replicas::start(
-        backend.clone(),
-        &dsns,
-        replicas::Settings {
-            wait: config.replica_wait,
-            max_lag: config.max_replica_lag,
-        },
-    )))
+    Ok(Some(Replicas::start(backend.clone(), dsns, settings)))
 }
 
 /// The server's own partitioning: the file's resources now, CRDs as they
@@ -387,6 +401,13 @@ pub async fn serve(
     };
     let committed = Arc::new(tokio::sync::Notify::new());
     let replicas = replicas(&config, &dsn, &backend)?;
+    // Behind a proxy tier everything but the balanced reads goes to the
+    // primary.
+    let backend: Arc<dyn Backend> = if config.proxy_tier {
+        Arc::new(backend::Primary(backend))
+    } else {
+        backend
+    };
     let store = Store::new(
         backend.clone(),
         committed.clone(),

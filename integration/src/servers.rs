@@ -357,7 +357,7 @@ fn galera(name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
 }
 
 /// The port of a `scheme://user@127.0.0.1:PORT/...` URL.
-fn port_of(url: &str) -> anyhow::Result<u16> {
+pub fn port_of(url: &str) -> anyhow::Result<u16> {
     let after = url.rsplit_once('@').map_or(url, |(_, a)| a);
     let port = after
         .split(['/', '?'])
@@ -476,4 +476,103 @@ async fn probe(target: Target, url: &str) -> anyhow::Result<()> {
         }
     }
     crate::admin_sql(target, url, "SELECT 1").await
+}
+
+/// A Pgpool-II (Debian's `pgpool2`) on the host, in streaming-replication
+/// mode over `primary` and `standby`, balancing plain reads to the standby
+/// (the primary's weight is 0) statement by statement; stopped on drop.
+pub struct Pgpool {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// The admin URL through the pool (database `postgres`).
+    pub url: String,
+}
+
+impl Pgpool {
+    pub fn start(primary: &str, standby: &str) -> anyhow::Result<Pgpool> {
+        let bin = ["/usr/sbin/pgpool", "/usr/bin/pgpool"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .context("no pgpool (Debian package pgpool2)")?;
+        let dir = std::env::temp_dir().join(format!("etcdsql-pgpool-{}", free_port()));
+        std::fs::create_dir_all(&dir)?;
+        let (port, pcp) = (free_port(), free_port());
+        let d = dir.display();
+        let conf = format!(
+            "backend_clustering_mode = 'streaming_replication'\n\
+             listen_addresses = '127.0.0.1'\nport = {port}\n\
+             unix_socket_directories = '{d}'\npcp_listen_addresses = '127.0.0.1'\npcp_port = {pcp}\n\
+             pcp_socket_dir = '{d}'\npid_file_name = '{d}/pgpool.pid'\nlogdir = '{d}'\n\
+             backend_hostname0 = '127.0.0.1'\nbackend_port0 = {p0}\nbackend_weight0 = 0\n\
+             backend_flag0 = 'ALLOW_TO_FAILOVER'\n\
+             backend_hostname1 = '127.0.0.1'\nbackend_port1 = {p1}\nbackend_weight1 = 1\n\
+             backend_flag1 = 'ALLOW_TO_FAILOVER'\n\
+             enable_pool_hba = off\npool_passwd = ''\n\
+             load_balance_mode = on\nstatement_level_load_balance = on\n\
+             sr_check_period = 1\nsr_check_user = 'postgres'\nsr_check_password = ''\n\
+             sr_check_database = 'postgres'\n\
+             health_check_period = 1\nhealth_check_user = 'postgres'\nhealth_check_password = ''\n\
+             health_check_database = 'postgres'\nhealth_check_max_retries = 0\n\
+             auto_failback = on\nauto_failback_interval = 1\n\
+             failover_on_backend_error = on\n\
+             num_init_children = 128\nmax_pool = 1\nchild_life_time = 0\n\
+             connection_life_time = 0\nlog_min_messages = warning\n",
+            p0 = port_of(primary)?,
+            p1 = port_of(standby)?,
+        );
+        std::fs::write(dir.join("pgpool.conf"), conf)?;
+        std::fs::write(dir.join("pcp.conf"), "")?;
+        std::fs::write(dir.join("pool_hba.conf"), "")?;
+        let log = std::fs::File::create(dir.join("pgpool.log"))?;
+        let child = Command::new(bin)
+            .arg("-n")
+            .arg("-f")
+            .arg(dir.join("pgpool.conf"))
+            .arg("-F")
+            .arg(dir.join("pcp.conf"))
+            .arg("-a")
+            .arg(dir.join("pool_hba.conf"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting pgpool")?;
+        let pool = Pgpool {
+            child,
+            url: with_port(primary, port)?,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let u = pool.url.clone();
+            match on_docker_blocking(async move { crate::admin_sql(Target::Postgres, &u, "SELECT 1").await }) {
+                Ok(()) => return Ok(pool),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("pgpool not ready: {e:#}\n{}", pool.log())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgpool.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pgpool {
+    fn drop(&mut self) {
+        // SIGINT: a fast shutdown that takes its child processes along.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

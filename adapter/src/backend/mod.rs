@@ -287,6 +287,64 @@ pub(crate) fn decode_meta(rows: &[impl Columns]) -> Result<Meta, DbError> {
     })
 }
 
+/// Pgpool-II sends a statement that starts with a comment to the primary.
+pub(crate) const NO_LOAD_BALANCE: &str = "/*NO LOAD BALANCE*/ ";
+
+/// The primary behind a proxy tier: every read through
+/// [`Backend::fetch_primary`], everything else as the wrapped backend.
+pub struct Primary(pub Arc<dyn Backend>);
+
+#[async_trait]
+impl Backend for Primary {
+    fn dialect_name(&self) -> &'static str {
+        self.0.dialect_name()
+    }
+
+    fn max_key_bytes(&self) -> Option<usize> {
+        self.0.max_key_bytes()
+    }
+
+    fn sql(&self) -> sql::Dialect {
+        self.0.sql()
+    }
+
+    async fn fetch(&self, s: &sql::Statement) -> Result<Rows, DbError> {
+        self.0.fetch_primary(s).await
+    }
+
+    async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
+        self.0.writer().await
+    }
+
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
+        self.0.purge_history(from, to).await
+    }
+
+    async fn db_size(&self) -> Result<i64, DbError> {
+        self.0.db_size().await
+    }
+
+    fn partitions(&self) -> Option<&Partitions> {
+        self.0.partitions()
+    }
+
+    async fn batch(&self, text: &str) -> Result<(), DbError> {
+        self.0.batch(text).await
+    }
+
+    async fn execute(&self, s: &sql::Statement) -> Result<u64, DbError> {
+        self.0.execute(s).await
+    }
+
+    fn poll_interval(&self) -> std::time::Duration {
+        self.0.poll_interval()
+    }
+
+    fn subscribe(&self, wake: Arc<tokio::sync::Notify>) -> Option<tokio::task::JoinHandle<()>> {
+        self.0.subscribe(wake)
+    }
+}
+
 /// The first column of every row.
 pub fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
     rows.iter().map(|r| r.int(0)).collect()
@@ -453,6 +511,13 @@ pub trait Backend: Send + Sync {
 
     /// Runs one read statement on the pool.
     async fn fetch(&self, s: &sql::Statement) -> Result<Rows, DbError>;
+
+    /// Runs one read statement where a proxy tier (Pgpool-II, pgcat,
+    /// ProxySQL) sends it to the primary: inside a transaction, behind a
+    /// `/*NO LOAD BALANCE*/` comment.
+    async fn fetch_primary(&self, s: &sql::Statement) -> Result<Rows, DbError> {
+        self.fetch(s).await
+    }
 
     /// A connection for the committer, which owns it.
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError>;

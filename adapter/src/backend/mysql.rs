@@ -191,6 +191,24 @@ impl Backend for Mysql {
         conn.query_drop(text).await.map_err(classify)
     }
 
+    async fn fetch_primary(&self, s: &Statement) -> Result<Rows, DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        conn.query_drop("START TRANSACTION").await.map_err(classify)?;
+        let text = format!("{}{}", super::NO_LOAD_BALANCE, s.text);
+        let rows: Vec<Row> = match conn.exec(text.as_str(), params(&s.params)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(classify(e));
+            }
+        };
+        conn.query_drop("COMMIT").await.map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
+    }
+
     async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
         let mut conn = self.pool.get_conn().await.map_err(classify)?;
         conn.exec_drop(s.text.as_str(), params(&s.params))

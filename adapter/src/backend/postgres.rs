@@ -143,18 +143,18 @@ impl Columns for Row {
     }
 
     fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
-        // deleted is SMALLINT
-        if self
-            .columns()
-            .get(i)
-            .is_some_and(|c| *c.type_() == Type::INT2)
-        {
-            return self
+        // deleted is SMALLINT, sub INTEGER
+        match self.columns().get(i).map(|c| c.type_().clone()) {
+            Some(Type::INT2) => self
                 .try_get::<_, Option<i16>>(i)
                 .map(|v| v.map(i64::from))
-                .map_err(|e| classify(&e));
+                .map_err(|e| classify(&e)),
+            Some(Type::INT4) => self
+                .try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(i64::from))
+                .map_err(|e| classify(&e)),
+            _ => self.try_get(i).map_err(|e| classify(&e)),
         }
-        self.try_get(i).map_err(|e| classify(&e))
     }
 }
 
@@ -230,6 +230,24 @@ impl Backend for Postgres {
     async fn batch(&self, text: &str) -> Result<(), DbError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client.batch_execute(text).await.map_err(|e| classify(&e))
+    }
+
+    async fn fetch_primary(&self, s: &Statement) -> Result<Rows, DbError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.batch_execute("BEGIN").await.map_err(|e| classify(&e))?;
+        let text = format!("{}{}", super::NO_LOAD_BALANCE, s.text);
+        let rows = match client.query(text.as_str(), &params(&s.params)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(classify(&e));
+            }
+        };
+        client.batch_execute("COMMIT").await.map_err(|e| classify(&e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+            .collect())
     }
 
     async fn execute(&self, s: &Statement) -> Result<u64, DbError> {

@@ -231,6 +231,22 @@ async fn drops_epochs(target: Target) {
     for i in 0..6 {
         delete(&mut c, &mut m, &key(i)).await;
     }
+    // One revision, three keys; only the first is updated in epoch 2, so
+    // the survivors' move carries a superseded row along (purged after).
+    let together: Vec<String> = (0..3).map(|i| format!("/registry/pods/ns/t{i}")).collect();
+    let r = c
+        .txn(etcd_client::Txn::new().and_then(
+            together
+                .iter()
+                .map(|k| etcd_client::TxnOp::put(k.as_str(), "t", None))
+                .collect::<Vec<_>>(),
+        ))
+        .await
+        .unwrap();
+    let rev = r.header().unwrap().revision();
+    for k in &together {
+        m.record(k, rev, Some("t"));
+    }
     let first = 200;
     let end_of_epoch1 = m.0.values().flatten().map(|(r, _)| *r).max().unwrap();
     c.compact(first, Some(CompactionOptions::new().with_physical()))
@@ -262,6 +278,7 @@ async fn drops_epochs(target: Target) {
     .await;
 
     // Epoch 2: updates, a delete, and a key deleted in epoch 1 created again.
+    put(&mut c, &mut m, &together[0], "t2").await;
     for i in 6..30 {
         put(&mut c, &mut m, &key(i), "r10").await;
     }

@@ -64,6 +64,23 @@ async fn served_by_replica(port: u16) -> f64 {
 }
 
 async fn replicated(target: Target) {
+    run(target, false).await;
+}
+
+/// The same through Pgpool-II in front of the primary and the standby.
+async fn pgpool(target: Target) {
+    run(target, true).await;
+}
+
+fn pgpool_installed() -> Result<(), String> {
+    ["/usr/sbin/pgpool", "/usr/bin/pgpool"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+        .then_some(())
+        .ok_or_else(|| "no pgpool (Debian package pgpool2)".to_string())
+}
+
+async fn run(target: Target, through_pgpool: bool) {
     let (primary, replica, containers) = tokio::task::spawn_blocking(move || {
         if target.is_postgres() {
             servers::postgres_with_standby()
@@ -78,22 +95,40 @@ async fn replicated(target: Target) {
         .await
         .expect("database");
     let metrics_port = free_port();
-    let p = Process::etcdsql_with(
-        bin(),
-        &db.dsn,
-        &[
-            "--read-endpoint",
-            &db.dsns[1],
-            "--max-replica-lag",
-            "1h",
-            "--replica-wait",
-            "300ms",
-            "--listen-metrics-urls",
-            &format!("http://127.0.0.1:{metrics_port}"),
-        ],
-    )
-    .await
-    .expect("etcdsql");
+    let pool = if through_pgpool {
+        let (a, b) = (primary.clone(), replica.clone());
+        Some(
+            tokio::task::spawn_blocking(move || servers::Pgpool::start(&a, &b))
+                .await
+                .unwrap()
+                .expect("pgpool"),
+        )
+    } else {
+        None
+    };
+    // Through the pool: its one DSN, as a proxy tier.
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let mut args = vec![
+        "--max-replica-lag",
+        "1h",
+        "--replica-wait",
+        "300ms",
+        "--listen-metrics-urls",
+        &metrics_url,
+    ];
+    let endpoint = match &pool {
+        Some(pool) => {
+            args.push("--proxy-tier");
+            servers::with_port(&db.dsn, servers::port_of(&pool.url).unwrap()).unwrap()
+        }
+        None => {
+            args.extend(["--read-endpoint", &db.dsns[1]]);
+            db.dsn.clone()
+        }
+    };
+    let p = Process::etcdsql_with(bin(), &endpoint, &args)
+        .await
+        .expect("etcdsql");
     wait_healthy(metrics_port, true, "at start").await;
     let mut c = p.client().await.unwrap();
     for i in 0..100 {
@@ -222,7 +257,12 @@ async fn replicated(target: Target) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     containers[1].stop().await.expect("stopping the replica");
-    wait_healthy(metrics_port, false, "replica stopped").await;
+    if through_pgpool {
+        // Pgpool-II detaches the standby; its balanced side is the primary.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    } else {
+        wait_healthy(metrics_port, false, "replica stopped").await;
+    }
     let before = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let while_down = done.load(Ordering::Relaxed) - before;
@@ -230,33 +270,61 @@ async fn replicated(target: Target) {
         .start_again()
         .await
         .expect("starting the replica");
-    wait_healthy(metrics_port, true, "replica restarted").await;
-    let back = served_by_replica(metrics_port).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = if through_pgpool {
+        // Counted by the standby itself once Pgpool-II attached it again.
+        let mut base = None;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(v) = TestDb::admin_lines(
+                target,
+                &replica,
+                &format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{}'", db.name),
+            )
+            .await
+            {
+                let n: f64 = v[0].parse().unwrap();
+                let b = *base.get_or_insert(n);
+                if n - b >= 10.0 {
+                    break n - b;
+                }
+            }
+            let log = pool.as_ref().map(|p| p.log()).unwrap_or_default();
+            assert!(Instant::now() < deadline, "the standby never served reads again\n{log}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    } else {
+        wait_healthy(metrics_port, true, "replica restarted").await;
+        let back = served_by_replica(metrics_port).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        served_by_replica(metrics_port).await - back
+    };
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
     }
-    let after = served_by_replica(metrics_port).await - back;
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert!(
-        while_down > 0,
-        "requests answered while the replica was down"
-    );
+    assert!(while_down > 0, "requests answered while the replica was down");
     assert!(after > 0.0, "reads served by the replica after it returned");
     eprintln!(
-        "replicas on {}: {by_replica} of 101 reads by the replica ({counted} counted there); \
+        "replicas on {}{}: {by_replica} of 101 reads by the replica ({counted} counted there); \
          paused: default Range fresh, serializable stale; replica stopped: {while_down} requests in 2 s, 0 failed, \
-         {after} reads by it within 2 s of its return",
-        target.name()
+         {after} reads by it after its return",
+        target.name(),
+        if through_pgpool { " through Pgpool-II" } else { "" }
     );
+    drop(p);
+    drop(pool);
     drop(containers);
 }
 
 pub fn cases() -> Vec<Case> {
-    vec![case!(
-        "replicated",
-        &[Target::Postgres, Target::Mariadb],
-        replicated
-    )]
+    vec![
+        case!("replicated", &[Target::Postgres, Target::Mariadb], replicated),
+        case!(
+            "pgpool",
+            &[Target::Postgres],
+            pgpool,
+            requires = pgpool_installed
+        ),
+    ]
 }
