@@ -242,12 +242,20 @@ async fn fence_reader(this: std::sync::Weak<Replicas>) {
         // Every ticket up to here was taken before this read starts.
         let ticket = r.fence.issued.load(Ordering::SeqCst);
         metrics::FENCES.inc();
-        let rev = r
-            .primary
-            .meta()
-            .await
-            .map(|m| m.revision)
-            .map_err(|e| e.to_string());
+        let mut rev = r.primary.meta().await;
+        // A broken pooled connection (a proxy restarting its sessions):
+        // reconnect rather than fail every waiting read.
+        for attempt in 1..=3 {
+            if !matches!(rev, Err(DbError::Unavailable(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            rev = r.primary.meta().await;
+        }
+        let rev = rev.map(|m| m.revision).map_err(|e| match e {
+            DbError::Unavailable(why) => why,
+            e => e.to_string(),
+        });
         let _previous = r.fence.answered.send_replace((ticket, rev));
         answered = ticket;
     }

@@ -148,7 +148,9 @@ fn replicas(
     };
     if config.proxy_tier {
         if !config.read_endpoints.is_empty() || matches!(primary, Dsn::Sqlite(_)) {
-            bail!("--proxy-tier takes one PostgreSQL or MySQL --endpoint (the proxy) and no --read-endpoint");
+            bail!(
+                "--proxy-tier takes one PostgreSQL or MySQL --endpoint (the proxy) and no --read-endpoint"
+            );
         }
         let primary_side: Arc<dyn Backend> = Arc::new(backend::Primary(backend.clone()));
         return Ok(Some(Replicas::start(

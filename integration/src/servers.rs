@@ -506,7 +506,7 @@ impl Pgpool {
              backend_hostname0 = '127.0.0.1'\nbackend_port0 = {p0}\nbackend_weight0 = 0\n\
              backend_flag0 = 'ALLOW_TO_FAILOVER'\n\
              backend_hostname1 = '127.0.0.1'\nbackend_port1 = {p1}\nbackend_weight1 = 1\n\
-             backend_flag1 = 'ALLOW_TO_FAILOVER'\n\
+             backend_flag1 = 'ALLOW_TO_FAILOVER'\nbackend_application_name1 = 'walreceiver'\n\
              enable_pool_hba = off\npool_passwd = ''\n\
              load_balance_mode = on\nstatement_level_load_balance = on\n\
              sr_check_period = 1\nsr_check_user = 'postgres'\nsr_check_password = ''\n\
@@ -544,7 +544,9 @@ impl Pgpool {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let u = pool.url.clone();
-            match on_docker_blocking(async move { crate::admin_sql(Target::Postgres, &u, "SELECT 1").await }) {
+            match on_docker_blocking(async move {
+                crate::admin_sql(Target::Postgres, &u, "SELECT 1").await
+            }) {
                 Ok(()) => return Ok(pool),
                 Err(e) if Instant::now() > deadline => {
                     bail!("pgpool not ready: {e:#}\n{}", pool.log())

@@ -193,7 +193,9 @@ impl Backend for Mysql {
 
     async fn fetch_primary(&self, s: &Statement) -> Result<Rows, DbError> {
         let mut conn = self.pool.get_conn().await.map_err(classify)?;
-        conn.query_drop("START TRANSACTION").await.map_err(classify)?;
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(classify)?;
         let text = format!("{}{}", super::NO_LOAD_BALANCE, s.text);
         let rows: Vec<Row> = match conn.exec(text.as_str(), params(&s.params)).await {
             Ok(rows) => rows,

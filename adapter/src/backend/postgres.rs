@@ -234,7 +234,10 @@ impl Backend for Postgres {
 
     async fn fetch_primary(&self, s: &Statement) -> Result<Rows, DbError> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        client.batch_execute("BEGIN").await.map_err(|e| classify(&e))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(&e))?;
         let text = format!("{}{}", super::NO_LOAD_BALANCE, s.text);
         let rows = match client.query(text.as_str(), &params(&s.params)).await {
             Ok(rows) => rows,
@@ -243,7 +246,10 @@ impl Backend for Postgres {
                 return Err(classify(&e));
             }
         };
-        client.batch_execute("COMMIT").await.map_err(|e| classify(&e))?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| classify(&e))?;
         Ok(rows
             .into_iter()
             .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)

@@ -88,8 +88,38 @@ pub enum WriteResult {
     LeaseKept,
 }
 
+/// The last history row a batch wrote: after a COMMIT whose outcome is
+/// unknown, finding it (under the revision-row lock, so that the old
+/// transaction has ended) tells whether the batch committed. Revisions are
+/// unique, so another writer cannot have written this row.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub revision: i64,
+    pub sub: i32,
+    pub key: Vec<u8>,
+    pub value_hash: u64,
+    pub deleted: bool,
+}
+
+pub fn value_hash(v: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Why a commit failed, and whether its outcome is unknown.
+pub struct CommitError {
+    pub error: DbError,
+    /// The COMMIT may have reached the database.
+    pub after_commit_sent: bool,
+    pub probe: Option<Probe>,
+}
+
 pub struct Batch<'w> {
     w: &'w mut dyn Writer,
+    /// See [`Probe`].
+    probe: Option<Probe>,
     /// The store before the request being evaluated.
     meta: Meta,
     /// Changes the current request has made (its sub-revision counter).
@@ -164,6 +194,7 @@ impl<'w> Batch<'w> {
             cache: HashMap::new(),
             dirty: BTreeMap::new(),
             history: Vec::new(),
+            probe: None,
             leases: HashMap::new(),
             dirty_leases: BTreeMap::new(),
         };
@@ -198,6 +229,15 @@ impl<'w> Batch<'w> {
                 None => f.deletes.push(key),
             }
         }
+        if let Some(h) = self.history.last() {
+            self.probe = Some(Probe {
+                revision: h.revision,
+                sub: h.sub,
+                key: h.key.clone(),
+                value_hash: value_hash(&h.value),
+                deleted: h.deleted,
+            });
+        }
         f.history = std::mem::take(&mut self.history);
         for (id, row) in std::mem::take(&mut self.dirty_leases) {
             match row {
@@ -213,9 +253,21 @@ impl<'w> Batch<'w> {
 
     /// Flushes and commits; returns the revision row as stored. The flag on
     /// an error tells whether the COMMIT itself failed (outcome unknown).
-    pub async fn commit(mut self) -> Result<Meta, (DbError, bool)> {
-        self.flush().await.map_err(|e| (e, false))?;
-        self.w.commit(self.meta).await.map_err(|e| (e, true))?;
+    pub async fn commit(mut self) -> Result<Meta, CommitError> {
+        self.flush().await.map_err(|error| CommitError {
+            error,
+            after_commit_sent: false,
+            probe: None,
+        })?;
+        let probe = self.probe.take();
+        self.w
+            .commit(self.meta)
+            .await
+            .map_err(|error| CommitError {
+                error,
+                after_commit_sent: true,
+                probe,
+            })?;
         Ok(self.meta)
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::batch::{Batch, WriteOp, WriteResult};
+use super::batch::{Batch, CommitError, Probe, WriteOp, WriteResult, value_hash};
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
 use crate::metrics;
@@ -86,6 +86,8 @@ async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, committed: 
 struct Failure {
     error: DbError,
     after_commit_sent: bool,
+    /// With `after_commit_sent`: how to find out, and the answers if it did.
+    unknown: Option<(Probe, Vec<Result<WriteResult, Error>>)>,
 }
 
 /// Runs `ops` as one transaction, retrying conflicts; one result per op.
@@ -109,6 +111,42 @@ async fn execute(
                 metrics::DB_RETRIES.with_label_values(&[kind]).inc();
                 tracing::debug!(attempt = conflicts, %why, "write conflict, retrying batch");
                 tokio::time::sleep(backoff(conflicts)).await;
+            }
+            DbError::Unavailable(ref why)
+                if failure.after_commit_sent
+                    && failure.unknown.is_some()
+                    && broken < MAX_CONNECT_RETRIES =>
+            {
+                // The COMMIT went out and the connection broke: find out.
+                let Some((probe, results)) = failure.unknown else {
+                    continue;
+                };
+                let mut outcome = Err(DbError::Unavailable(why.clone()));
+                while broken < MAX_CONNECT_RETRIES {
+                    broken += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
+                    outcome = committed(backend, writer, &probe).await;
+                    if !matches!(outcome, Err(DbError::Unavailable(_))) {
+                        break;
+                    }
+                }
+                match outcome {
+                    Ok(true) => {
+                        tracing::warn!(%why, "the connection broke during COMMIT; the batch had committed");
+                        return results;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(%why, "the connection broke during COMMIT; the batch had not committed, retrying");
+                        metrics::DB_RETRIES.with_label_values(&[kind]).inc();
+                    }
+                    Err(e) => {
+                        let error = DbError::Unavailable(format!(
+                            "{why}; the write may or may not have been applied ({e})"
+                        ));
+                        tracing::error!(%error, batch = ops.len(), "write batch failed");
+                        return ops.iter().map(|_| Err(Error::Db(error.clone()))).collect();
+                    }
+                }
             }
             DbError::Unavailable(ref why)
                 if !failure.after_commit_sent && broken < MAX_CONNECT_RETRIES =>
@@ -164,6 +202,7 @@ async fn attempt(
         None => writer.insert(backend.writer().await.map_err(|error| Failure {
             error,
             after_commit_sent: false,
+            unknown: None,
         })?),
     };
     let outcome = run_batch(w.as_mut(), ops).await;
@@ -180,6 +219,7 @@ async fn run_batch(
     let before = |error| Failure {
         error,
         after_commit_sent: false,
+        unknown: None,
     };
     let mut batch = Batch::begin(w, ops).await.map_err(before)?;
     let mut results = Vec::with_capacity(ops.len());
@@ -189,15 +229,52 @@ async fn run_batch(
             r => results.push(r),
         }
     }
-    batch.commit().await?;
-    Ok(results)
-}
-
-impl From<(DbError, bool)> for Failure {
-    fn from((error, after_commit_sent): (DbError, bool)) -> Self {
-        Failure {
+    match batch.commit().await {
+        Ok(_) => Ok(results),
+        Err(CommitError {
             error,
             after_commit_sent,
-        }
+            probe,
+        }) => Err(Failure {
+            error,
+            after_commit_sent,
+            unknown: probe.map(|p| (p, results)),
+        }),
     }
+}
+
+/// Whether the batch that wrote `probe` committed: read under the
+/// revision-row lock, which its transaction held until it ended.
+async fn committed(
+    backend: &dyn Backend,
+    writer: &mut Option<Box<dyn Writer>>,
+    probe: &Probe,
+) -> Result<bool, DbError> {
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(backend.writer().await?),
+    };
+    let r = async {
+        w.begin().await?;
+        let rows = w
+            .rows(&backend.statement(
+                "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = ?",
+                &[
+                    crate::backend::sql::Param::Int(probe.revision),
+                    crate::backend::sql::Param::Int(i64::from(probe.sub)),
+                ],
+            ))
+            .await?;
+        Ok(match rows.first() {
+            None => false,
+            Some(r) => {
+                r.bytes(0)?.as_deref() == Some(&probe.key[..])
+                    && value_hash(&r.bytes(1)?.unwrap_or_default()) == probe.value_hash
+                    && (r.int(2)? != 0) == probe.deleted
+            }
+        })
+    }
+    .await;
+    w.rollback().await;
+    r
 }

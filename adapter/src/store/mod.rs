@@ -34,6 +34,8 @@ use ops::View;
 
 /// Attempts for a read that hit a transient conflict (SQLite busy).
 const READ_RETRIES: u32 = 5;
+/// Attempts for a read on the primary whose connection broke.
+const READ_RECONNECTS: u32 = 3;
 
 /// How compaction removes obsolete history.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -95,7 +97,7 @@ impl Store {
     /// one asked for (`revision` set), or none (serializable).
     async fn route(&self, r: &RangeRequest, q: &RangeQuery) -> Result<RangeRows, Error> {
         let Some(rs) = &self.replicas else {
-            return self.read(self.backend.as_ref(), q).await;
+            return self.read(self.backend.as_ref(), q, true).await;
         };
         let min = match (r.serializable, r.revision > 0) {
             (_, true) => Some(r.revision),
@@ -104,10 +106,14 @@ impl Store {
         };
         let rows = rs
             .read("range", min, |b| async move {
-                let rows = self.read(b.as_ref(), q).await.map_err(|e| match e {
-                    Error::Db(e) => e,
-                    other => DbError::Other(other.to_string()),
-                })?;
+                let primary = Arc::ptr_eq(&b, rs.primary());
+                let rows = self
+                    .read(b.as_ref(), q, primary)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Db(e) => e,
+                        other => DbError::Other(other.to_string()),
+                    })?;
                 let at = rows.meta.as_ref().map_or(0, |m| m.revision);
                 Ok((rows, at))
             })
@@ -115,13 +121,24 @@ impl Store {
         Ok(rows)
     }
 
-    async fn read(&self, backend: &dyn Backend, q: &RangeQuery) -> Result<RangeRows, Error> {
-        let mut attempt = 0;
+    /// A Range on `backend`, retried on conflicts and, on the primary, on
+    /// a broken connection (a replica's error sends the read elsewhere).
+    async fn read(
+        &self,
+        backend: &dyn Backend,
+        q: &RangeQuery,
+        primary: bool,
+    ) -> Result<RangeRows, Error> {
+        let (mut conflicts, mut broken) = (0, 0);
         loop {
             match backend.range(q).await {
-                Err(DbError::Retry(_)) if attempt < READ_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Err(DbError::Retry(_)) if conflicts < READ_RETRIES => {
+                    conflicts += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(DbError::Unavailable(_)) if primary && broken < READ_RECONNECTS => {
+                    broken += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
                 }
                 r => return Ok(r?),
             }

@@ -235,12 +235,14 @@ async fn drops_epochs(target: Target) {
     // the survivors' move carries a superseded row along (purged after).
     let together: Vec<String> = (0..3).map(|i| format!("/registry/pods/ns/t{i}")).collect();
     let r = c
-        .txn(etcd_client::Txn::new().and_then(
-            together
-                .iter()
-                .map(|k| etcd_client::TxnOp::put(k.as_str(), "t", None))
-                .collect::<Vec<_>>(),
-        ))
+        .txn(
+            etcd_client::Txn::new().and_then(
+                together
+                    .iter()
+                    .map(|k| etcd_client::TxnOp::put(k.as_str(), "t", None))
+                    .collect::<Vec<_>>(),
+            ),
+        )
         .await
         .unwrap();
     let rev = r.header().unwrap().revision();
