@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs etcdsql's whole test suite on this machine against real services.
 # Installs what is missing (Debian packages; needs root): etcd 3.4 (the
-# reference), etcdctl, protoc, openssl, Docker and debootstrap; starts the
+# reference), etcdctl, protoc, openssl, Docker, debootstrap and Pgpool-II; starts the
 # Docker engine; builds the database images the suite asks for
 # (integration/images/build.sh); then runs `cargo test --workspace` with
 # every required target. The suite starts its database containers itself.
 #
 #   ETCDSQL_TEST_POSTGRES_URL, ETCDSQL_TEST_MYSQL_URL, ETCDSQL_TEST_GALERA_URLS,
 #   ETCDSQL_TEST_COCKROACH_URL, ETCDSQL_TEST_TIDB_URL   use these servers instead
-#   ETCDSQL_REQUIRE          default: etcd,sqlite,postgres,mariadb,galera
+#   ETCDSQL_REQUIRE          default: etcd,sqlite,postgres,mariadb,galera,pgpool
 #                            (plus kube_apiserver when KUBE_APISERVER is set)
 #   KUBE_APISERVER           a kube-apiserver binary (integration/kube/README.md)
 #   ETCDSQL_LINT=1           also cargo fmt --check and clippy
@@ -31,6 +31,7 @@ command -v openssl >/dev/null || need+=(openssl)                # TLS test certi
 command -v python3 >/dev/null || need+=(python3)                # kube/run.sh
 command -v dockerd >/dev/null || need+=(docker.io)              # database containers
 command -v debootstrap >/dev/null || need+=(debootstrap)        # their images
+[ -x /usr/sbin/pgpool ] || need+=(pgpool2)                      # the proxy-tier case
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   as_root apt-get update -qq
@@ -52,7 +53,7 @@ for id in $(docker ps -aq --filter label=org.etcdsql.test); do
 done
 as_root integration/images/build.sh
 
-req=etcd,sqlite,postgres,mariadb,galera
+req=etcd,sqlite,postgres,mariadb,galera,pgpool
 [ -n "${KUBE_APISERVER:-}" ] && req+=,kube_apiserver
 export ETCDSQL_REQUIRE=${ETCDSQL_REQUIRE:-$req}
 log "required: $ETCDSQL_REQUIRE"
