@@ -82,6 +82,25 @@ impl Container {
         Ok(DOCKER_RT.spawn(async move { c.start().await }).await??)
     }
 
+    /// CPU time the container has used (cgroup v1 or v2), in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let id = self.handle().id().to_string();
+        let v1 = format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage");
+        if let Ok(ns) = std::fs::read_to_string(v1) {
+            return ns.trim().parse::<f64>().ok().map(|ns| ns / 1e9);
+        }
+        for v2 in [
+            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+            format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+        ] {
+            if let Ok(stat) = std::fs::read_to_string(v2) {
+                let us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+                return us.trim().parse::<f64>().ok().map(|us| us / 1e6);
+            }
+        }
+        None
+    }
+
     /// The container's output so far, for failure messages.
     pub fn logs(&self) -> String {
         let c = self.handle();
@@ -379,27 +398,39 @@ pub fn with_port(url: &str, port: u16) -> anyhow::Result<String> {
 /// primary's admin URL, the standby's, and both containers (primary
 /// first). The standby keeps its data across a stop and start.
 pub fn postgres_with_standby() -> anyhow::Result<(String, String, Vec<Container>)> {
+    let (url, mut standbys, containers) = postgres_with_standbys(1)?;
+    Ok((url, standbys.remove(0), containers))
+}
+
+/// As [`postgres_with_standby`], with `n` standbys.
+pub fn postgres_with_standbys(n: usize) -> anyhow::Result<(String, Vec<String>, Vec<Container>)> {
     let (name, var) = image(Target::Postgres);
     ensure_image(Target::Postgres, &name, var)?;
     let (server, primary) = dedicated(Target::Postgres)?;
     let url = server.urls[0].clone();
     let primary_port = port_of(&url)?;
-    let port = free_port();
-    let script = format!(
-        "set -e; bin=/usr/lib/postgresql/15/bin; d=/var/lib/postgresql/standby; \
-         install -d -o postgres -g postgres -m 0700 $d; install -d -o postgres -g postgres /var/run/postgresql; \
-         if [ ! -s $d/PG_VERSION ]; then runuser -u postgres -- $bin/pg_basebackup -h 127.0.0.1 \
-         -p {primary_port} -U postgres -D $d -R -X stream; fi; \
-         exec setpriv --reuid=postgres --regid=postgres --init-groups $bin/postgres -D $d -p {port} \
-         -c listen_addresses=127.0.0.1 -c hot_standby=on -c max_connections=500"
-    );
-    let (repo, tag) = name.rsplit_once(':').unwrap_or((&name, "latest"));
-    let req = host(GenericImage::new(repo, tag).with_entrypoint("sh"))
-        .with_cmd(["-c".to_string(), script]);
-    let standby = Container::start(req)?;
-    let standby_url = with_port(&url, port)?;
-    wait_ready(Target::Postgres, &standby_url, &standby)?;
-    Ok((url, standby_url, vec![primary, standby]))
+    let mut containers = vec![primary];
+    let mut urls = Vec::new();
+    for _ in 0..n {
+        let port = free_port();
+        let script = format!(
+            "set -e; bin=/usr/lib/postgresql/15/bin; d=/var/lib/postgresql/standby; \
+             install -d -o postgres -g postgres -m 0700 $d; install -d -o postgres -g postgres /var/run/postgresql; \
+             if [ ! -s $d/PG_VERSION ]; then runuser -u postgres -- $bin/pg_basebackup -h 127.0.0.1 \
+             -p {primary_port} -U postgres -D $d -R -X stream; fi; \
+             exec setpriv --reuid=postgres --regid=postgres --init-groups $bin/postgres -D $d -p {port} \
+             -c listen_addresses=127.0.0.1 -c hot_standby=on -c max_connections=500"
+        );
+        let (repo, tag) = name.rsplit_once(':').unwrap_or((&name, "latest"));
+        let req = host(GenericImage::new(repo, tag).with_entrypoint("sh"))
+            .with_cmd(["-c".to_string(), script]);
+        let standby = Container::start(req)?;
+        let standby_url = with_port(&url, port)?;
+        wait_ready(Target::Postgres, &standby_url, &standby)?;
+        containers.push(standby);
+        urls.push(standby_url);
+    }
+    Ok((url, urls, containers))
 }
 
 /// A MariaDB primary (binary log, server id 1) and a replica of it by GTID

@@ -21,6 +21,9 @@
 //!   the first page's revision, as kube-apiserver pages;
 //! - `watch`: event latency from put to each of many watchers on a prefix;
 //! - `memory`: the server's RSS while it holds more and more keys;
+//! - `replicas` (not in the default set): LIST throughput with 0, 1 and 2
+//!   PostgreSQL hot standbys as `--read-endpoint`s, and the primary's share
+//!   of the databases' CPU;
 //! - `compact`: `--compact-rows` versions of `--compact-keys` keys, then
 //!   one physical compaction at the head, timed; each etcdsql target runs
 //!   it twice, dropping history epochs and deleting rows
@@ -474,9 +477,13 @@ async fn list_once(
     }
 }
 
-async fn list(u: &Under, args: &Args) -> anyhow::Result<Row> {
-    let n = args.list_objects;
-    preload(u, n).await?;
+/// `args.lists` full LISTs of `n` objects by `args.list_clients` clients:
+/// page latencies (sorted), failed LISTs, objects seen, seconds.
+async fn run_lists(
+    u: &Under,
+    args: &Args,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, usize, usize, f64)> {
     let t = Instant::now();
     let mut tasks = Vec::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -500,8 +507,14 @@ async fn list(u: &Under, args: &Args) -> anyhow::Result<Row> {
         errors += e;
         objects += o;
     }
-    let secs = t.elapsed().as_secs_f64();
     latencies.sort();
+    Ok((latencies, errors, objects, t.elapsed().as_secs_f64()))
+}
+
+async fn list(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let n = args.list_objects;
+    preload(u, n).await?;
+    let (latencies, errors, objects, secs) = run_lists(u, args, n).await?;
     eprintln!("  {}: {} full LISTs in {secs:.1} s", u.name, args.lists);
     Ok(Row {
         target: u.name.clone(),
@@ -655,6 +668,79 @@ async fn memory(u: &Under, args: &Args) -> anyhow::Result<Row> {
     })
 }
 
+/// `replicas`: LIST throughput on a PostgreSQL primary with 0, 1 and 2 hot
+/// standbys as `--read-endpoint`s, and the share of the databases' CPU time
+/// the primary spent.
+async fn replicas_table(args: &Args) -> anyhow::Result<()> {
+    let (primary, standbys, containers) =
+        tokio::task::spawn_blocking(|| etcdsql_integration::servers::postgres_with_standbys(2))
+            .await??;
+    let mut urls = vec![primary];
+    urls.extend(standbys);
+    let db = etcdsql_integration::TestDb::create_on(Target::Postgres, &urls).await?;
+    let n = args.list_objects;
+    let mut rows = Vec::new();
+    for replicas in 0..=2usize {
+        let mut extra = Vec::new();
+        for dsn in &db.dsns[1..=replicas] {
+            extra.extend(["--read-endpoint", dsn.as_str()]);
+        }
+        let p = Process::etcdsql_with(&args.etcdsql_bin, &db.dsn, &extra).await?;
+        let mut clients = Vec::new();
+        for _ in 0..args.conns {
+            clients.push(Client::connect([p.endpoint.as_str()], None).await?);
+        }
+        let u = Under {
+            name: format!("postgres + {replicas} replicas"),
+            clients,
+            started: None,
+        };
+        if replicas == 0 {
+            preload(&u, n).await?;
+        } else {
+            // Replicas in rotation after their first health checks.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let cpu = |c: &etcdsql_integration::servers::Container| c.cpu_seconds().unwrap_or(f64::NAN);
+        let before: Vec<f64> = containers.iter().map(cpu).collect();
+        let (latencies, errors, objects, secs) = run_lists(&u, args, n).await?;
+        let used: Vec<f64> = containers
+            .iter()
+            .map(cpu)
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect();
+        let total: f64 = used[..=replicas].iter().sum();
+        eprintln!(
+            "  {}: {} full LISTs in {secs:.1} s; CPU s by server {used:.1?}",
+            u.name, args.lists
+        );
+        rows.push(Row {
+            target: u.name.clone(),
+            rate: objects as f64 / secs,
+            latencies,
+            errors,
+            peak_rss: Some(p.rss().1),
+            note: format!(
+                "primary {:.1} CPU s = {:.0}% of the databases' {:.1} s",
+                used[0],
+                100.0 * used[0] / total,
+                total
+            ),
+        });
+    }
+    print_table(
+        &format!(
+            "replicas: paginated LIST of {n} objects, 500 per page, {} LISTs by {} clients, on a PostgreSQL primary with 0, 1, 2 hot standbys",
+            args.lists, args.list_clients
+        ),
+        "objects",
+        &rows,
+    );
+    drop(containers);
+    Ok(())
+}
+
 /// One line of the `compact` table.
 struct Compaction {
     target: String,
@@ -707,6 +793,12 @@ async fn compact_run(name: &str, method: &'static str, args: &Args) -> anyhow::R
         args.compact_rows,
         load_took.as_secs_f64()
     );
+    // Deleting a million rows can take minutes: no request timeout here.
+    let endpoint = match &u.started {
+        Some(s) => s.server.endpoint.clone(),
+        None => args.endpoint.clone().unwrap_or_default(),
+    };
+    let mut c = Client::connect([endpoint.as_str()], None).await?;
     let t = Instant::now();
     c.compact(
         head,
@@ -714,6 +806,10 @@ async fn compact_run(name: &str, method: &'static str, args: &Args) -> anyhow::R
     )
     .await?;
     let took = t.elapsed();
+    eprintln!(
+        "  {name} ({method}): compacted in {:.2} s",
+        took.as_secs_f64()
+    );
     let rows_after = match db {
         Some(db) => Some(db.count(HISTORY).await?),
         None => None,
@@ -791,6 +887,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for workload in &args.workloads {
         if workload == "compact" {
             compact_table(&targets, args).await?;
+            continue;
+        }
+        if workload == "replicas" {
+            replicas_table(args).await?;
             continue;
         }
         let mut rows = Vec::new();

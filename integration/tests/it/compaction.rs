@@ -217,7 +217,7 @@ async fn drops_epochs(target: Target) {
     let mut c = p.client().await.unwrap();
     let mut m = Model::default();
     let key = |i: usize| {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!("/registry/configmaps/ns/c{i:02}")
         } else {
             format!("/registry/pods/ns/p{i:02}")
