@@ -7,8 +7,8 @@
 //!    lock, recording the current epoch's last revision;
 //! 2. for every epoch whose last revision is at or below `to`, move its
 //!    *survivors* (the last version of a key at `to`, unless a tombstone)
-//!    into epoch 0. A write after `to` cannot change that set, so no lock is
-//!    needed;
+//!    into epoch 0, found from the live table and the history after `to`.
+//!    A write after `to` cannot change that set, so no lock is needed;
 //! 3. delete the rows of epoch 0 that are superseded at or below `to`
 //!    (before step 4: the superseding tombstone may be in a dropped epoch);
 //! 4. drop those epochs' partitions: one DDL statement instead of one
@@ -71,11 +71,10 @@ pub async fn compact(b: &dyn Backend, to: i64) -> Result<Compacted, DbError> {
         .await?;
     let mut epochs = Vec::with_capacity(done.len());
     for r in &done {
-        epochs.push(r.int(0)?);
-        out.covered = out.covered.max(r.int(1)?);
-    }
-    for &e in &epochs {
-        out.moved += move_survivors(b, e, to).await?;
+        let (e, last) = (r.int(0)?, r.int(1)?);
+        epochs.push(e);
+        out.covered = out.covered.max(last);
+        out.moved += move_survivors(b, e, last, to).await?;
     }
     out.deleted = purge_epoch0(b, to).await?;
     for &e in &epochs {
@@ -164,38 +163,48 @@ async fn roll(b: &dyn Backend, to: i64) -> Result<Option<i64>, DbError> {
     r
 }
 
-/// Moves epoch `e`'s survivors at `to` into epoch 0. Moves whole revisions
-/// (the primary key's prefix): a superseded row or tombstone moved along
-/// with a survivor of the same revision is deleted by [`purge_epoch0`].
-async fn move_survivors(b: &dyn Backend, e: i64, to: i64) -> Result<u64, DbError> {
+/// Moves epoch `e`'s survivors at `to` into epoch 0. Epoch `e` holds
+/// revisions up to `last`; a key's last version at `to` is its live row's
+/// revision when it has not changed since `to`, and otherwise the previous
+/// revision of its first change after `to`. Both come from indexes and
+/// small sets (the live rows, the history after `to`), not from probing
+/// every row of the epoch. Moves whole revisions (the primary key's
+/// prefix): a superseded row moved along with a survivor of the same
+/// revision is deleted by [`purge_epoch0`].
+async fn move_survivors(b: &dyn Backend, e: i64, last: i64, to: i64) -> Result<u64, DbError> {
+    let first = ints(
+        b,
+        "SELECT revision FROM etcdsql_history WHERE epoch = ? ORDER BY revision LIMIT 1",
+        &[e],
+    )
+    .await?;
+    let Some(&first) = first.first() else {
+        return Ok(0);
+    };
+    let (lo, hi) = (first - 1, last.min(to));
+    let mut revs = ints(
+        b,
+        "SELECT mod_revision FROM etcdsql_live WHERE mod_revision > ? AND mod_revision <= ? \
+         UNION SELECT prev_revision FROM etcdsql_history WHERE revision > ? \
+         AND prev_revision > ? AND prev_revision <= ?",
+        &[lo, hi, to, lo, hi],
+    )
+    .await?;
+    revs.sort_unstable();
+    revs.dedup();
     let mut moved = 0;
-    let mut after = 0;
-    loop {
-        let revs = ints(
-            b,
-            &format!(
-                "SELECT DISTINCT h.revision FROM etcdsql_history h WHERE h.epoch = ? \
-                 AND h.revision > ? AND h.deleted = 0 AND NOT EXISTS (SELECT 1 FROM etcdsql_history n \
-                 WHERE n.name = h.name AND n.revision > h.revision AND n.revision <= ?) \
-                 ORDER BY h.revision LIMIT {BATCH}"
-            ),
-            &[e, after, to],
-        )
-        .await?;
-        let Some(&last) = revs.last() else {
-            return Ok(moved);
-        };
+    for chunk in revs.chunks(BATCH) {
         moved += b
             .execute(&b.statement(
                 &format!(
                     "UPDATE etcdsql_history SET epoch = 0 WHERE epoch = {e} AND revision IN ({})",
-                    join(revs.iter())
+                    join(chunk.iter())
                 ),
                 &[],
             ))
             .await?;
-        after = last;
     }
+    Ok(moved)
 }
 
 /// Deletes epoch 0's rows that no read at or above `to` needs.
