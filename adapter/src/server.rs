@@ -303,9 +303,15 @@ pub async fn open_backend(dsn: &Dsn, auto_migrate: bool) -> anyhow::Result<Arc<d
         match etcdsql_schema::status(dialect, &endpoint).await {
             Ok(status) => match status.refusal(&dsn.redacted()) {
                 None => break,
-                // Only pending versions are migrated; drift, a newer or an
-                // unfinished version always stops the start.
-                Some(why) if !auto_migrate || !status.pending_only() => bail!("{why}"),
+                // Only pending versions are migrated; drift or a newer
+                // version always stops the start. An unfinished one may be
+                // another process migrating right now (MySQL's DDL is not
+                // transactional): migrate() looks again under the lock.
+                Some(why)
+                    if !auto_migrate || status.applied.iter().any(|a| a.unknown || a.drifted) =>
+                {
+                    bail!("{why}")
+                }
                 Some(_) => {
                     let applied = etcdsql_schema::migrate(dialect, &endpoint).await?;
                     tracing::info!(?applied, "schema migrated (--auto-migrate)");

@@ -281,6 +281,21 @@ pub async fn status(d: Dialect, endpoint: &str) -> Result<Status, SchemaError> {
 pub async fn migrate(d: Dialect, endpoint: &str) -> Result<Vec<i64>, SchemaError> {
     let mut last = None;
     for _ in 0..5 {
+        let mut conn = connect(d, endpoint).await?;
+        if d == Dialect::Mysql {
+            // sqlx's own lock is GET_LOCK(…, -1), which MariaDB does not
+            // take as "wait forever": hold one of ours around the check and
+            // the run. MySQL's DDL is not transactional, so before the lock
+            // a migration in progress elsewhere would look dirty.
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('etcdsql_schema', 300)")
+                .fetch_one(&mut conn)
+                .await?;
+            if got != Some(1) {
+                return Err(SchemaError::Mismatch(
+                    "another process held the schema lock for 300 s".into(),
+                ));
+            }
+        }
         let before = status(d, endpoint).await?;
         if let Some(a) = before
             .applied
@@ -294,20 +309,8 @@ pub async fn migrate(d: Dialect, endpoint: &str) -> Result<Vec<i64>, SchemaError
             ));
         }
         if before.pending.is_empty() {
+            conn.close().await?;
             return Ok(Vec::new());
-        }
-        let mut conn = connect(d, endpoint).await?;
-        if d == Dialect::Mysql {
-            // sqlx's own lock is GET_LOCK(…, -1), which MariaDB does not
-            // take as "wait forever": hold one of ours around the run.
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('etcdsql_schema', 300)")
-                .fetch_one(&mut conn)
-                .await?;
-            if got != Some(1) {
-                return Err(SchemaError::Mismatch(
-                    "another process held the schema lock for 300 s".into(),
-                ));
-            }
         }
         let migrator = Migrator::with_migrations(migrations(d));
         match migrator.run_direct(None, &mut conn, false).await {

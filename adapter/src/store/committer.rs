@@ -258,11 +258,13 @@ async fn committed(
         w.begin().await?;
         let rows = w
             .rows(&backend.statement(
-                "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = ?",
-                &[
-                    crate::backend::sql::Param::Int(probe.revision),
-                    crate::backend::sql::Param::Int(i64::from(probe.sub)),
-                ],
+                // sub inlined: it is INTEGER, and bound as BIGINT PostgreSQL
+                // refuses it.
+                &format!(
+                    "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = {}",
+                    probe.sub
+                ),
+                &[crate::backend::sql::Param::Int(probe.revision)],
             ))
             .await?;
         Ok(match rows.first() {

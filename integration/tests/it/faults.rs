@@ -250,8 +250,86 @@ async fn garbage_on_the_grpc_port(target: Target) {
     assert_eq!(all.count(), 1, "garbage wrote nothing");
 }
 
+/// The connection breaks after COMMIT was sent, and the transaction did
+/// commit: PostgreSQL waiting for a synchronous standby that does not exist
+/// has committed locally; terminating that backend drops the connection.
+/// etcdsql must find out that the batch committed and answer success, not
+/// "may or may not have been applied", and not write it twice.
+async fn connection_lost_during_commit(target: Target) {
+    let (server, _container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
+        .await
+        .expect("container task")
+        .expect("a database container of its own");
+    let db = TestDb::create_on(target, &server.urls)
+        .await
+        .expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    let before = c.put("/commit/a", "1", None).await.unwrap();
+    let rev = before.header().unwrap().revision();
+    let admin = server.urls[0].clone();
+    // One statement per call: ALTER SYSTEM refuses a transaction block.
+    let sql = |text: String| {
+        let admin = admin.clone();
+        async move {
+            etcdsql_integration::admin_sql(target, &admin, &text)
+                .await
+                .unwrap()
+        }
+    };
+    sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'".into()).await;
+    sql("SELECT pg_reload_conf()".into()).await;
+    let mut w = p.client().await.unwrap();
+    let put = tokio::spawn(async move { w.put("/commit/a", "2", None).await });
+    // The writer's COMMIT waits for the standby: terminate it there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting = TestDb::admin_lines(
+            target,
+            &admin,
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        )
+        .await
+        .unwrap();
+        if let Some(pid) = waiting.first() {
+            sql(format!("SELECT pg_terminate_backend({pid})")).await;
+            sql("ALTER SYSTEM RESET synchronous_standby_names".into()).await;
+            sql("SELECT pg_reload_conf()".into()).await;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no COMMIT waiting for the standby\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let put = tokio::time::timeout(Duration::from_secs(30), put)
+        .await
+        .expect("the put answered")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the committed put failed: {e}\n{}", p.log()));
+    assert_eq!(put.header().unwrap().revision(), rev + 1);
+    let got = c.get("/commit/a", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "2");
+    assert_eq!(got.kvs()[0].mod_revision(), rev + 1);
+    assert_eq!(got.kvs()[0].version(), 2, "written once");
+    let next = c.put("/commit/a", "3", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), rev + 2);
+    assert!(
+        p.log().contains("the batch had committed"),
+        "the outcome was checked\n{}",
+        p.log()
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        case!(
+            "connection_lost_during_commit",
+            &[Target::Postgres],
+            connection_lost_during_commit
+        ),
         case!("kill_during_writes", &Target::ETCDSQL, kill_during_writes),
         case!(
             "database_restart",
