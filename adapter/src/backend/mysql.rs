@@ -46,8 +46,10 @@ fn classify(e: mysql_async::Error) -> DbError {
             let msg = format!("{} ({})", s.message, s.code);
             match s.code {
                 // deadlock (also Galera certification failure), lock wait timeout,
-                // TiDB write conflicts and retryable transaction errors
-                1213 | 1205 | 9007 | 8002 | 8022 | 8028 => DbError::Retry(msg),
+                // TiDB write conflicts and retryable transaction errors; query
+                // interrupted (Galera aborts statements that stand in the way
+                // of replicated DDL, such as a compaction dropping a partition)
+                1213 | 1205 | 9007 | 8002 | 8022 | 8028 | 1317 => DbError::Retry(msg),
                 // WSREP not ready, server shutting down, too many connections
                 1047 | 1053 | 1040 | 1927 => DbError::Unavailable(msg),
                 // data too long (a key longer than the key column)

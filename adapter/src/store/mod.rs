@@ -32,8 +32,9 @@ use batch::{WriteOp, WriteResult};
 use committer::Committer;
 use ops::View;
 
-/// Attempts for a read that hit a transient conflict (SQLite busy).
-const READ_RETRIES: u32 = 5;
+/// Attempts for a read that hit a transient conflict (SQLite busy, a
+/// statement Galera interrupted for replicated DDL).
+const READ_RETRIES: u32 = 8;
 /// Attempts for a read on the primary whose connection broke.
 const READ_RECONNECTS: u32 = 3;
 
@@ -133,8 +134,10 @@ impl Store {
         loop {
             match backend.range(q).await {
                 Err(DbError::Retry(_)) if conflicts < READ_RETRIES => {
+                    // 5 ms doubling: about 1.3 s in all, enough for the DDL
+                    // of a compaction on Galera to pass.
+                    tokio::time::sleep(Duration::from_millis(5 << conflicts)).await;
                     conflicts += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err(DbError::Unavailable(_)) if primary && broken < READ_RECONNECTS => {
                     broken += 1;
