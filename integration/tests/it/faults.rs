@@ -105,8 +105,9 @@ async fn assert_acked_and_gapless(
     all.count()
 }
 
-/// Stops the database container under load and starts it again.
-async fn database_restart(target: Target) {
+/// A database server of the case's own (it is stopped or reconfigured), its
+/// admin URL, a database on it and etcdsql serving that database.
+async fn own_server(target: Target) -> (servers::Container, String, TestDb, Process) {
     let (server, container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
         .await
         .expect("container task")
@@ -115,6 +116,12 @@ async fn database_restart(target: Target) {
         .await
         .expect("database");
     let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    (container, server.urls[0].clone(), db, p)
+}
+
+/// Stops the database container under load and starts it again.
+async fn database_restart(target: Target) {
+    let (container, _admin, db, p) = own_server(target).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(String, i64, Instant)>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -256,18 +263,10 @@ async fn garbage_on_the_grpc_port(target: Target) {
 /// etcdsql must find out that the batch committed and answer success, not
 /// "may or may not have been applied", and not write it twice.
 async fn connection_lost_during_commit(target: Target) {
-    let (server, _container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
-        .await
-        .expect("container task")
-        .expect("a database container of its own");
-    let db = TestDb::create_on(target, &server.urls)
-        .await
-        .expect("database");
-    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let (_container, admin, _db, p) = own_server(target).await;
     let mut c = p.client().await.unwrap();
     let before = c.put("/commit/a", "1", None).await.unwrap();
     let rev = before.header().unwrap().revision();
-    let admin = server.urls[0].clone();
     // One statement per call: ALTER SYSTEM refuses a transaction block.
     let sql = |text: String| {
         let admin = admin.clone();
