@@ -43,6 +43,8 @@ pub struct Compacted {
     /// The highest revision that dropped epochs covered (0 if none): the
     /// row purge needs only the revisions above it.
     pub covered: i64,
+    /// Time spent per step: roll, move, purge of epoch 0, drop.
+    pub took: [std::time::Duration; 4],
 }
 
 /// The first column of a query's rows. Values are bound, not inlined:
@@ -58,10 +60,18 @@ fn is_postgres(b: &dyn Backend) -> bool {
 
 /// Steps 1 to 4 of the module doc for a compaction at `to`.
 pub async fn compact(b: &dyn Backend, to: i64) -> Result<Compacted, DbError> {
+    let mut step = std::time::Instant::now();
+    let mut lap = || {
+        let now = std::time::Instant::now();
+        let d = now - step;
+        step = now;
+        d
+    };
     let mut out = Compacted {
         rolled: roll(b, to).await?,
         ..Compacted::default()
     };
+    out.took[0] = lap();
     let done = b
         .fetch(&b.statement(
             "SELECT epoch, last_revision FROM etcdsql_epoch \
@@ -76,11 +86,14 @@ pub async fn compact(b: &dyn Backend, to: i64) -> Result<Compacted, DbError> {
         out.covered = out.covered.max(last);
         out.moved += move_survivors(b, e, last, to).await?;
     }
+    out.took[1] = lap();
     out.deleted = purge_epoch0(b, to).await?;
+    out.took[2] = lap();
     for &e in &epochs {
         drop_epoch(b, e).await?;
         out.dropped.push(e);
     }
+    out.took[3] = lap();
     Ok(out)
 }
 

@@ -262,8 +262,10 @@ impl Store {
                     return backend.purge_history(previous, revision).await;
                 }
                 let e = epochs::compact(&*backend, revision).await?;
+                let [roll, moving, purge, drop] = e.took;
                 tracing::info!(revision, rolled = ?e.rolled, dropped = ?e.dropped, moved = e.moved,
-                    deleted = e.deleted, elapsed = ?started.elapsed(), "dropped compacted epochs");
+                    deleted = e.deleted, ?roll, ?moving, ?purge, ?drop,
+                    elapsed = ?started.elapsed(), "dropped compacted epochs");
                 // Rows at or below the revision in epochs that stay.
                 Ok(e.deleted
                     + backend

@@ -874,7 +874,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    let mut targets = args.targets.clone();
+    let mut targets: Vec<String> = args
+        .targets
+        .iter()
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .collect();
     if args.endpoint.is_some() {
         targets.push("endpoint".to_string());
     }
