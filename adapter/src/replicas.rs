@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -51,8 +51,6 @@ pub struct Replica {
     dsn: Dsn,
     backend: RwLock<Option<Arc<dyn Backend>>>,
     healthy: AtomicBool,
-    /// The revision seen at the last health check.
-    revision: AtomicI64,
 }
 
 impl Replica {
@@ -118,7 +116,6 @@ impl Replicas {
                     dsn: d,
                     backend: RwLock::new(backend),
                     healthy: AtomicBool::new(false),
-                    revision: AtomicI64::new(0),
                 });
                 metrics::REPLICA_HEALTHY
                     .with_label_values(&[&r.name])
@@ -140,10 +137,6 @@ impl Replicas {
         tokio::spawn(fence_reader(Arc::downgrade(&this)));
         tokio::spawn(primary_sampler(Arc::downgrade(&this)));
         this
-    }
-
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
     }
 
     pub fn primary(&self) -> &Arc<dyn Backend> {
@@ -194,17 +187,14 @@ impl Replicas {
     {
         let deadline = Instant::now() + self.settings.wait;
         let mut pause = Duration::from_millis(1);
-        'wait: loop {
+        loop {
             let rotation = self.rotation();
             if rotation.is_empty() {
-                break 'wait;
+                break;
             }
             for (replica, b) in rotation {
-                // Skip a replica the health check saw behind, unless it may
-                // have caught up since.
                 match read(b).await {
                     Ok((value, at)) if min.is_none_or(|m| at >= m) => {
-                        replica.revision.fetch_max(at, Ordering::Relaxed);
                         metrics::READS
                             .with_label_values(&[&replica.name, kind])
                             .inc();
@@ -220,7 +210,7 @@ impl Replicas {
                 }
             }
             if Instant::now() + pause > deadline {
-                break 'wait;
+                break;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
@@ -310,7 +300,6 @@ async fn check(rep: Arc<Replica>, samples: &VecDeque<(Instant, i64)>, max_lag: D
         Ok(Err(e)) => return rep.set_healthy(false, &format!("health check failed: {e}")),
         Err(_) => return rep.set_healthy(false, "health check timed out"),
     };
-    rep.revision.store(rev, Ordering::Relaxed);
     let primary = samples.back().map_or(rev, |(_, p)| *p);
     // Lag in time: since the primary first passed the replica's revision.
     let lag = samples
