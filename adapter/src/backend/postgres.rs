@@ -106,13 +106,19 @@ impl ToSql for Param {
         match (self, ty) {
             (Param::Bytes(b), &Type::BYTEA) => b.to_sql(ty, out),
             (Param::Int(i), &Type::INT8) => i.to_sql(ty, out),
+            // history.sub is INTEGER, deleted SMALLINT: out of range is an error.
+            (Param::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
+            (Param::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
             (Param::Text(t), &Type::TEXT) => t.to_sql(ty, out),
             (p, ty) => Err(format!("parameter {p:?} bound to a {ty} column").into()),
         }
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::BYTEA | Type::INT8 | Type::TEXT)
+        matches!(
+            *ty,
+            Type::BYTEA | Type::INT8 | Type::INT4 | Type::INT2 | Type::TEXT
+        )
     }
 
     to_sql_checked!();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::batch::{Batch, CommitError, Probe, WriteOp, WriteResult, value_hash};
+use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
 use crate::metrics;
@@ -258,13 +259,8 @@ async fn committed(
         w.begin().await?;
         let rows = w
             .rows(&backend.statement(
-                // sub inlined: it is INTEGER, and bound as BIGINT PostgreSQL
-                // refuses it.
-                &format!(
-                    "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = {}",
-                    probe.sub
-                ),
-                &[crate::backend::sql::Param::Int(probe.revision)],
+                "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = ?",
+                &[Param::Int(probe.revision), Param::Int(i64::from(probe.sub))],
             ))
             .await?;
         Ok(match rows.first() {
