@@ -156,6 +156,13 @@ pub trait Columns {
 /// Rows of one statement, whatever the driver.
 pub type Rows = Vec<Box<dyn Columns + Send + Sync>>;
 
+/// A driver's rows as [`Rows`].
+pub(crate) fn boxed<R: Columns + Send + Sync + 'static>(rows: Vec<R>) -> Rows {
+    rows.into_iter()
+        .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+        .collect()
+}
+
 impl Columns for Box<dyn Columns + Send + Sync> {
     fn int(&self, i: usize) -> Result<i64, DbError> {
         (**self).int(i)

@@ -207,10 +207,7 @@ impl Backend for Mysql {
             }
         };
         conn.query_drop("COMMIT").await.map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
@@ -223,10 +220,7 @@ impl Backend for Mysql {
 
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, params(&s.params)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     fn max_key_bytes(&self) -> Option<usize> {
@@ -499,10 +493,7 @@ impl Writer for MyWriter {
 
     async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.exec(&s.text, params(&s.params)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn rollback(&mut self) {

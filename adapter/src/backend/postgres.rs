@@ -256,10 +256,7 @@ impl Backend for Postgres {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| classify(&e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
@@ -273,10 +270,7 @@ impl Backend for Postgres {
 
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -544,10 +538,7 @@ impl Writer for PgWriter {
 
     async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn rollback(&mut self) {

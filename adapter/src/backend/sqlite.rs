@@ -121,10 +121,7 @@ impl Backend for SqliteBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
-            .collect())
+        Ok(super::boxed(rows))
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
