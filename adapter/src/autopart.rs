@@ -11,7 +11,7 @@ use anyhow::Context;
 use etcdsql_partitions::{self as plan, State};
 
 use crate::backend::Backend;
-use crate::proto::etcdserverpb::{TxnRequest, request_op};
+use crate::proto::etcdserverpb::{RequestOp, request_op};
 
 /// Where kube-apiserver keeps CustomResourceDefinitions; the name of each
 /// is `<plural>.<group>`, its objects live under `/registry/<group>/<plural>/`.
@@ -67,7 +67,7 @@ pub struct Partitioner {
     backend: Arc<dyn Backend>,
     running: Mutex<HashSet<String>>,
     /// Watch CRD writes.
-    pub auto: bool,
+    auto: bool,
 }
 
 impl Partitioner {
@@ -114,34 +114,33 @@ impl Partitioner {
         });
     }
 
-    /// After a committed put of `key`.
-    pub fn put(self: &Arc<Self>, key: &[u8]) {
-        if self.auto
-            && let Some(r) = crd_resource(key)
-        {
-            self.ensure(r);
-        }
-    }
-
-    /// After a committed Txn: the puts of the branch that ran.
-    pub fn txn(self: &Arc<Self>, t: &TxnRequest, succeeded: bool) {
+    /// The custom resources whose CRDs these keys are (none without
+    /// `--auto-partition`). Found before a write is submitted, so that the
+    /// request need not be kept; [`Partitioner::ensure`] each once it
+    /// committed.
+    pub fn crds<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
         if !self.auto {
-            return;
+            return Vec::new();
         }
-        let ops = if succeeded { &t.success } else { &t.failure };
-        for op in ops {
-            match &op.request {
-                Some(request_op::Request::RequestPut(p)) => self.put(&p.key),
-                Some(request_op::Request::RequestTxn(t)) => {
-                    // Which nested branch ran is not worth finding out:
-                    // partitioning a resource too early is harmless.
-                    self.txn(t, true);
-                    self.txn(t, false);
-                }
-                _ => {}
+        keys.into_iter().filter_map(crd_resource).collect()
+    }
+}
+
+/// The keys a Txn branch puts. Of a nested Txn both branches: which one ran
+/// is not worth finding out, and partitioning a resource early is harmless.
+pub fn put_keys(ops: &[RequestOp]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => out.push(p.key.as_slice()),
+            Some(request_op::Request::RequestTxn(t)) => {
+                out.extend(put_keys(&t.success));
+                out.extend(put_keys(&t.failure));
             }
+            _ => {}
         }
     }
+    out
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::autopart::Partitioner;
+use crate::autopart::{Partitioner, put_keys};
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
@@ -196,13 +196,28 @@ impl Store {
         Ok(resp)
     }
 
+    /// With `--auto-partition`: the custom resources whose CRDs a write puts.
+    fn crds<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
+        self.partitioner
+            .as_ref()
+            .map(|p| p.crds(keys))
+            .unwrap_or_default()
+    }
+
+    /// After the write committed: partitions for those resources.
+    fn partition(&self, crds: Vec<String>) {
+        if let Some(p) = &self.partitioner {
+            for r in crds {
+                p.ensure(r);
+            }
+        }
+    }
+
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
-        let key = self.partitioner.as_ref().map(|_| p.key.clone());
+        let crds = self.crds([p.key.as_slice()]);
         match self.committer.submit(WriteOp::Put(p)).await? {
             WriteResult::Put(r) => {
-                if let (Some(part), Some(key)) = (&self.partitioner, key) {
-                    part.put(&key);
-                }
+                self.partition(crds);
                 Ok(r)
             }
             other => Err(unexpected(other)),
@@ -227,12 +242,10 @@ impl Store {
             };
             return ops::txn(&mut view, &t, false).await;
         }
-        let request = self.partitioner.as_ref().map(|_| t.clone());
+        let [on_success, on_failure] = [&t.success, &t.failure].map(|ops| self.crds(put_keys(ops)));
         match self.committer.submit(WriteOp::Txn(t)).await? {
             WriteResult::Txn(r) => {
-                if let (Some(part), Some(t)) = (&self.partitioner, request) {
-                    part.txn(&t, r.succeeded);
-                }
+                self.partition(if r.succeeded { on_success } else { on_failure });
                 Ok(r)
             }
             other => Err(unexpected(other)),
