@@ -136,11 +136,14 @@ pub struct Config {
     pub proxy_tier: bool,
 }
 
-/// The `--read-endpoint`s, each of the primary's dialect.
+/// The `--read-endpoint`s, each of the primary's dialect; with
+/// `--proxy-tier`, the proxy's balanced side. `backend` is what the rest of
+/// the server uses (behind a proxy, [`backend::Primary`] over `balanced`).
 fn replicas(
     config: &Config,
     primary: &Dsn,
     backend: &Arc<dyn Backend>,
+    balanced: &Arc<dyn Backend>,
 ) -> anyhow::Result<Option<Arc<Replicas>>> {
     let settings = replicas::Settings {
         wait: config.replica_wait,
@@ -152,10 +155,9 @@ fn replicas(
                 "--proxy-tier takes one PostgreSQL or MySQL --endpoint (the proxy) and no --read-endpoint"
             );
         }
-        let primary_side: Arc<dyn Backend> = Arc::new(backend::Primary(backend.clone()));
         return Ok(Some(Replicas::start(
-            primary_side,
-            vec![(primary.clone(), Some(backend.clone()))],
+            backend.clone(),
+            vec![(primary.clone(), Some(balanced.clone()))],
             settings,
         )));
     }
@@ -408,14 +410,15 @@ pub async fn serve(
         raft_term: 1,
     };
     let committed = Arc::new(tokio::sync::Notify::new());
-    let replicas = replicas(&config, &dsn, &backend)?;
     // Behind a proxy tier everything but the balanced reads goes to the
     // primary.
+    let balanced = backend;
     let backend: Arc<dyn Backend> = if config.proxy_tier {
-        Arc::new(backend::Primary(backend))
+        Arc::new(backend::Primary(balanced.clone()))
     } else {
-        backend
+        balanced.clone()
     };
+    let replicas = replicas(&config, &dsn, &backend, &balanced)?;
     let store = Store::new(
         backend.clone(),
         committed.clone(),

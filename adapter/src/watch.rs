@@ -136,19 +136,11 @@ impl Hub {
         key: &[u8],
         end: &KeyEnd,
     ) -> Result<Vec<EventRow>, DbError> {
-        let Some(rs) = &self.replicas else {
-            return self.backend.history(after, upto, Some((key, end))).await;
-        };
-        // The hub got to `upto`, so the primary has it; a replica whose
-        // revision (read first) has reached it holds all of it.
-        rs.read("watch", Some(upto), |b| async move {
-            let at = b.meta().await?.revision;
-            if at < upto {
-                return Ok((Vec::new(), at));
-            }
-            Ok((b.history(after, upto, Some((key, end))).await?, at))
-        })
-        .await
+        match &self.replicas {
+            // The hub got to `upto`, so the primary has it.
+            Some(rs) => replica_history(rs, after, upto, Some((key, end))).await,
+            None => self.backend.history(after, upto, Some((key, end))).await,
+        }
     }
 
     /// The next events after `last`: from the database, or with replicas,
@@ -166,14 +158,7 @@ impl Hub {
             return Ok((Vec::new(), last));
         }
         let upto = target.min(last + WINDOW);
-        rs.read("watch", Some(upto), |b| async move {
-            let at = b.meta().await?.revision;
-            if at < upto {
-                return Ok(((Vec::new(), last), at));
-            }
-            Ok(((b.history(last, upto, None).await?, upto), at))
-        })
-        .await
+        Ok((replica_history(rs, last, upto, None).await?, upto))
     }
 
     /// Reads every revision committed since the last call into the buffer.
@@ -203,6 +188,24 @@ impl Hub {
             crate::metrics::HUB_REVISION.set(newest);
         }
     }
+}
+
+/// History in `(after, upto]` from a replica whose revision (read first)
+/// has reached `upto`, so that it holds all of it; else from the primary.
+async fn replica_history(
+    rs: &Replicas,
+    after: i64,
+    upto: i64,
+    range: Option<(&[u8], &KeyEnd)>,
+) -> Result<Vec<EventRow>, DbError> {
+    rs.read("watch", Some(upto), |b| async move {
+        let at = b.meta().await?.revision;
+        if at < upto {
+            return Ok((Vec::new(), at));
+        }
+        Ok((b.history(after, upto, range).await?, at))
+    })
+    .await
 }
 
 /// The tailing loop; ends when the hub is dropped.
