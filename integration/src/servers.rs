@@ -316,8 +316,7 @@ fn launch(target: Target, name: &str) -> anyhow::Result<(Server, Vec<Container>)
         }
         Target::Etcd | Target::Sqlite => bail!("{} needs no server", target.name()),
     };
-    let c = Container::start(req)?;
-    wait_ready(target, &url, &c)?;
+    let c = start_ready(target, req, &url)?;
     Ok((Server { urls: vec![url] }, vec![c]))
 }
 
@@ -366,9 +365,8 @@ fn galera(name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
             "--binlog_format=ROW".into(),
             "--innodb_autoinc_lock_mode=2".into(),
         ];
-        let c = Container::start(mariadb_request(name, *sql, &args))?;
         let url = mysql_url(*sql);
-        wait_ready(Target::Galera, &url, &c)?;
+        let c = start_ready(Target::Galera, mariadb_request(name, *sql, &args), &url)?;
         owned.push(c);
         urls.push(url);
     }
@@ -424,9 +422,8 @@ pub fn postgres_with_standbys(n: usize) -> anyhow::Result<(String, Vec<String>, 
         let (repo, tag) = name.rsplit_once(':').unwrap_or((&name, "latest"));
         let req = host(GenericImage::new(repo, tag).with_entrypoint("sh"))
             .with_cmd(["-c".to_string(), script]);
-        let standby = Container::start(req)?;
         let standby_url = with_port(&url, port)?;
-        wait_ready(Target::Postgres, &standby_url, &standby)?;
+        let standby = start_ready(Target::Postgres, req, &standby_url)?;
         containers.push(standby);
         urls.push(standby_url);
     }
@@ -439,29 +436,35 @@ pub fn mariadb_with_replica() -> anyhow::Result<(String, String, Vec<Container>)
     let (name, var) = image(Target::Mariadb);
     ensure_image(Target::Mariadb, &name, var)?;
     let (p, r) = (free_port(), free_port());
-    let primary = Container::start(mariadb_request(
-        &name,
-        p,
-        &[
-            "--server-id=1".into(),
-            "--log-bin=mysql-bin".into(),
-            "--binlog-format=ROW".into(),
-        ],
-    ))?;
     let primary_url = mysql_url(p);
-    wait_ready(Target::Mariadb, &primary_url, &primary)?;
-    let replica = Container::start(mariadb_request(
-        &name,
-        r,
-        &[
-            "--server-id=2".into(),
-            "--read-only=ON".into(),
-            "--log-bin=mysql-bin".into(),
-            "--log-slave-updates=ON".into(),
-        ],
-    ))?;
+    let primary = start_ready(
+        Target::Mariadb,
+        mariadb_request(
+            &name,
+            p,
+            &[
+                "--server-id=1".into(),
+                "--log-bin=mysql-bin".into(),
+                "--binlog-format=ROW".into(),
+            ],
+        ),
+        &primary_url,
+    )?;
     let replica_url = mysql_url(r);
-    wait_ready(Target::Mariadb, &replica_url, &replica)?;
+    let replica = start_ready(
+        Target::Mariadb,
+        mariadb_request(
+            &name,
+            r,
+            &[
+                "--server-id=2".into(),
+                "--read-only=ON".into(),
+                "--log-bin=mysql-bin".into(),
+                "--log-slave-updates=ON".into(),
+            ],
+        ),
+        &replica_url,
+    )?;
     let start = format!(
         "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {p}, MASTER_USER = 'root', \
          MASTER_PASSWORD = '', MASTER_USE_GTID = slave_pos; START SLAVE"
@@ -469,6 +472,17 @@ pub fn mariadb_with_replica() -> anyhow::Result<(String, String, Vec<Container>)
     let u = replica_url.clone();
     on_docker_blocking(async move { crate::admin_sql(Target::Mariadb, &u, &start).await })?;
     Ok((primary_url, replica_url, vec![primary, replica]))
+}
+
+/// Starts a container and waits until its server at `url` is ready.
+fn start_ready(
+    target: Target,
+    req: ContainerRequest<GenericImage>,
+    url: &str,
+) -> anyhow::Result<Container> {
+    let c = Container::start(req)?;
+    wait_ready(target, url, &c)?;
+    Ok(c)
 }
 
 /// Waits until the server answers (and, on Galera, is synced).
