@@ -25,10 +25,7 @@ pub struct Target {
 
 impl Target {
     fn dsn(&self) -> anyhow::Result<Dsn> {
-        match &self.endpoint {
-            Some(e) => Dsn::parse(e).map_err(anyhow::Error::msg),
-            None => Ok(Dsn::Sqlite(self.data_dir.join("etcdsql.db"))),
-        }
+        Dsn::from_flags(self.endpoint.as_deref(), &self.data_dir).map_err(anyhow::Error::msg)
     }
 }
 

@@ -228,10 +228,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl Config {
     pub fn dsn(&self) -> anyhow::Result<Dsn> {
-        match &self.endpoint {
-            Some(e) => Dsn::parse(e).map_err(anyhow::Error::msg),
-            None => Ok(Dsn::Sqlite(self.data_dir.join("etcdsql.db"))),
-        }
+        Dsn::from_flags(self.endpoint.as_deref(), &self.data_dir).map_err(anyhow::Error::msg)
     }
 }
 

@@ -772,6 +772,15 @@ impl Dsn {
 }
 
 impl Dsn {
+    /// What `--endpoint` names, or without it the embedded SQLite file
+    /// under `--data-dir`.
+    pub fn from_flags(endpoint: Option<&str>, data_dir: &std::path::Path) -> Result<Dsn, String> {
+        match endpoint {
+            Some(e) => Dsn::parse(e),
+            None => Ok(Dsn::Sqlite(data_dir.join("etcdsql.db"))),
+        }
+    }
+
     /// The schema crate's dialect and endpoint for this DSN.
     pub fn schema(&self) -> (etcdsql_schema::Dialect, String) {
         match self {
