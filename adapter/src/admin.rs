@@ -363,15 +363,7 @@ pub async fn add(
             }
         }
         _ => {
-            let exists = rows(
-                b,
-                &format!(
-                    "SELECT 1 FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() \
-                     AND TABLE_NAME = 'etcdsql_live' AND PARTITION_NAME = 'p_{part}'"
-                ),
-            )
-            .await?;
-            if exists.is_empty() {
+            if !backend::has_mysql_partition(b, "etcdsql_live", &format!("p_{part}")).await? {
                 let s = plan::ddl::mysql_add(&part);
                 b.batch(&s).await.with_context(|| s.clone())?;
             }

@@ -21,7 +21,7 @@
 use etcdsql_partitions::ddl;
 
 use super::sql::Param;
-use super::{Backend, DbError, first_ints};
+use super::{Backend, DbError, first_ints, has_mysql_partition};
 
 /// Rows per statement when moving survivors and purging epoch 0.
 const BATCH: usize = 5_000;
@@ -117,7 +117,7 @@ async fn roll(b: &dyn Backend, to: i64) -> Result<Option<i64>, DbError> {
     // MySQL's DDL commits implicitly: the partition comes first, outside
     // the transaction. (PostgreSQL's is created inside it, below.)
     if !is_postgres(b) {
-        let exists = has_epoch_partition(b, next).await?;
+        let exists = has_mysql_partition(b, "etcdsql_history", &format!("e{next}")).await?;
         if !exists {
             let r = b.batch(&ddl::mysql_epoch(next)).await;
             // Another process may have added it meanwhile (1517: duplicate
@@ -273,25 +273,13 @@ async fn drop_epoch(b: &dyn Backend, e: i64) -> Result<(), DbError> {
         ))
         .await?;
     } else {
-        if has_epoch_partition(b, e).await? {
+        if has_mysql_partition(b, "etcdsql_history", &format!("e{e}")).await? {
             b.batch(&ddl::mysql_drop_epoch(e)).await?;
         }
     }
     b.execute(&b.statement(&format!("DELETE FROM etcdsql_epoch WHERE epoch = {e}"), &[]))
         .await?;
     Ok(())
-}
-
-async fn has_epoch_partition(b: &dyn Backend, e: i64) -> Result<bool, DbError> {
-    let name = Param::Text(format!("e{e}"));
-    let rows = b
-        .fetch(&b.statement(
-            "SELECT 1 FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'etcdsql_history' AND PARTITION_NAME = ?",
-            &[name],
-        ))
-        .await?;
-    Ok(!rows.is_empty())
 }
 
 fn join(items: impl Iterator<Item = impl ToString>) -> String {

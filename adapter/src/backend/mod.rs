@@ -352,6 +352,25 @@ impl Backend for Primary {
     }
 }
 
+/// Whether a MySQL-family table has a partition of this name.
+pub async fn has_mysql_partition(
+    b: &dyn Backend,
+    table: &str,
+    partition: &str,
+) -> Result<bool, DbError> {
+    let rows = b
+        .fetch(&b.statement(
+            "SELECT 1 FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ? AND PARTITION_NAME = ?",
+            &[
+                sql::Param::Text(table.to_string()),
+                sql::Param::Text(partition.to_string()),
+            ],
+        ))
+        .await?;
+    Ok(!rows.is_empty())
+}
+
 /// The first column of every row.
 pub fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
     rows.iter().map(|r| r.int(0)).collect()
