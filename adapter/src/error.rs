@@ -35,6 +35,9 @@ pub enum Error {
     /// A request etcd would accept but this backend cannot store.
     #[error("etcdserver: {0}")]
     Invalid(String),
+    /// An option etcdsql does not implement, named.
+    #[error("etcdserver: {0} is not supported")]
+    Unimplemented(&'static str),
     #[error("etcdserver: shutting down")]
     Stopping,
     #[error(transparent)]
@@ -59,6 +62,7 @@ impl From<Error> for Status {
             Error::LeaseNotFound => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
             Error::Stopping => Code::Unavailable,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Db(DbError::Retry(_) | DbError::Unavailable(_)) => Code::Unavailable,
             Error::Db(DbError::Rejected(_)) => Code::InvalidArgument,
             Error::Db(DbError::Other(_)) | Error::Internal(_) => Code::Internal,

@@ -15,6 +15,8 @@
 //!   `--auto-partition`);
 //! - [`replicas`]: read replicas (`--read-endpoint`), linearizable reads
 //!   on them, their health;
+//! - [`selector`]: label and field selectors: parsing, extraction from
+//!   stored objects, evaluation (the SQL side is in `backend::sql`);
 //! - [`error`]: etcd's error codes and messages;
 //! - [`metrics`]: Prometheus metrics, `/metrics`, per-RPC timing and spans;
 //! - [`proto`]: the generated wire types.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod metrics;
 pub mod proto;
 pub mod replicas;
+pub mod selector;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -20,6 +20,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::replicas::{self, Replicas};
+use crate::selector::Catalog;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
@@ -416,23 +417,31 @@ pub async fn serve(
         balanced.clone()
     };
     let replicas = replicas(&config, &dsn, &backend, &balanced)?;
+    let catalog = Arc::new(
+        Catalog::load(backend.as_ref())
+            .await
+            .context("reading CRDs for their selectable fields")?,
+    );
     let store = Store::new(
         backend.clone(),
         committed.clone(),
         config.history_compaction,
         partitioner(&config, &backend)?,
         replicas.clone(),
+        catalog.clone(),
     );
     let hub = Hub::start(
         backend.clone(),
         replicas,
         committed,
         BufferLimits::default(),
+        catalog.clone(),
     )
     .await
     .context("starting the watch hub")?;
     let watch = Arc::new(WatchService {
         hub,
+        catalog,
         id,
         progress_interval: config.experimental_watch_progress_notify_interval,
     });

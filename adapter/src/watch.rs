@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backend::{Backend, DbError, EventRow, KeyEnd};
 use crate::replicas::Replicas;
+use crate::selector::Catalog;
 
 /// Revisions read per history query.
 const WINDOW: i64 = 1000;
@@ -54,6 +55,8 @@ pub struct Hub {
     /// Woken by commits.
     wake: Arc<Notify>,
     limits: BufferLimits,
+    /// Learns CRDs written by any process, for selectable fields.
+    catalog: Arc<Catalog>,
 }
 
 /// Events a watcher may take from the hub, or where it must go instead.
@@ -70,6 +73,7 @@ impl Hub {
         replicas: Option<Arc<Replicas>>,
         wake: Arc<Notify>,
         limits: BufferLimits,
+        catalog: Arc<Catalog>,
     ) -> Result<Arc<Hub>, DbError> {
         let current = backend.meta().await?.revision;
         let hub = Arc::new(Hub {
@@ -83,6 +87,7 @@ impl Hub {
             replicas,
             wake,
             limits,
+            catalog,
         });
         if let Some(task) = hub.backend.subscribe(hub.wake.clone()) {
             // The listener lives as long as the process; nothing joins it.
@@ -172,6 +177,8 @@ impl Hub {
             {
                 let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
                 for e in events {
+                    self.catalog
+                        .observe(&e.kv.key, (!e.deleted).then_some(e.kv.value.as_slice()));
                     b.bytes += e.size();
                     b.events.push_back(Arc::new(e));
                 }

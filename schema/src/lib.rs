@@ -30,9 +30,13 @@ fn sources(d: Dialect) -> &'static [(&'static str, &'static str)] {
         };
     }
     match d {
-        Dialect::Sqlite => files!("sqlite": "0001_init.sql", "0002_layout.sql"),
-        Dialect::Postgres => files!("postgres": "0001_init.sql", "0002_layout.sql"),
-        Dialect::Mysql => files!("mysql": "0001_init.sql", "0002_layout.sql"),
+        Dialect::Sqlite => {
+            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql")
+        }
+        Dialect::Postgres => {
+            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql")
+        }
+        Dialect::Mysql => files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql"),
     }
 }
 
@@ -211,6 +215,14 @@ async fn connect(d: Dialect, endpoint: &str) -> Result<AnyConnection, SchemaErro
         sqlx::query("PRAGMA busy_timeout = 30000")
             .execute(&mut conn)
             .await?;
+    }
+    if d == Dialect::Mysql {
+        // Galera applies other nodes' commits asynchronously: without this a
+        // node may still show a migration another node finished as running.
+        // Other MySQL servers have no such variable (an error, ignored).
+        let _ = sqlx::query("SET SESSION wsrep_sync_wait = 1")
+            .execute(&mut conn)
+            .await;
     }
     Ok(conn)
 }

@@ -111,6 +111,8 @@ pub struct RangeQuery {
     pub max_mod_revision: i64,
     pub min_create_revision: i64,
     pub max_create_revision: i64,
+    /// Only objects matching this (see [`crate::selector`]).
+    pub selector: Option<Arc<crate::selector::Selector>>,
 }
 
 impl RangeQuery {
@@ -130,6 +132,7 @@ impl RangeQuery {
             max_mod_revision: 0,
             min_create_revision: 0,
             max_create_revision: 0,
+            selector: None,
         }
     }
 }
@@ -415,6 +418,52 @@ pub struct HistoryRow {
     pub deleted: bool,
     /// Revision of the version this change replaced; 0 for a create.
     pub prev_revision: i64,
+    /// A put's selector columns; `None` for deletes and values that are
+    /// not readable Kubernetes objects (stored as NULL).
+    pub index: Option<Arc<Indexed>>,
+}
+
+/// The `labels` and `fields` columns of a stored version: JSON objects of
+/// strings (see [`crate::selector`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indexed {
+    pub labels: String,
+    pub fields: String,
+}
+
+/// A live row to write, with its selector columns.
+#[derive(Debug)]
+pub struct Upsert {
+    pub kv: KeyValue,
+    pub index: Option<Arc<Indexed>>,
+}
+
+impl std::ops::Deref for Upsert {
+    type Target = KeyValue;
+
+    fn deref(&self) -> &KeyValue {
+        &self.kv
+    }
+}
+
+impl Upsert {
+    pub fn labels(&self) -> Option<&str> {
+        self.index.as_deref().map(|i| i.labels.as_str())
+    }
+
+    pub fn fields(&self) -> Option<&str> {
+        self.index.as_deref().map(|i| i.fields.as_str())
+    }
+}
+
+impl HistoryRow {
+    pub fn labels(&self) -> Option<&str> {
+        self.index.as_deref().map(|i| i.labels.as_str())
+    }
+
+    pub fn fields(&self) -> Option<&str> {
+        self.index.as_deref().map(|i| i.fields.as_str())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,11 +477,13 @@ pub struct LeaseRow {
 /// Writes buffered by a batch, applied to the database in bulk.
 #[derive(Debug, Default)]
 pub struct Flush {
-    pub upserts: Vec<KeyValue>,
+    pub upserts: Vec<Upsert>,
     pub deletes: Vec<Vec<u8>>,
     pub history: Vec<HistoryRow>,
     pub lease_upserts: Vec<LeaseRow>,
     pub lease_deletes: Vec<i64>,
+    /// The batch's nonce, stored in `etcdsql_history.batch`.
+    pub batch: i64,
 }
 
 impl Flush {

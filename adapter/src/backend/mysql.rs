@@ -24,7 +24,13 @@ const DIALECT: Dialect = Dialect {
     no_index: "",
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
     history_parts: false,
+    json: sql::Json::MySql,
 };
+
+/// A JSON column's text, or NULL.
+fn json_value(text: Option<&str>) -> Value {
+    text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()))
+}
 
 /// Rows per multi-row statement, and bytes of values per statement (below
 /// the 16 MiB default `max_allowed_packet`).
@@ -68,6 +74,7 @@ fn value(p: &Param) -> Value {
         Param::Bytes(b) => Value::Bytes(b.clone()),
         Param::Int(i) => Value::Int(*i),
         Param::Text(t) => Value::Bytes(t.clone().into_bytes()),
+        Param::Null => Value::NULL,
     }
 }
 
@@ -400,13 +407,15 @@ impl Writer for MyWriter {
         }
         for chunk in chunks(&f.upserts, |k| k.key.len() + k.value.len()) {
             let text = format!(
-                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part) \
+                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part, \
+                 labels, fields) \
                  VALUES {} ON DUPLICATE KEY UPDATE value = VALUES(value), \
                  create_revision = VALUES(create_revision), mod_revision = VALUES(mod_revision), \
-                 version = VALUES(version), lease = VALUES(lease)",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?)")
+                 version = VALUES(version), lease = VALUES(lease), labels = VALUES(labels), \
+                 fields = VALUES(fields)",
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
             );
-            let mut p = Vec::with_capacity(chunk.len() * 7);
+            let mut p = Vec::with_capacity(chunk.len() * 9);
             for k in chunk {
                 p.extend([
                     Value::Bytes(k.key.clone()),
@@ -416,6 +425,8 @@ impl Writer for MyWriter {
                     Value::Int(k.version),
                     Value::Int(k.lease),
                     Value::Bytes(reg.target(&k.key).as_bytes().to_vec()),
+                    json_value(k.labels()),
+                    json_value(k.fields()),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
@@ -424,10 +435,10 @@ impl Writer for MyWriter {
             let text = format!(
                 "INSERT INTO etcdsql_history \
                  (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
-                 epoch) VALUES {}",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 epoch, labels, fields, batch) VALUES {}",
+                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             );
-            let mut p = Vec::with_capacity(chunk.len() * 10);
+            let mut p = Vec::with_capacity(chunk.len() * 13);
             for h in chunk {
                 p.extend([
                     Value::Int(h.revision),
@@ -440,6 +451,9 @@ impl Writer for MyWriter {
                     Value::Int(i64::from(h.deleted)),
                     Value::Int(h.prev_revision),
                     Value::Int(self.epoch),
+                    json_value(h.labels()),
+                    json_value(h.fields()),
+                    Value::Int(f.batch),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;

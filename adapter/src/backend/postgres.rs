@@ -29,25 +29,29 @@ const DIALECT: Dialect = Dialect {
     no_index: "",
     names_hint: "",
     history_parts: true,
+    json: sql::Json::Postgres,
 };
 
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
                    FROM etcdsql_live WHERE name = ANY($1)";
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
-    (name, value, create_revision, mod_revision, version, lease, part) \
+    (name, value, create_revision, mod_revision, version, lease, part, labels, fields) \
     SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
-    $7::text[]) \
+    $7::text[], $8::text[]::jsonb[], $9::text[]::jsonb[]) \
     ON CONFLICT (name, part) DO UPDATE SET value = EXCLUDED.value, \
     create_revision = EXCLUDED.create_revision, mod_revision = EXCLUDED.mod_revision, \
-    version = EXCLUDED.version, lease = EXCLUDED.lease";
+    version = EXCLUDED.version, lease = EXCLUDED.lease, labels = EXCLUDED.labels, \
+    fields = EXCLUDED.fields";
 const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
 /// Rows of resources being moved to their own partition that are still in
 /// the default one; an update re-inserts them in the resource's partition.
 const DELETE_DEFAULT: &str = "DELETE FROM etcdsql_live WHERE part = '' AND name = ANY($1)";
 const INSERT_HISTORY: &str = "INSERT INTO etcdsql_history \
-    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, part, epoch) \
-    SELECT *, $11::int8 FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::bytea[], $5::int8[], \
-    $6::int8[], $7::int8[], $8::int2[], $9::int8[], $10::text[])";
+    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, part, \
+    labels, fields, epoch, batch) \
+    SELECT *, $13::int8, $14::int8 FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::bytea[], $5::int8[], \
+    $6::int8[], $7::int8[], $8::int2[], $9::int8[], $10::text[], $11::text[]::jsonb[], \
+    $12::text[]::jsonb[])";
 const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
     SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) \
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
@@ -110,6 +114,7 @@ impl ToSql for Param {
             (Param::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
             (Param::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
             (Param::Text(t), &Type::TEXT) => t.to_sql(ty, out),
+            (Param::Null, _) => Ok(IsNull::Yes),
             (p, ty) => Err(format!("parameter {p:?} bound to a {ty} column").into()),
         }
     }
@@ -477,9 +482,13 @@ impl Writer for PgWriter {
             let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
             let version: Vec<i64> = u.iter().map(|k| k.version).collect();
             let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
+            let labels: Vec<Option<&str>> = u.iter().map(|k| k.labels()).collect();
+            let fields: Vec<Option<&str>> = u.iter().map(|k| k.fields()).collect();
             self.execute(
                 UPSERT_LIVE,
-                &[&key, &value, &create, &modr, &version, &lease, &part],
+                &[
+                    &key, &value, &create, &modr, &version, &lease, &part, &labels, &fields,
+                ],
             )
             .await?;
         }
@@ -495,12 +504,14 @@ impl Writer for PgWriter {
             let deleted: Vec<i16> = h.iter().map(|r| i16::from(r.deleted)).collect();
             let prev: Vec<i64> = h.iter().map(|r| r.prev_revision).collect();
             let part: Vec<&str> = h.iter().map(|r| reg.target(&r.key)).collect();
+            let labels: Vec<Option<&str>> = h.iter().map(|r| r.labels()).collect();
+            let fields: Vec<Option<&str>> = h.iter().map(|r| r.fields()).collect();
             let epoch = self.epoch;
             self.execute(
                 INSERT_HISTORY,
                 &[
                     &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev, &part,
-                    &epoch,
+                    &labels, &fields, &epoch, &f.batch,
                 ],
             )
             .await?;

@@ -8,6 +8,7 @@
 //! costs O(page + changes since R), and the count reads names only (an index).
 
 use super::{KeyEnd, RangeQuery, SortTarget};
+use crate::selector::{FieldReq, LabelOp, LabelReq, Selector};
 
 /// A bound value; each dialect converts these to its driver's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub enum Param {
     Bytes(Vec<u8>),
     Int(i64),
     Text(String),
+    /// NULL, of whatever type the statement gives the placeholder.
+    Null,
 }
 
 /// The few spellings the shared statements need from a dialect.
@@ -34,6 +37,19 @@ pub struct Dialect {
     /// History rows carry `part` too (PostgreSQL partitions history by
     /// epoch, then part; MySQL by epoch only).
     pub history_parts: bool,
+    /// How selectors read the `labels` and `fields` JSON columns.
+    pub json: Json,
+}
+
+/// The JSON functions of a dialect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Json {
+    /// JSONB: `@>` and `?` (GIN-indexed), `->>`.
+    Postgres,
+    /// `JSON_EXTRACT` / `JSON_CONTAINS_PATH` over a JSON column.
+    MySql,
+    /// `json_extract` / `json_type` over JSON text.
+    Sqlite,
 }
 
 /// Which partitions a statement may read: `None` for all of them, or the
@@ -160,6 +176,7 @@ impl Statement {
             .push(" WHERE ");
         self.key_predicate("name", &q.key, &q.end);
         self.parts("part", parts);
+        self.selector(d, q.selector.as_deref(), "");
         if let Some(rev) = q.at {
             self.push(" AND mod_revision <= ").bind(Param::Int(rev));
             self.push(
@@ -167,6 +184,228 @@ impl Statement {
                  JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
             );
             self.first_change_after(d, q, rev, parts);
+            self.selector(d, q.selector.as_deref(), "p.");
+        }
+        self.push(")");
+    }
+
+    /// ` AND` a selector on the `labels`/`fields` columns of `alias`. Rows
+    /// with NULL labels (values that are not readable Kubernetes objects)
+    /// pass; see [`crate::selector`].
+    fn selector(&mut self, d: Dialect, sel: Option<&Selector>, alias: &str) {
+        let Some(sel) = sel else { return };
+        let (labels, fields) = (format!("{alias}labels"), format!("{alias}fields"));
+        self.push(" AND (").push(&labels).push(" IS NULL OR (");
+        let mut first = true;
+        for r in &sel.labels {
+            if !std::mem::take(&mut first) {
+                self.push(" AND ");
+            }
+            self.label_req(d.json, &labels, r);
+        }
+        for r in &sel.fields {
+            if !std::mem::take(&mut first) {
+                self.push(" AND ");
+            }
+            self.field_req(d.json, &fields, r);
+        }
+        self.push("))");
+    }
+
+    /// The value of JSON member `key` of `col` as text (NULL if absent).
+    fn json_text(&mut self, j: Json, col: &str, key: &str) {
+        match j {
+            Json::Postgres => {
+                self.push("(").push(col).push(" ->> ");
+                self.bind(Param::Text(key.to_string())).push("::text)");
+            }
+            Json::MySql => {
+                self.push("JSON_UNQUOTE(JSON_EXTRACT(").push(col).push(", ");
+                self.bind(Param::Text(json_path(key))).push("))");
+            }
+            Json::Sqlite => {
+                self.push("json_extract(").push(col).push(", ");
+                self.bind(Param::Text(json_path(key))).push(")");
+            }
+        }
+    }
+
+    /// Whether member `key` of `col` exists.
+    fn json_has(&mut self, j: Json, col: &str, key: &str) {
+        match j {
+            Json::Postgres => {
+                self.push("(").push(col).push(" ? ");
+                self.bind(Param::Text(key.to_string())).push("::text)");
+            }
+            Json::MySql => {
+                self.push("JSON_CONTAINS_PATH(").push(col).push(", 'one', ");
+                self.bind(Param::Text(json_path(key))).push(")");
+            }
+            Json::Sqlite => {
+                self.push("(json_type(").push(col).push(", ");
+                self.bind(Param::Text(json_path(key)))
+                    .push(") IS NOT NULL)");
+            }
+        }
+    }
+
+    /// `col` holds member `key` with one of `values` (exact, byte for byte).
+    fn json_in<'v>(
+        &mut self,
+        j: Json,
+        col: &str,
+        key: &str,
+        values: impl IntoIterator<Item = &'v String>,
+    ) {
+        match j {
+            Json::Postgres => {
+                // Containment is what the GIN index answers.
+                self.push("(");
+                for (i, v) in values.into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(" OR ");
+                    }
+                    let doc = serde_json::json!({ key: v }).to_string();
+                    self.push(col).push(" @> ").bind(Param::Text(doc));
+                    self.push("::text::jsonb");
+                }
+                self.push(")");
+            }
+            Json::MySql | Json::Sqlite => {
+                if j == Json::MySql {
+                    // Binary: the JSON functions' collation may ignore case.
+                    self.push("CAST(");
+                    self.json_text(j, col, key);
+                    self.push(" AS BINARY)");
+                } else {
+                    self.json_text(j, col, key);
+                }
+                self.push(" IN (");
+                for (i, v) in values.into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    if j == Json::MySql {
+                        self.bind(Param::Bytes(v.as_bytes().to_vec()));
+                    } else {
+                        self.bind(Param::Text(v.clone()));
+                    }
+                }
+                self.push(")");
+            }
+        }
+    }
+
+    /// Kubernetes' `Requirement.Matches` on the `labels` column.
+    fn label_req(&mut self, j: Json, col: &str, r: &LabelReq) {
+        match &r.op {
+            LabelOp::In(vals) => self.json_in(j, col, &r.key, vals),
+            LabelOp::NotIn(vals) if j == Json::Postgres => {
+                // Containment is false for a missing label: it matches.
+                self.push("NOT ");
+                self.json_in(j, col, &r.key, vals);
+            }
+            LabelOp::NotIn(vals) => {
+                // IN over a missing member is NULL: test presence first.
+                self.push("(NOT ");
+                self.json_has(j, col, &r.key);
+                self.push(" OR NOT ");
+                self.json_in(j, col, &r.key, vals);
+                self.push(")");
+            }
+            LabelOp::Exists => self.json_has(j, col, &r.key),
+            LabelOp::DoesNotExist => {
+                self.push("NOT ");
+                self.json_has(j, col, &r.key);
+            }
+            LabelOp::Gt(n) => self.label_int(j, col, &r.key, ">", *n),
+            LabelOp::Lt(n) => self.label_int(j, col, &r.key, "<", *n),
+        }
+    }
+
+    /// `gt`/`lt`: the label is present and parses as an int64 (Go's
+    /// `strconv.ParseInt`), and compares with `n`.
+    fn label_int(&mut self, j: Json, col: &str, key: &str, op: &str, n: i64) {
+        match j {
+            Json::Postgres | Json::MySql => {
+                let (re, num) = if j == Json::Postgres {
+                    (" ~ '^[+-]?[0-9]+$'", "numeric")
+                } else {
+                    (" REGEXP '^[+-]?[0-9]+$'", "DECIMAL(65,0)")
+                };
+                self.push("(CASE WHEN ");
+                self.json_text(j, col, key);
+                self.push(re).push(" THEN CAST(");
+                self.json_text(j, col, key);
+                self.push(" AS ").push(num).push(") BETWEEN ");
+                self.push("-9223372036854775808 AND 9223372036854775807 AND CAST(");
+                self.json_text(j, col, key);
+                self.push(" AS ").push(num).push(") ").push(op).push(" ");
+                self.bind(Param::Int(n));
+                self.push(if j == Json::Postgres {
+                    "::int8 ELSE false END)"
+                } else {
+                    " ELSE 0 END)"
+                });
+            }
+            Json::Sqlite => {
+                // No regular expressions: digits after an optional sign, and
+                // at most int64's digits (compared as text at 19 digits).
+                let v = |s: &mut Self| s.json_text(j, col, key);
+                let digits = |s: &mut Self| {
+                    s.push("ltrim(ltrim(");
+                    v(s);
+                    s.push(", '+-'), '0')");
+                };
+                self.push("(CASE WHEN (");
+                v(self);
+                self.push(" GLOB '[0-9]*' OR ");
+                v(self);
+                self.push(" GLOB '[+-][0-9]*') AND substr(");
+                v(self);
+                self.push(", 2) NOT GLOB '*[^0-9]*' AND (length(");
+                digits(self);
+                self.push(") < 19 OR (length(");
+                digits(self);
+                self.push(") = 19 AND ");
+                digits(self);
+                self.push(" <= CASE WHEN ");
+                v(self);
+                self.push(
+                    " GLOB '-*' THEN '9223372036854775808' ELSE '9223372036854775807' END)) \
+                     THEN CAST(",
+                );
+                v(self);
+                self.push(" AS INTEGER) ").push(op).push(" ");
+                self.bind(Param::Int(n));
+                self.push(" ELSE 0 END)");
+            }
+        }
+    }
+
+    /// A field requirement on the `fields` column; a missing field is "".
+    fn field_req(&mut self, j: Json, col: &str, r: &FieldReq) {
+        if r.negated {
+            self.push("NOT ");
+        }
+        if j == Json::Postgres && !r.value.is_empty() {
+            self.json_in(j, col, &r.field, [&r.value]);
+            return;
+        }
+        match j {
+            Json::MySql => {
+                // Compared as bytes: the JSON functions' collation may ignore case.
+                self.push("(CAST(COALESCE(");
+                self.json_text(j, col, &r.field);
+                self.push(", '') AS BINARY) = ");
+                self.bind(Param::Bytes(r.value.as_bytes().to_vec()));
+            }
+            Json::Postgres | Json::Sqlite => {
+                self.push("(COALESCE(");
+                self.json_text(j, col, &r.field);
+                self.push(", '') = ");
+                self.bind(Param::Text(r.value.clone()));
+            }
         }
         self.push(")");
     }
@@ -209,6 +448,7 @@ impl Statement {
             self.push(" AND mod_revision <= ").bind(Param::Int(rev));
         }
         self.revision_filters(q, "mod_revision", "create_revision");
+        self.selector(d, q.selector.as_deref(), "");
         self.order_limit(q, limit);
         self.push(") a");
         if let Some(rev) = q.at {
@@ -220,11 +460,18 @@ impl Statement {
             );
             self.first_change_after(d, q, rev, parts);
             self.revision_filters(q, "p.revision", "p.create_revision");
+            self.selector(d, q.selector.as_deref(), "p.");
             self.order_limit(q, limit);
             self.push(") b");
         }
         self.push(")");
     }
+}
+
+/// A JSON path naming one member: `$."key"` (label keys and field names
+/// hold no quotes or backslashes; JSON-escaped anyway).
+fn json_path(key: &str) -> String {
+    format!("$.{}", serde_json::Value::String(key.to_string()))
 }
 
 fn sort_column(t: SortTarget) -> &'static str {
@@ -332,6 +579,7 @@ mod tests {
         no_index: "",
         names_hint: "",
         history_parts: true,
+        json: Json::Postgres,
     };
     const MY: Dialect = Dialect {
         numbered: false,
@@ -339,6 +587,7 @@ mod tests {
         no_index: "",
         names_hint: "",
         history_parts: false,
+        json: Json::MySql,
     };
 
     #[test]

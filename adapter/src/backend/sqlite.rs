@@ -27,6 +27,7 @@ const DIALECT: Dialect = Dialect {
     no_index: "+",
     names_hint: "",
     history_parts: false,
+    json: sql::Json::Sqlite,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -65,6 +66,7 @@ fn query(text: impl Into<String>, p: &[Param]) -> Query {
             Param::Bytes(b) => q.bind(b.clone()),
             Param::Int(i) => q.bind(*i),
             Param::Text(t) => q.bind(t.clone()),
+            Param::Null => q.bind(None::<String>),
         };
     }
     q
@@ -184,14 +186,21 @@ impl SqliteWriter {
     }
 }
 
+/// A JSON text column's value, or NULL.
+fn json_param(text: Option<&str>) -> Param {
+    text.map_or(Param::Null, |t| Param::Text(t.to_string()))
+}
+
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
-    (name, value, create_revision, mod_revision, version, lease) VALUES (?, ?, ?, ?, ?, ?) \
+    (name, value, create_revision, mod_revision, version, lease, labels, fields) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
     ON CONFLICT (name) DO UPDATE SET value = excluded.value, \
     create_revision = excluded.create_revision, mod_revision = excluded.mod_revision, \
-    version = excluded.version, lease = excluded.lease";
+    version = excluded.version, lease = excluded.lease, labels = excluded.labels, \
+    fields = excluded.fields";
 const INSERT_HISTORY: &str = "INSERT INTO etcdsql_history \
-    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
+    labels, fields, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 #[async_trait]
 impl Writer for SqliteWriter {
@@ -279,6 +288,8 @@ impl Writer for SqliteWriter {
                     Param::Int(k.mod_revision),
                     Param::Int(k.version),
                     Param::Int(k.lease),
+                    json_param(k.labels()),
+                    json_param(k.fields()),
                 ],
             )
             .await?;
@@ -296,6 +307,9 @@ impl Writer for SqliteWriter {
                     Param::Int(h.lease),
                     Param::Int(i64::from(h.deleted)),
                     Param::Int(h.prev_revision),
+                    json_param(h.labels()),
+                    json_param(h.fields()),
+                    Param::Int(f.batch),
                 ],
             )
             .await?;

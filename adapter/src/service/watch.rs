@@ -25,6 +25,7 @@ use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::{Event, event::EventType};
+use crate::selector::{Catalog, Selector};
 use crate::watch::{Hub, Slice};
 
 /// Events per response; a revision is never split unless it alone is larger.
@@ -36,6 +37,8 @@ const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream
 
 pub struct WatchService {
     pub hub: Arc<Hub>,
+    /// Reads labels and fields of events for watches with selectors.
+    pub catalog: Arc<Catalog>,
     pub id: Identity,
     /// etcd's --experimental-watch-progress-notify-interval.
     pub progress_interval: Duration,
@@ -54,6 +57,7 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(16);
         let stream = WatchStream {
             hub: self.hub.clone(),
+            catalog: self.catalog.clone(),
             id: self.id,
             tx,
             watchers: BTreeMap::new(),
@@ -75,13 +79,19 @@ struct Watcher {
     no_delete: bool,
     progress_notify: bool,
     last_sent: Instant,
+    /// Events whose new or old object matches (WatchCreateRequest 9/10).
+    selector: Option<Selector>,
 }
 
 impl Watcher {
-    fn wants(&self, e: &EventRow) -> bool {
+    fn wants(&self, e: &EventRow, catalog: &Catalog) -> bool {
         self.end.contains(&self.key, &e.kv.key)
             && !(e.deleted && self.no_delete)
             && (e.deleted || !self.no_put)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches_event(e, catalog))
     }
 
     fn event(&self, e: &EventRow) -> Event {
@@ -108,6 +118,7 @@ impl Drop for WatchStream {
 
 struct WatchStream {
     hub: Arc<Hub>,
+    catalog: Arc<Catalog>,
     id: Identity,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
@@ -216,6 +227,24 @@ impl WatchStream {
             .iter()
             .filter_map(|f| FilterType::try_from(*f).ok())
             .collect();
+        let selector = match Selector::parse(
+            &c.label_selector,
+            &c.field_selector,
+            &c.key,
+            &c.range_end,
+            &self.catalog,
+        ) {
+            Ok(s) => s,
+            Err(reason) => {
+                // As etcd refuses a watch it cannot serve: created, then
+                // canceled with the reason.
+                let mut r = self.response(id, meta.revision);
+                r.created = true;
+                r.canceled = true;
+                r.cancel_reason = reason;
+                return self.send(r).await;
+            }
+        };
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let watcher = Watcher {
             end: KeyEnd::from_range_end(&c.range_end),
@@ -226,6 +255,7 @@ impl WatchStream {
             no_delete: filters.contains(&FilterType::Nodelete),
             progress_notify: c.progress_notify,
             last_sent: Instant::now(),
+            selector,
         };
         let mut r = self.response(id, meta.revision);
         r.created = true;
@@ -269,7 +299,7 @@ impl WatchStream {
                         };
                         let picked: Vec<Event> = events
                             .iter()
-                            .filter(|e| w.wants(e))
+                            .filter(|e| w.wants(e, &self.catalog))
                             .map(|e| w.event(e))
                             .collect();
                         (picked, covered)
@@ -318,7 +348,7 @@ impl WatchStream {
             (Ok(_), Ok(rows)) => {
                 let events = rows
                     .iter()
-                    .filter(|e| w.wants(e))
+                    .filter(|e| w.wants(e, &self.catalog))
                     .map(|e| w.event(e))
                     .collect();
                 Ok(Some((events, upto)))

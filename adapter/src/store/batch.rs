@@ -13,7 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use async_trait::async_trait;
 
 use super::ops::{self, View};
-use crate::backend::{DbError, Flush, HistoryRow, LeaseRow, Meta, RangeQuery, RangeRows, Writer};
+use std::sync::Arc;
+
+use crate::backend::{
+    DbError, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows, Upsert, Writer,
+};
 use crate::error::Error;
 use crate::proto::etcdserverpb::request_op::Request;
 use crate::proto::etcdserverpb::{
@@ -21,6 +25,7 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
+use crate::selector::Catalog;
 
 /// A request that goes through the committer.
 #[derive(Debug)]
@@ -96,16 +101,22 @@ pub enum WriteResult {
 pub struct Probe {
     pub revision: i64,
     pub sub: i32,
-    pub key: Vec<u8>,
-    pub value_hash: u64,
-    pub deleted: bool,
+    /// The batch's nonce, written into each of its history rows: another
+    /// process may write an identical row at the same revision (the same
+    /// compare-and-swap), so only this tells the rows apart.
+    pub batch: i64,
 }
 
-pub fn value_hash(v: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
+/// A random nonce per batch.
+fn nonce() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    i64::from_ne_bytes(h.finish().to_ne_bytes())
 }
 
 /// Why a commit failed, and whether its outcome is unknown.
@@ -118,6 +129,10 @@ pub struct CommitError {
 
 pub struct Batch<'w> {
     w: &'w mut dyn Writer,
+    /// Selector columns of written objects; learns CRDs as they are written.
+    catalog: &'w Catalog,
+    /// See [`Probe::batch`].
+    nonce: i64,
     /// See [`Probe`].
     probe: Option<Probe>,
     /// The store before the request being evaluated.
@@ -185,10 +200,16 @@ fn collect(ops: &[WriteOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i6
 }
 
 impl<'w> Batch<'w> {
-    pub async fn begin(w: &'w mut dyn Writer, ops: &[WriteOp]) -> Result<Batch<'w>, DbError> {
+    pub async fn begin(
+        w: &'w mut dyn Writer,
+        catalog: &'w Catalog,
+        ops: &[WriteOp],
+    ) -> Result<Batch<'w>, DbError> {
         let meta = w.begin().await?;
         let mut b = Batch {
             w,
+            catalog,
+            nonce: nonce(),
             meta,
             sub: 0,
             cache: HashMap::new(),
@@ -223,9 +244,31 @@ impl<'w> Batch<'w> {
     /// Writes what the batch changed so far.
     async fn flush(&mut self) -> Result<(), DbError> {
         let mut f = Flush::default();
+        // Each put's selector columns, computed once for its history row
+        // and, for the key's last put, its live row.
+        let mut latest = HashMap::new();
+        for h in &mut self.history {
+            if !h.deleted {
+                h.index = self.catalog.extract(&h.key, &h.value).map(|o| {
+                    let (labels, fields) = o.to_columns();
+                    Arc::new(Indexed { labels, fields })
+                });
+                latest.insert(h.key.clone(), h.index.clone());
+            }
+        }
         for (key, kv) in std::mem::take(&mut self.dirty) {
             match kv {
-                Some(kv) => f.upserts.push(kv),
+                Some(kv) => {
+                    let index = match latest.remove(&key) {
+                        Some(index) => index,
+                        // Written by an earlier flush of this batch.
+                        None => self.catalog.extract(&kv.key, &kv.value).map(|o| {
+                            let (labels, fields) = o.to_columns();
+                            Arc::new(Indexed { labels, fields })
+                        }),
+                    };
+                    f.upserts.push(Upsert { kv, index });
+                }
                 None => f.deletes.push(key),
             }
         }
@@ -233,12 +276,11 @@ impl<'w> Batch<'w> {
             self.probe = Some(Probe {
                 revision: h.revision,
                 sub: h.sub,
-                key: h.key.clone(),
-                value_hash: value_hash(&h.value),
-                deleted: h.deleted,
+                batch: self.nonce,
             });
         }
         f.history = std::mem::take(&mut self.history);
+        f.batch = self.nonce;
         for (id, row) in std::mem::take(&mut self.dirty_leases) {
             match row {
                 Some(row) => f.lease_upserts.push(row),
@@ -452,7 +494,9 @@ impl View for Batch<'_> {
             lease: kv.lease,
             deleted: false,
             prev_revision,
+            index: None,
         });
+        self.catalog.observe(&kv.key, Some(&kv.value));
         self.sub += 1;
         self.cache.insert(kv.key.clone(), Some(kv.clone()));
         self.dirty.insert(kv.key.clone(), Some(kv));
@@ -470,7 +514,9 @@ impl View for Batch<'_> {
             lease: prev.lease,
             deleted: true,
             prev_revision: prev.mod_revision,
+            index: None,
         });
+        self.catalog.observe(&prev.key, None);
         self.sub += 1;
         self.cache.insert(prev.key.clone(), None);
         self.dirty.insert(prev.key.clone(), None);

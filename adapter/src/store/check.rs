@@ -64,6 +64,13 @@ fn txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), Error> {
 
 fn request_op(op: &RequestOp, max_ops: usize) -> Result<(), Error> {
     match &op.request {
+        Some(Request::RequestRange(r))
+            if !r.label_selector.is_empty() || !r.field_selector.is_empty() =>
+        {
+            Err(Error::Unimplemented(
+                "a label or field selector in a Txn range",
+            ))
+        }
         Some(Request::RequestRange(r)) => range(r),
         Some(Request::RequestPut(r)) => put(r),
         Some(Request::RequestDeleteRange(r)) => delete(r),

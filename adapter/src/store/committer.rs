@@ -4,12 +4,13 @@
 //! commit. While a batch commits, the next one gathers, so the batch size
 //! grows with the load (batch size × commit rate is the write throughput).
 
+use crate::selector::Catalog;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::batch::{Batch, CommitError, Probe, WriteOp, WriteResult, value_hash};
+use super::batch::{Batch, CommitError, Probe, WriteOp, WriteResult};
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
@@ -36,10 +37,15 @@ pub struct Committer {
 
 impl Committer {
     /// `committed` is notified after every batch, for the watch hub.
-    pub fn spawn(backend: Arc<dyn Backend>, committed: Arc<Notify>) -> Committer {
+    /// `catalog` turns written objects into selector columns.
+    pub fn spawn(
+        backend: Arc<dyn Backend>,
+        committed: Arc<Notify>,
+        catalog: Arc<Catalog>,
+    ) -> Committer {
         // Bounded: a full queue makes callers wait (backpressure).
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH_OPS);
-        tokio::spawn(run(backend, rx, committed));
+        tokio::spawn(run(backend, rx, committed, catalog));
         Committer { tx }
     }
 
@@ -53,7 +59,12 @@ impl Committer {
     }
 }
 
-async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+async fn run(
+    backend: Arc<dyn Backend>,
+    mut rx: mpsc::Receiver<Job>,
+    committed: Arc<Notify>,
+    catalog: Arc<Catalog>,
+) {
     let mut writer: Option<Box<dyn Writer>> = None;
     while let Some(first) = rx.recv().await {
         let mut bytes = first.op.size();
@@ -70,7 +81,7 @@ async fn run(backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Job>, committed: 
         let (ops, replies): (Vec<WriteOp>, Vec<_>) =
             jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let results = execute(backend.as_ref(), &mut writer, &ops).await;
+        let results = execute(backend.as_ref(), &catalog, &mut writer, &ops).await;
         committed.notify_one();
         metrics::BATCH_SIZE.observe(ops.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -94,13 +105,14 @@ struct Failure {
 /// Runs `ops` as one transaction, retrying conflicts; one result per op.
 async fn execute(
     backend: &dyn Backend,
+    catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
     ops: &[WriteOp],
 ) -> Vec<Result<WriteResult, Error>> {
     let mut conflicts = 0;
     let mut broken = 0;
     loop {
-        let failure = match attempt(backend, writer, ops).await {
+        let failure = match attempt(backend, catalog, writer, ops).await {
             Ok(results) => return results,
             Err(f) => f,
         };
@@ -162,7 +174,9 @@ async fn execute(
                 // request alone so that only the culprit fails.
                 let mut out = Vec::with_capacity(ops.len());
                 for op in ops {
-                    out.extend(Box::pin(execute(backend, writer, std::slice::from_ref(op))).await);
+                    out.extend(
+                        Box::pin(execute(backend, catalog, writer, std::slice::from_ref(op))).await,
+                    );
                 }
                 return out;
             }
@@ -195,6 +209,7 @@ fn backoff(attempt: u32) -> Duration {
 
 async fn attempt(
     backend: &dyn Backend,
+    catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
     ops: &[WriteOp],
 ) -> Result<Vec<Result<WriteResult, Error>>, Failure> {
@@ -206,7 +221,7 @@ async fn attempt(
             unknown: None,
         })?),
     };
-    let outcome = run_batch(w.as_mut(), ops).await;
+    let outcome = run_batch(w.as_mut(), catalog, ops).await;
     if outcome.is_err() {
         w.rollback().await;
     }
@@ -215,6 +230,7 @@ async fn attempt(
 
 async fn run_batch(
     w: &mut dyn Writer,
+    catalog: &Catalog,
     ops: &[WriteOp],
 ) -> Result<Vec<Result<WriteResult, Error>>, Failure> {
     let before = |error| Failure {
@@ -222,7 +238,7 @@ async fn run_batch(
         after_commit_sent: false,
         unknown: None,
     };
-    let mut batch = Batch::begin(w, ops).await.map_err(before)?;
+    let mut batch = Batch::begin(w, catalog, ops).await.map_err(before)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         match batch.apply(op).await {
@@ -259,17 +275,13 @@ async fn committed(
         w.begin().await?;
         let rows = w
             .rows(&backend.statement(
-                "SELECT name, value, deleted FROM etcdsql_history WHERE revision = ? AND sub = ?",
+                "SELECT batch FROM etcdsql_history WHERE revision = ? AND sub = ?",
                 &[Param::Int(probe.revision), Param::Int(i64::from(probe.sub))],
             ))
             .await?;
         Ok(match rows.first() {
             None => false,
-            Some(r) => {
-                r.bytes(0)?.as_deref() == Some(&probe.key[..])
-                    && value_hash(&r.bytes(1)?.unwrap_or_default()) == probe.value_hash
-                    && (r.int(2)? != 0) == probe.deleted
-            }
+            Some(r) => r.int_opt(0)? == Some(probe.batch),
         })
     }
     .await;

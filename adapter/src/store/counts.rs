@@ -8,8 +8,25 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// (range end, revision, first key of the next page).
+use crate::proto::etcdserverpb::RangeRequest;
+
+/// (scope, revision, first key of the next page).
 type Key = (Vec<u8>, i64, Vec<u8>);
+
+/// What else a page's count depends on: the range end and the selectors,
+/// each length-prefixed so that no two requests share a scope by accident.
+pub fn scope(r: &RangeRequest) -> Vec<u8> {
+    let mut s = Vec::with_capacity(r.range_end.len() + 24);
+    for part in [
+        r.range_end.as_slice(),
+        r.label_selector.as_bytes(),
+        r.field_selector.as_bytes(),
+    ] {
+        s.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        s.extend_from_slice(part);
+    }
+    s
+}
 
 /// Continuations kept at once (the oldest go first).
 const CAPACITY: usize = 4096;
@@ -21,15 +38,15 @@ pub struct PageCounts {
 
 impl PageCounts {
     /// The count for a page starting at `key`, if a previous page left it.
-    pub fn take(&self, end: &[u8], revision: i64, key: &[u8]) -> Option<i64> {
+    pub fn take(&self, scope: &[u8], revision: i64, key: &[u8]) -> Option<i64> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.0.remove(&(end.to_vec(), revision, key.to_vec()))
+        g.0.remove(&(scope.to_vec(), revision, key.to_vec()))
     }
 
     /// Records the count of the page that will start at `next_key`.
-    pub fn put(&self, end: &[u8], revision: i64, next_key: Vec<u8>, count: i64) {
+    pub fn put(&self, scope: &[u8], revision: i64, next_key: Vec<u8>, count: i64) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let k = (end.to_vec(), revision, next_key);
+        let k = (scope.to_vec(), revision, next_key);
         if g.0.insert(k.clone(), count).is_none() {
             g.1.push_back(k);
         }

@@ -28,6 +28,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::replicas::Replicas;
+use crate::selector::{Catalog, Selector};
 use batch::{WriteOp, WriteResult};
 use committer::Committer;
 use ops::View;
@@ -54,6 +55,8 @@ pub struct Store {
     compaction: Compaction,
     partitioner: Option<Arc<Partitioner>>,
     replicas: Option<Arc<Replicas>>,
+    /// Selector columns of written objects, and what selectors may name.
+    catalog: Arc<Catalog>,
     committer: Committer,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
@@ -75,9 +78,11 @@ impl Store {
         compaction: Compaction,
         partitioner: Option<Arc<Partitioner>>,
         replicas: Option<Arc<Replicas>>,
+        catalog: Arc<Catalog>,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
-            committer: Committer::spawn(backend.clone(), committed),
+            committer: Committer::spawn(backend.clone(), committed, catalog.clone()),
+            catalog,
             backend,
             compaction,
             partitioner,
@@ -151,6 +156,15 @@ impl Store {
     pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, Error> {
         let at = (r.revision > 0).then_some(r.revision);
         let mut q = ops::range_query(r, at);
+        q.selector = Selector::parse(
+            &r.label_selector,
+            &r.field_selector,
+            &r.key,
+            &r.range_end,
+            &self.catalog,
+        )
+        .map_err(Error::Invalid)?
+        .map(Arc::new);
         // A page of a paginated LIST (ascending keys, no filters) whose
         // count the previous page left.
         let pageable = r.limit > 0
@@ -163,7 +177,7 @@ impl Store {
             && r.max_create_revision == 0
             && matches!(q.end, KeyEnd::Before(_) | KeyEnd::Unbounded);
         let known = match at {
-            Some(rev) if pageable => self.page_counts.take(&r.range_end, rev, &r.key),
+            Some(rev) if pageable => self.page_counts.take(&counts::scope(r), rev, &r.key),
             _ => None,
         };
         q.count = known.is_none();
@@ -191,7 +205,7 @@ impl Store {
             next.push(0);
             let rest = resp.count - i64::try_from(resp.kvs.len()).unwrap_or(i64::MAX);
             self.page_counts
-                .put(&r.range_end, at.unwrap_or(meta.revision), next, rest);
+                .put(&counts::scope(r), at.unwrap_or(meta.revision), next, rest);
         }
         Ok(resp)
     }

@@ -69,6 +69,7 @@ pub fn range_query(r: &RangeRequest, at: Option<i64>) -> RangeQuery {
         max_mod_revision: r.max_mod_revision,
         min_create_revision: r.min_create_revision,
         max_create_revision: r.max_create_revision,
+        selector: None,
     }
 }
 

@@ -19,6 +19,7 @@ mod lease;
 mod metrics;
 mod replicas;
 mod schema;
+mod selectors;
 mod tls;
 mod txn;
 mod watch;
@@ -80,6 +81,7 @@ fn main() {
         ("metrics", metrics::cases()),
         ("schema", schema::cases()),
         ("replicas", replicas::cases()),
+        ("selectors", selectors::cases()),
     ];
     let mut trials = Vec::new();
     for (module, cases) in modules {

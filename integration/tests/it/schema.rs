@@ -195,6 +195,7 @@ fn inline(target: Target, s: &Statement) -> String {
     let lit = |p: &Param| match p {
         Param::Int(i) => i.to_string(),
         Param::Text(t) => format!("'{t}'"),
+        Param::Null => "NULL".to_string(),
         Param::Bytes(b) => {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             if target.is_postgres() {

@@ -1,0 +1,183 @@
+//! Label and field selectors, pushed down to SQL.
+//!
+//! The HariKube-patched kube-apiserver sends Kubernetes selector strings in
+//! `RangeRequest` 14/15 and `WatchCreateRequest` 9/10; plain etcd clients
+//! never do. Labels and selectable fields are extracted from each object
+//! when it is written ([`extract`]) and stored as JSON beside it (columns
+//! `labels` and `fields`), so a Range's selector becomes a `WHERE` clause
+//! ([`crate::backend::sql`]) and the count, `limit` and `more` are those of
+//! the matching objects. A watch filters events in memory with the same
+//! semantics: an event is delivered when the old or the new object matches.
+//!
+//! - [`labels`]: the label selector grammar and `Requirement.Matches`;
+//! - [`fields`]: the field selector grammar;
+//! - [`extract`]: labels and fields from JSON and protobuf objects, built-in
+//!   field sets, CRD `selectableFields`.
+//!
+//! A value etcdsql cannot read as a Kubernetes object (encrypted at rest,
+//! or not an object) has no labels or fields stored (NULL) and matches every
+//! selector: kube-apiserver filters what it decodes again, so it sees the
+//! right answer, with such objects counted.
+
+pub mod extract;
+pub mod fields;
+pub mod labels;
+
+pub use extract::{Catalog, Object};
+pub use fields::FieldReq;
+pub use labels::{LabelOp, LabelReq};
+
+use crate::backend::EventRow;
+
+/// A parsed selector pair; both empty never reaches SQL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub labels: Vec<LabelReq>,
+    pub fields: Vec<FieldReq>,
+}
+
+impl Selector {
+    /// Parses the two selector strings of a request whose keys are
+    /// `[key, range_end)`. `None` when both are empty. Errors name the
+    /// problem, in Kubernetes' words.
+    pub fn parse(
+        label: &str,
+        field: &str,
+        key: &[u8],
+        range_end: &[u8],
+        catalog: &Catalog,
+    ) -> Result<Option<Selector>, String> {
+        let labels =
+            labels::parse(label).map_err(|e| format!("invalid label selector {label:?}: {e}"))?;
+        let fields =
+            fields::parse(field).map_err(|e| format!("invalid field selector {field:?}: {e}"))?;
+        let resource = range_resource(key, range_end);
+        for f in &fields {
+            if !catalog.supports(resource.as_deref(), &f.field) {
+                return Err(format!(
+                    "field label not supported: {}{}",
+                    f.field,
+                    resource
+                        .as_deref()
+                        .map(|r| format!(" (resource {r})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Ok((!labels.is_empty() || !fields.is_empty()).then_some(Selector { labels, fields }))
+    }
+
+    /// Whether an object matches; `None` (unreadable) always does.
+    pub fn matches(&self, obj: Option<&Object>) -> bool {
+        let Some(o) = obj else { return true };
+        self.labels
+            .iter()
+            .all(|r| r.matches(o.labels.get(&r.key).map(String::as_str)))
+            && self
+                .fields
+                .iter()
+                .all(|r| r.matches(o.fields.get(&r.field).map(String::as_str)))
+    }
+
+    /// Whether a watcher gets this event: the new object (a put) or the
+    /// one it replaced matches.
+    pub fn matches_event(&self, e: &EventRow, catalog: &Catalog) -> bool {
+        let new = (!e.deleted).then(|| catalog.extract(&e.kv.key, &e.kv.value));
+        let old = e.prev.as_ref().map(|p| catalog.extract(&p.key, &p.value));
+        new.iter()
+            .chain(old.iter())
+            .any(|o| self.matches(o.as_ref()))
+    }
+}
+
+/// The resource every key of `[key, range_end)` belongs to, if one does:
+/// the range lies within `/registry/<resource>/`.
+pub fn range_resource(key: &[u8], range_end: &[u8]) -> Option<String> {
+    let resource = etcdsql_partitions::resource_of(key)?;
+    let prefix = etcdsql_partitions::prefix_of(std::str::from_utf8(resource).ok()?);
+    let end = etcdsql_partitions::prefix_end(&prefix)?;
+    let inside = match range_end {
+        [] => true,
+        [0] => false,
+        e => e <= end.as_slice(),
+    };
+    (inside && key.starts_with(&prefix)).then(|| String::from_utf8_lossy(resource).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_within_one_resource_has_its_fields() {
+        let c = Catalog::default();
+        let p = |l: &str, f: &str, k: &[u8], e: &[u8]| Selector::parse(l, f, k, e, &c);
+        assert_eq!(p("", "", b"/registry/pods/", b"/registry/pods0"), Ok(None));
+        assert!(
+            p(
+                "",
+                "spec.nodeName=n1",
+                b"/registry/pods/",
+                b"/registry/pods0"
+            )
+            .is_ok()
+        );
+        assert!(
+            p(
+                "",
+                "spec.nodeName=n1",
+                b"/registry/pods/ns/",
+                b"/registry/pods/ns0"
+            )
+            .is_ok()
+        );
+        let err = p("", "spec.nodeName=n1", b"/registry/", b"/registry0").unwrap_err();
+        assert!(
+            err.contains("field label not supported: spec.nodeName"),
+            "{err}"
+        );
+        assert!(p("", "metadata.name=a", b"/registry/", b"/registry0").is_ok());
+        let err = p("", "spec.nope=a", b"/registry/pods/", b"/registry/pods0").unwrap_err();
+        assert!(err.contains("(resource pods)"), "{err}");
+        let err = p("a in b", "", b"/registry/pods/", b"/registry/pods0").unwrap_err();
+        assert!(
+            err.starts_with("invalid label selector \"a in b\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn crd_selectable_fields_are_learned_from_the_crd() {
+        let c = Catalog::default();
+        let crd = br#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+            "metadata":{"name":"widgets.example.com"},
+            "spec":{"group":"example.com","names":{"plural":"widgets"},"versions":[
+              {"name":"v1beta1","storage":false,"selectableFields":[{"jsonPath":".spec.old"}]},
+              {"name":"v1","storage":true,"selectableFields":[{"jsonPath":".spec.color"},{"jsonPath":".spec.size"}]}]}}"#;
+        let key = b"/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com";
+        c.observe(key, Some(crd));
+        let (k, e) = (
+            b"/registry/example.com/widgets/".as_slice(),
+            b"/registry/example.com/widgets0".as_slice(),
+        );
+        assert!(Selector::parse("", "spec.color=red", k, e, &c).is_ok());
+        assert!(
+            Selector::parse("", "spec.old=x", k, e, &c).is_err(),
+            "not the storage version"
+        );
+        let obj = c
+            .extract(
+                b"/registry/example.com/widgets/ns/w1",
+                br#"{"metadata":{"name":"w1","namespace":"ns","labels":{"app":"x"}},"spec":{"color":"red","size":3}}"#,
+            )
+            .unwrap();
+        assert_eq!(obj.fields["spec.color"], "red");
+        assert_eq!(obj.fields["spec.size"], "3");
+        assert_eq!(obj.labels["app"], "x");
+        c.observe(key, None);
+        assert!(
+            Selector::parse("", "spec.color=red", k, e, &c).is_err(),
+            "deleted"
+        );
+    }
+}
