@@ -422,6 +422,18 @@ pub async fn serve(
             .await
             .context("reading CRDs for their selectable fields")?,
     );
+    {
+        let (backend, catalog) = (backend.clone(), catalog.clone());
+        tokio::spawn(async move {
+            match crate::selector::backfill::run(backend.as_ref(), &catalog).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "indexed labels and fields of earlier rows"),
+                Err(e) => {
+                    tracing::error!(error = %e, "indexing labels and fields of earlier rows failed; the next start retries")
+                }
+            }
+        });
+    }
     let store = Store::new(
         backend.clone(),
         committed.clone(),

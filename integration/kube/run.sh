@@ -87,7 +87,11 @@ k -n etcdsql-test patch configmap app -p '{"data":{"color":"green"}}' >/dev/null
 check "configmap created, updated, read"
 for i in $(seq 1 30); do k -n etcdsql-test create configmap "bulk-$i" --from-literal=i="$i" >/dev/null; done
 [ "$(k -n etcdsql-test get configmaps --chunk-size=7 -o name | grep -c bulk-)" = 30 ] || fail "paged list"
-check "30 configmaps listed in pages of 7"
+# Labels for the suite's selector checks on what the apiserver stored.
+k -n etcdsql-test label configmap $(seq -f 'bulk-%g' 2 2 30) parity=even >/dev/null || fail "label configmaps"
+k -n etcdsql-test label configmap $(seq -f 'bulk-%g' 1 2 29) parity=odd >/dev/null || fail "label configmaps"
+[ "$(k -n etcdsql-test get configmaps -l parity=even -o name | wc -l)" = 15 ] || fail "labelled configmaps"
+check "30 configmaps listed in pages of 7, labelled"
 k -n etcdsql-test create secret generic creds --from-literal=password=s3cret >/dev/null || fail "create secret"
 [ "$(k -n etcdsql-test get secret creds -o jsonpath='{.data.password}' | base64 -d)" = s3cret ] || fail "read secret"
 check "secret created and read"

@@ -257,8 +257,14 @@ impl TestDb {
         }
     }
 
-    /// Runs statements on the test database (PostgreSQL or MySQL).
+    /// Runs statements on the test database.
     pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        if self.target == Target::Sqlite {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::SqliteConnection::connect(&self.dsn).await?;
+            c.execute(sqlx::AssertSqlSafe(sql.to_string())).await?;
+            return Ok(());
+        }
         admin_sql(self.target, &self.dsn, sql).await
     }
 

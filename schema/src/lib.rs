@@ -356,7 +356,7 @@ mod tests {
         };
         assert_eq!(versions(Dialect::Sqlite), versions(Dialect::Postgres));
         assert_eq!(versions(Dialect::Mysql), versions(Dialect::Postgres));
-        assert_eq!(latest(Dialect::Mysql), 2);
+        assert_eq!(latest(Dialect::Mysql), 3);
     }
 
     #[test]

@@ -429,6 +429,27 @@ pub struct HistoryRow {
 pub struct Indexed {
     pub labels: String,
     pub fields: String,
+    /// Rows of `etcdsql_label` (see [`crate::selector::hash`]).
+    pub hashes: Vec<i64>,
+}
+
+impl Indexed {
+    /// The columns of a value as `catalog` reads it; `None` when it is not
+    /// a readable Kubernetes object.
+    pub fn of(
+        catalog: &crate::selector::Catalog,
+        key: &[u8],
+        value: &[u8],
+    ) -> Option<Arc<Indexed>> {
+        catalog.extract(key, value).map(|o| {
+            let (labels, fields) = o.to_columns();
+            Arc::new(Indexed {
+                labels,
+                fields,
+                hashes: crate::selector::hash::of(Some(&o)),
+            })
+        })
+    }
 }
 
 /// A live row to write, with its selector columns.
@@ -453,6 +474,14 @@ impl Upsert {
 
     pub fn fields(&self) -> Option<&str> {
         self.index.as_deref().map(|i| i.fields.as_str())
+    }
+
+    /// Its rows of `etcdsql_label`.
+    pub fn hashes(&self) -> &[i64] {
+        const OPAQUE: &[i64] = &[crate::selector::hash::OPAQUE];
+        self.index
+            .as_deref()
+            .map_or(OPAQUE, |i| i.hashes.as_slice())
     }
 }
 

@@ -25,6 +25,7 @@ const DIALECT: Dialect = Dialect {
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
     history_parts: false,
     json: sql::Json::MySql,
+    label_table: true,
 };
 
 /// A JSON column's text, or NULL.
@@ -428,6 +429,36 @@ impl Writer for MyWriter {
                     json_value(k.labels()),
                     json_value(k.fields()),
                 ]);
+            }
+            self.exec_drop(&text, Params::Positional(p)).await?;
+        }
+        // The selector index follows the live rows.
+        let names: Vec<&Vec<u8>> = f
+            .deletes
+            .iter()
+            .chain(f.upserts.iter().map(|u| &u.key))
+            .collect();
+        for chunk in chunks(&names, |k| k.len()) {
+            let text = format!(
+                "DELETE FROM etcdsql_label WHERE name IN ({})",
+                placeholders(chunk.len(), "?")
+            );
+            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
+            self.exec_drop(&text, p).await?;
+        }
+        let rows: Vec<(i64, &Vec<u8>)> = f
+            .upserts
+            .iter()
+            .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
+            .collect();
+        for chunk in chunks(&rows, |(_, k)| k.len() + 8) {
+            let text = format!(
+                "INSERT INTO etcdsql_label (h, name) VALUES {}",
+                placeholders(chunk.len(), "(?, ?)")
+            );
+            let mut p = Vec::with_capacity(chunk.len() * 2);
+            for (h, k) in chunk {
+                p.extend([Value::Int(*h), Value::Bytes(k.to_vec())]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
         }

@@ -30,6 +30,7 @@ const DIALECT: Dialect = Dialect {
     names_hint: "",
     history_parts: true,
     json: sql::Json::Postgres,
+    label_table: false,
 };
 
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \

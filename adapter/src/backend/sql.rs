@@ -39,6 +39,9 @@ pub struct Dialect {
     pub history_parts: bool,
     /// How selectors read the `labels` and `fields` JSON columns.
     pub json: Json,
+    /// Positive selector terms find candidates in `etcdsql_label` (where
+    /// the JSON columns have no index).
+    pub label_table: bool,
 }
 
 /// The JSON functions of a dialect.
@@ -171,9 +174,12 @@ impl Statement {
 
     /// A derived table `(…)` of the names in the range at `q.at`.
     fn names(&mut self, d: Dialect, q: &RangeQuery, parts: Parts) {
-        self.push("(SELECT name FROM etcdsql_live")
-            .push(d.names_hint)
-            .push(" WHERE ");
+        self.push("(SELECT name FROM etcdsql_live");
+        if q.selector.is_none() {
+            // A selector reads the rows, not just the names.
+            self.push(d.names_hint);
+        }
+        self.push(" WHERE ");
         self.key_predicate("name", &q.key, &q.end);
         self.parts("part", parts);
         self.selector(d, q.selector.as_deref(), "");
@@ -194,6 +200,9 @@ impl Statement {
     /// pass; see [`crate::selector`].
     fn selector(&mut self, d: Dialect, sel: Option<&Selector>, alias: &str) {
         let Some(sel) = sel else { return };
+        if d.label_table && alias.is_empty() {
+            self.label_candidates(sel);
+        }
         let (labels, fields) = (format!("{alias}labels"), format!("{alias}fields"));
         self.push(" AND (").push(&labels).push(" IS NULL OR (");
         let mut first = true;
@@ -210,6 +219,39 @@ impl Statement {
             self.field_req(d.json, &fields, r);
         }
         self.push("))");
+    }
+
+    /// ` AND name IN (…)` from `etcdsql_label` for each positive term:
+    /// the keys that may match it (unreadable values included).
+    fn label_candidates(&mut self, sel: &Selector) {
+        use crate::selector::hash;
+        let mut sets: Vec<Vec<i64>> = Vec::new();
+        for r in &sel.labels {
+            match &r.op {
+                LabelOp::In(vals) => {
+                    sets.push(vals.iter().map(|v| hash::label(&r.key, v)).collect());
+                }
+                LabelOp::Exists | LabelOp::Gt(_) | LabelOp::Lt(_) => {
+                    sets.push(vec![hash::has_label(&r.key)]);
+                }
+                LabelOp::NotIn(_) | LabelOp::DoesNotExist => {}
+            }
+        }
+        for r in &sel.fields {
+            if !r.negated && !r.field.starts_with("metadata.") {
+                sets.push(vec![hash::field(&r.field, &r.value)]);
+            }
+        }
+        for set in sets {
+            self.push(" AND name IN (SELECT name FROM etcdsql_label WHERE h IN (");
+            for h in set.iter().chain([&hash::OPAQUE]) {
+                // Integers from our own hash: inlined, as the planner
+                // estimates literals best.
+                self.push(&h.to_string()).push(", ");
+            }
+            self.text.truncate(self.text.len() - 2);
+            self.push("))");
+        }
     }
 
     /// The value of JSON member `key` of `col` as text (NULL if absent).
@@ -580,6 +622,7 @@ mod tests {
         names_hint: "",
         history_parts: true,
         json: Json::Postgres,
+        label_table: false,
     };
     const MY: Dialect = Dialect {
         numbered: false,
@@ -588,6 +631,7 @@ mod tests {
         names_hint: "",
         history_parts: false,
         json: Json::MySql,
+        label_table: true,
     };
 
     #[test]

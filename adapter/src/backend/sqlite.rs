@@ -28,6 +28,7 @@ const DIALECT: Dialect = Dialect {
     names_hint: "",
     history_parts: false,
     json: sql::Json::Sqlite,
+    label_table: true,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -124,6 +125,14 @@ impl Backend for SqliteBackend {
             .await
             .map_err(classify)?;
         Ok(super::boxed(rows))
+    }
+
+    async fn execute(&self, s: &Statement) -> Result<u64, DbError> {
+        let r = query(s.text.clone(), &s.params)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(r.rows_affected())
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
@@ -293,6 +302,23 @@ impl Writer for SqliteWriter {
                 ],
             )
             .await?;
+        }
+        // The selector index follows the live rows.
+        for k in f.deletes.iter().chain(f.upserts.iter().map(|u| &u.key)) {
+            self.exec(
+                "DELETE FROM etcdsql_label WHERE name = ?",
+                &[Param::Bytes(k.clone())],
+            )
+            .await?;
+        }
+        for u in &f.upserts {
+            for h in u.hashes() {
+                self.exec(
+                    "INSERT INTO etcdsql_label (h, name) VALUES (?, ?)",
+                    &[Param::Int(*h), Param::Bytes(u.key.clone())],
+                )
+                .await?;
+            }
         }
         for h in &f.history {
             self.exec(

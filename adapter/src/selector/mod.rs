@@ -19,6 +19,7 @@
 //! selector: kube-apiserver filters what it decodes again, so it sees the
 //! right answer, with such objects counted.
 
+pub mod backfill;
 pub mod extract;
 pub mod fields;
 pub mod labels;
@@ -87,6 +88,69 @@ impl Selector {
         new.iter()
             .chain(old.iter())
             .any(|o| self.matches(o.as_ref()))
+    }
+}
+
+/// Rows of `etcdsql_label` (MySQL, SQLite): hashes of what positive
+/// selector terms look for. FNV-1a 64 over a tag, the name and the value:
+/// stable across processes and releases. A collision only adds a
+/// candidate; the JSON columns decide.
+pub mod hash {
+    /// A value that is not a readable Kubernetes object: a candidate for
+    /// every selector.
+    pub const OPAQUE: i64 = 0;
+
+    fn fnv(parts: &[&[u8]]) -> i64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                // A separator no label key or field name holds.
+                h ^= 0xff;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            for b in *p {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        // Never OPAQUE.
+        i64::from_ne_bytes(h.to_ne_bytes()).max(1)
+    }
+
+    /// Label `key` with `value`.
+    pub fn label(key: &str, value: &str) -> i64 {
+        fnv(&[b"l", key.as_bytes(), value.as_bytes()])
+    }
+
+    /// Label `key`, any value.
+    pub fn has_label(key: &str) -> i64 {
+        fnv(&[b"e", key.as_bytes()])
+    }
+
+    /// Field `name` with `value`.
+    pub fn field(name: &str, value: &str) -> i64 {
+        fnv(&[b"f", name.as_bytes(), value.as_bytes()])
+    }
+
+    /// Every hash of an object (`None`: unreadable). `metadata.*` fields are
+    /// left out: the key range already narrows by namespace and name.
+    pub fn of(obj: Option<&super::Object>) -> Vec<i64> {
+        let Some(o) = obj else {
+            return vec![OPAQUE];
+        };
+        let mut out = Vec::with_capacity(2 * o.labels.len() + o.fields.len());
+        for (k, v) in &o.labels {
+            out.push(label(k, v));
+            out.push(has_label(k));
+        }
+        for (f, v) in &o.fields {
+            if !f.starts_with("metadata.") {
+                out.push(field(f, v));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 

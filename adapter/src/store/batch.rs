@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use async_trait::async_trait;
 
 use super::ops::{self, View};
-use std::sync::Arc;
-
 use crate::backend::{
     DbError, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows, Upsert, Writer,
 };
@@ -249,10 +247,7 @@ impl<'w> Batch<'w> {
         let mut latest = HashMap::new();
         for h in &mut self.history {
             if !h.deleted {
-                h.index = self.catalog.extract(&h.key, &h.value).map(|o| {
-                    let (labels, fields) = o.to_columns();
-                    Arc::new(Indexed { labels, fields })
-                });
+                h.index = Indexed::of(self.catalog, &h.key, &h.value);
                 latest.insert(h.key.clone(), h.index.clone());
             }
         }
@@ -262,10 +257,7 @@ impl<'w> Batch<'w> {
                     let index = match latest.remove(&key) {
                         Some(index) => index,
                         // Written by an earlier flush of this batch.
-                        None => self.catalog.extract(&kv.key, &kv.value).map(|o| {
-                            let (labels, fields) = o.to_columns();
-                            Arc::new(Indexed { labels, fields })
-                        }),
+                        None => Indexed::of(self.catalog, &kv.key, &kv.value),
                     };
                     f.upserts.push(Upsert { kv, index });
                 }

@@ -29,6 +29,12 @@
 //!   it twice, dropping history epochs and deleting rows
 //!   (`--history-compaction drop|delete`).
 //!
+//! - `selectors` (not in the default set): `--selector-objects` objects, a
+//!   label selector matching 1% of them: a paginated LIST with the selector
+//!   pushed down (RangeRequest 14) against a LIST of everything filtered by
+//!   the client, and etcdsql's RSS during pushed-down LISTs at a tenth of
+//!   the objects and at all of them.
+//!
 //! `--endpoint HOST:PORT` drives an already running etcd v3 server instead
 //! (named `endpoint` in the tables; no RSS).
 
@@ -107,12 +113,16 @@ struct Args {
     /// Keys they are versions of.
     #[arg(long, default_value_t = 10_000)]
     compact_keys: usize,
+    /// Objects `selectors` lists (1% match its selector).
+    #[arg(long, default_value_t = 100_000)]
+    selector_objects: usize,
 }
 
 /// A target under load: its clients and, where it was started here, its
 /// process (for RSS).
 struct Under {
     name: String,
+    endpoint: String,
     clients: Vec<Client>,
     started: Option<Started>,
 }
@@ -147,6 +157,7 @@ impl Under {
         }
         Ok(Under {
             name: name.to_string(),
+            endpoint,
             clients,
             started,
         })
@@ -227,11 +238,12 @@ fn print_table(title: &str, unit: &str, rows: &[Row]) {
 fn object(n: usize, generation: usize) -> Vec<u8> {
     let size = 1024 + (n.wrapping_mul(2_654_435_761) % 3072);
     let head = format!(
-        r#"{{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{{"name":"w-{n:08}","namespace":"ns-{}","generation":{generation},"labels":{{"app":"app-{}","tier":"{}","shard":"{}"}}}},"spec":{{"replicas":{},"data":""#,
+        r#"{{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{{"name":"w-{n:08}","namespace":"ns-{}","generation":{generation},"labels":{{"app":"app-{}","tier":"{}","shard":"{}","bucket":"b-{}"}}}},"spec":{{"replicas":{},"data":""#,
         n % 100,
         n % 50,
         ["web", "db", "cache"][n % 3],
         n % 16,
+        n % 100,
         n % 5
     );
     let mut v = head.into_bytes();
@@ -692,6 +704,7 @@ async fn replicas_table(args: &Args) -> anyhow::Result<()> {
         }
         let u = Under {
             name: format!("postgres + {replicas} replicas"),
+            endpoint: p.endpoint.clone(),
             clients,
             started: None,
         };
@@ -858,6 +871,144 @@ async fn compact_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The label selector of `selectors` and the client-side test for it (a
+/// substring of the JSON: cheaper than the decoding kube-apiserver does).
+const BUCKET_SELECTOR: &str = "bucket=b-7";
+const BUCKET_LABEL: &[u8] = br#""bucket":"b-7""#;
+
+/// One paginated LIST (500 per page, later pages at the first page's
+/// revision) with `selector`, or of everything filtered here when it is
+/// empty. Returns (seconds, matching objects, objects transferred, pages)
+/// and samples `rss` after each page.
+async fn selector_list(
+    kv: &mut etcdsql::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    selector: &str,
+    mut rss: impl FnMut(),
+) -> anyhow::Result<(f64, usize, usize, usize)> {
+    let end = format!("{}0", &PREFIX[..PREFIX.len() - 1]).into_bytes();
+    let (mut key, mut rev) = (PREFIX.as_bytes().to_vec(), 0);
+    let (mut matched, mut moved, mut pages) = (0, 0, 0);
+    let t = Instant::now();
+    loop {
+        let r = kv
+            .range(etcdsql::proto::etcdserverpb::RangeRequest {
+                key: key.clone(),
+                range_end: end.clone(),
+                limit: 500,
+                revision: rev,
+                label_selector: selector.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        rss();
+        if rev == 0 {
+            rev = r.header.as_ref().map_or(0, |h| h.revision);
+        }
+        moved += r.kvs.len();
+        matched += r
+            .kvs
+            .iter()
+            .filter(|kv| {
+                kv.value
+                    .windows(BUCKET_LABEL.len())
+                    .any(|w| w == BUCKET_LABEL)
+            })
+            .count();
+        match r.kvs.last() {
+            Some(last) if r.more => {
+                key = last.key.clone();
+                key.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), matched, moved, pages))
+}
+
+/// The median of three runs' seconds, with the last run's other numbers.
+async fn selector_median(
+    kv: &mut etcdsql::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    selector: &str,
+) -> anyhow::Result<(f64, usize, usize, usize)> {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(selector_list(kv, selector, || {}).await?);
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(runs[1])
+}
+
+async fn selectors_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
+    let n = args.selector_objects;
+    let small = n / 10;
+    println!(
+        "\n### selectors: LIST of {n} objects (1–4 KiB JSON) with a label selector matching 1% \
+         (`{BUCKET_SELECTOR}`), pages of 500, median of 3\n"
+    );
+    println!(
+        "| target | LIST all + client filter s | objects moved | LIST with selector s | objects moved | speedup | etcdsql RSS MiB before → during selector LISTs, at {small} / {n} objects |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for name in targets {
+        eprintln!("selectors on {name} …");
+        let u = Under::start(name, args).await?;
+        let mut kv = etcdsql::proto::etcdserverpb::kv_client::KvClient::connect(format!(
+            "http://{}",
+            u.endpoint.trim_start_matches("http://")
+        ))
+        .await?
+        .max_decoding_message_size(64 << 20);
+        let pushdown = name != "etcd" && name != "endpoint";
+        let mut peak_at = Vec::new();
+        let t = Instant::now();
+        for (from, to) in [(0, small), (small, n)] {
+            load(&u, from, to, object_key, |k| object(k, 1)).await?;
+            eprintln!(
+                "  {name}: {to} objects after {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            if pushdown {
+                let before = u.process().map_or(0, |p| p.rss().0);
+                let mut peak = before;
+                for _ in 0..3 {
+                    selector_list(&mut kv, BUCKET_SELECTOR, || {
+                        peak = peak.max(u.process().map_or(0, |p| p.rss().0));
+                    })
+                    .await?;
+                }
+                peak_at.push(format!("{} → {}", mib(before), mib(peak)));
+            }
+        }
+        let (all_s, all_matched, all_moved, _) = selector_median(&mut kv, "").await?;
+        let (sel, speedup) = if pushdown {
+            let (s, matched, moved, _) = selector_median(&mut kv, BUCKET_SELECTOR).await?;
+            anyhow::ensure!(
+                matched == all_matched && moved == matched,
+                "{name}: the selector returned {moved} objects, {matched} matching; the client filter found {all_matched}"
+            );
+            (
+                (format!("{s:.3}"), moved.to_string()),
+                format!("{:.0}x", all_s / s),
+            )
+        } else {
+            (("–".into(), "–".into()), "–".into())
+        };
+        println!(
+            "| {name} | {all_s:.3} | {all_moved} | {} | {} | {speedup} | {} |",
+            sel.0,
+            sel.1,
+            if peak_at.is_empty() {
+                "–".to_string()
+            } else {
+                peak_at.join(" / ")
+            }
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -896,6 +1047,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
         if workload == "replicas" {
             replicas_table(args).await?;
+            continue;
+        }
+        if workload == "selectors" {
+            selectors_table(&targets, args).await?;
             continue;
         }
         let mut rows = Vec::new();

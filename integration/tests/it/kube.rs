@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use etcdsql_integration::{Target, TestDb};
+use etcdsql::proto::etcdserverpb::RangeRequest;
+use etcdsql::proto::etcdserverpb::kv_client::KvClient;
+use etcdsql_integration::{Process, Target, TestDb};
 
 use crate::{Case, bin, case};
 
@@ -43,6 +45,90 @@ async fn apiserver(target: Target) {
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.contains(", 0 failed"), "{stdout}");
     eprintln!("{summary}");
+    if target != Target::Sqlite {
+        selectors_on_what_it_stored(target, &db).await;
+    }
+}
+
+/// Selectors over the objects kube-apiserver wrote (protobuf for built-in
+/// types, JSON for custom resources), read by a new etcdsql on the same
+/// database.
+async fn selectors_on_what_it_stored(target: Target, db: &TestDb) {
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let url = if p.endpoint.contains("://") {
+        p.endpoint.clone()
+    } else {
+        format!("http://{}", p.endpoint)
+    };
+    let mut c = KvClient::connect(url).await.expect("gRPC connection");
+    let mut names = async |prefix: &str, labels: &str, fields: &str| -> Vec<String> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(l) = end.last_mut() {
+            *l += 1;
+        }
+        let r = c
+            .range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: end,
+                label_selector: labels.into(),
+                field_selector: fields.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{prefix} {labels:?} {fields:?}: {e}"))
+            .into_inner();
+        if labels.is_empty() && fields.is_empty() && prefix.contains("configmaps") {
+            assert!(
+                r.kvs.iter().all(|kv| kv.value.starts_with(b"k8s\0")),
+                "kube-apiserver stores configmaps as protobuf"
+            );
+        }
+        r.kvs
+            .iter()
+            .map(|kv| {
+                String::from_utf8_lossy(&kv.key)
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let cms = "/registry/configmaps/etcdsql-test/";
+    assert_eq!(names(cms, "", "").await.len(), 30);
+    let mut even: Vec<String> = (1..=15).map(|i| format!("bulk-{}", 2 * i)).collect();
+    even.sort();
+    assert_eq!(names(cms, "parity=even", "").await, even);
+    assert_eq!(names(cms, "parity notin (even)", "").await.len(), 15);
+    assert_eq!(names(cms, "!parity", "").await, Vec::<String>::new());
+    assert_eq!(names(cms, "", "metadata.name=bulk-7").await, ["bulk-7"]);
+    assert_eq!(
+        names(
+            cms,
+            "parity=odd",
+            "metadata.namespace=etcdsql-test,metadata.name!=bulk-1"
+        )
+        .await
+        .len(),
+        14
+    );
+    let ns = "/registry/namespaces/";
+    assert_eq!(
+        names(ns, "", "status.phase=Terminating").await,
+        ["etcdsql-test"]
+    );
+    let active = names(ns, "", "status.phase=Active").await;
+    assert!(
+        active.contains(&"default".to_string()) && !active.contains(&"etcdsql-test".to_string()),
+        "{active:?}"
+    );
+    let widgets = "/registry/etcdsql.example.com/widgets/etcdsql-test/";
+    assert_eq!(names(widgets, "tier=t3", "").await, ["w3"]);
+    assert_eq!(names(widgets, "tier!=t3", "").await, ["w2"]);
+    eprintln!(
+        "selectors on {}: labels and fields of the protobuf and JSON objects kube-apiserver stored",
+        target.name()
+    );
 }
 
 pub fn cases() -> Vec<Case> {

@@ -69,14 +69,15 @@ async fn migrations(target: Target) {
         stdout(&st)
     );
     assert!(
-        stdout(&st).contains("pending  0002 layout"),
+        stdout(&st).contains("pending  0002 layout")
+            && stdout(&st).contains("pending  0003 selectors"),
         "{}",
         stdout(&st)
     );
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 2: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 3: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -92,6 +93,7 @@ async fn migrations(target: Target) {
     );
     assert!(sql.contains("-- migration 2 (layout)"), "{sql}");
     assert!(sql.contains("PARTITION BY"), "{sql}");
+    assert!(sql.contains("-- migration 3 (selectors)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -113,7 +115,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        2
+        3
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -125,8 +127,8 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 2 (this etcdsql: 2)")
-            && text.contains("applied  0002 layout"),
+        text.contains("schema version 3 (this etcdsql: 3)")
+            && text.contains("applied  0003 selectors"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -151,13 +153,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (3, 'from the future', TRUE, {zero}, 0)"
+         VALUES (4, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 3"));
+    .unwrap_or_else(|_| panic!("recording version 4"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 3 (from the future), newer than this etcdsql knows (up to 2); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 4 (from the future), newer than this etcdsql knows (up to 3); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -169,7 +171,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 3")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 4")
         .await
         .unwrap();
 

@@ -10,4 +10,11 @@ ALTER TABLE etcdsql_history ADD COLUMN labels JSONB, ADD COLUMN fields JSONB;
 ALTER TABLE etcdsql_history ADD COLUMN batch BIGINT;
 CREATE INDEX etcdsql_live_labels ON etcdsql_live USING GIN (labels);
 CREATE INDEX etcdsql_live_fields ON etcdsql_live USING GIN (fields);
-UPDATE etcdsql_meta SET schema_version = 3;
+-- Rows with NULL labels match every selector: this lets the planner OR
+-- them with the GIN scans instead of reading the whole range.
+CREATE INDEX etcdsql_live_unreadable ON etcdsql_live (name) WHERE labels IS NULL;
+-- 1 once every live row has its selector columns: rows written before this
+-- version are indexed by the first server to start (selector::backfill).
+ALTER TABLE etcdsql_meta ADD COLUMN selectors_indexed SMALLINT NOT NULL DEFAULT 0;
+UPDATE etcdsql_meta SET schema_version = 3,
+    selectors_indexed = CASE WHEN EXISTS (SELECT 1 FROM etcdsql_live) THEN 0 ELSE 1 END;
