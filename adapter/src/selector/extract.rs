@@ -554,3 +554,82 @@ fn crd_fields_proto(envelope: &[u8]) -> Option<Vec<String>> {
     }
     Some(Vec::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_bytes(num: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [num << 3 | 2, u64::try_from(payload.len()).unwrap()] {
+            let mut v = v;
+            while v >= 0x80 {
+                out.push(u8::try_from(v & 0x7f).unwrap() | 0x80);
+                v >>= 7;
+            }
+            out.push(u8::try_from(v).unwrap());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn envelope(obj: &[u8]) -> Vec<u8> {
+        let mut v = b"k8s\0".to_vec();
+        v.extend(field_bytes(2, obj));
+        v
+    }
+
+    #[test]
+    fn event_source_falls_back_to_the_reporting_component() {
+        let c = Catalog::default();
+        let mut obj = field_bytes(1, &field_bytes(1, b"e1"));
+        obj.extend(field_bytes(2, &field_bytes(3, b"web-0")));
+        obj.extend(field_bytes(3, b"Scheduled"));
+        obj.extend(field_bytes(14, b"kubelet"));
+        let o = c
+            .extract(b"/registry/events/default/e1", &envelope(&obj))
+            .expect("an event");
+        assert_eq!(o.fields["source"], "kubelet");
+        assert_eq!(o.fields["involvedObject.name"], "web-0");
+        assert_eq!(o.fields["reason"], "Scheduled");
+        assert_eq!(o.fields["type"], "", "unset");
+    }
+
+    #[test]
+    fn unreadable_values_have_no_columns() {
+        let c = Catalog::default();
+        for v in [
+            b"k8s:enc:aescbc:v1:key1:...".as_slice(),
+            b"k8s\0\x12\xff",
+            b"[1, 2]",
+            b"plain",
+            b"",
+        ] {
+            assert_eq!(c.extract(b"/registry/pods/ns/a", v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn json_builtins_render_like_kubernetes() {
+        let c = Catalog::default();
+        let o = c
+            .extract(
+                b"/registry/minions/n1",
+                br#"{"kind":"Node","metadata":{"name":"n1","labels":{"zone":"a"}},"spec":{}}"#,
+            )
+            .expect("a node");
+        assert_eq!(o.fields["spec.unschedulable"], "false");
+        assert_eq!(o.fields["metadata.name"], "n1");
+        assert_eq!(o.labels["zone"], "a");
+        let crd = br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
+            "versions":[{"name":"v1","storage":true}]}}"#;
+        c.observe(
+            b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
+            Some(crd),
+        );
+        assert!(
+            c.supports(Some("g.io/xs"), "spec.a"),
+            "v1beta1's hoisted list"
+        );
+    }
+}
