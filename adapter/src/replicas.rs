@@ -43,6 +43,9 @@ pub struct Settings {
     pub wait: Duration,
     /// Out of rotation past this lag.
     pub max_lag: Duration,
+    /// A replica read that takes longer is abandoned and read elsewhere (a
+    /// black-holed replica's connections answer nothing, for minutes).
+    pub read_timeout: Duration,
 }
 
 pub struct Replica {
@@ -193,7 +196,13 @@ impl Replicas {
                 break;
             }
             for (replica, b) in rotation {
-                match read(b).await {
+                let Ok(r) = tokio::time::timeout(self.settings.read_timeout, read(b)).await else {
+                    // The health check takes it out of rotation if it stays so.
+                    tracing::warn!(replica = replica.name, timeout = ?self.settings.read_timeout,
+                        "replica read timed out; trying elsewhere");
+                    continue;
+                };
+                match r {
                     Ok((value, at)) if min.is_none_or(|m| at >= m) => {
                         metrics::READS
                             .with_label_values(&[&replica.name, kind])

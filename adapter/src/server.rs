@@ -130,6 +130,11 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub max_replica_lag: Duration,
 
+    /// A read on a replica that takes longer is abandoned and served by
+    /// another replica or the primary.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub replica_read_timeout: Duration,
+
     /// --endpoint is a proxy tier over a primary and replicas (Pgpool-II,
     /// pgcat, ProxySQL): writes and fencing reads run in transactions it
     /// sends to the primary, other reads outside them, for it to balance.
@@ -149,6 +154,7 @@ fn replicas(
     let settings = replicas::Settings {
         wait: config.replica_wait,
         max_lag: config.max_replica_lag,
+        read_timeout: config.replica_read_timeout,
     };
     if config.proxy_tier {
         if !config.read_endpoints.is_empty() || matches!(primary, Dsn::Sqlite(_)) {

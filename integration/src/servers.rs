@@ -77,6 +77,15 @@ impl Container {
         Ok(DOCKER_RT.spawn(async move { c.stop().await }).await??)
     }
 
+    /// Freezes (`docker pause`) or thaws the container: its connections stay
+    /// open and answer nothing, as a black-holed host's would.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        let id = self.handle().id().to_string();
+        let verb = if frozen { "pause" } else { "unpause" };
+        anyhow::ensure!(docker(&[verb, &id]), "docker {verb} {id} failed");
+        Ok(())
+    }
+
     pub async fn start_again(&self) -> anyhow::Result<()> {
         let c = self.handle();
         Ok(DOCKER_RT.spawn(async move { c.start().await }).await??)

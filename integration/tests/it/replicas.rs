@@ -129,7 +129,12 @@ async fn run(target: Target, through_pgpool: bool) {
             servers::with_port(&db.dsn, servers::port_of(&pool.url).unwrap()).unwrap()
         }
         None => {
-            args.extend(["--read-endpoint", &db.dsns[1]]);
+            args.extend([
+                "--read-endpoint",
+                &db.dsns[1],
+                "--replica-read-timeout",
+                "1s",
+            ]);
             db.dsn.clone()
         }
     };
@@ -231,14 +236,19 @@ async fn run(target: Target, through_pgpool: bool) {
     // and the replica is back in rotation after it restarts.
     let stop = Arc::new(AtomicBool::new(false));
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // The slowest request since it was last reset, in ms.
+    let slowest = Arc::new(AtomicU64::new(0));
+    let mut frozen = 0;
     let mut tasks = Vec::new();
     for t in 0..4u64 {
         let mut c: Client = p.client().await.unwrap();
         let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+        let slowest = slowest.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
+                let started = Instant::now();
                 let key = format!("/r/{:03}", (n * 7 + t) % 100);
                 let r = match (t, n % 3) {
                     (0, _) => c.put(key, format!("w{n}"), None).await.map(|_| ()),
@@ -252,6 +262,8 @@ async fn run(target: Target, through_pgpool: bool) {
                         .map(|_| ()),
                     _ => c.get(key, None).await.map(|_| ()),
                 };
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                slowest.fetch_max(ms, Ordering::Relaxed);
                 match r {
                     Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
@@ -263,6 +275,28 @@ async fn run(target: Target, through_pgpool: bool) {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if !through_pgpool {
+        // Frozen (its connections black-holed): reads on it time out after
+        // --replica-read-timeout and go elsewhere; none fails.
+        slowest.store(0, Ordering::Relaxed);
+        containers[1].freeze(true).expect("freezing the replica");
+        let before = done.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        frozen = done.load(Ordering::Relaxed) - before;
+        // Requests caught on it waited for the 1 s read timeout, not for
+        // the thaw.
+        let waited = slowest.load(Ordering::Relaxed);
+        containers[1].freeze(false).expect("thawing the replica");
+        assert!(
+            waited < 2500,
+            "a request waited {waited} ms while the replica was frozen"
+        );
+        assert!(
+            p.log().contains("replica read timed out"),
+            "no read timed out on the frozen replica"
+        );
+        wait_healthy(metrics_port, true, "replica thawed").await;
+    }
     containers[1].stop().await.expect("stopping the replica");
     if through_pgpool {
         // Pgpool-II detaches the standby; its balanced side is the primary.
@@ -321,9 +355,14 @@ async fn run(target: Target, through_pgpool: bool) {
         "requests answered while the replica was down"
     );
     assert!(after > 0.0, "reads served by the replica after it returned");
+    assert!(
+        through_pgpool || frozen > 0,
+        "requests answered while the replica was frozen"
+    );
     eprintln!(
         "replicas on {}{}: {by_replica} of 101 reads by the replica ({counted} counted there); \
-         paused: default Range fresh, serializable stale; replica stopped: {while_down} requests in 2 s, 0 failed, \
+         paused: default Range fresh, serializable stale; frozen: {frozen} requests in 3 s; \
+         replica stopped: {while_down} requests in 2 s, 0 failed, \
          {after} reads by it after its return",
         target.name(),
         if through_pgpool {
