@@ -361,7 +361,7 @@ async fn run(target: Target, through_pgpool: bool) {
     );
     eprintln!(
         "replicas on {}{}: {by_replica} of 101 reads by the replica ({counted} counted there); \
-         paused: default Range fresh, serializable stale; frozen: {frozen} requests in 3 s; \
+         paused: default Range fresh, serializable stale; {}\
          replica stopped: {while_down} requests in 2 s, 0 failed, \
          {after} reads by it after its return",
         target.name(),
@@ -369,6 +369,11 @@ async fn run(target: Target, through_pgpool: bool) {
             " through Pgpool-II"
         } else {
             ""
+        },
+        if through_pgpool {
+            String::new()
+        } else {
+            format!("frozen: {frozen} requests in 3 s, 0 failed; ")
         }
     );
     drop(p);
