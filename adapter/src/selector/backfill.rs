@@ -1,7 +1,9 @@
-//! Selector columns for rows written before schema version 3: read once,
-//! in the background, by the first server to start on such a database.
-//! `etcdsql_meta.selectors_indexed` records that it is done (a database
-//! created at version 3 starts with it set: every row is indexed as written).
+//! Selector columns read again from stored objects, in the background:
+//! - [`run`]: rows written before schema version 3, once, by the first
+//!   server to start (`etcdsql_meta.selectors_indexed` records that it is
+//!   done; a database created at version 3 starts with it set);
+//! - [`resource`]: a custom resource's objects after a write of its CRD
+//!   changed the selectable fields.
 
 use crate::backend::sql::{Json, Param};
 use crate::backend::{Backend, Columns, DbError, Indexed, first_ints};
@@ -10,10 +12,8 @@ use crate::selector::{Catalog, hash};
 /// Rows read per step.
 const STEP: i64 = 500;
 
-/// Indexes the live rows that have no selector columns yet. Concurrent
-/// writes win: a row is updated only at the version that was read, and an
-/// `etcdsql_label` row too many only adds a candidate. Returns the rows
-/// indexed.
+/// Indexes the live rows that have no selector columns yet. Returns the
+/// rows indexed.
 pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbError> {
     let done = backend
         .fetch(&backend.statement(
@@ -24,6 +24,36 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
     if first_ints(&done)?.first() == Some(&1) {
         return Ok(0);
     }
+    let indexed = pass(backend, catalog, None).await?;
+    backend
+        .execute(&backend.statement(
+            "UPDATE etcdsql_meta SET selectors_indexed = 1 WHERE id = 1",
+            &[],
+        ))
+        .await?;
+    Ok(indexed)
+}
+
+/// Reads the labels and fields of every object of `resource` again.
+/// Returns the rows updated.
+pub async fn resource(
+    backend: &dyn Backend,
+    catalog: &Catalog,
+    resource: &str,
+) -> Result<u64, DbError> {
+    let start = etcdsql_partitions::prefix_of(resource);
+    let end = etcdsql_partitions::prefix_end(&start).unwrap_or_default();
+    pass(backend, catalog, Some((start, end))).await
+}
+
+/// One pass over the live rows in `range`, or over those without columns.
+/// Concurrent writes win: a row is updated only at the version that was
+/// read, and an `etcdsql_label` row too many only adds a candidate.
+async fn pass(
+    backend: &dyn Backend,
+    catalog: &Catalog,
+    range: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<u64, DbError> {
     let d = backend.sql();
     let (jsonb, insert_label) = match d.json {
         Json::Postgres => ("::text::jsonb", ""),
@@ -36,19 +66,40 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
             "INSERT OR IGNORE INTO etcdsql_label (h, name) VALUES (?, ?)",
         ),
     };
+    let only_null = if range.is_none() {
+        " AND labels IS NULL"
+    } else {
+        ""
+    };
     let update = format!(
         "UPDATE etcdsql_live SET labels = ?{jsonb}, fields = ?{jsonb} \
-         WHERE name = ? AND mod_revision = ? AND labels IS NULL"
+         WHERE name = ? AND mod_revision = ?{only_null}"
     );
-    let (mut after, mut indexed) = (Vec::new(), 0u64);
+    let (lo, hi) = range.unwrap_or_default();
+    let select = if hi.is_empty() {
+        "SELECT name, value, mod_revision FROM etcdsql_live \
+         WHERE labels IS NULL AND name > ? ORDER BY name LIMIT ?"
+    } else {
+        "SELECT name, value, mod_revision FROM etcdsql_live \
+         WHERE name > ? AND name < ? ORDER BY name LIMIT ?"
+    };
+    // Strictly after `after`: the range's first key is `lo` itself.
+    let mut after = lo;
+    let mut first = !after.is_empty();
+    let mut updated = 0u64;
     loop {
-        let rows = backend
-            .fetch(&backend.statement(
-                "SELECT name, value, mod_revision FROM etcdsql_live \
-                 WHERE labels IS NULL AND name > ? ORDER BY name LIMIT ?",
-                &[Param::Bytes(after.clone()), Param::Int(STEP)],
-            ))
-            .await?;
+        let mut params = vec![Param::Bytes(after.clone())];
+        if !hi.is_empty() {
+            params.push(Param::Bytes(hi.clone()));
+        }
+        params.push(Param::Int(STEP));
+        let text = if first {
+            select.replacen("name > ?", "name >= ?", 1)
+        } else {
+            select.to_string()
+        };
+        first = false;
+        let rows = backend.fetch(&backend.statement(&text, &params)).await?;
         if rows.is_empty() {
             break;
         }
@@ -57,8 +108,8 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
             let value = r.bytes(1)?.unwrap_or_default();
             let index = Indexed::of(catalog, &name, &value);
             if d.label_table {
-                // Before the columns: a crash in between leaves the row
-                // NULL, read again by the next start.
+                // Before the columns: a crash in between leaves the row to
+                // the next pass.
                 let hashes = index
                     .as_deref()
                     .map_or(vec![hash::OPAQUE], |i| i.hashes.clone());
@@ -74,7 +125,7 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
                 }
             }
             if let Some(i) = index {
-                indexed += backend
+                updated += backend
                     .execute(&backend.statement(
                         &update,
                         &[
@@ -89,11 +140,5 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
             after = name;
         }
     }
-    backend
-        .execute(&backend.statement(
-            "UPDATE etcdsql_meta SET selectors_indexed = 1 WHERE id = 1",
-            &[],
-        ))
-        .await?;
-    Ok(indexed)
+    Ok(updated)
 }

@@ -222,32 +222,49 @@ const CRD_PREFIX: &[u8] = b"/registry/apiextensions.k8s.io/customresourcedefinit
 #[derive(Default)]
 pub struct Catalog {
     crds: RwLock<HashMap<String, Vec<String>>>,
+    /// Resources whose selectable fields this process's writes changed:
+    /// their stored objects need their `fields` read again.
+    changed: std::sync::Mutex<Vec<String>>,
 }
 
 impl Catalog {
     /// Learns from a write: a CRD put (its storage version's
     /// `selectableFields`) or delete. Other keys are ignored.
     pub fn observe(&self, key: &[u8], value: Option<&[u8]>) {
-        let Some(name) = key.strip_prefix(CRD_PREFIX) else {
-            return;
-        };
-        let mut crds = self.crds.write().unwrap_or_else(|e| e.into_inner());
-        // The key's name is `<plural>.<group>`.
-        let Some(resource) = std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| n.split_once('.'))
-            .map(|(plural, group)| format!("{group}/{plural}"))
-        else {
-            return;
-        };
-        match value.map(crd_selectable_fields) {
-            Some(paths) if !paths.is_empty() => {
-                crds.insert(resource, paths);
-            }
-            _ => {
-                crds.remove(&resource);
+        self.learn(key, value);
+    }
+
+    /// [`Self::observe`] for a write of this process: a CRD put that changes
+    /// the selectable fields is remembered for [`Self::take_changed`].
+    pub fn observe_write(&self, key: &[u8], value: Option<&[u8]>) {
+        if let (Some(resource), Some(_)) = (self.learn(key, value), value) {
+            let mut c = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+            if !c.contains(&resource) {
+                c.push(resource);
             }
         }
+    }
+
+    /// Resources whose objects' fields are stale since the last call.
+    pub fn take_changed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Updates the CRD's entry; returns its resource if its fields changed.
+    fn learn(&self, key: &[u8], value: Option<&[u8]>) -> Option<String> {
+        let name = key.strip_prefix(CRD_PREFIX)?;
+        let mut crds = self.crds.write().unwrap_or_else(|e| e.into_inner());
+        // The key's name is `<plural>.<group>`.
+        let resource = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| n.split_once('.'))
+            .map(|(plural, group)| format!("{group}/{plural}"))?;
+        let before = match value.map(crd_selectable_fields) {
+            Some(paths) if !paths.is_empty() => crds.insert(resource.clone(), paths.clone()),
+            _ => crds.remove(&resource),
+        };
+        let after = crds.get(&resource);
+        (before.as_ref() != after).then_some(resource)
     }
 
     /// A catalog of the CRDs stored in the database.

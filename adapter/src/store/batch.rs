@@ -488,7 +488,7 @@ impl View for Batch<'_> {
             prev_revision,
             index: None,
         });
-        self.catalog.observe(&kv.key, Some(&kv.value));
+        self.catalog.observe_write(&kv.key, Some(&kv.value));
         self.sub += 1;
         self.cache.insert(kv.key.clone(), Some(kv.clone()));
         self.dirty.insert(kv.key.clone(), Some(kv));
@@ -508,7 +508,7 @@ impl View for Batch<'_> {
             prev_revision: prev.mod_revision,
             index: None,
         });
-        self.catalog.observe(&prev.key, None);
+        self.catalog.observe_write(&prev.key, None);
         self.sub += 1;
         self.cache.insert(prev.key.clone(), None);
         self.dirty.insert(prev.key.clone(), None);

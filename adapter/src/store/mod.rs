@@ -218,12 +218,28 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// After the write committed: partitions for those resources.
+    /// After the write committed: partitions for those resources, and
+    /// fields read again where a CRD's selectable fields changed.
     fn partition(&self, crds: Vec<String>) {
         if let Some(p) = &self.partitioner {
             for r in crds {
                 p.ensure(r);
             }
+        }
+        for resource in self.catalog.take_changed() {
+            let (backend, catalog) = (self.backend.clone(), self.catalog.clone());
+            tokio::spawn(async move {
+                match crate::selector::backfill::resource(backend.as_ref(), &catalog, &resource)
+                    .await
+                {
+                    Ok(rows) => {
+                        tracing::info!(%resource, rows, "selectable fields changed; objects indexed again")
+                    }
+                    Err(e) => {
+                        tracing::error!(%resource, error = %e, "indexing objects again after their CRD changed failed")
+                    }
+                }
+            });
         }
     }
 

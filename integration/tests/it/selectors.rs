@@ -25,6 +25,7 @@ pub fn cases() -> Vec<Case> {
         case!("watch", &Target::ETCDSQL, watch),
         case!("protobuf", &Target::ETCDSQL, protobuf),
         case!("backfill", &Target::ETCDSQL, backfill),
+        case!("crd_change", &Target::ETCDSQL, crd_change),
     ]
 }
 
@@ -839,4 +840,61 @@ fn labels_of(sel: &str) -> Option<Vec<Req>> {
         "n>4" => vec![req("n", "gt", &["4"])],
         _ => return None,
     })
+}
+
+/// A CRD that gains a selectable field: its objects written before are
+/// indexed again, and the field selects exactly.
+async fn crd_change(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut c = kv(&p).await;
+    let without: Vec<u8> = String::from_utf8(crd())
+        .unwrap()
+        .replace(r#","selectableFields":[{"jsonPath":".spec.color"}]"#, "")
+        .into_bytes();
+    assert_ne!(without, crd());
+    put(&mut c, CRD_KEY, without).await;
+    let mut rng = Rng(11);
+    let objs: Vec<Obj> = (0..40)
+        .map(|i| random_obj(&mut rng, "ns0", &format!("w{i:02}")))
+        .collect();
+    for o in &objs {
+        put(&mut c, &o.key(), o.value()).await;
+    }
+    let req = RangeRequest {
+        key: PREFIX.as_bytes().to_vec(),
+        range_end: prefix_end(PREFIX),
+        field_selector: "spec.color=red".into(),
+        ..Default::default()
+    };
+    let err = c.range(req.clone()).await.expect_err("not selectable yet");
+    assert!(
+        err.message()
+            .contains("field label not supported: spec.color"),
+        "{err}"
+    );
+    put(&mut c, CRD_KEY, crd()).await;
+    let want: Vec<String> = objs
+        .iter()
+        .filter(|o| Req::Field("spec.color".into(), false, "red".into()).matches(o))
+        .map(Obj::key)
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = keys(&c.range(req.clone()).await.expect("range").into_inner());
+        if got == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the CRD change: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!(
+        "CRD change on {}: {} earlier objects selectable by the new field ({} red)",
+        target.name(),
+        objs.len(),
+        want.len()
+    );
 }
