@@ -189,11 +189,20 @@ impl SqliteWriter {
         q.fetch_all(self.conn()?).await.map_err(classify)
     }
 
+    async fn exec_owned(&mut self, text: String, p: &[Param]) -> Result<(), DbError> {
+        let q = query(text, p);
+        q.execute(self.conn()?).await.map_err(classify).map(drop)
+    }
+
     async fn exec(&mut self, text: &'static str, p: &[Param]) -> Result<(), DbError> {
         let q = query(text, p);
         q.execute(self.conn()?).await.map_err(classify).map(drop)
     }
 }
+
+/// Rows per `etcdsql_label` statement (2 parameters each; SQLite allows
+/// 32766).
+const LABEL_ROWS: usize = 500;
 
 /// A JSON text column's value, or NULL.
 fn json_param(text: Option<&str>) -> Param {
@@ -303,22 +312,37 @@ impl Writer for SqliteWriter {
             )
             .await?;
         }
-        // The selector index follows the live rows.
-        for k in f.deletes.iter().chain(f.upserts.iter().map(|u| &u.key)) {
-            self.exec(
-                "DELETE FROM etcdsql_label WHERE name = ?",
-                &[Param::Bytes(k.clone())],
-            )
-            .await?;
+        // The selector index follows the live rows, in statements of up to
+        // LABEL_ROWS rows (one statement per row doubled the cost of a
+        // write).
+        let names: Vec<&Vec<u8>> = f
+            .deletes
+            .iter()
+            .chain(f.upserts.iter().map(|u| &u.key))
+            .collect();
+        for chunk in names.chunks(LABEL_ROWS) {
+            let text = format!(
+                "DELETE FROM etcdsql_label WHERE name IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.to_vec())).collect();
+            self.exec_owned(text, &p).await?;
         }
-        for u in &f.upserts {
-            for h in u.hashes() {
-                self.exec(
-                    "INSERT INTO etcdsql_label (h, name) VALUES (?, ?)",
-                    &[Param::Int(*h), Param::Bytes(u.key.clone())],
-                )
-                .await?;
+        let rows: Vec<(i64, &Vec<u8>)> = f
+            .upserts
+            .iter()
+            .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
+            .collect();
+        for chunk in rows.chunks(LABEL_ROWS) {
+            let text = format!(
+                "INSERT INTO etcdsql_label (h, name) VALUES {}",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            let mut p = Vec::with_capacity(chunk.len() * 2);
+            for (h, k) in chunk {
+                p.extend([Param::Int(*h), Param::Bytes(k.to_vec())]);
             }
+            self.exec_owned(text, &p).await?;
         }
         for h in &f.history {
             self.exec(
