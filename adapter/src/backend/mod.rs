@@ -467,31 +467,37 @@ impl std::ops::Deref for Upsert {
     }
 }
 
-impl Upsert {
-    pub fn labels(&self) -> Option<&str> {
-        self.index.as_deref().map(|i| i.labels.as_str())
+/// A row to write with selector columns (live or history): what the
+/// dialects bind for them.
+pub trait Selectable {
+    fn index(&self) -> Option<&Indexed>;
+
+    /// The `labels` column (NULL when `None`).
+    fn labels(&self) -> Option<&str> {
+        self.index().map(|i| i.labels.as_str())
     }
 
-    pub fn fields(&self) -> Option<&str> {
-        self.index.as_deref().map(|i| i.fields.as_str())
+    /// The `fields` column (NULL when `None`).
+    fn fields(&self) -> Option<&str> {
+        self.index().map(|i| i.fields.as_str())
     }
 
     /// Its rows of `etcdsql_label`.
-    pub fn hashes(&self) -> &[i64] {
+    fn hashes(&self) -> &[i64] {
         const OPAQUE: &[i64] = &[crate::selector::hash::OPAQUE];
-        self.index
-            .as_deref()
-            .map_or(OPAQUE, |i| i.hashes.as_slice())
+        self.index().map_or(OPAQUE, |i| i.hashes.as_slice())
     }
 }
 
-impl HistoryRow {
-    pub fn labels(&self) -> Option<&str> {
-        self.index.as_deref().map(|i| i.labels.as_str())
+impl Selectable for Upsert {
+    fn index(&self) -> Option<&Indexed> {
+        self.index.as_deref()
     }
+}
 
-    pub fn fields(&self) -> Option<&str> {
-        self.index.as_deref().map(|i| i.fields.as_str())
+impl Selectable for HistoryRow {
+    fn index(&self) -> Option<&Indexed> {
+        self.index.as_deref()
     }
 }
 

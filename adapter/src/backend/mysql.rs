@@ -14,7 +14,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Writer, decode_kv, decode_lease, decode_range, first_bytes,
+    Selectable, Writer, decode_kv, decode_lease, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -25,13 +25,7 @@ const DIALECT: Dialect = Dialect {
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
     history_parts: false,
     json: sql::Json::MySql,
-    label_table: true,
 };
-
-/// A JSON column's text, or NULL.
-fn json_value(text: Option<&str>) -> Value {
-    text.map_or(Value::NULL, |t| Value::Bytes(t.as_bytes().to_vec()))
-}
 
 /// Rows per multi-row statement, and bytes of values per statement (below
 /// the 16 MiB default `max_allowed_packet`).
@@ -278,6 +272,17 @@ struct MyWriter {
 }
 
 impl MyWriter {
+    /// `head name IN (…)` over `names`, in chunks (`head` ends with WHERE or
+    /// AND).
+    async fn delete_names(&mut self, head: &str, names: &[&Vec<u8>]) -> Result<(), DbError> {
+        for chunk in chunks(names, |k| k.len()) {
+            let text = format!("{head} name IN ({})", placeholders(chunk.len(), "?"));
+            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
+            self.exec_drop(&text, p).await?;
+        }
+        Ok(())
+    }
+
     fn conn(&mut self) -> Result<&mut Conn, DbError> {
         self.conn
             .as_mut()
@@ -381,14 +386,9 @@ impl Writer for MyWriter {
     }
 
     async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
-        for chunk in chunks(&f.deletes, Vec::len) {
-            let text = format!(
-                "DELETE FROM etcdsql_live WHERE name IN ({})",
-                placeholders(chunk.len(), "?")
-            );
-            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
-            self.exec_drop(&text, p).await?;
-        }
+        let deletes: Vec<&Vec<u8>> = f.deletes.iter().collect();
+        self.delete_names("DELETE FROM etcdsql_live WHERE", &deletes)
+            .await?;
         let reg = self.partitions.get();
         let moving: Vec<&Vec<u8>> = f
             .upserts
@@ -398,14 +398,8 @@ impl Writer for MyWriter {
             .collect();
         // Rows of resources being moved to their own partition that are
         // still in the default one; the upsert re-inserts them there.
-        for chunk in chunks(&moving, |k| k.len()) {
-            let text = format!(
-                "DELETE FROM etcdsql_live WHERE part = '' AND name IN ({})",
-                placeholders(chunk.len(), "?")
-            );
-            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
-            self.exec_drop(&text, p).await?;
-        }
+        self.delete_names("DELETE FROM etcdsql_live WHERE part = '' AND", &moving)
+            .await?;
         for chunk in chunks(&f.upserts, |k| k.key.len() + k.value.len()) {
             let text = format!(
                 "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part, \
@@ -426,8 +420,8 @@ impl Writer for MyWriter {
                     Value::Int(k.version),
                     Value::Int(k.lease),
                     Value::Bytes(reg.target(&k.key).as_bytes().to_vec()),
-                    json_value(k.labels()),
-                    json_value(k.fields()),
+                    value(&Param::text_or_null(k.labels())),
+                    value(&Param::text_or_null(k.fields())),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
@@ -438,14 +432,8 @@ impl Writer for MyWriter {
             .iter()
             .chain(f.upserts.iter().map(|u| &u.key))
             .collect();
-        for chunk in chunks(&names, |k| k.len()) {
-            let text = format!(
-                "DELETE FROM etcdsql_label WHERE name IN ({})",
-                placeholders(chunk.len(), "?")
-            );
-            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
-            self.exec_drop(&text, p).await?;
-        }
+        self.delete_names("DELETE FROM etcdsql_label WHERE", &names)
+            .await?;
         let rows: Vec<(i64, &Vec<u8>)> = f
             .upserts
             .iter()
@@ -482,8 +470,8 @@ impl Writer for MyWriter {
                     Value::Int(i64::from(h.deleted)),
                     Value::Int(h.prev_revision),
                     Value::Int(self.epoch),
-                    json_value(h.labels()),
-                    json_value(h.fields()),
+                    value(&Param::text_or_null(h.labels())),
+                    value(&Param::text_or_null(h.fields())),
                     Value::Int(f.batch),
                 ]);
             }

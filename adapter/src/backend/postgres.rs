@@ -19,7 +19,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Writer, decode_kv, decode_lease, decode_range, first_bytes, first_ints,
+    Selectable, Writer, decode_kv, decode_lease, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -30,7 +30,6 @@ const DIALECT: Dialect = Dialect {
     names_hint: "",
     history_parts: true,
     json: sql::Json::Postgres,
-    label_table: false,
 };
 
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \

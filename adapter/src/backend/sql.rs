@@ -20,6 +20,13 @@ pub enum Param {
     Null,
 }
 
+impl Param {
+    /// Text, or NULL when there is none (a nullable JSON column).
+    pub fn text_or_null(t: Option<&str>) -> Param {
+        t.map_or(Param::Null, |t| Param::Text(t.to_string()))
+    }
+}
+
 /// The few spellings the shared statements need from a dialect.
 #[derive(Clone, Copy, Debug)]
 pub struct Dialect {
@@ -39,9 +46,14 @@ pub struct Dialect {
     pub history_parts: bool,
     /// How selectors read the `labels` and `fields` JSON columns.
     pub json: Json,
-    /// Positive selector terms find candidates in `etcdsql_label` (where
-    /// the JSON columns have no index).
-    pub label_table: bool,
+}
+
+impl Dialect {
+    /// Positive selector terms find candidates in `etcdsql_label`: the JSON
+    /// columns have no index except PostgreSQL's GIN.
+    pub fn label_table(self) -> bool {
+        self.json != Json::Postgres
+    }
 }
 
 /// The JSON functions of a dialect.
@@ -200,7 +212,7 @@ impl Statement {
     /// pass; see [`crate::selector`].
     fn selector(&mut self, d: Dialect, sel: Option<&Selector>, alias: &str) {
         let Some(sel) = sel else { return };
-        if d.label_table && alias.is_empty() {
+        if d.label_table() && alias.is_empty() {
             self.label_candidates(sel);
         }
         let (labels, fields) = (format!("{alias}labels"), format!("{alias}fields"));
@@ -243,14 +255,16 @@ impl Statement {
             }
         }
         for set in sets {
-            self.push(" AND name IN (SELECT name FROM etcdsql_label WHERE h IN (");
-            for h in set.iter().chain([&hash::OPAQUE]) {
-                // Integers from our own hash: inlined, as the planner
-                // estimates literals best.
-                self.push(&h.to_string()).push(", ");
-            }
-            self.text.truncate(self.text.len() - 2);
-            self.push("))");
+            // Integers from our own hash: inlined, as the planner estimates
+            // literals best.
+            let list: Vec<String> = set
+                .iter()
+                .chain([&hash::OPAQUE])
+                .map(i64::to_string)
+                .collect();
+            self.push(" AND name IN (SELECT name FROM etcdsql_label WHERE h IN (")
+                .push(&list.join(", "))
+                .push("))");
         }
     }
 
@@ -314,27 +328,38 @@ impl Statement {
                 self.push(")");
             }
             Json::MySql | Json::Sqlite => {
-                if j == Json::MySql {
-                    // Binary: the JSON functions' collation may ignore case.
-                    self.push("CAST(");
-                    self.json_text(j, col, key);
-                    self.push(" AS BINARY)");
-                } else {
-                    self.json_text(j, col, key);
-                }
+                self.exact(j, |s| s.json_text(j, col, key));
                 self.push(" IN (");
                 for (i, v) in values.into_iter().enumerate() {
                     if i > 0 {
                         self.push(", ");
                     }
-                    if j == Json::MySql {
-                        self.bind(Param::Bytes(v.as_bytes().to_vec()));
-                    } else {
-                        self.bind(Param::Text(v.clone()));
-                    }
+                    self.bind_exact(j, v);
                 }
                 self.push(")");
             }
+        }
+    }
+
+    /// A text expression compared byte for byte: MySQL's JSON functions
+    /// return a collation that may ignore case, so there it is cast to
+    /// BINARY (and compared with [`Self::bind_exact`]).
+    fn exact(&mut self, j: Json, expr: impl FnOnce(&mut Self)) {
+        if j == Json::MySql {
+            self.push("CAST(");
+            expr(self);
+            self.push(" AS BINARY)");
+        } else {
+            expr(self);
+        }
+    }
+
+    /// A value an [`Self::exact`] expression is compared with.
+    fn bind_exact(&mut self, j: Json, v: &str) {
+        if j == Json::MySql {
+            self.bind(Param::Bytes(v.as_bytes().to_vec()));
+        } else {
+            self.bind(Param::Text(v.to_string()));
         }
     }
 
@@ -434,21 +459,14 @@ impl Statement {
             self.json_in(j, col, &r.field, [&r.value]);
             return;
         }
-        match j {
-            Json::MySql => {
-                // Compared as bytes: the JSON functions' collation may ignore case.
-                self.push("(CAST(COALESCE(");
-                self.json_text(j, col, &r.field);
-                self.push(", '') AS BINARY) = ");
-                self.bind(Param::Bytes(r.value.as_bytes().to_vec()));
-            }
-            Json::Postgres | Json::Sqlite => {
-                self.push("(COALESCE(");
-                self.json_text(j, col, &r.field);
-                self.push(", '') = ");
-                self.bind(Param::Text(r.value.clone()));
-            }
-        }
+        self.push("(");
+        self.exact(j, |s| {
+            s.push("COALESCE(");
+            s.json_text(j, col, &r.field);
+            s.push(", '')");
+        });
+        self.push(" = ");
+        self.bind_exact(j, &r.value);
         self.push(")");
     }
 
@@ -622,7 +640,6 @@ mod tests {
         names_hint: "",
         history_parts: true,
         json: Json::Postgres,
-        label_table: false,
     };
     const MY: Dialect = Dialect {
         numbered: false,
@@ -631,7 +648,6 @@ mod tests {
         names_hint: "",
         history_parts: false,
         json: Json::MySql,
-        label_table: true,
     };
 
     #[test]

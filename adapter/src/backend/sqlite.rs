@@ -16,8 +16,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Writer,
-    decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Selectable,
+    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -28,7 +28,6 @@ const DIALECT: Dialect = Dialect {
     names_hint: "",
     history_parts: false,
     json: sql::Json::Sqlite,
-    label_table: true,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -189,12 +188,7 @@ impl SqliteWriter {
         q.fetch_all(self.conn()?).await.map_err(classify)
     }
 
-    async fn exec_owned(&mut self, text: String, p: &[Param]) -> Result<(), DbError> {
-        let q = query(text, p);
-        q.execute(self.conn()?).await.map_err(classify).map(drop)
-    }
-
-    async fn exec(&mut self, text: &'static str, p: &[Param]) -> Result<(), DbError> {
+    async fn exec(&mut self, text: impl Into<String>, p: &[Param]) -> Result<(), DbError> {
         let q = query(text, p);
         q.execute(self.conn()?).await.map_err(classify).map(drop)
     }
@@ -203,11 +197,6 @@ impl SqliteWriter {
 /// Rows per `etcdsql_label` statement (2 parameters each; SQLite allows
 /// 32766).
 const LABEL_ROWS: usize = 500;
-
-/// A JSON text column's value, or NULL.
-fn json_param(text: Option<&str>) -> Param {
-    text.map_or(Param::Null, |t| Param::Text(t.to_string()))
-}
 
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
     (name, value, create_revision, mod_revision, version, lease, labels, fields) \
@@ -306,8 +295,8 @@ impl Writer for SqliteWriter {
                     Param::Int(k.mod_revision),
                     Param::Int(k.version),
                     Param::Int(k.lease),
-                    json_param(k.labels()),
-                    json_param(k.fields()),
+                    Param::text_or_null(k.labels()),
+                    Param::text_or_null(k.fields()),
                 ],
             )
             .await?;
@@ -326,7 +315,7 @@ impl Writer for SqliteWriter {
                 vec!["?"; chunk.len()].join(", ")
             );
             let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.to_vec())).collect();
-            self.exec_owned(text, &p).await?;
+            self.exec(text, &p).await?;
         }
         let rows: Vec<(i64, &Vec<u8>)> = f
             .upserts
@@ -342,7 +331,7 @@ impl Writer for SqliteWriter {
             for (h, k) in chunk {
                 p.extend([Param::Int(*h), Param::Bytes(k.to_vec())]);
             }
-            self.exec_owned(text, &p).await?;
+            self.exec(text, &p).await?;
         }
         for h in &f.history {
             self.exec(
@@ -357,8 +346,8 @@ impl Writer for SqliteWriter {
                     Param::Int(h.lease),
                     Param::Int(i64::from(h.deleted)),
                     Param::Int(h.prev_revision),
-                    json_param(h.labels()),
-                    json_param(h.fields()),
+                    Param::text_or_null(h.labels()),
+                    Param::text_or_null(h.fields()),
                     Param::Int(f.batch),
                 ],
             )

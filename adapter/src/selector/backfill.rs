@@ -75,31 +75,25 @@ async fn pass(
         "UPDATE etcdsql_live SET labels = ?{jsonb}, fields = ?{jsonb} \
          WHERE name = ? AND mod_revision = ?{only_null}"
     );
-    let (lo, hi) = range.unwrap_or_default();
-    let select = if hi.is_empty() {
-        "SELECT name, value, mod_revision FROM etcdsql_live \
-         WHERE labels IS NULL AND name > ? ORDER BY name LIMIT ?"
-    } else {
-        "SELECT name, value, mod_revision FROM etcdsql_live \
-         WHERE name > ? AND name < ? ORDER BY name LIMIT ?"
+    // Each step reads the rows after the last one it read (`after`).
+    let (select, bounds) = match range {
+        None => (
+            "SELECT name, value, mod_revision FROM etcdsql_live \
+             WHERE labels IS NULL AND name > ? ORDER BY name LIMIT ?",
+            Vec::new(),
+        ),
+        Some((lo, hi)) => (
+            "SELECT name, value, mod_revision FROM etcdsql_live \
+             WHERE name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
+            vec![Param::Bytes(lo), Param::Bytes(hi)],
+        ),
     };
-    // Strictly after `after`: the range's first key is `lo` itself.
-    let mut after = lo;
-    let mut first = !after.is_empty();
-    let mut updated = 0u64;
+    let (mut after, mut updated) = (Vec::new(), 0u64);
     loop {
         let mut params = vec![Param::Bytes(after.clone())];
-        if !hi.is_empty() {
-            params.push(Param::Bytes(hi.clone()));
-        }
+        params.extend(bounds.iter().cloned());
         params.push(Param::Int(STEP));
-        let text = if first {
-            select.replacen("name > ?", "name >= ?", 1)
-        } else {
-            select.to_string()
-        };
-        first = false;
-        let rows = backend.fetch(&backend.statement(&text, &params)).await?;
+        let rows = backend.fetch(&backend.statement(select, &params)).await?;
         if rows.is_empty() {
             break;
         }
@@ -107,7 +101,7 @@ async fn pass(
             let name = r.bytes(0)?.unwrap_or_default();
             let value = r.bytes(1)?.unwrap_or_default();
             let index = Indexed::of(catalog, &name, &value);
-            if d.label_table {
+            if d.label_table() {
                 // Before the columns: a crash in between leaves the row to
                 // the next pass.
                 let hashes = index

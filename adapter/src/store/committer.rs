@@ -4,7 +4,6 @@
 //! commit. While a batch commits, the next one gathers, so the batch size
 //! grows with the load (batch size × commit rate is the write throughput).
 
-use crate::selector::Catalog;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
 use crate::metrics;
+use crate::selector::Catalog;
 
 /// Requests and bytes per batch: bound the transaction and the memory.
 const MAX_BATCH_OPS: usize = 1024;

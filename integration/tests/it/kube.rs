@@ -4,9 +4,9 @@
 use std::process::Command;
 
 use etcdsql::proto::etcdserverpb::RangeRequest;
-use etcdsql::proto::etcdserverpb::kv_client::KvClient;
 use etcdsql_integration::{Process, Target, TestDb};
 
+use crate::selectors::{kv, prefix_end};
 use crate::{Case, bin, case};
 
 fn kube_apiserver() -> Result<(), String> {
@@ -55,21 +55,12 @@ async fn apiserver(target: Target) {
 /// database.
 async fn selectors_on_what_it_stored(target: Target, db: &TestDb) {
     let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
-    let url = if p.endpoint.contains("://") {
-        p.endpoint.clone()
-    } else {
-        format!("http://{}", p.endpoint)
-    };
-    let mut c = KvClient::connect(url).await.expect("gRPC connection");
+    let mut c = kv(&p).await;
     let mut names = async |prefix: &str, labels: &str, fields: &str| -> Vec<String> {
-        let mut end = prefix.as_bytes().to_vec();
-        if let Some(l) = end.last_mut() {
-            *l += 1;
-        }
         let r = c
             .range(RangeRequest {
                 key: prefix.as_bytes().to_vec(),
-                range_end: end,
+                range_end: prefix_end(prefix),
                 label_selector: labels.into(),
                 field_selector: fields.into(),
                 ..Default::default()

@@ -246,7 +246,7 @@ fn selector_strings(reqs: &[Req]) -> (String, String) {
     (labels.join(","), fields.join(","))
 }
 
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut e = prefix.as_bytes().to_vec();
     if let Some(last) = e.last_mut() {
         *last += 1;
@@ -262,7 +262,8 @@ fn url(p: &Process) -> String {
     }
 }
 
-async fn kv(p: &Process) -> KvClient<Channel> {
+/// etcdsql's own KV client (it sends selectors) on `p`.
+pub(crate) async fn kv(p: &Process) -> KvClient<Channel> {
     KvClient::connect(url(p)).await.expect("gRPC connection")
 }
 
@@ -495,6 +496,29 @@ async fn property(target: Target) {
     );
 }
 
+/// A watch stream that sent `create`; the sender keeps the stream open.
+async fn open_watch(
+    p: &Process,
+    create: WatchCreateRequest,
+) -> (
+    tokio::sync::mpsc::Sender<WatchRequest>,
+    tonic::Streaming<etcdsql::proto::etcdserverpb::WatchResponse>,
+) {
+    let mut w = WatchClient::connect(url(p)).await.expect("watch client");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .expect("create");
+    let stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    (tx, stream)
+}
+
 /// A watch with a label selector gets an event when the old or the new
 /// object matches (with prev_kv), and nothing else.
 async fn watch(target: Target) {
@@ -516,24 +540,17 @@ async fn watch(target: Target) {
     ] {
         put(&mut c, &obj(n, app).key(), obj(n, app).value()).await;
     }
-    let mut w = WatchClient::connect(url(&p)).await.expect("watch client");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+    let (_requests, mut events) = open_watch(
+        &p,
+        WatchCreateRequest {
             key: PREFIX.as_bytes().to_vec(),
             range_end: prefix_end(PREFIX),
             prev_kv: true,
             label_selector: "app=web".into(),
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("create");
-    let mut events = w
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("watch")
-        .into_inner();
+        },
+    )
+    .await;
     let created = events.next().await.expect("created").expect("created");
     assert!(created.created && !created.canceled);
     for (n, app) in [
@@ -592,23 +609,16 @@ async fn watch(target: Target) {
         "unexpected event: {more:?} (last revision {last})"
     );
     // A bad selector cancels the watch with the reason.
-    let mut w2 = WatchClient::connect(url(&p)).await.expect("watch client");
-    let (tx2, rx2) = tokio::sync::mpsc::channel(1);
-    tx2.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+    let (_requests2, mut s2) = open_watch(
+        &p,
+        WatchCreateRequest {
             key: PREFIX.as_bytes().to_vec(),
             range_end: prefix_end(PREFIX),
             field_selector: "spec.nodeName=n1".into(),
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("create");
-    let mut s2 = w2
-        .watch(tokio_stream::wrappers::ReceiverStream::new(rx2))
-        .await
-        .expect("watch")
-        .into_inner();
+        },
+    )
+    .await;
     let r = s2.next().await.expect("response").expect("response");
     assert!(r.created && r.canceled, "{r:?}");
     assert!(
