@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 
 pub use etcd_client;
 
+pub mod lincheck;
 pub mod servers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,6 +478,25 @@ impl Process {
                 * 1024
         };
         (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    /// SIGTERM, as `systemctl stop` or a pod's termination sends; then
+    /// waits up to `limit` for the process to exit. Returns how long it
+    /// took, or None if it was still running (it is killed then).
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        while sent && started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        None
     }
 
     /// SIGKILL, as a crash would.

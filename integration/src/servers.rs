@@ -86,6 +86,17 @@ impl Container {
         Ok(())
     }
 
+    /// Kills the container's server (SIGKILL, no shutdown) and starts it
+    /// again at once, as a power cut and reboot would.
+    pub fn restart_now(&self) -> anyhow::Result<()> {
+        let id = self.handle().id().to_string();
+        anyhow::ensure!(
+            docker(&["restart", "-t", "0", &id]),
+            "docker restart {id} failed"
+        );
+        Ok(())
+    }
+
     pub async fn start_again(&self) -> anyhow::Result<()> {
         let c = self.handle();
         Ok(DOCKER_RT.spawn(async move { c.start().await }).await??)
@@ -166,6 +177,12 @@ pub fn dedicated(target: Target) -> anyhow::Result<(Server, Container)> {
     let (server, mut owned) = start_containers(target)?;
     let c = owned.pop().context("one container")?;
     Ok((server, c))
+}
+
+/// As [`dedicated`], every container of the target (Galera: one per node,
+/// the bootstrap node first).
+pub fn dedicated_cluster(target: Target) -> anyhow::Result<(Server, Vec<Container>)> {
+    start_containers(target)
 }
 
 fn dsn_var(target: Target) -> Option<&'static str> {

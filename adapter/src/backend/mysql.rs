@@ -33,7 +33,12 @@ const CHUNK_ROWS: usize = 500;
 const CHUNK_BYTES: usize = 8 << 20;
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
-const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1";
+/// Stores the revision row only if it is still the one the transaction
+/// locked: on a multi-primary cluster (Galera) the lock is local to one
+/// node, and this is where a transaction that lost its lock (aborted by a
+/// replicated write) finds out instead of committing a part of a batch.
+const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? \
+    WHERE id = 1 AND revision = ? AND compact_revision = ?";
 const PURGE_SUPERSEDED: &str = "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
     ON h.name = n.name AND h.revision = n.prev_revision \
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0";
@@ -51,6 +56,10 @@ fn classify(e: mysql_async::Error) -> DbError {
                 // interrupted (Galera aborts statements that stand in the way
                 // of replicated DDL, such as a compaction dropping a partition)
                 1213 | 1205 | 9007 | 8002 | 8022 | 8028 | 1317 => DbError::Retry(msg),
+                // duplicate key: a write built on a stale view of the
+                // revision row (on a multi-primary cluster another node
+                // took the revision first); the batch runs again
+                1062 => DbError::Retry(msg),
                 // WSREP not ready, server shutting down, too many connections
                 1047 | 1053 | 1040 | 1927 => DbError::Unavailable(msg),
                 // data too long (a key longer than the key column)
@@ -128,7 +137,8 @@ fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
 }
 
 pub struct Mysql {
-    opts: Opts,
+    /// The committer's connection: the pool's settings, and no autocommit.
+    writer_opts: Opts,
     pool: Pool,
     partitions: Arc<Partitions>,
 }
@@ -150,19 +160,36 @@ impl Mysql {
             .await
             .map_err(classify)?;
         let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
+        // No statement of the committer commits by itself: if the server
+        // ends a batch's transaction behind its back (Galera aborts a
+        // transaction that conflicts with a replicated one), the statements
+        // after that open a new transaction, which `commit` refuses, rather
+        // than committing one by one.
+        let writer_init = "SET SESSION autocommit = 0".to_string();
         if galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON")) {
             init.push("SET SESSION wsrep_sync_wait = 1".to_string());
         }
+        // Session settings go in `setup`, which also runs after a
+        // COM_RESET_CONNECTION (`init` runs only once per connection, so a
+        // reset would silently put the session back to the server's
+        // defaults: REPEATABLE READ, and no wsrep_sync_wait). Pooled
+        // connections are not reset on return: nothing changes their
+        // session, an open transaction is rolled back by the pool (see
+        // `fetch_primary`), and their prepared statements stay cached.
+        let pool_opts = base.pool_opts().clone().with_reset_connection(false);
         let opts: Opts = OptsBuilder::from_opts(base)
-            .init(init)
+            .setup(init.clone())
             .stmt_cache_size(256)
+            .pool_opts(pool_opts)
             .into();
+        init.push(writer_init);
+        let writer_opts: Opts = OptsBuilder::from_opts(opts.clone()).setup(init).into();
 
         let _ = conn.disconnect().await;
 
         let pool = Pool::new(opts.clone());
         let my = Mysql {
-            opts,
+            writer_opts,
             pool,
             partitions: Arc::default(),
         };
@@ -197,18 +224,18 @@ impl Backend for Mysql {
 
     async fn fetch_primary(&self, s: &Statement) -> Result<Rows, DbError> {
         let mut conn = self.pool.get_conn().await.map_err(classify)?;
-        conn.query_drop("START TRANSACTION")
+        // A transaction the driver tracks: dropped unfinished (an error, a
+        // cancelled request), the pool rolls it back before reuse.
+        let mut tx = conn
+            .start_transaction(mysql_async::TxOpts::default())
             .await
             .map_err(classify)?;
         let text = format!("{}{}", super::NO_LOAD_BALANCE, s.text);
-        let rows: Vec<Row> = match conn.exec(text.as_str(), params(&s.params)).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let _ = conn.query_drop("ROLLBACK").await;
-                return Err(classify(e));
-            }
-        };
-        conn.query_drop("COMMIT").await.map_err(classify)?;
+        let rows: Vec<Row> = tx
+            .exec(text.as_str(), params(&s.params))
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
         Ok(super::boxed(rows))
     }
 
@@ -231,8 +258,12 @@ impl Backend for Mysql {
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
         Ok(Box::new(MyWriter {
-            opts: self.opts.clone(),
+            opts: self.writer_opts.clone(),
             conn: None,
+            locked: Meta {
+                revision: 0,
+                compact_revision: 0,
+            },
             partitions: self.partitions.clone(),
             epoch: 0,
         }))
@@ -269,6 +300,8 @@ struct MyWriter {
     partitions: Arc<Partitions>,
     /// History rows of this transaction belong to this epoch.
     epoch: i64,
+    /// The revision row as `begin` locked it.
+    locked: Meta,
 }
 
 impl MyWriter {
@@ -323,6 +356,7 @@ impl Writer for MyWriter {
         let rows = self.exec(super::LOCK_META, Params::Empty).await?;
         let locked = super::decode_locked(&rows, &self.partitions)?;
         self.epoch = locked.epoch;
+        self.locked = locked.meta;
         if locked.stale {
             let reg = self.exec(super::REGISTRY_SQL, Params::Empty).await?;
             self.partitions.set(super::decode_registry(&reg)?);
@@ -507,14 +541,24 @@ impl Writer for MyWriter {
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
+        let before = self.locked;
         self.exec_drop(
             STORE_META,
             Params::Positional(vec![
                 Value::Int(meta.revision),
                 Value::Int(meta.compact_revision),
+                Value::Int(before.revision),
+                Value::Int(before.compact_revision),
             ]),
         )
         .await?;
+        // MySQL counts changed rows: an unchanged row is 0 either way.
+        if meta != before && self.conn()?.affected_rows() != 1 {
+            return Err(DbError::Retry(format!(
+                "the revision row is no longer {} (the transaction lost its lock)",
+                before.revision
+            )));
+        }
         let r = self.conn()?.query_drop("COMMIT").await;
         self.check(r)
     }

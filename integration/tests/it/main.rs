@@ -16,6 +16,7 @@ mod faults;
 mod kube;
 mod kv;
 mod lease;
+mod linearizable;
 mod metrics;
 mod replicas;
 mod schema;
@@ -31,9 +32,14 @@ use std::pin::Pin;
 use etcdsql_integration::{Target, required, servers};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-/// The etcdsql binary Cargo built for this test.
+/// The etcdsql binary Cargo built for this test, or `ETCDSQL_IT_BIN` (to
+/// run the suite against another build, e.g. an older one).
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_etcdsql"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("ETCDSQL_IT_BIN")
+            .map_or_else(|| env!("CARGO_BIN_EXE_etcdsql").into(), Into::into)
+    })
 }
 
 type CaseFn = fn(Target) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -73,6 +79,7 @@ fn main() {
         ("compaction", compaction::cases()),
         ("bad_input", bad_input::cases()),
         ("txn", txn::cases()),
+        ("linearizable", linearizable::cases()),
         ("faults", faults::cases()),
         ("etcdctl", etcdctl::cases()),
         ("apiserver", apiserver::cases()),
