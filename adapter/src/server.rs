@@ -457,11 +457,13 @@ pub async fn serve(
     )
     .await
     .context("starting the watch hub")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watch = Arc::new(WatchService {
         hub,
         catalog,
         id,
         progress_interval: config.experimental_watch_progress_notify_interval,
+        stop: stop_rx.clone(),
     });
     let cluster = Arc::new(ClusterService {
         store: store.clone(),
@@ -483,9 +485,9 @@ pub async fn serve(
     let maintenance = Arc::new(MaintenanceService { store, id });
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        tracing::info!("stopping: no new requests; watch streams end");
         let _ = stop_tx.send(true);
     });
     for l in metrics_listeners {
@@ -528,11 +530,31 @@ pub async fn serve(
                 .await
         }));
     }
-    for t in tasks {
-        t.await.context("listener task")?.context("serving")?;
+    // Once stopping, requests in flight get a bounded time to be answered
+    // (a write is answered once its batch committed or failed); what is
+    // still running then is cut off, unacknowledged.
+    let mut stopping = stop_rx.clone();
+    let served = async {
+        for t in tasks {
+            t.await.context("listener task")?.context("serving")?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::pin!(served);
+    tokio::select! {
+        r = &mut served => r?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut off");
+        }
     }
     Ok(())
 }
+
+/// How long requests in flight may take once the server is stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 #[cfg(test)]
 mod tests {

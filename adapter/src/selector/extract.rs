@@ -245,6 +245,11 @@ impl Catalog {
         }
     }
 
+    /// Whether a write of `key` can change the catalog (a CRD).
+    pub fn concerns(key: &[u8]) -> bool {
+        key.starts_with(CRD_PREFIX)
+    }
+
     /// Resources whose objects' fields are stale since the last call.
     pub fn take_changed(&self) -> Vec<String> {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))

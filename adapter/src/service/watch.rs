@@ -40,8 +40,23 @@ pub struct WatchService {
     /// Reads labels and fields of events for watches with selectors.
     pub catalog: Arc<Catalog>,
     pub id: Identity,
-    /// etcd's --experimental-watch-progress-notify-interval.
+    /// etcd's --experimental-watch-progress-notify-interval (see
+    /// [`progress_interval`]).
     pub progress_interval: Duration,
+    /// Set when the server stops: every stream ends.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The interval etcd uses for a configured one: 0 keeps the default (10
+/// minutes), and nothing is shorter than 100 ms.
+pub fn progress_interval(configured: Duration) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(600);
+    const MIN: Duration = Duration::from_millis(100);
+    if configured.is_zero() {
+        DEFAULT
+    } else {
+        configured.max(MIN)
+    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
@@ -64,7 +79,19 @@ impl Watch for WatchService {
             next_id: 0,
             progress_pending: false,
         };
-        tokio::spawn(stream.run(req.into_inner(), self.progress_interval));
+        let mut stop = self.stop.clone();
+        let interval = progress_interval(self.progress_interval);
+        tokio::spawn(async move {
+            let tx = stream.tx.clone();
+            tokio::select! {
+                () = stream.run(req.into_inner(), interval) => {}
+                _ = stop.wait_for(|s| *s) => {
+                    // Ends the response stream, as a stopping etcd member
+                    // does: the client moves to another endpoint.
+                    let _ = tx.try_send(Err(Status::unavailable("etcdserver: server stopped")));
+                }
+            }
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

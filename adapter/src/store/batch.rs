@@ -145,6 +145,9 @@ pub struct Batch<'w> {
     /// Leases known to exist (or not), and rows not yet written.
     leases: HashMap<i64, bool>,
     dirty_leases: BTreeMap<i64, Option<LeaseRow>>,
+    /// CRD writes, for the catalog once the batch committed (a batch
+    /// rolled back must not change what selectors may name).
+    crd_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Keys and leases a batch will certainly read, fetched in one query each.
@@ -216,6 +219,7 @@ impl<'w> Batch<'w> {
             probe: None,
             leases: HashMap::new(),
             dirty_leases: BTreeMap::new(),
+            crd_writes: Vec::new(),
         };
         let (mut keys, mut leases) = (HashSet::new(), HashSet::new());
         collect(ops, &mut keys, &mut leases);
@@ -302,6 +306,9 @@ impl<'w> Batch<'w> {
                 after_commit_sent: true,
                 probe,
             })?;
+        for (key, value) in &self.crd_writes {
+            self.catalog.observe_write(key, value.as_deref());
+        }
         Ok(self.meta)
     }
 
@@ -488,7 +495,10 @@ impl View for Batch<'_> {
             prev_revision,
             index: None,
         });
-        self.catalog.observe_write(&kv.key, Some(&kv.value));
+        if Catalog::concerns(&kv.key) {
+            self.crd_writes
+                .push((kv.key.clone(), Some(kv.value.clone())));
+        }
         self.sub += 1;
         self.cache.insert(kv.key.clone(), Some(kv.clone()));
         self.dirty.insert(kv.key.clone(), Some(kv));
@@ -508,7 +518,9 @@ impl View for Batch<'_> {
             prev_revision: prev.mod_revision,
             index: None,
         });
-        self.catalog.observe_write(&prev.key, None);
+        if Catalog::concerns(&prev.key) {
+            self.crd_writes.push((prev.key.clone(), None));
+        }
         self.sub += 1;
         self.cache.insert(prev.key.clone(), None);
         self.dirty.insert(prev.key.clone(), None);
