@@ -1,7 +1,7 @@
 //! Partitions created by the server: the resources a `--partitions-file`
 //! lists, at start, and with `--auto-partition` each custom resource when
 //! its CustomResourceDefinition is written. Both run `partitions add`
-//! ([`crate::admin::add`]) in the background: rows move online.
+//! ([`crate::backend::partitioning`]) in the background: rows move online.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -98,9 +98,10 @@ impl Partitioner {
         let this = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match crate::admin::add(&*this.backend, &resource, BATCH, false).await {
-                Ok(moved) => {
-                    tracing::info!(resource, moved, elapsed = ?started.elapsed(), "partition created")
+            match crate::backend::partitioning::add(&*this.backend, &resource, BATCH, &|_| {}).await
+            {
+                Ok(added) => {
+                    tracing::info!(resource, part = added.part, moved = added.moved, elapsed = ?started.elapsed(), "partition created")
                 }
                 // Another etcdsql may be adding it at the same time; a
                 // later write or restart tries again.

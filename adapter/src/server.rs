@@ -20,7 +20,6 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::replicas::{self, Replicas};
-use crate::selector::Catalog;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
@@ -424,14 +423,14 @@ pub async fn serve(
     };
     let replicas = replicas(&config, &dsn, &backend, &balanced)?;
     let catalog = Arc::new(
-        Catalog::load(backend.as_ref())
+        crate::store::backfill::load_catalog(backend.as_ref())
             .await
             .context("reading CRDs for their selectable fields")?,
     );
     {
         let (backend, catalog) = (backend.clone(), catalog.clone());
         tokio::spawn(async move {
-            match crate::selector::backfill::run(backend.as_ref(), &catalog).await {
+            match crate::store::backfill::run(backend.as_ref(), &catalog).await {
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(rows, "indexed labels and fields of earlier rows"),
                 Err(e) => {
@@ -501,7 +500,7 @@ pub async fn serve(
     let mut tasks = Vec::new();
     for listener in listeners {
         let addr = listener.tcp.local_addr()?;
-        tracing::info!(%addr, tls = listener.tls, dialect = backend.dialect_name(), "serving etcd v3 API");
+        tracing::info!(%addr, tls = listener.tls, database = ?backend.kind(), "serving etcd v3 API");
         let mut stop = stop_rx.clone();
         let mut builder = tonic::transport::Server::builder();
         if listener.tls {

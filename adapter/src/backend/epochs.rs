@@ -18,16 +18,11 @@
 //! revision) are left to the row purge, [`Backend::purge_history`], which
 //! the caller runs on the revisions above the dropped epochs.
 
-use etcdsql_partitions::ddl;
-
 use super::sql::Param;
-use super::{Backend, DbError, first_ints, has_mysql_partition};
+use super::{Backend, DbError, first_ints};
 
 /// Rows per statement when moving survivors and purging epoch 0.
 const BATCH: usize = 5_000;
-/// How long a DROP may wait for running reads before it gives up (the next
-/// compaction tries again).
-const DROP_LOCK_TIMEOUT: &str = "10s";
 
 /// What [`compact`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,10 +47,6 @@ pub struct Compacted {
 async fn ints(b: &dyn Backend, text: &str, params: &[i64]) -> Result<Vec<i64>, DbError> {
     let params: Vec<Param> = params.iter().map(|p| Param::Int(*p)).collect();
     first_ints(&b.fetch(&b.statement(text, &params)).await?)
-}
-
-fn is_postgres(b: &dyn Backend) -> bool {
-    b.dialect_name() == "postgres"
 }
 
 /// Steps 1 to 4 of the module doc for a compaction at `to`.
@@ -114,21 +105,9 @@ async fn roll(b: &dyn Backend, to: i64) -> Result<Option<i64>, DbError> {
         return Ok(None);
     }
     let next = current + 1;
-    // MySQL's DDL commits implicitly: the partition comes first, outside
-    // the transaction. (PostgreSQL's is created inside it, below.)
-    if !is_postgres(b) {
-        let exists = has_mysql_partition(b, "etcdsql_history", &format!("e{next}")).await?;
-        if !exists {
-            let r = b.batch(&ddl::mysql_epoch(next)).await;
-            // Another process may have added it meanwhile (1517: duplicate
-            // partition name).
-            if let Err(e) = r
-                && !e.to_string().contains("1517")
-            {
-                return Err(e);
-            }
-        }
-    }
+    // Where DDL commits implicitly (MySQL) the partition comes first,
+    // outside the transaction; elsewhere it is created inside it, below.
+    b.create_epoch_partition(next).await?;
     let mut w = b.writer().await?;
     let r = async {
         let meta = w.begin().await?;
@@ -141,20 +120,18 @@ async fn roll(b: &dyn Backend, to: i64) -> Result<Option<i64>, DbError> {
             w.rollback().await;
             return Ok(None);
         }
-        if is_postgres(b) {
-            // Under the lock, so that `partitions add` (which creates its
-            // partition in every epoch under the same lock) cannot miss it.
-            let parts = w
-                .rows(&b.statement("SELECT part FROM etcdsql_partition ORDER BY part", &[]))
-                .await?;
-            let mut names = Vec::with_capacity(parts.len());
-            for p in &parts {
-                let part = p.bytes(0)?.unwrap_or_default();
-                names.push(String::from_utf8(part).map_err(|e| DbError::Other(e.to_string()))?);
-            }
-            for text in ddl::postgres_epoch(next, &names) {
-                w.execute(&b.statement(&text, &[])).await?;
-            }
+        // Under the lock, so that `partitions add` (which creates its
+        // partition in every epoch under the same lock) cannot miss it.
+        let parts = w
+            .rows(&b.statement("SELECT part FROM etcdsql_partition ORDER BY part", &[]))
+            .await?;
+        let mut names = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let part = p.bytes(0)?.unwrap_or_default();
+            names.push(String::from_utf8(part).map_err(|e| DbError::Other(e.to_string()))?);
+        }
+        for text in b.epoch_ddl(next, &names) {
+            w.execute(&b.statement(&text, &[])).await?;
         }
         for text in [
             format!(
@@ -266,17 +243,7 @@ async fn purge_epoch0(b: &dyn Backend, to: i64) -> Result<u64, DbError> {
 /// Drops epoch `e`'s partition (and, on PostgreSQL, its partitions by
 /// resource), then forgets the epoch.
 async fn drop_epoch(b: &dyn Backend, e: i64) -> Result<(), DbError> {
-    if is_postgres(b) {
-        b.batch(&format!(
-            "SET lock_timeout = '{DROP_LOCK_TIMEOUT}'; {}; RESET lock_timeout",
-            ddl::postgres_drop_epoch(e)
-        ))
-        .await?;
-    } else {
-        if has_mysql_partition(b, "etcdsql_history", &format!("e{e}")).await? {
-            b.batch(&ddl::mysql_drop_epoch(e)).await?;
-        }
-    }
+    b.drop_epoch_partition(e).await?;
     b.execute(&b.statement(&format!("DELETE FROM etcdsql_epoch WHERE epoch = {e}"), &[]))
         .await?;
     Ok(())

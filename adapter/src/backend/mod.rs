@@ -13,6 +13,7 @@
 
 pub mod epochs;
 pub mod mysql;
+pub mod partitioning;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -23,6 +24,31 @@ use async_trait::async_trait;
 use etcdsql_partitions::{Registry, State};
 
 use crate::proto::mvccpb::KeyValue;
+
+/// Which database a backend talks to (the schema crate's name for it):
+/// for logs and the migrations. What differs by database is a method of
+/// [`Backend`] or a field of [`sql::Dialect`], implemented in that
+/// database's module, never a test of this value in shared code.
+pub use etcdsql_schema::Dialect as Kind;
+
+/// One native partition, as `etcdsql partitions list` shows it.
+#[derive(Clone, Debug)]
+pub struct PartitionInfo {
+    pub table: String,
+    pub name: String,
+    pub holds: Holds,
+    pub rows: i64,
+    pub bytes: i64,
+}
+
+/// What a partition holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// A resource's rows (its `part`; empty: the default partition).
+    Part(String),
+    /// History rows of an epoch.
+    Epoch(i64),
+}
 
 /// What the store needs to tell database failures apart.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -306,8 +332,8 @@ pub struct Primary(pub Arc<dyn Backend>);
 
 #[async_trait]
 impl Backend for Primary {
-    fn dialect_name(&self) -> &'static str {
-        self.0.dialect_name()
+    fn kind(&self) -> Kind {
+        self.0.kind()
     }
 
     fn max_key_bytes(&self) -> Option<usize> {
@@ -353,25 +379,30 @@ impl Backend for Primary {
     fn subscribe(&self, wake: Arc<tokio::sync::Notify>) -> Option<tokio::task::JoinHandle<()>> {
         self.0.subscribe(wake)
     }
-}
 
-/// Whether a MySQL-family table has a partition of this name.
-pub async fn has_mysql_partition(
-    b: &dyn Backend,
-    table: &str,
-    partition: &str,
-) -> Result<bool, DbError> {
-    let rows = b
-        .fetch(&b.statement(
-            "SELECT 1 FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = ? AND PARTITION_NAME = ?",
-            &[
-                sql::Param::Text(table.to_string()),
-                sql::Param::Text(partition.to_string()),
-            ],
-        ))
-        .await?;
-    Ok(!rows.is_empty())
+    async fn create_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
+        self.0.create_epoch_partition(epoch).await
+    }
+
+    fn epoch_ddl(&self, epoch: i64, parts: &[String]) -> Vec<String> {
+        self.0.epoch_ddl(epoch, parts)
+    }
+
+    async fn drop_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
+        self.0.drop_epoch_partition(epoch).await
+    }
+
+    async fn create_resource_partitions(&self, part: &str) -> Result<(), DbError> {
+        self.0.create_resource_partitions(part).await
+    }
+
+    fn resource_ddl(&self, part: &str, epochs: &[i64]) -> Vec<String> {
+        self.0.resource_ddl(part, epochs)
+    }
+
+    async fn partition_list(&self) -> Result<Vec<PartitionInfo>, DbError> {
+        self.0.partition_list().await
+    }
 }
 
 /// The first column of every row.
@@ -611,7 +642,7 @@ pub fn parts_of(reg: &Registry, q_key: &[u8], end: &KeyEnd) -> Option<Vec<String
 /// The read side: statements outside any transaction, each one snapshot.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    fn dialect_name(&self) -> &'static str;
+    fn kind(&self) -> Kind;
 
     /// The longest key the schema stores, where the dialect has a limit.
     fn max_key_bytes(&self) -> Option<usize> {
@@ -799,6 +830,46 @@ pub trait Backend: Send + Sync {
     ) -> Option<tokio::task::JoinHandle<()>> {
         None
     }
+
+    // Native partitions. The defaults are for a database without them
+    // (SQLite), whose `partitions()` is None, so that they are not called.
+
+    /// Creates epoch `epoch`'s history partition before the transaction
+    /// that starts the epoch, where DDL cannot run inside it (MySQL).
+    async fn create_epoch_partition(&self, _epoch: i64) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    /// Statements that create epoch `epoch`'s partitions inside the
+    /// transaction that starts it, given the resources' parts (PostgreSQL).
+    fn epoch_ddl(&self, _epoch: i64, _parts: &[String]) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Drops a compacted epoch's history partition(s), if present.
+    async fn drop_epoch_partition(&self, _epoch: i64) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    /// Creates a resource's (empty) live and history partitions, outside
+    /// any transaction; existing ones are kept.
+    async fn create_resource_partitions(&self, _part: &str) -> Result<(), DbError> {
+        Err(DbError::Other(
+            "this database has no native partitions".into(),
+        ))
+    }
+
+    /// Statements that make sure a resource has its partition in each of
+    /// `epochs`, run under the revision-row lock (which a new epoch takes
+    /// too) where history is partitioned by resource (PostgreSQL).
+    fn resource_ddl(&self, _part: &str, _epochs: &[i64]) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The native partitions with their rows and bytes.
+    async fn partition_list(&self) -> Result<Vec<PartitionInfo>, DbError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One write transaction at a time on a dedicated connection.
@@ -887,14 +958,11 @@ impl Dsn {
     }
 
     /// The schema crate's dialect and endpoint for this DSN.
-    pub fn schema(&self) -> (etcdsql_schema::Dialect, String) {
+    pub fn schema(&self) -> (Kind, String) {
         match self {
-            Dsn::Sqlite(path) => (
-                etcdsql_schema::Dialect::Sqlite,
-                format!("sqlite://{}", path.display()),
-            ),
-            Dsn::Postgres(url) => (etcdsql_schema::Dialect::Postgres, url.clone()),
-            Dsn::Mysql(url) => (etcdsql_schema::Dialect::Mysql, url.clone()),
+            Dsn::Sqlite(path) => (Kind::Sqlite, format!("sqlite://{}", path.display())),
+            Dsn::Postgres(url) => (Kind::Postgres, url.clone()),
+            Dsn::Mysql(url) => (Kind::Mysql, url.clone()),
         }
     }
 

@@ -13,16 +13,21 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Selectable, Writer, decode_kv, decode_lease, decode_range, first_bytes,
+    Backend, Columns, DbError, Flush, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
+    RangeQuery, RangeRows, Rows, Selectable, Writer, decode_kv, decode_lease, decode_range,
+    first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
+use etcdsql_partitions::ddl;
 
-const DIALECT: Dialect = Dialect {
+pub(crate) const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "NULL",
     no_index: "",
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
+    update_limit: true,
+    json_param: "",
+    insert_or_ignore: "INSERT IGNORE",
     history_parts: false,
     json: sql::Json::MySql,
 };
@@ -201,12 +206,38 @@ impl Mysql {
         let mut conn = self.pool.get_conn().await.map_err(classify)?;
         conn.exec(text, p).await.map_err(classify)
     }
+
+    /// Whether a table has a partition of this name.
+    async fn has_partition(&self, table: &str, partition: &str) -> Result<bool, DbError> {
+        let rows = self
+            .query(
+                "SELECT 1 FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME = ? AND PARTITION_NAME = ?",
+                Params::Positional(vec![table.into(), partition.into()]),
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Partition DDL that another process may have run meanwhile: a
+    /// duplicate partition name (1517) is success.
+    async fn partition_ddl(&self, text: &str) -> Result<(), DbError> {
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
+        match conn.query_drop(text).await {
+            Err(mysql_async::Error::Server(e)) if e.code == 1517 => Ok(()),
+            r => r.map_err(classify),
+        }
+    }
+}
+
+fn text(r: &Row, i: usize) -> Result<String, DbError> {
+    Ok(String::from_utf8_lossy(&col::<Option<Vec<u8>>>(r, i)?.unwrap_or_default()).into_owned())
 }
 
 #[async_trait]
 impl Backend for Mysql {
-    fn dialect_name(&self) -> &'static str {
-        "mysql"
+    fn kind(&self) -> Kind {
+        Kind::Mysql
     }
 
     fn sql(&self) -> Dialect {
@@ -279,6 +310,93 @@ impl Backend for Mysql {
             }
         }
         Ok(deleted)
+    }
+
+    async fn create_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
+        // DDL commits implicitly: it runs before the epoch's transaction.
+        if self
+            .has_partition("etcdsql_history", &format!("e{epoch}"))
+            .await?
+        {
+            return Ok(());
+        }
+        self.partition_ddl(&ddl::mysql_epoch(epoch)).await
+    }
+
+    async fn drop_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
+        if self
+            .has_partition("etcdsql_history", &format!("e{epoch}"))
+            .await?
+        {
+            self.batch(&ddl::mysql_drop_epoch(epoch)).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_resource_partitions(&self, part: &str) -> Result<(), DbError> {
+        // History is partitioned by epoch only: live alone gets one.
+        if self
+            .has_partition("etcdsql_live", &format!("p_{part}"))
+            .await?
+        {
+            return Ok(());
+        }
+        self.partition_ddl(&ddl::mysql_add(part)).await
+    }
+
+    async fn partition_list(&self) -> Result<Vec<PartitionInfo>, DbError> {
+        let sizes = self
+            .query(
+                "SELECT TABLE_NAME, PARTITION_NAME, CAST(DATA_LENGTH + INDEX_LENGTH AS SIGNED), \
+                 PARTITION_DESCRIPTION FROM information_schema.PARTITIONS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('etcdsql_live', 'etcdsql_history') \
+                 ORDER BY TABLE_NAME DESC, PARTITION_ORDINAL_POSITION",
+                Params::Empty,
+            )
+            .await?;
+        let mut live = std::collections::HashMap::new();
+        for r in self
+            .query(
+                "SELECT part, COUNT(*) FROM etcdsql_live GROUP BY part",
+                Params::Empty,
+            )
+            .await?
+        {
+            live.insert(text(&r, 0)?, r.int(1)?);
+        }
+        let mut history = std::collections::HashMap::new();
+        for r in self
+            .query(
+                "SELECT epoch, COUNT(*) FROM etcdsql_history GROUP BY epoch",
+                Params::Empty,
+            )
+            .await?
+        {
+            history.insert(r.int(0)?, r.int(1)?);
+        }
+        let mut out = Vec::with_capacity(sizes.len());
+        for r in &sizes {
+            let (table, name) = (text(r, 0)?, text(r, 1)?);
+            let (holds, rows) = if table == "etcdsql_live" {
+                let part = text(r, 3)?.trim_matches('\'').to_string();
+                let n = live.get(&part).copied().unwrap_or(0);
+                (Holds::Part(part), n)
+            } else {
+                let epoch = name.trim_start_matches('e').parse::<i64>().unwrap_or(-1);
+                (
+                    Holds::Epoch(epoch),
+                    history.get(&epoch).copied().unwrap_or(0),
+                )
+            };
+            out.push(PartitionInfo {
+                table,
+                name,
+                holds,
+                rows,
+                bytes: r.int(2)?,
+            });
+        }
+        Ok(out)
     }
 
     async fn db_size(&self) -> Result<i64, DbError> {

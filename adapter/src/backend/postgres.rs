@@ -18,16 +18,25 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, Partitions, RangeQuery, RangeRows, Rows,
-    Selectable, Writer, decode_kv, decode_lease, decode_range, first_bytes, first_ints,
+    Backend, Columns, DbError, Flush, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
+    RangeQuery, RangeRows, Rows, Selectable, Writer, decode_kv, decode_lease, decode_range,
+    first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
+use etcdsql_partitions::ddl;
 
-const DIALECT: Dialect = Dialect {
+/// How long a DROP of a compacted epoch may wait for running reads before
+/// it gives up (the next compaction tries again).
+const DROP_LOCK_TIMEOUT: &str = "10s";
+
+pub(crate) const DIALECT: Dialect = Dialect {
     numbered: true,
     null_bytes: "NULL::bytea",
     no_index: "",
     names_hint: "",
+    update_limit: false,
+    json_param: "::text::jsonb",
+    insert_or_ignore: "INSERT",
     history_parts: true,
     json: sql::Json::Postgres,
 };
@@ -226,8 +235,8 @@ impl Postgres {
 
 #[async_trait]
 impl Backend for Postgres {
-    fn dialect_name(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> Kind {
+        Kind::Postgres
     }
 
     fn sql(&self) -> Dialect {
@@ -236,6 +245,70 @@ impl Backend for Postgres {
 
     fn partitions(&self) -> Option<&Partitions> {
         Some(&self.partitions)
+    }
+
+    fn epoch_ddl(&self, epoch: i64, parts: &[String]) -> Vec<String> {
+        ddl::postgres_epoch(epoch, parts)
+    }
+
+    async fn drop_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
+        self.batch(&format!(
+            "SET lock_timeout = '{DROP_LOCK_TIMEOUT}'; {}; RESET lock_timeout",
+            ddl::postgres_drop_epoch(epoch)
+        ))
+        .await
+    }
+
+    async fn create_resource_partitions(&self, part: &str) -> Result<(), DbError> {
+        let epochs = first_ints(
+            &self
+                .fetch(&self.statement("SELECT epoch FROM etcdsql_epoch ORDER BY epoch", &[]))
+                .await?,
+        )?;
+        for s in ddl::postgres_add(part, &epochs) {
+            self.batch(&s).await?;
+        }
+        Ok(())
+    }
+
+    fn resource_ddl(&self, part: &str, epochs: &[i64]) -> Vec<String> {
+        ddl::postgres_add(part, epochs)
+    }
+
+    async fn partition_list(&self) -> Result<Vec<PartitionInfo>, DbError> {
+        let text = |r: &dyn Columns, i: usize| -> Result<String, DbError> {
+            Ok(String::from_utf8_lossy(&r.bytes(i)?.unwrap_or_default()).into_owned())
+        };
+        let mut out = Vec::new();
+        for table in ["etcdsql_live", "etcdsql_history"] {
+            let mut counts = HashMap::new();
+            let q = format!("SELECT tableoid::regclass::text, COUNT(*) FROM {table} GROUP BY 1");
+            for r in self.fetch(&self.statement(&q, &[])).await? {
+                counts.insert(text(&*r, 0)?, r.int(1)?);
+            }
+            let q = format!(
+                "SELECT t.relid::regclass::text, pg_total_relation_size(t.relid), \
+                 pg_get_expr(c.relpartbound, c.oid) \
+                 FROM pg_partition_tree('{table}') t JOIN pg_class c ON c.oid = t.relid \
+                 WHERE t.isleaf ORDER BY 1"
+            );
+            for r in self.fetch(&self.statement(&q, &[])).await? {
+                let name = text(&*r, 0)?;
+                // The leaf's bound names its part: FOR VALUES IN ('<part>').
+                let part = text(&*r, 2)?
+                    .split('\'')
+                    .nth(1)
+                    .map_or(String::new(), str::to_string);
+                out.push(PartitionInfo {
+                    table: table.to_string(),
+                    rows: counts.get(&name).copied().unwrap_or(0),
+                    name,
+                    holds: Holds::Part(part),
+                    bytes: r.int(1)?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn batch(&self, text: &str) -> Result<(), DbError> {

@@ -46,6 +46,13 @@ pub struct Dialect {
     pub history_parts: bool,
     /// How selectors read the `labels` and `fields` JSON columns.
     pub json: Json,
+    /// `UPDATE … ORDER BY … LIMIT n` is allowed (MySQL); elsewhere the rows
+    /// are picked by a subquery.
+    pub update_limit: bool,
+    /// After a placeholder whose text goes into a JSON column.
+    pub json_param: &'static str,
+    /// An INSERT that skips rows whose key exists.
+    pub insert_or_ignore: &'static str,
 }
 
 impl Dialect {
@@ -633,22 +640,9 @@ pub fn history(
 mod tests {
     use super::*;
 
-    const PG: Dialect = Dialect {
-        numbered: true,
-        null_bytes: "NULL::bytea",
-        no_index: "",
-        names_hint: "",
-        history_parts: true,
-        json: Json::Postgres,
-    };
-    const MY: Dialect = Dialect {
-        numbered: false,
-        null_bytes: "NULL",
-        no_index: "",
-        names_hint: "",
-        history_parts: false,
-        json: Json::MySql,
-    };
+    // The dialects as their databases' modules define them.
+    const PG: Dialect = super::super::postgres::DIALECT;
+    const MY: Dialect = super::super::mysql::DIALECT;
 
     #[test]
     fn placeholders_follow_the_dialect() {

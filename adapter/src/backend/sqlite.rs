@@ -16,16 +16,19 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, LeaseRow, Meta, RangeQuery, RangeRows, Rows, Selectable,
-    Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Backend, Columns, DbError, Flush, Kind, LeaseRow, Meta, RangeQuery, RangeRows, Rows,
+    Selectable, Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
-const DIALECT: Dialect = Dialect {
+pub(crate) const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "CAST(NULL AS BLOB)",
     no_index: "+",
     names_hint: "",
+    update_limit: false,
+    json_param: "",
+    insert_or_ignore: "INSERT OR IGNORE",
     history_parts: false,
     json: sql::Json::Sqlite,
 };
@@ -110,8 +113,8 @@ impl SqliteBackend {
 
 #[async_trait]
 impl Backend for SqliteBackend {
-    fn dialect_name(&self) -> &'static str {
-        "sqlite"
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
     }
 
     fn sql(&self) -> Dialect {

@@ -11,8 +11,6 @@ use std::sync::RwLock;
 
 use serde_json::Value;
 
-use crate::backend::{DbError, KeyEnd, RangeQuery};
-
 /// What a selector is evaluated against.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Object {
@@ -214,7 +212,7 @@ fn builtin(resource: &str) -> &'static [Def] {
         .map_or(&[], |(_, d)| d)
 }
 
-const CRD_PREFIX: &[u8] = b"/registry/apiextensions.k8s.io/customresourcedefinitions/";
+pub const CRD_PREFIX: &[u8] = b"/registry/apiextensions.k8s.io/customresourcedefinitions/";
 
 /// The selectable fields of custom resources, learned from the CRD objects
 /// written through etcdsql (and read back at start), keyed by the
@@ -270,17 +268,6 @@ impl Catalog {
         };
         let after = crds.get(&resource);
         (before.as_ref() != after).then_some(resource)
-    }
-
-    /// A catalog of the CRDs stored in the database.
-    pub async fn load(backend: &dyn crate::backend::Backend) -> Result<Catalog, DbError> {
-        let c = Catalog::default();
-        let end = etcdsql_partitions::prefix_end(CRD_PREFIX).unwrap_or_default();
-        let q = RangeQuery::all(CRD_PREFIX.to_vec(), KeyEnd::Before(end), None);
-        for kv in backend.range(&q).await?.kvs {
-            c.observe(&kv.key, Some(&kv.value));
-        }
-        Ok(c)
     }
 
     fn custom(&self, resource: &str) -> Vec<String> {

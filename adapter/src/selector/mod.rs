@@ -5,7 +5,7 @@
 //! never do. Labels and selectable fields are extracted from each object
 //! when it is written ([`extract`]) and stored as JSON beside it (columns
 //! `labels` and `fields`), so a Range's selector becomes a `WHERE` clause
-//! ([`crate::backend::sql`]) and the count, `limit` and `more` are those of
+//! (in the backend's `sql` module) and the count, `limit` and `more` are those of
 //! the matching objects. A watch filters events in memory with the same
 //! semantics: an event is delivered when the old or the new object matches.
 //!
@@ -19,7 +19,6 @@
 //! selector: kube-apiserver filters what it decodes again, so it sees the
 //! right answer, with such objects counted.
 
-pub mod backfill;
 pub mod extract;
 pub mod fields;
 pub mod labels;
@@ -28,7 +27,7 @@ pub use extract::{Catalog, Object};
 pub use fields::FieldReq;
 pub use labels::{LabelOp, LabelReq};
 
-use crate::backend::EventRow;
+use crate::proto::mvccpb::KeyValue;
 
 /// A parsed selector pair; both empty never reaches SQL.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,9 +81,15 @@ impl Selector {
 
     /// Whether a watcher gets this event: the new object (a put) or the
     /// one it replaced matches.
-    pub fn matches_event(&self, e: &EventRow, catalog: &Catalog) -> bool {
-        let new = (!e.deleted).then(|| catalog.extract(&e.kv.key, &e.kv.value));
-        let old = e.prev.as_ref().map(|p| catalog.extract(&p.key, &p.value));
+    /// `new` is None for a delete.
+    pub fn matches_event(
+        &self,
+        new: Option<&KeyValue>,
+        old: Option<&KeyValue>,
+        catalog: &Catalog,
+    ) -> bool {
+        let new = new.map(|kv| catalog.extract(&kv.key, &kv.value));
+        let old = old.map(|p| catalog.extract(&p.key, &p.value));
         new.iter()
             .chain(old.iter())
             .any(|o| self.matches(o.as_ref()))

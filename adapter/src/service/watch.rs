@@ -115,10 +115,9 @@ impl Watcher {
         self.end.contains(&self.key, &e.kv.key)
             && !(e.deleted && self.no_delete)
             && (e.deleted || !self.no_put)
-            && self
-                .selector
-                .as_ref()
-                .is_none_or(|s| s.matches_event(e, catalog))
+            && self.selector.as_ref().is_none_or(|s| {
+                s.matches_event((!e.deleted).then_some(&e.kv), e.prev.as_ref(), catalog)
+            })
     }
 
     fn event(&self, e: &EventRow) -> Event {

@@ -7,6 +7,7 @@
 //! - [`batch`]: the write view, one database transaction per batch;
 //! - [`committer`]: the batching loop and its retries.
 
+pub mod backfill;
 pub mod batch;
 pub mod check;
 pub mod committer;
@@ -229,9 +230,7 @@ impl Store {
         for resource in self.catalog.take_changed() {
             let (backend, catalog) = (self.backend.clone(), self.catalog.clone());
             tokio::spawn(async move {
-                match crate::selector::backfill::resource(backend.as_ref(), &catalog, &resource)
-                    .await
-                {
+                match backfill::resource(backend.as_ref(), &catalog, &resource).await {
                     Ok(rows) => {
                         tracing::info!(%resource, rows, "selectable fields changed; objects indexed again")
                     }

@@ -1,13 +1,27 @@
-//! Selector columns read again from stored objects, in the background:
+//! Selector columns read from stored objects: the catalog at start
+//! ([`load_catalog`]), and, in the background:
 //! - [`run`]: rows written before schema version 3, once, by the first
 //!   server to start (`etcdsql_meta.selectors_indexed` records that it is
 //!   done; a database created at version 3 starts with it set);
 //! - [`resource`]: a custom resource's objects after a write of its CRD
 //!   changed the selectable fields.
 
-use crate::backend::sql::{Json, Param};
+use crate::backend::sql::Param;
 use crate::backend::{Backend, Columns, DbError, Indexed, first_ints};
+use crate::backend::{KeyEnd, RangeQuery};
+use crate::selector::extract::CRD_PREFIX;
 use crate::selector::{Catalog, hash};
+
+/// A catalog of the CRDs stored in the database.
+pub async fn load_catalog(backend: &dyn Backend) -> Result<Catalog, DbError> {
+    let c = Catalog::default();
+    let end = etcdsql_partitions::prefix_end(CRD_PREFIX).unwrap_or_default();
+    let q = RangeQuery::all(CRD_PREFIX.to_vec(), KeyEnd::Before(end), None);
+    for kv in backend.range(&q).await?.kvs {
+        c.observe(&kv.key, Some(&kv.value));
+    }
+    Ok(c)
+}
 
 /// Rows read per step.
 const STEP: i64 = 500;
@@ -55,17 +69,12 @@ async fn pass(
     range: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<u64, DbError> {
     let d = backend.sql();
-    let (jsonb, insert_label) = match d.json {
-        Json::Postgres => ("::text::jsonb", ""),
-        Json::MySql => (
-            "",
-            "INSERT IGNORE INTO etcdsql_label (h, name) VALUES (?, ?)",
-        ),
-        Json::Sqlite => (
-            "",
-            "INSERT OR IGNORE INTO etcdsql_label (h, name) VALUES (?, ?)",
-        ),
-    };
+    let jsonb = d.json_param;
+    // Where the label table exists (not with PostgreSQL's GIN index).
+    let insert_label = format!(
+        "{} INTO etcdsql_label (h, name) VALUES (?, ?)",
+        d.insert_or_ignore
+    );
     let only_null = if range.is_none() {
         " AND labels IS NULL"
     } else {
@@ -111,7 +120,7 @@ async fn pass(
                     backend
                         .execute(
                             &backend.statement(
-                                insert_label,
+                                &insert_label,
                                 &[Param::Int(h), Param::Bytes(name.clone())],
                             ),
                         )
