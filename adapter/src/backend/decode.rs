@@ -1,0 +1,146 @@
+//! Columns of driver rows, decoded into the model.
+
+use super::{DbError, EventRow, LeaseRow, Meta, RangeRows};
+use crate::proto::mvccpb::KeyValue;
+
+/// Column access the shared row decoders need; each driver implements it
+/// for its row type.
+pub trait Columns {
+    fn int(&self, i: usize) -> Result<i64, DbError>;
+    /// A bytes column that may be NULL.
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError>;
+    /// An integer column that may be NULL.
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError>;
+}
+
+/// Rows of one statement, whatever the driver.
+pub type Rows = Vec<Box<dyn Columns + Send + Sync>>;
+
+/// A driver's rows as [`Rows`].
+pub(crate) fn boxed<R: Columns + Send + Sync + 'static>(rows: Vec<R>) -> Rows {
+    rows.into_iter()
+        .map(|r| Box::new(r) as Box<dyn Columns + Send + Sync>)
+        .collect()
+}
+
+impl Columns for Box<dyn Columns + Send + Sync> {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        (**self).int(i)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        (**self).bytes(i)
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        (**self).int_opt(i)
+    }
+}
+
+/// Rows of [`sql::history`].
+pub(crate) fn decode_events<R: Columns>(rows: &[R]) -> Result<Vec<EventRow>, DbError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let revision = r.int(0)?;
+        let deleted = r.int(2)? != 0;
+        let key = r.bytes(3)?.unwrap_or_default();
+        let prev = match r.int_opt(12)? {
+            Some(prev_rev) => Some(KeyValue {
+                key: key.clone(),
+                value: r.bytes(8)?.unwrap_or_default(),
+                create_revision: r.int(9)?,
+                mod_revision: prev_rev,
+                version: r.int(10)?,
+                lease: r.int(11)?,
+            }),
+            None => None,
+        };
+        let kv = if deleted {
+            KeyValue {
+                key,
+                mod_revision: revision,
+                ..Default::default()
+            }
+        } else {
+            KeyValue {
+                key,
+                value: r.bytes(4)?.unwrap_or_default(),
+                create_revision: r.int(5)?,
+                mod_revision: revision,
+                version: r.int(6)?,
+                lease: r.int(7)?,
+            }
+        };
+        out.push(EventRow {
+            revision,
+            deleted,
+            kv,
+            prev,
+        });
+    }
+    Ok(out)
+}
+
+/// A key's version from columns `at..at + 6` (name, value, create_revision,
+/// mod_revision, version, lease); `None` when the name is NULL.
+pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>, DbError> {
+    let Some(key) = r.bytes(at)? else {
+        return Ok(None);
+    };
+    Ok(Some(KeyValue {
+        key,
+        value: r.bytes(at + 1)?.unwrap_or_default(),
+        create_revision: r.int(at + 2)?,
+        mod_revision: r.int(at + 3)?,
+        version: r.int(at + 4)?,
+        lease: r.int(at + 5)?,
+    }))
+}
+
+/// Folds the rows of the range statement (see [`sql::range`]) into one answer.
+pub(crate) fn decode_range<R: Columns>(rows: &[R]) -> Result<RangeRows, DbError> {
+    let mut out = RangeRows::default();
+    for r in rows {
+        out.meta = Some(Meta {
+            revision: r.int(0)?,
+            compact_revision: r.int(1)?,
+        });
+        out.count = r.int(2)?;
+        out.kvs.extend(decode_kv(r, 3)?);
+    }
+    Ok(out)
+}
+
+/// Columns id, ttl, expires_at_ms.
+pub(crate) fn decode_lease(r: &impl Columns) -> Result<LeaseRow, DbError> {
+    Ok(LeaseRow {
+        id: r.int(0)?,
+        ttl: r.int(1)?,
+        expires_at_ms: r.int(2)?,
+    })
+}
+
+/// Columns revision, compact_revision.
+pub(crate) fn decode_meta(rows: &[impl Columns]) -> Result<Meta, DbError> {
+    let r = rows
+        .first()
+        .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+    Ok(Meta {
+        revision: r.int(0)?,
+        compact_revision: r.int(1)?,
+    })
+}
+
+/// The first column of every row.
+pub fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
+    rows.iter().map(|r| r.int(0)).collect()
+}
+
+/// The first column of every row, as bytes (NULLs skipped).
+pub(crate) fn first_bytes(rows: &[impl Columns]) -> Result<Vec<Vec<u8>>, DbError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.extend(r.bytes(0)?);
+    }
+    Ok(out)
+}
