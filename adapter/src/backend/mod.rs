@@ -41,7 +41,10 @@ pub use model::*;
 pub use primary::*;
 pub use registry::*;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use etcdsql_partitions::Registry;
 
 use crate::proto::mvccpb::KeyValue;
 
@@ -93,8 +96,21 @@ pub trait Backend: Send + Sync {
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError>;
 
     /// Deletes history rows that no read at or above `to` needs, for
-    /// revisions in `(from, to]`. Idempotent. Returns rows deleted.
-    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError>;
+    /// revisions in `(from, to]`, window by window: versions superseded by
+    /// a change in the window, then the window's tombstones. Idempotent.
+    /// Returns rows deleted.
+    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
+        const TOMBSTONES: &str =
+            "DELETE FROM etcdsql_history WHERE revision > ? AND revision <= ? AND deleted = 1";
+        let mut deleted = 0;
+        for (lo, hi) in purge_windows(from, to) {
+            for text in [self.sql().purge_superseded, TOMBSTONES] {
+                let window = [sql::Param::Int(lo), sql::Param::Int(hi)];
+                deleted += self.execute(&self.statement(text, &window)).await?;
+            }
+        }
+        Ok(deleted)
+    }
 
     /// Bytes the etcdsql tables take on disk.
     async fn db_size(&self) -> Result<i64, DbError>;
@@ -320,7 +336,29 @@ pub trait Writer: Send {
     /// A lease's row, if it exists.
     async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError>;
 
-    async fn flush(&mut self, f: &Flush) -> Result<(), DbError>;
+    // A batch's changes become these statements, one kind each; [`flush`]
+    // runs them in its order. Each database writes them its own way
+    // (arrays, multi-row VALUES).
+
+    /// The partition registry the transaction writes by (`begin` reloads
+    /// it when stale); None without native partitions.
+    fn registry(&self) -> Option<Arc<Registry>> {
+        None
+    }
+
+    fn dialect(&self) -> sql::Dialect;
+
+    /// Deletes live rows by name; with `default_only`, only those still in
+    /// the default partition.
+    async fn delete_live(&mut self, names: &[&Vec<u8>], default_only: bool) -> Result<(), DbError>;
+
+    async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError>;
+
+    async fn insert_history(&mut self, rows: &[HistoryRow], batch: i64) -> Result<(), DbError>;
+
+    async fn upsert_leases(&mut self, rows: &[LeaseRow]) -> Result<(), DbError>;
+
+    async fn delete_leases(&mut self, ids: &[i64]) -> Result<(), DbError>;
 
     /// Stores `meta` and commits.
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError>;
@@ -339,6 +377,89 @@ pub trait Writer: Send {
     async fn rows(&mut self, s: &sql::Statement) -> Result<Rows, DbError> {
         Err(DbError::Other(format!("not supported here: {}", s.text)))
     }
+}
+
+/// Rows per `etcdsql_label` statement (2 parameters a row; SQLite allows
+/// 32766 in a statement, MySQL 65535).
+const LABEL_ROWS: usize = 500;
+
+/// Writes what a batch changed, in one order for every database: live
+/// deletes; rows of resources being moved still in the default partition
+/// (the upsert puts them in their own); live upserts; the selector index
+/// (`etcdsql_label`, where the dialect keeps one); history; leases.
+pub async fn flush(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
+    if !f.deletes.is_empty() {
+        let names: Vec<&Vec<u8>> = f.deletes.iter().collect();
+        w.delete_live(&names, false).await?;
+    }
+    if let Some(reg) = w.registry() {
+        let moving: Vec<&Vec<u8>> = f
+            .upserts
+            .iter()
+            .filter(|u| reg.moving(&u.key))
+            .map(|u| &u.key)
+            .collect();
+        if !moving.is_empty() {
+            w.delete_live(&moving, true).await?;
+        }
+    }
+    if !f.upserts.is_empty() {
+        w.upsert_live(&f.upserts).await?;
+    }
+    if w.dialect().label_table() {
+        labels(w, f).await?;
+    }
+    if !f.history.is_empty() {
+        w.insert_history(&f.history, f.batch).await?;
+    }
+    if !f.lease_upserts.is_empty() {
+        w.upsert_leases(&f.lease_upserts).await?;
+    }
+    if !f.lease_deletes.is_empty() {
+        w.delete_leases(&f.lease_deletes).await?;
+    }
+    Ok(())
+}
+
+/// The selector index follows the live rows: the rows of every written
+/// name go, the upserts' hashes come back.
+async fn labels(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
+    let d = w.dialect();
+    let names: Vec<&Vec<u8>> = f
+        .deletes
+        .iter()
+        .chain(f.upserts.iter().map(|u| &u.key))
+        .collect();
+    for chunk in names.chunks(LABEL_ROWS) {
+        let text = format!(
+            "DELETE FROM etcdsql_label WHERE name IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let p: Vec<sql::Param> = chunk
+            .iter()
+            .map(|k| sql::Param::Bytes(k.to_vec()))
+            .collect();
+        w.execute(&sql::Statement::with_params(d, &text, &p))
+            .await?;
+    }
+    let rows: Vec<(i64, &Vec<u8>)> = f
+        .upserts
+        .iter()
+        .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
+        .collect();
+    for chunk in rows.chunks(LABEL_ROWS) {
+        let text = format!(
+            "INSERT INTO etcdsql_label (h, name) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut p = Vec::with_capacity(chunk.len() * 2);
+        for (h, k) in chunk {
+            p.extend([sql::Param::Int(*h), sql::Param::Bytes(k.to_vec())]);
+        }
+        w.execute(&sql::Statement::with_params(d, &text, &p))
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

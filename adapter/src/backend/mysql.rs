@@ -13,12 +13,12 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
-    RangeQuery, RangeRows, Rows, Selectable, Writer, decode_kv, decode_lease, decode_range,
+    Backend, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
+    RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_range,
     first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
-use etcdsql_partitions::ddl;
+use etcdsql_partitions::{Registry, ddl};
 
 pub(crate) const DIALECT: Dialect = Dialect {
     numbered: false,
@@ -28,6 +28,9 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: true,
     json_param: "",
     insert_or_ignore: "INSERT IGNORE",
+    purge_superseded: "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
+    ON h.name = n.name AND h.revision = n.prev_revision \
+    WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0",
     history_parts: false,
     json: sql::Json::MySql,
 };
@@ -44,11 +47,6 @@ const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY
 /// replicated write) finds out instead of committing a part of a batch.
 const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? \
     WHERE id = 1 AND revision = ? AND compact_revision = ?";
-const PURGE_SUPERSEDED: &str = "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
-    ON h.name = n.name AND h.revision = n.prev_revision \
-    WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0";
-const PURGE_TOMBSTONES: &str =
-    "DELETE FROM etcdsql_history WHERE revision > ? AND revision <= ? AND deleted = 1";
 
 fn classify(e: mysql_async::Error) -> DbError {
     use mysql_async::Error as E;
@@ -300,18 +298,6 @@ impl Backend for Mysql {
         }))
     }
 
-    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
-        let mut conn = self.pool.get_conn().await.map_err(classify)?;
-        let mut deleted = 0;
-        for (lo, hi) in super::purge_windows(from, to) {
-            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
-                conn.exec_drop(text, (lo, hi)).await.map_err(classify)?;
-                deleted += conn.affected_rows();
-            }
-        }
-        Ok(deleted)
-    }
-
     async fn create_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
         // DDL commits implicitly: it runs before the epoch's transaction.
         if self
@@ -537,22 +523,26 @@ impl Writer for MyWriter {
         rows.first().map(decode_lease).transpose()
     }
 
-    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
-        let deletes: Vec<&Vec<u8>> = f.deletes.iter().collect();
-        self.delete_names("DELETE FROM etcdsql_live WHERE", &deletes)
-            .await?;
+    fn registry(&self) -> Option<Arc<Registry>> {
+        Some(self.partitions.get())
+    }
+
+    fn dialect(&self) -> Dialect {
+        DIALECT
+    }
+
+    async fn delete_live(&mut self, names: &[&Vec<u8>], default_only: bool) -> Result<(), DbError> {
+        let head = if default_only {
+            "DELETE FROM etcdsql_live WHERE part = '' AND"
+        } else {
+            "DELETE FROM etcdsql_live WHERE"
+        };
+        self.delete_names(head, names).await
+    }
+
+    async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
         let reg = self.partitions.get();
-        let moving: Vec<&Vec<u8>> = f
-            .upserts
-            .iter()
-            .filter(|k| reg.moving(&k.key))
-            .map(|k| &k.key)
-            .collect();
-        // Rows of resources being moved to their own partition that are
-        // still in the default one; the upsert re-inserts them there.
-        self.delete_names("DELETE FROM etcdsql_live WHERE part = '' AND", &moving)
-            .await?;
-        for chunk in chunks(&f.upserts, |k| k.key.len() + k.value.len()) {
+        for chunk in chunks(rows, |k| k.key.len() + k.value.len()) {
             let text = format!(
                 "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part, \
                  labels, fields) \
@@ -578,31 +568,11 @@ impl Writer for MyWriter {
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
         }
-        // The selector index follows the live rows.
-        let names: Vec<&Vec<u8>> = f
-            .deletes
-            .iter()
-            .chain(f.upserts.iter().map(|u| &u.key))
-            .collect();
-        self.delete_names("DELETE FROM etcdsql_label WHERE", &names)
-            .await?;
-        let rows: Vec<(i64, &Vec<u8>)> = f
-            .upserts
-            .iter()
-            .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
-            .collect();
-        for chunk in chunks(&rows, |(_, k)| k.len() + 8) {
-            let text = format!(
-                "INSERT INTO etcdsql_label (h, name) VALUES {}",
-                placeholders(chunk.len(), "(?, ?)")
-            );
-            let mut p = Vec::with_capacity(chunk.len() * 2);
-            for (h, k) in chunk {
-                p.extend([Value::Int(*h), Value::Bytes(k.to_vec())]);
-            }
-            self.exec_drop(&text, Params::Positional(p)).await?;
-        }
-        for chunk in chunks(&f.history, |h| h.key.len() + h.value.len()) {
+        Ok(())
+    }
+
+    async fn insert_history(&mut self, rows: &[HistoryRow], batch: i64) -> Result<(), DbError> {
+        for chunk in chunks(rows, |h| h.key.len() + h.value.len()) {
             let text = format!(
                 "INSERT INTO etcdsql_history \
                  (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
@@ -624,12 +594,16 @@ impl Writer for MyWriter {
                     Value::Int(self.epoch),
                     value(&Param::text_or_null(h.labels())),
                     value(&Param::text_or_null(h.fields())),
-                    Value::Int(f.batch),
+                    Value::Int(batch),
                 ]);
             }
             self.exec_drop(&text, Params::Positional(p)).await?;
         }
-        for chunk in chunks(&f.lease_upserts, |_| 24) {
+        Ok(())
+    }
+
+    async fn upsert_leases(&mut self, rows: &[LeaseRow]) -> Result<(), DbError> {
+        for chunk in chunks(rows, |_| 24) {
             let text = format!(
                 "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES {} \
                  ON DUPLICATE KEY UPDATE ttl = VALUES(ttl), expires_at_ms = VALUES(expires_at_ms)",
@@ -647,7 +621,11 @@ impl Writer for MyWriter {
                 .collect();
             self.exec_drop(&text, Params::Positional(p)).await?;
         }
-        for chunk in chunks(&f.lease_deletes, |_| 8) {
+        Ok(())
+    }
+
+    async fn delete_leases(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        for chunk in chunks(ids, |_| 8) {
             let text = format!(
                 "DELETE FROM etcdsql_lease WHERE id IN ({})",
                 placeholders(chunk.len(), "?")

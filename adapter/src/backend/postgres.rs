@@ -18,12 +18,12 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
-    RangeQuery, RangeRows, Rows, Selectable, Writer, decode_kv, decode_lease, decode_range,
+    Backend, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
+    RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_range,
     first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
-use etcdsql_partitions::ddl;
+use etcdsql_partitions::{Registry, ddl};
 
 /// How long a DROP of a compacted epoch may wait for running reads before
 /// it gives up (the next compaction tries again).
@@ -37,6 +37,9 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: false,
     json_param: "::text::jsonb",
     insert_or_ignore: "INSERT",
+    purge_superseded: "DELETE FROM etcdsql_history h USING etcdsql_history n \
+    WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0 \
+    AND h.name = n.name AND h.revision = n.prev_revision",
     history_parts: true,
     json: sql::Json::Postgres,
 };
@@ -72,13 +75,6 @@ const STORE_META: &str =
 const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
 /// Every commit notifies this channel; watch hubs in all processes listen.
 const CHANNEL: &str = "etcdsql_commit";
-/// Deletes versions superseded by a change in the window, then the window's
-/// tombstones; what a read at or above the window's end needs stays.
-const PURGE_SUPERSEDED: &str = "DELETE FROM etcdsql_history h USING etcdsql_history n \
-    WHERE n.revision > $1 AND n.revision <= $2 AND n.prev_revision > 0 \
-    AND h.name = n.name AND h.revision = n.prev_revision";
-const PURGE_TOMBSTONES: &str =
-    "DELETE FROM etcdsql_history WHERE revision > $1 AND revision <= $2 AND deleted = 1";
 
 /// Why a statement failed, in the store's terms.
 fn classify(e: &tokio_postgres::Error) -> DbError {
@@ -361,20 +357,6 @@ impl Backend for Postgres {
         }))
     }
 
-    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let mut deleted = 0;
-        for (lo, hi) in super::purge_windows(from, to) {
-            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
-                deleted += client
-                    .execute(text, &[&lo, &hi])
-                    .await
-                    .map_err(|e| classify(&e))?;
-            }
-        }
-        Ok(deleted)
-    }
-
     async fn db_size(&self) -> Result<i64, DbError> {
         let rows = self
             .query(
@@ -533,73 +515,82 @@ impl Writer for PgWriter {
         rows.first().map(decode_lease).transpose()
     }
 
-    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
-        if !f.deletes.is_empty() {
-            self.execute(DELETE_LIVE, &[&f.deletes]).await?;
-        }
+    fn registry(&self) -> Option<Arc<Registry>> {
+        Some(self.partitions.get())
+    }
+
+    fn dialect(&self) -> Dialect {
+        DIALECT
+    }
+
+    async fn delete_live(&mut self, names: &[&Vec<u8>], default_only: bool) -> Result<(), DbError> {
+        let names: Vec<&[u8]> = names.iter().map(|k| k.as_slice()).collect();
+        let text = if default_only {
+            DELETE_DEFAULT
+        } else {
+            DELETE_LIVE
+        };
+        self.execute(text, &[&names]).await.map(drop)
+    }
+
+    async fn upsert_live(&mut self, u: &[Upsert]) -> Result<(), DbError> {
         let reg = self.partitions.get();
-        if !f.upserts.is_empty() {
-            let u = &f.upserts;
-            let moving: Vec<&[u8]> = u
-                .iter()
-                .filter(|k| reg.moving(&k.key))
-                .map(|k| k.key.as_slice())
-                .collect();
-            if !moving.is_empty() {
-                self.execute(DELETE_DEFAULT, &[&moving]).await?;
-            }
-            let part: Vec<&str> = u.iter().map(|k| reg.target(&k.key)).collect();
-            let key: Vec<&[u8]> = u.iter().map(|k| k.key.as_slice()).collect();
-            let value: Vec<&[u8]> = u.iter().map(|k| k.value.as_slice()).collect();
-            let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
-            let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
-            let version: Vec<i64> = u.iter().map(|k| k.version).collect();
-            let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
-            let labels: Vec<Option<&str>> = u.iter().map(|k| k.labels()).collect();
-            let fields: Vec<Option<&str>> = u.iter().map(|k| k.fields()).collect();
-            self.execute(
-                UPSERT_LIVE,
-                &[
-                    &key, &value, &create, &modr, &version, &lease, &part, &labels, &fields,
-                ],
-            )
-            .await?;
-        }
-        if !f.history.is_empty() {
-            let h = &f.history;
-            let rev: Vec<i64> = h.iter().map(|r| r.revision).collect();
-            let sub: Vec<i32> = h.iter().map(|r| r.sub).collect();
-            let key: Vec<&[u8]> = h.iter().map(|r| r.key.as_slice()).collect();
-            let value: Vec<&[u8]> = h.iter().map(|r| r.value.as_slice()).collect();
-            let create: Vec<i64> = h.iter().map(|r| r.create_revision).collect();
-            let version: Vec<i64> = h.iter().map(|r| r.version).collect();
-            let lease: Vec<i64> = h.iter().map(|r| r.lease).collect();
-            let deleted: Vec<i16> = h.iter().map(|r| i16::from(r.deleted)).collect();
-            let prev: Vec<i64> = h.iter().map(|r| r.prev_revision).collect();
-            let part: Vec<&str> = h.iter().map(|r| reg.target(&r.key)).collect();
-            let labels: Vec<Option<&str>> = h.iter().map(|r| r.labels()).collect();
-            let fields: Vec<Option<&str>> = h.iter().map(|r| r.fields()).collect();
-            let epoch = self.epoch;
-            self.execute(
-                INSERT_HISTORY,
-                &[
-                    &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev, &part,
-                    &labels, &fields, &epoch, &f.batch,
-                ],
-            )
-            .await?;
-        }
-        if !f.lease_upserts.is_empty() {
-            let l = &f.lease_upserts;
-            let id: Vec<i64> = l.iter().map(|r| r.id).collect();
-            let ttl: Vec<i64> = l.iter().map(|r| r.ttl).collect();
-            let exp: Vec<i64> = l.iter().map(|r| r.expires_at_ms).collect();
-            self.execute(UPSERT_LEASE, &[&id, &ttl, &exp]).await?;
-        }
-        if !f.lease_deletes.is_empty() {
-            self.execute(DELETE_LEASE, &[&f.lease_deletes]).await?;
-        }
-        Ok(())
+        let part: Vec<&str> = u.iter().map(|k| reg.target(&k.key)).collect();
+        let key: Vec<&[u8]> = u.iter().map(|k| k.key.as_slice()).collect();
+        let value: Vec<&[u8]> = u.iter().map(|k| k.value.as_slice()).collect();
+        let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
+        let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
+        let version: Vec<i64> = u.iter().map(|k| k.version).collect();
+        let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
+        let labels: Vec<Option<&str>> = u.iter().map(|k| k.labels()).collect();
+        let fields: Vec<Option<&str>> = u.iter().map(|k| k.fields()).collect();
+        self.execute(
+            UPSERT_LIVE,
+            &[
+                &key, &value, &create, &modr, &version, &lease, &part, &labels, &fields,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn insert_history(&mut self, h: &[HistoryRow], batch: i64) -> Result<(), DbError> {
+        let reg = self.partitions.get();
+        let rev: Vec<i64> = h.iter().map(|r| r.revision).collect();
+        let sub: Vec<i32> = h.iter().map(|r| r.sub).collect();
+        let key: Vec<&[u8]> = h.iter().map(|r| r.key.as_slice()).collect();
+        let value: Vec<&[u8]> = h.iter().map(|r| r.value.as_slice()).collect();
+        let create: Vec<i64> = h.iter().map(|r| r.create_revision).collect();
+        let version: Vec<i64> = h.iter().map(|r| r.version).collect();
+        let lease: Vec<i64> = h.iter().map(|r| r.lease).collect();
+        let deleted: Vec<i16> = h.iter().map(|r| i16::from(r.deleted)).collect();
+        let prev: Vec<i64> = h.iter().map(|r| r.prev_revision).collect();
+        let part: Vec<&str> = h.iter().map(|r| reg.target(&r.key)).collect();
+        let labels: Vec<Option<&str>> = h.iter().map(|r| r.labels()).collect();
+        let fields: Vec<Option<&str>> = h.iter().map(|r| r.fields()).collect();
+        let epoch = self.epoch;
+        self.execute(
+            INSERT_HISTORY,
+            &[
+                &rev, &sub, &key, &value, &create, &version, &lease, &deleted, &prev, &part,
+                &labels, &fields, &epoch, &batch,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_leases(&mut self, l: &[LeaseRow]) -> Result<(), DbError> {
+        let id: Vec<i64> = l.iter().map(|r| r.id).collect();
+        let ttl: Vec<i64> = l.iter().map(|r| r.ttl).collect();
+        let exp: Vec<i64> = l.iter().map(|r| r.expires_at_ms).collect();
+        self.execute(UPSERT_LEASE, &[&id, &ttl, &exp])
+            .await
+            .map(drop)
+    }
+
+    async fn delete_leases(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        self.execute(DELETE_LEASE, &[&ids]).await.map(drop)
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {

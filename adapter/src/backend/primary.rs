@@ -35,10 +35,6 @@ impl Backend for Primary {
         self.0.writer().await
     }
 
-    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
-        self.0.purge_history(from, to).await
-    }
-
     async fn db_size(&self) -> Result<i64, DbError> {
         self.0.db_size().await
     }

@@ -53,6 +53,9 @@ pub struct Dialect {
     pub json_param: &'static str,
     /// An INSERT that skips rows whose key exists.
     pub insert_or_ignore: &'static str,
+    /// Deletes the history rows that changes in `(?, ?]` superseded (a
+    /// delete with a join, spelled differently by each database).
+    pub purge_superseded: &'static str,
 }
 
 impl Dialect {

@@ -16,8 +16,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, Flush, Kind, LeaseRow, Meta, RangeQuery, RangeRows, Rows,
-    Selectable, Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Backend, Columns, DbError, HistoryRow, Kind, LeaseRow, Meta, RangeQuery, RangeRows, Rows,
+    Selectable, Upsert, Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -29,16 +29,14 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: false,
     json_param: "",
     insert_or_ignore: "INSERT OR IGNORE",
+    purge_superseded: "DELETE FROM etcdsql_history WHERE (name, revision) IN \
+    (SELECT name, prev_revision FROM etcdsql_history \
+     WHERE revision > ? AND revision <= ? AND prev_revision > 0)",
     history_parts: false,
     json: sql::Json::Sqlite,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
-const PURGE_SUPERSEDED: &str = "DELETE FROM etcdsql_history WHERE (name, revision) IN \
-    (SELECT name, prev_revision FROM etcdsql_history \
-     WHERE revision > ? AND revision <= ? AND prev_revision > 0)";
-const PURGE_TOMBSTONES: &str =
-    "DELETE FROM etcdsql_history WHERE revision > ? AND revision <= ? AND deleted = 1";
 
 fn classify(e: sqlx::Error) -> DbError {
     match e {
@@ -144,22 +142,6 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    async fn purge_history(&self, from: i64, to: i64) -> Result<u64, DbError> {
-        let mut deleted = 0;
-        for (lo, hi) in super::purge_windows(from, to) {
-            for text in [PURGE_SUPERSEDED, PURGE_TOMBSTONES] {
-                let r = sqlx::query(text)
-                    .bind(lo)
-                    .bind(hi)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                deleted += r.rows_affected();
-            }
-        }
-        Ok(deleted)
-    }
-
     async fn db_size(&self) -> Result<i64, DbError> {
         let s = self.statement(
             "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
@@ -196,10 +178,6 @@ impl SqliteWriter {
         q.execute(self.conn()?).await.map_err(classify).map(drop)
     }
 }
-
-/// Rows per `etcdsql_label` statement (2 parameters each; SQLite allows
-/// 32766).
-const LABEL_ROWS: usize = 500;
 
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
     (name, value, create_revision, mod_revision, version, lease, labels, fields) \
@@ -280,15 +258,28 @@ impl Writer for SqliteWriter {
         rows.first().map(decode_lease).transpose()
     }
 
-    async fn flush(&mut self, f: &Flush) -> Result<(), DbError> {
-        for k in &f.deletes {
+    fn dialect(&self) -> Dialect {
+        DIALECT
+    }
+
+    async fn delete_live(
+        &mut self,
+        names: &[&Vec<u8>],
+        _default_only: bool,
+    ) -> Result<(), DbError> {
+        // No partitions: `default_only` never comes.
+        for k in names {
             self.exec(
                 "DELETE FROM etcdsql_live WHERE name = ?",
-                &[Param::Bytes(k.clone())],
+                &[Param::Bytes(k.to_vec())],
             )
             .await?;
         }
-        for k in &f.upserts {
+        Ok(())
+    }
+
+    async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
+        for k in rows {
             self.exec(
                 UPSERT_LIVE,
                 &[
@@ -304,39 +295,11 @@ impl Writer for SqliteWriter {
             )
             .await?;
         }
-        // The selector index follows the live rows, in statements of up to
-        // LABEL_ROWS rows (one statement per row doubled the cost of a
-        // write).
-        let names: Vec<&Vec<u8>> = f
-            .deletes
-            .iter()
-            .chain(f.upserts.iter().map(|u| &u.key))
-            .collect();
-        for chunk in names.chunks(LABEL_ROWS) {
-            let text = format!(
-                "DELETE FROM etcdsql_label WHERE name IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.to_vec())).collect();
-            self.exec(text, &p).await?;
-        }
-        let rows: Vec<(i64, &Vec<u8>)> = f
-            .upserts
-            .iter()
-            .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
-            .collect();
-        for chunk in rows.chunks(LABEL_ROWS) {
-            let text = format!(
-                "INSERT INTO etcdsql_label (h, name) VALUES {}",
-                vec!["(?, ?)"; chunk.len()].join(", ")
-            );
-            let mut p = Vec::with_capacity(chunk.len() * 2);
-            for (h, k) in chunk {
-                p.extend([Param::Int(*h), Param::Bytes(k.to_vec())]);
-            }
-            self.exec(text, &p).await?;
-        }
-        for h in &f.history {
+        Ok(())
+    }
+
+    async fn insert_history(&mut self, rows: &[HistoryRow], batch: i64) -> Result<(), DbError> {
+        for h in rows {
             self.exec(
                 INSERT_HISTORY,
                 &[
@@ -351,12 +314,16 @@ impl Writer for SqliteWriter {
                     Param::Int(h.prev_revision),
                     Param::text_or_null(h.labels()),
                     Param::text_or_null(h.fields()),
-                    Param::Int(f.batch),
+                    Param::Int(batch),
                 ],
             )
             .await?;
         }
-        for l in &f.lease_upserts {
+        Ok(())
+    }
+
+    async fn upsert_leases(&mut self, rows: &[LeaseRow]) -> Result<(), DbError> {
+        for l in rows {
             self.exec(
                 "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES (?, ?, ?) \
                  ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl, expires_at_ms = excluded.expires_at_ms",
@@ -364,11 +331,21 @@ impl Writer for SqliteWriter {
             )
             .await?;
         }
-        for id in &f.lease_deletes {
+        Ok(())
+    }
+
+    async fn delete_leases(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        for id in ids {
             self.exec("DELETE FROM etcdsql_lease WHERE id = ?", &[Param::Int(*id)])
                 .await?;
         }
         Ok(())
+    }
+
+    async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
+        let q = query(s.text.clone(), &s.params);
+        let r = q.execute(self.conn()?).await.map_err(classify)?;
+        Ok(r.rows_affected())
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {

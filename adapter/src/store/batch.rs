@@ -284,7 +284,7 @@ impl<'w> Batch<'w> {
             }
         }
         if !f.is_empty() {
-            self.w.flush(&f).await?;
+            crate::backend::flush(self.w, &f).await?;
         }
         Ok(())
     }
