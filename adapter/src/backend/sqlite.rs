@@ -173,9 +173,11 @@ impl SqliteWriter {
         q.fetch_all(self.conn()?).await.map_err(classify)
     }
 
-    async fn exec(&mut self, text: impl Into<String>, p: &[Param]) -> Result<(), DbError> {
+    /// One statement in the transaction; returns rows affected.
+    async fn exec(&mut self, text: impl Into<String>, p: &[Param]) -> Result<u64, DbError> {
         let q = query(text, p);
-        q.execute(self.conn()?).await.map_err(classify).map(drop)
+        let r = q.execute(self.conn()?).await.map_err(classify)?;
+        Ok(r.rows_affected())
     }
 }
 
@@ -343,9 +345,7 @@ impl Writer for SqliteWriter {
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
-        let q = query(s.text.clone(), &s.params);
-        let r = q.execute(self.conn()?).await.map_err(classify)?;
-        Ok(r.rows_affected())
+        self.exec(s.text.clone(), &s.params).await
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
@@ -354,7 +354,7 @@ impl Writer for SqliteWriter {
             &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
         )
         .await?;
-        self.exec("COMMIT", &[]).await
+        self.exec("COMMIT", &[]).await.map(drop)
     }
 
     async fn rollback(&mut self) {
