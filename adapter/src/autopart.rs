@@ -12,6 +12,7 @@ use etcdsql_partitions::{self as plan, State};
 
 use crate::backend::Backend;
 use crate::proto::etcdserverpb::{RequestOp, request_op};
+use crate::tasks::Tasks;
 
 /// Where kube-apiserver keeps CustomResourceDefinitions; the name of each
 /// is `<plural>.<group>`, its objects live under `/registry/<group>/<plural>/`.
@@ -64,6 +65,7 @@ pub fn crd_resource(key: &[u8]) -> Option<String> {
 
 /// Starts `partitions add` for resources not yet ready, once each.
 pub struct Partitioner {
+    tasks: Tasks,
     backend: Arc<dyn Backend>,
     running: Mutex<HashSet<String>>,
     /// Watch CRD writes.
@@ -71,8 +73,9 @@ pub struct Partitioner {
 }
 
 impl Partitioner {
-    pub fn new(backend: Arc<dyn Backend>, auto: bool) -> Arc<Partitioner> {
+    pub fn new(tasks: &Tasks, backend: Arc<dyn Backend>, auto: bool) -> Arc<Partitioner> {
         Arc::new(Partitioner {
+            tasks: tasks.clone(),
             backend,
             running: Mutex::default(),
             auto,
@@ -96,7 +99,7 @@ impl Partitioner {
         }
         drop(running);
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn("partition", async move {
             let started = std::time::Instant::now();
             match crate::backend::partitioning::add(&*this.backend, &resource, BATCH, &|_| {}).await
             {

@@ -6,6 +6,7 @@
 //! - [`service`]: the gRPC services (KV, Watch, Lease, Maintenance,
 //!   Cluster), one module each;
 //! - [`watch`]: the watch hub that tails the history table for watchers;
+//! - [`tasks`]: the owner of every background task, and their stop;
 //! - [`store`]: etcd's semantics as a revision log: validation, the write
 //!   batch, the group committer, read-only views;
 //! - [`backend`]: the SQL side: one module per dialect (SQLite, PostgreSQL,
@@ -32,4 +33,5 @@ pub mod selector;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tasks;
 pub mod watch;

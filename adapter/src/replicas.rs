@@ -32,6 +32,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics;
+use crate::tasks::Tasks;
 
 /// How often each replica's health and lag are measured.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
@@ -107,6 +108,7 @@ impl Replicas {
     /// `replicas`: each one's DSN, and its backend where it is already open
     /// (the balanced side of a proxy tier).
     pub fn start(
+        tasks: &Tasks,
         primary: Arc<dyn Backend>,
         replicas: Vec<(Dsn, Option<Arc<dyn Backend>>)>,
         settings: Settings,
@@ -137,8 +139,8 @@ impl Replicas {
                 kick: Notify::new(),
             },
         });
-        tokio::spawn(fence_reader(Arc::downgrade(&this)));
-        tokio::spawn(primary_sampler(Arc::downgrade(&this)));
+        tasks.spawn("revision fence", fence_reader(Arc::downgrade(&this)));
+        tasks.spawn("replica health", primary_sampler(Arc::downgrade(&this)));
         this
     }
 

@@ -28,6 +28,7 @@ use crate::service::watch::WatchService;
 use crate::service::{Identity, member_id};
 use crate::store::check::MAX_TXN_OPS;
 use crate::store::{Compaction, Store};
+use crate::tasks::Tasks;
 use crate::watch::{BufferLimits, Hub};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
@@ -145,6 +146,7 @@ pub struct Config {
 /// `--proxy-tier`, the proxy's balanced side. `backend` is what the rest of
 /// the server uses (behind a proxy, [`backend::Primary`] over `balanced`).
 fn replicas(
+    tasks: &Tasks,
     config: &Config,
     primary: &Dsn,
     backend: &Arc<dyn Backend>,
@@ -162,6 +164,7 @@ fn replicas(
             );
         }
         return Ok(Some(Replicas::start(
+            tasks,
             backend.clone(),
             vec![(primary.clone(), Some(balanced.clone()))],
             settings,
@@ -184,12 +187,18 @@ fn replicas(
         }
         dsns.push((d, None));
     }
-    Ok(Some(Replicas::start(backend.clone(), dsns, settings)))
+    Ok(Some(Replicas::start(
+        tasks,
+        backend.clone(),
+        dsns,
+        settings,
+    )))
 }
 
 /// The server's own partitioning: the file's resources now, CRDs as they
 /// come with `--auto-partition`.
 fn partitioner(
+    tasks: &Tasks,
     config: &Config,
     backend: &Arc<dyn Backend>,
 ) -> anyhow::Result<Option<Arc<Partitioner>>> {
@@ -207,7 +216,7 @@ fn partitioner(
         );
         return Ok(None);
     }
-    let p = Partitioner::new(backend.clone(), auto);
+    let p = Partitioner::new(tasks, backend.clone(), auto);
     for r in file.resources {
         p.ensure(r);
     }
@@ -387,170 +396,244 @@ pub async fn serve(
     metrics_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if let Err(e) = metrics::register() {
-        tracing::warn!(error = %e, "metrics already registered");
-    }
-    let tls = if listeners.iter().any(|l| l.tls) {
-        Some(tls_config(&config)?)
-    } else {
-        None
-    };
-    let dsn = config.dsn()?;
-    let auto_migrate = config.auto_migrate.unwrap_or(matches!(dsn, Dsn::Sqlite(_)));
-    let backend = open_backend(&dsn, auto_migrate).await?;
-    let cluster_id = backend
-        .cluster_id()
+    let app = App::open(&config).await?;
+    app.serve(&config, listeners, metrics_listeners, shutdown)
         .await
-        .context("reading the cluster id")?;
-    let advertise = if config.advertise_client_urls.is_empty() {
-        config.listen_client_urls.clone()
-    } else {
-        config.advertise_client_urls.clone()
-    };
-    let id = Identity {
-        cluster_id: cluster_id.cast_unsigned(),
-        member_id: member_id(&config.name, &advertise),
-        raft_term: 1,
-    };
-    let committed = Arc::new(tokio::sync::Notify::new());
-    // Behind a proxy tier everything but the balanced reads goes to the
-    // primary.
-    let balanced = backend;
-    let backend: Arc<dyn Backend> = if config.proxy_tier {
-        Arc::new(backend::Primary(balanced.clone()))
-    } else {
-        balanced.clone()
-    };
-    let replicas = replicas(&config, &dsn, &backend, &balanced)?;
-    let catalog = Arc::new(
-        crate::store::backfill::load_catalog(backend.as_ref())
-            .await
-            .context("reading CRDs for their selectable fields")?,
-    );
-    {
-        let (backend, catalog) = (backend.clone(), catalog.clone());
-        tokio::spawn(async move {
-            match crate::store::backfill::run(backend.as_ref(), &catalog).await {
-                Ok(0) => {}
-                Ok(rows) => tracing::info!(rows, "indexed labels and fields of earlier rows"),
-                Err(e) => {
-                    tracing::error!(error = %e, "indexing labels and fields of earlier rows failed; the next start retries")
-                }
-            }
-        });
-    }
-    let store = Store::new(
-        backend.clone(),
-        committed.clone(),
-        config.history_compaction,
-        partitioner(&config, &backend)?,
-        replicas.clone(),
-        catalog.clone(),
-    );
-    let hub = Hub::start(
-        backend.clone(),
-        replicas,
-        committed,
-        BufferLimits::default(),
-        catalog.clone(),
-    )
-    .await
-    .context("starting the watch hub")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watch = Arc::new(WatchService {
-        hub,
-        catalog,
-        id,
-        progress_interval: config.experimental_watch_progress_notify_interval,
-        stop: stop_rx.clone(),
-    });
-    let cluster = Arc::new(ClusterService {
-        store: store.clone(),
-        id,
-        name: config.name.clone(),
-        client_urls: advertise.clone(),
-    });
-    let kv = Arc::new(KvService {
-        store: store.clone(),
-        id,
-        max_request_bytes: config.max_request_bytes,
-        max_txn_ops: config.max_txn_ops,
-        max_key_bytes: backend.max_key_bytes(),
-    });
-    let lease = Arc::new(LeaseService {
-        store: store.clone(),
-        id,
-    });
-    let maintenance = Arc::new(MaintenanceService { store, id });
-    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("stopping: no new requests; watch streams end");
-        let _ = stop_tx.send(true);
-    });
-    for l in metrics_listeners {
-        let addr = l.local_addr()?;
-        tracing::info!(%addr, "serving /metrics");
-        let mut stop = stop_rx.clone();
-        tokio::spawn(metrics::serve(l, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
-    }
-    let mut tasks = Vec::new();
-    for listener in listeners {
-        let addr = listener.tcp.local_addr()?;
-        tracing::info!(%addr, tls = listener.tls, database = ?backend.kind(), "serving etcd v3 API");
-        let mut stop = stop_rx.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if listener.tls {
-            let tls = tls.clone().context("TLS settings")?;
-            builder = builder.tls_config(tls).context("TLS settings")?;
-        }
-        let router = builder
-            .layer(RpcLayer)
-            .add_service(KvServer::from_arc(kv.clone()).max_decoding_message_size(max_message))
-            .add_service(
-                LeaseServer::from_arc(lease.clone()).max_decoding_message_size(max_message),
-            )
-            .add_service(
-                WatchServer::from_arc(watch.clone()).max_decoding_message_size(max_message),
-            )
-            .add_service(ClusterServer::from_arc(cluster.clone()))
-            .add_service(
-                MaintenanceServer::from_arc(maintenance.clone())
-                    .max_decoding_message_size(max_message),
-            );
-        tasks.push(tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming(listener.tcp), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        }));
-    }
-    // Once stopping, requests in flight get a bounded time to be answered
-    // (a write is answered once its batch committed or failed); what is
-    // still running then is cut off, unacknowledged.
-    let mut stopping = stop_rx.clone();
-    let served = async {
-        for t in tasks {
-            t.await.context("listener task")?.context("serving")?;
-        }
-        anyhow::Ok(())
-    };
-    tokio::pin!(served);
-    tokio::select! {
-        r = &mut served => r?,
-        _ = async {
-            let _ = stopping.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut off");
-        }
-    }
-    Ok(())
 }
+
+/// One server, built from its flags: the database, the store and its
+/// committer, the watch hub, the services, and every background task
+/// (owned by [`App::tasks`]). [`App::serve`] serves it; [`App::stop`]
+/// ends it without listeners (in-process tests).
+pub struct App {
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub kv: Arc<KvService>,
+    pub lease: Arc<LeaseService>,
+    pub watch: Arc<WatchService>,
+    pub cluster: Arc<ClusterService>,
+    pub maintenance: Arc<MaintenanceService>,
+    pub tasks: Tasks,
+    /// Ends the watch streams (before the background tasks stop).
+    streams: tokio::sync::watch::Sender<bool>,
+}
+
+impl App {
+    pub async fn open(config: &Config) -> anyhow::Result<App> {
+        if let Err(e) = metrics::register() {
+            tracing::warn!(error = %e, "metrics already registered");
+        }
+        let tasks = Tasks::new();
+        let dsn = config.dsn()?;
+        let auto_migrate = config.auto_migrate.unwrap_or(matches!(dsn, Dsn::Sqlite(_)));
+        let backend = open_backend(&dsn, auto_migrate).await?;
+        let cluster_id = backend
+            .cluster_id()
+            .await
+            .context("reading the cluster id")?;
+        let advertise = if config.advertise_client_urls.is_empty() {
+            config.listen_client_urls.clone()
+        } else {
+            config.advertise_client_urls.clone()
+        };
+        let id = Identity {
+            cluster_id: cluster_id.cast_unsigned(),
+            member_id: member_id(&config.name, &advertise),
+            raft_term: 1,
+        };
+        let committed = Arc::new(tokio::sync::Notify::new());
+        // Behind a proxy tier everything but the balanced reads goes to the
+        // primary.
+        let balanced = backend;
+        let backend: Arc<dyn Backend> = if config.proxy_tier {
+            Arc::new(backend::Primary(balanced.clone()))
+        } else {
+            balanced.clone()
+        };
+        let replicas = replicas(&tasks, config, &dsn, &backend, &balanced)?;
+        let catalog = Arc::new(
+            crate::store::backfill::load_catalog(backend.as_ref())
+                .await
+                .context("reading CRDs for their selectable fields")?,
+        );
+        {
+            let (backend, catalog) = (backend.clone(), catalog.clone());
+            tasks.spawn("selector backfill", async move {
+                match crate::store::backfill::run(backend.as_ref(), &catalog).await {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::info!(rows, "indexed labels and fields of earlier rows"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "indexing labels and fields of earlier rows failed; the next start retries")
+                    }
+                }
+            });
+        }
+        let store = Store::new(
+            &tasks,
+            backend.clone(),
+            committed.clone(),
+            config.history_compaction,
+            partitioner(&tasks, config, &backend)?,
+            replicas.clone(),
+            catalog.clone(),
+        );
+        let hub = Hub::start(
+            &tasks,
+            backend.clone(),
+            replicas,
+            committed,
+            BufferLimits::default(),
+            catalog.clone(),
+        )
+        .await
+        .context("starting the watch hub")?;
+        let (streams, stop_rx) = tokio::sync::watch::channel(false);
+        let watch = Arc::new(WatchService {
+            hub: hub.clone(),
+            catalog,
+            id,
+            progress_interval: config.experimental_watch_progress_notify_interval,
+            stop: stop_rx,
+        });
+        let cluster = Arc::new(ClusterService {
+            store: store.clone(),
+            id,
+            name: config.name.clone(),
+            client_urls: advertise,
+        });
+        let kv = Arc::new(KvService {
+            store: store.clone(),
+            id,
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            max_key_bytes: backend.max_key_bytes(),
+        });
+        let lease = Arc::new(LeaseService {
+            store: store.clone(),
+            id,
+        });
+        let maintenance = Arc::new(MaintenanceService {
+            store: store.clone(),
+            id,
+        });
+        Ok(App {
+            store,
+            hub,
+            kv,
+            lease,
+            watch,
+            cluster,
+            maintenance,
+            tasks,
+            streams,
+        })
+    }
+
+    /// Serves until `shutdown` resolves; then no new requests, the watch
+    /// streams end, requests in flight get [`SHUTDOWN_GRACE`], and the
+    /// background tasks stop (the committer after its batch).
+    pub async fn serve(
+        self,
+        config: &Config,
+        listeners: Vec<Listener>,
+        metrics_listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let tls = if listeners.iter().any(|l| l.tls) {
+            Some(tls_config(config)?)
+        } else {
+            None
+        };
+        let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let streams = self.streams.clone();
+        self.tasks.spawn("shutdown signal", async move {
+            shutdown.await;
+            tracing::info!("stopping: no new requests; watch streams end");
+            streams.send_replace(true);
+        });
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        for l in metrics_listeners {
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, "serving /metrics");
+            self.tasks.spawn(
+                "metrics listener",
+                metrics::serve(l, stopped(self.streams.subscribe())),
+            );
+        }
+        let mut serving = Vec::new();
+        for listener in listeners {
+            let addr = listener.tcp.local_addr()?;
+            tracing::info!(%addr, tls = listener.tls, database = ?self.store.backend().kind(), "serving etcd v3 API");
+            let mut builder = tonic::transport::Server::builder();
+            if listener.tls {
+                let tls = tls.clone().context("TLS settings")?;
+                builder = builder.tls_config(tls).context("TLS settings")?;
+            }
+            let router = builder
+                .layer(RpcLayer)
+                .add_service(
+                    KvServer::from_arc(self.kv.clone()).max_decoding_message_size(max_message),
+                )
+                .add_service(
+                    LeaseServer::from_arc(self.lease.clone())
+                        .max_decoding_message_size(max_message),
+                )
+                .add_service(
+                    WatchServer::from_arc(self.watch.clone())
+                        .max_decoding_message_size(max_message),
+                )
+                .add_service(ClusterServer::from_arc(self.cluster.clone()))
+                .add_service(
+                    MaintenanceServer::from_arc(self.maintenance.clone())
+                        .max_decoding_message_size(max_message),
+                );
+            let stop = stopped(self.streams.subscribe());
+            serving.push(tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming(listener.tcp), stop)
+                    .await
+            }));
+        }
+        // Once stopping, requests in flight get a bounded time to be answered
+        // (a write is answered once its batch committed or failed); what is
+        // still running then is cut off, unacknowledged.
+        let served = async {
+            for t in serving {
+                t.await.context("listener task")?.context("serving")?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::pin!(served);
+        let result = tokio::select! {
+            r = &mut served => r,
+            () = async {
+                stopped(self.streams.subscribe()).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut off");
+                Ok(())
+            }
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Ends the watch streams, then stops every background task: the
+    /// committer finishes its batch and answers the requests still queued
+    /// "stopping"; what has not ended after [`TASKS_GRACE`] is aborted.
+    pub async fn stop(self) {
+        self.streams.send_replace(true);
+        let aborted = self.tasks.join(TASKS_GRACE).await;
+        if aborted > 0 {
+            tracing::warn!(aborted, grace = ?TASKS_GRACE, "background tasks did not stop in time");
+        }
+    }
+}
+
+/// How long background tasks may take to stop (a batch's commit).
+const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// How long requests in flight may take once the server is stopping.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);

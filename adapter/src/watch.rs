@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use crate::backend::{Backend, DbError, EventRow, KeyEnd};
 use crate::replicas::Replicas;
 use crate::selector::Catalog;
+use crate::tasks::Tasks;
 
 /// Revisions read per history query.
 const WINDOW: i64 = 1000;
@@ -69,6 +70,7 @@ pub enum Slice {
 impl Hub {
     /// Starts tailing after the current revision.
     pub async fn start(
+        tasks: &Tasks,
         backend: Arc<dyn Backend>,
         replicas: Option<Arc<Replicas>>,
         wake: Arc<Notify>,
@@ -89,11 +91,10 @@ impl Hub {
             limits,
             catalog,
         });
-        if let Some(task) = hub.backend.subscribe(hub.wake.clone()) {
-            // The listener lives as long as the process; nothing joins it.
-            drop(task);
+        if let Some(listen) = hub.backend.subscribe(hub.wake.clone()) {
+            tasks.spawn("commit listener", listen);
         }
-        tokio::spawn(tail(Arc::downgrade(&hub)));
+        tasks.spawn("watch hub", tail(Arc::downgrade(&hub)));
         Ok(hub)
     }
 

@@ -265,12 +265,13 @@ pub trait Backend: Send + Sync {
         std::time::Duration::from_millis(20)
     }
 
-    /// Starts a task that calls `wake` whenever any process commits, where
-    /// the database can push that (PostgreSQL LISTEN/NOTIFY).
+    /// A task that calls `wake` whenever any process commits, where the
+    /// database can push that (PostgreSQL LISTEN/NOTIFY); it runs until
+    /// dropped. The caller spawns it.
     fn subscribe(
         &self,
         _wake: std::sync::Arc<tokio::sync::Notify>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
         None
     }
 

@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
@@ -376,9 +375,9 @@ impl Backend for Postgres {
         Duration::from_millis(500)
     }
 
-    fn subscribe(&self, wake: Arc<Notify>) -> Option<JoinHandle<()>> {
+    fn subscribe(&self, wake: Arc<Notify>) -> Option<futures::future::BoxFuture<'static, ()>> {
         let config = self.config.clone();
-        Some(tokio::spawn(async move {
+        Some(Box::pin(async move {
             loop {
                 if let Err(e) = listen(&config, &wake).await {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");

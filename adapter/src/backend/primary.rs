@@ -55,7 +55,10 @@ impl Backend for Primary {
         self.0.poll_interval()
     }
 
-    fn subscribe(&self, wake: Arc<tokio::sync::Notify>) -> Option<tokio::task::JoinHandle<()>> {
+    fn subscribe(
+        &self,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
         self.0.subscribe(wake)
     }
 

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
+use prost::Message;
 
 use super::ops::{self, View};
 use crate::backend::{
@@ -25,77 +26,192 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::selector::Catalog;
 
-/// A request that goes through the committer.
-#[derive(Debug)]
-pub enum WriteOp {
-    Put(PutRequest),
-    DeleteRange(DeleteRangeRequest),
-    Txn(TxnRequest),
-    Compact(i64),
-    LeaseGrant {
-        id: i64,
-        ttl: i64,
-        now_ms: i64,
-    },
-    LeaseRevoke(i64),
-    LeaseRenew {
-        id: i64,
-        now_ms: i64,
-    },
-    /// Revokes the lease only if it is still expired at `now_ms`: a
-    /// renewal that committed first wins, and of several processes
-    /// expiring one lease only the first finds it.
-    LeaseExpire {
-        id: i64,
-        now_ms: i64,
-    },
+/// A request that goes through the committer, with the answer it gets.
+#[async_trait]
+pub trait Write: Send + Sync + 'static {
+    type Out: Send + 'static;
+    /// Rough size, to bound a batch's memory.
+    fn size(&self) -> usize {
+        16
+    }
+    /// The keys and leases it will certainly read (prefetched per batch).
+    fn names(&self, _keys: &mut HashSet<Vec<u8>>, _leases: &mut HashSet<i64>) {}
+    /// Evaluates it in `b`. A returned error is either the request's own
+    /// (nothing of it was applied) or a database error that aborts the batch.
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<Self::Out, Error>;
 }
 
-impl WriteOp {
-    /// Rough size, to bound a batch's memory.
-    pub fn size(&self) -> usize {
-        use prost::Message;
-        match self {
-            WriteOp::Put(p) => p.encoded_len(),
-            WriteOp::DeleteRange(d) => d.encoded_len(),
-            WriteOp::Txn(t) => t.encoded_len(),
-            _ => 16,
-        }
+#[async_trait]
+impl Write for PutRequest {
+    type Out = PutResponse;
+    fn size(&self) -> usize {
+        self.encoded_len()
+    }
+    fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        put_names(self, keys, leases);
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<PutResponse, Error> {
+        ops::check_put(b, self).await?;
+        ops::put(b, self).await
     }
 }
 
-#[derive(Debug)]
-pub enum WriteResult {
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    /// The compaction was recorded; history below `revision` may be purged.
-    Compacted {
-        previous: i64,
-        revision: i64,
-        current: i64,
-    },
-    LeaseGranted {
-        id: i64,
-        ttl: i64,
-        revision: i64,
-    },
-    LeaseRevoked {
-        revision: i64,
-    },
-    LeaseRenewed {
-        ttl: i64,
-        revision: i64,
-    },
-    /// The lease was not (or no longer) expired.
-    LeaseKept,
+#[async_trait]
+impl Write for DeleteRangeRequest {
+    type Out = DeleteRangeResponse;
+    fn size(&self) -> usize {
+        self.encoded_len()
+    }
+    fn names(&self, keys: &mut HashSet<Vec<u8>>, _: &mut HashSet<i64>) {
+        if self.range_end.is_empty() {
+            keys.insert(self.key.clone());
+        }
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<DeleteRangeResponse, Error> {
+        ops::delete_range(b, self).await
+    }
+}
+
+#[async_trait]
+impl Write for TxnRequest {
+    type Out = TxnResponse;
+    fn size(&self) -> usize {
+        self.encoded_len()
+    }
+    fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        txn_names(self, keys, leases);
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<TxnResponse, Error> {
+        ops::txn(b, self, true).await
+    }
+}
+
+/// Records a compaction at this revision.
+pub struct Compact(pub i64);
+
+/// A recorded compaction; history below `revision` may be purged.
+#[derive(Debug, Clone, Copy)]
+pub struct Compacted {
+    pub previous: i64,
+    pub revision: i64,
+    /// The store's revision.
+    pub current: i64,
+}
+
+#[async_trait]
+impl Write for Compact {
+    type Out = Compacted;
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<Compacted, Error> {
+        let rev = self.0;
+        // etcd's order: at or below the last compaction, then future.
+        if rev <= b.meta.compact_revision {
+            return Err(Error::Compacted);
+        }
+        if rev > b.meta.revision {
+            return Err(Error::FutureRev);
+        }
+        let previous = b.meta.compact_revision;
+        b.meta.compact_revision = rev;
+        Ok(Compacted {
+            previous,
+            revision: rev,
+            current: b.meta.revision,
+        })
+    }
+}
+
+/// Grants a lease; `id` 0 lets the batch choose one. Answers (id, revision).
+pub struct LeaseGrant {
+    pub id: i64,
+    pub ttl: i64,
+    pub now_ms: i64,
+}
+
+#[async_trait]
+impl Write for LeaseGrant {
+    type Out = (i64, i64);
+    fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        if self.id != 0 {
+            leases.insert(self.id);
+        }
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<(i64, i64), Error> {
+        let id = if self.id == 0 {
+            b.free_lease_id().await?
+        } else {
+            self.id
+        };
+        if b.lease_exists(id).await? {
+            return Err(Error::LeaseExists);
+        }
+        b.set_lease(id, Some(lease_row(id, self.ttl, self.now_ms)));
+        Ok((id, b.meta.revision))
+    }
+}
+
+/// Deletes a lease and its keys. Answers the revision.
+pub struct LeaseRevoke(pub i64);
+
+#[async_trait]
+impl Write for LeaseRevoke {
+    type Out = i64;
+    fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        leases.insert(self.0);
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<i64, Error> {
+        if !b.lease_exists(self.0).await? {
+            return Err(Error::LeaseNotFound);
+        }
+        b.revoke(self.0).await
+    }
+}
+
+/// Restarts a lease's TTL. Answers (ttl, revision).
+pub struct LeaseRenew {
+    pub id: i64,
+    pub now_ms: i64,
+}
+
+#[async_trait]
+impl Write for LeaseRenew {
+    type Out = (i64, i64);
+    fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        leases.insert(self.id);
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<(i64, i64), Error> {
+        let row = b.lease_row(self.id).await?.ok_or(Error::LeaseNotFound)?;
+        b.set_lease(self.id, Some(lease_row(self.id, row.ttl, self.now_ms)));
+        Ok((row.ttl, b.meta.revision))
+    }
+}
+
+/// Revokes the lease only if it is still expired at `now_ms`: a renewal
+/// that committed first wins, and of several processes expiring one lease
+/// only the first finds it. Answers the revision, or None if kept.
+pub struct LeaseExpire {
+    pub id: i64,
+    pub now_ms: i64,
+}
+
+#[async_trait]
+impl Write for LeaseExpire {
+    type Out = Option<i64>;
+    fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        leases.insert(self.id);
+    }
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<Option<i64>, Error> {
+        match b.lease_row(self.id).await? {
+            Some(row) if row.expires_at_ms <= self.now_ms => b.revoke(self.id).await.map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// The last history row a batch wrote: after a COMMIT whose outcome is
 /// unknown, finding it (under the revision-row lock, so that the old
 /// transaction has ended) tells whether the batch committed. Revisions are
 /// unique, so another writer cannot have written this row.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Probe {
     pub revision: i64,
     pub sub: i32,
@@ -103,6 +219,8 @@ pub struct Probe {
     /// process may write an identical row at the same revision (the same
     /// compare-and-swap), so only this tells the rows apart.
     pub batch: i64,
+    /// The batch's CRD writes, for the catalog if it did commit.
+    pub crd_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// A random nonce per batch.
@@ -150,61 +268,43 @@ pub struct Batch<'w> {
     crd_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// Keys and leases a batch will certainly read, fetched in one query each.
-fn collect(ops: &[WriteOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
-    fn requests(reqs: &[RequestOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
-        for r in reqs {
-            match &r.request {
-                Some(Request::RequestPut(p)) => put(p, keys, leases),
-                Some(Request::RequestDeleteRange(d)) if d.range_end.is_empty() => {
-                    keys.insert(d.key.clone());
-                }
-                Some(Request::RequestRange(g)) if g.range_end.is_empty() => {
-                    keys.insert(g.key.clone());
-                }
-                Some(Request::RequestTxn(t)) => txn(t, keys, leases),
-                _ => {}
-            }
-        }
-    }
-    fn put(p: &PutRequest, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
-        keys.insert(p.key.clone());
-        if p.lease != 0 {
-            leases.insert(p.lease);
-        }
-    }
-    fn txn(t: &TxnRequest, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
-        for c in t.compare.iter().filter(|c| c.range_end.is_empty()) {
-            keys.insert(c.key.clone());
-        }
-        requests(&t.success, keys, leases);
-        requests(&t.failure, keys, leases);
-    }
-    for op in ops {
-        match op {
-            WriteOp::Put(p) => put(p, keys, leases),
-            WriteOp::DeleteRange(d) if d.range_end.is_empty() => {
+fn requests_names(reqs: &[RequestOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+    for r in reqs {
+        match &r.request {
+            Some(Request::RequestPut(p)) => put_names(p, keys, leases),
+            Some(Request::RequestDeleteRange(d)) if d.range_end.is_empty() => {
                 keys.insert(d.key.clone());
             }
-            WriteOp::Txn(t) => txn(t, keys, leases),
-            WriteOp::LeaseGrant { id, .. } if *id != 0 => {
-                leases.insert(*id);
+            Some(Request::RequestRange(g)) if g.range_end.is_empty() => {
+                keys.insert(g.key.clone());
             }
-            WriteOp::LeaseRevoke(id)
-            | WriteOp::LeaseRenew { id, .. }
-            | WriteOp::LeaseExpire { id, .. } => {
-                leases.insert(*id);
-            }
+            Some(Request::RequestTxn(t)) => txn_names(t, keys, leases),
             _ => {}
         }
     }
+}
+
+fn put_names(p: &PutRequest, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+    keys.insert(p.key.clone());
+    if p.lease != 0 {
+        leases.insert(p.lease);
+    }
+}
+
+fn txn_names(t: &TxnRequest, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+    for c in t.compare.iter().filter(|c| c.range_end.is_empty()) {
+        keys.insert(c.key.clone());
+    }
+    requests_names(&t.success, keys, leases);
+    requests_names(&t.failure, keys, leases);
 }
 
 impl<'w> Batch<'w> {
     pub async fn begin(
         w: &'w mut dyn Writer,
         catalog: &'w Catalog,
-        ops: &[WriteOp],
+        keys: HashSet<Vec<u8>>,
+        leases: HashSet<i64>,
     ) -> Result<Batch<'w>, DbError> {
         let meta = w.begin().await?;
         let mut b = Batch {
@@ -221,8 +321,6 @@ impl<'w> Batch<'w> {
             dirty_leases: BTreeMap::new(),
             crd_writes: Vec::new(),
         };
-        let (mut keys, mut leases) = (HashSet::new(), HashSet::new());
-        collect(ops, &mut keys, &mut leases);
         if !keys.is_empty() {
             let keys: Vec<Vec<u8>> = keys.into_iter().collect();
             for kv in b.w.get(&keys).await? {
@@ -273,6 +371,7 @@ impl<'w> Batch<'w> {
                 revision: h.revision,
                 sub: h.sub,
                 batch: self.nonce,
+                crd_writes: Vec::new(),
             });
         }
         f.history = std::mem::take(&mut self.history);
@@ -298,97 +397,33 @@ impl<'w> Batch<'w> {
             probe: None,
         })?;
         let probe = self.probe.take();
-        self.w
-            .commit(self.meta)
-            .await
-            .map_err(|error| CommitError {
+        let crd_writes = std::mem::take(&mut self.crd_writes);
+        if let Err(error) = self.w.commit(self.meta).await {
+            return Err(CommitError {
                 error,
                 after_commit_sent: true,
-                probe,
-            })?;
-        for (key, value) in &self.crd_writes {
+                probe: probe.map(|p| Probe { crd_writes, ..p }),
+            });
+        }
+        for (key, value) in &crd_writes {
             self.catalog.observe_write(key, value.as_deref());
         }
         Ok(self.meta)
     }
 
-    /// Evaluates one request. A returned error is either the request's own
-    /// (nothing of it was applied) or a database error that aborts the batch.
-    pub async fn apply(&mut self, op: &WriteOp) -> Result<WriteResult, Error> {
+    /// Evaluates one request (see [`Write::apply`]).
+    pub async fn apply<W: Write + ?Sized>(&mut self, op: &W) -> Result<W::Out, Error> {
         self.sub = 0;
-        let result = self.apply_one(op).await;
+        let result = op.apply(self).await;
         if self.sub > 0 {
             self.meta.revision += 1;
         }
         result
     }
 
-    async fn apply_one(&mut self, op: &WriteOp) -> Result<WriteResult, Error> {
-        match op {
-            WriteOp::Put(p) => {
-                ops::check_put(self, p).await?;
-                Ok(WriteResult::Put(ops::put(self, p).await?))
-            }
-            WriteOp::DeleteRange(d) => {
-                Ok(WriteResult::DeleteRange(ops::delete_range(self, d).await?))
-            }
-            WriteOp::Txn(t) => Ok(WriteResult::Txn(ops::txn(self, t, true).await?)),
-            WriteOp::Compact(rev) => {
-                // etcd's order: at or below the last compaction, then future.
-                if *rev <= self.meta.compact_revision {
-                    return Err(Error::Compacted);
-                }
-                if *rev > self.meta.revision {
-                    return Err(Error::FutureRev);
-                }
-                let previous = self.meta.compact_revision;
-                self.meta.compact_revision = *rev;
-                Ok(WriteResult::Compacted {
-                    previous,
-                    revision: *rev,
-                    current: self.meta.revision,
-                })
-            }
-            WriteOp::LeaseGrant { id, ttl, now_ms } => {
-                let id = if *id == 0 {
-                    self.free_lease_id().await?
-                } else {
-                    *id
-                };
-                if self.lease_exists(id).await? {
-                    return Err(Error::LeaseExists);
-                }
-                self.set_lease(id, Some(lease_row(id, *ttl, *now_ms)));
-                Ok(WriteResult::LeaseGranted {
-                    id,
-                    ttl: *ttl,
-                    revision: self.meta.revision,
-                })
-            }
-            WriteOp::LeaseRevoke(id) => {
-                if !self.lease_exists(*id).await? {
-                    return Err(Error::LeaseNotFound);
-                }
-                self.revoke(*id).await
-            }
-            WriteOp::LeaseExpire { id, now_ms } => match self.lease_row(*id).await? {
-                Some(row) if row.expires_at_ms <= *now_ms => self.revoke(*id).await,
-                _ => Ok(WriteResult::LeaseKept),
-            },
-            WriteOp::LeaseRenew { id, now_ms } => {
-                let row = self.lease_row(*id).await?.ok_or(Error::LeaseNotFound)?;
-                self.set_lease(*id, Some(lease_row(*id, row.ttl, *now_ms)));
-                Ok(WriteResult::LeaseRenewed {
-                    ttl: row.ttl,
-                    revision: self.meta.revision,
-                })
-            }
-        }
-    }
-
     /// Deletes the lease's keys (delete events in this request's revision)
     /// and the lease.
-    async fn revoke(&mut self, id: i64) -> Result<WriteResult, Error> {
+    async fn revoke(&mut self, id: i64) -> Result<i64, Error> {
         self.flush().await?;
         for key in self.w.lease_keys(id).await? {
             if let Some(kv) = self.get(&key).await?.filter(|kv| kv.lease == id) {
@@ -396,9 +431,7 @@ impl<'w> Batch<'w> {
             }
         }
         self.set_lease(id, None);
-        Ok(WriteResult::LeaseRevoked {
-            revision: self.meta.revision + i64::from(self.sub > 0),
-        })
+        Ok(self.meta.revision + i64::from(self.sub > 0))
     }
 
     /// The lease's current row, the batch's own changes included.

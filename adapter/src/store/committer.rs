@@ -4,17 +4,20 @@
 //! commit. While a batch commits, the next one gathers, so the batch size
 //! grows with the load (batch size × commit rate is the write throughput).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::batch::{Batch, CommitError, Probe, WriteOp, WriteResult};
+use super::batch::{Batch, CommitError, Probe, Write};
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
 use crate::metrics;
 use crate::selector::Catalog;
+use crate::tasks::{Stop, Tasks};
 
 /// Requests and bytes per batch: bound the transaction and the memory.
 const MAX_BATCH_OPS: usize = 1024;
@@ -24,35 +27,96 @@ const MAX_CONFLICT_RETRIES: u32 = 40;
 /// Attempts for a batch whose connection failed before it committed.
 const MAX_CONNECT_RETRIES: u32 = 3;
 
-struct Job {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<WriteResult, Error>>,
+/// A submitted request, its answer once evaluated, and where it goes.
+struct Job<W: Write> {
+    op: W,
+    outcome: Option<Result<W::Out, Error>>,
+    reply: Option<oneshot::Sender<Result<W::Out, Error>>>,
 }
 
-/// Handle to the committer task; the task ends when every handle is dropped.
+/// A job with its request type erased, as the batch loop handles it.
+#[async_trait]
+trait Pending: Send {
+    fn size(&self) -> usize;
+    fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>);
+    /// Evaluates the request in `b` and keeps its own outcome; a database
+    /// error aborts the batch and is returned instead.
+    async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError>;
+    /// Answers the kept outcome (the batch committed), or `error`.
+    fn answer(&mut self, error: Option<Error>);
+}
+
+#[async_trait]
+impl<W: Write> Pending for Job<W> {
+    fn size(&self) -> usize {
+        self.op.size()
+    }
+
+    fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
+        self.op.names(keys, leases);
+    }
+
+    async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError> {
+        match b.apply(&self.op).await {
+            Err(Error::Db(e)) => Err(e),
+            r => {
+                self.outcome = Some(r);
+                Ok(())
+            }
+        }
+    }
+
+    fn answer(&mut self, error: Option<Error>) {
+        let outcome = match error {
+            Some(e) => Err(e),
+            None => self
+                .outcome
+                .take()
+                .unwrap_or_else(|| Err(Error::Internal("answered before evaluated".into()))),
+        };
+        if let Some(reply) = self.reply.take() {
+            // The caller may have gone away; its write stands regardless.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+type Jobs = [Box<dyn Pending>];
+
+/// Handle to the committer task. The task ends when every handle is
+/// dropped, or at the server's stop (after the batch in progress).
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Box<dyn Pending>>,
 }
 
 impl Committer {
     /// `committed` is notified after every batch, for the watch hub.
     /// `catalog` turns written objects into selector columns.
     pub fn spawn(
+        tasks: &Tasks,
         backend: Arc<dyn Backend>,
         committed: Arc<Notify>,
         catalog: Arc<Catalog>,
     ) -> Committer {
         // Bounded: a full queue makes callers wait (backpressure).
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH_OPS);
-        tokio::spawn(run(backend, rx, committed, catalog));
+        tasks.spawn_graceful("committer", |stop| {
+            run(backend, rx, committed, catalog, stop)
+        });
         Committer { tx }
     }
 
-    pub async fn submit(&self, op: WriteOp) -> Result<WriteResult, Error> {
+    /// Commits `op` in the next batch and returns its answer.
+    pub async fn submit<W: Write>(&self, op: W) -> Result<W::Out, Error> {
         let (reply, rx) = oneshot::channel();
+        let job = Job {
+            op,
+            outcome: None,
+            reply: Some(reply),
+        };
         self.tx
-            .send(Job { op, reply })
+            .send(Box::new(job))
             .await
             .map_err(|_| Error::Stopping)?;
         rx.await.map_err(|_| Error::Stopping)?
@@ -61,36 +125,41 @@ impl Committer {
 
 async fn run(
     backend: Arc<dyn Backend>,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Box<dyn Pending>>,
     committed: Arc<Notify>,
     catalog: Arc<Catalog>,
+    mut stop: Stop,
 ) {
     let mut writer: Option<Box<dyn Writer>> = None;
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.op.size();
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = stop.stopped() => break,
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let mut bytes = first.size();
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(job) => {
-                    bytes += job.op.size();
+                    bytes += job.size();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let (ops, replies): (Vec<WriteOp>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let results = execute(backend.as_ref(), &catalog, &mut writer, &ops).await;
+        execute(backend.as_ref(), &catalog, &mut writer, &mut jobs).await;
         committed.notify_one();
-        metrics::BATCH_SIZE.observe(ops.len() as f64);
+        metrics::BATCH_SIZE.observe(jobs.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
-        tracing::trace!(batch = ops.len(), "committed batch");
-        for (reply, result) in replies.into_iter().zip(results) {
-            // The caller may have gone away; its write stands regardless.
-            let _ = reply.send(result);
-        }
+        tracing::trace!(batch = jobs.len(), "committed batch");
     }
+    // Requests still queued are answered "stopping" as they are dropped.
+    rx.close();
 }
 
 /// A failed attempt; `after_commit_sent` marks failures whose outcome is
@@ -98,22 +167,29 @@ async fn run(
 struct Failure {
     error: DbError,
     after_commit_sent: bool,
-    /// With `after_commit_sent`: how to find out, and the answers if it did.
-    unknown: Option<(Probe, Vec<Result<WriteResult, Error>>)>,
+    /// With `after_commit_sent`: how to find out (the jobs keep their
+    /// answers for the case it did).
+    probe: Option<Probe>,
 }
 
-/// Runs `ops` as one transaction, retrying conflicts; one result per op.
+/// Runs `jobs` as one transaction, retrying conflicts, and answers each.
 async fn execute(
     backend: &dyn Backend,
     catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
-    ops: &[WriteOp],
-) -> Vec<Result<WriteResult, Error>> {
+    jobs: &mut Jobs,
+) {
     let mut conflicts = 0;
     let mut broken = 0;
+    let fail = |jobs: &mut Jobs, error: DbError| {
+        tracing::error!(%error, batch = jobs.len(), "write batch failed");
+        for job in jobs.iter_mut() {
+            job.answer(Some(Error::Db(error.clone())));
+        }
+    };
     loop {
-        let failure = match attempt(backend, catalog, writer, ops).await {
-            Ok(results) => return results,
+        let failure = match attempt(backend, catalog, writer, jobs).await {
+            Ok(()) => return answer(jobs),
             Err(f) => f,
         };
         let kind = metrics::kind(&failure.error);
@@ -127,11 +203,11 @@ async fn execute(
             }
             DbError::Unavailable(ref why)
                 if failure.after_commit_sent
-                    && failure.unknown.is_some()
+                    && failure.probe.is_some()
                     && broken < MAX_CONNECT_RETRIES =>
             {
                 // The COMMIT went out and the connection broke: find out.
-                let Some((probe, results)) = failure.unknown else {
+                let Some(probe) = failure.probe else {
                     continue;
                 };
                 let mut outcome = Err(DbError::Unavailable(why.clone()));
@@ -146,18 +222,22 @@ async fn execute(
                 match outcome {
                     Ok(true) => {
                         tracing::warn!(%why, "the connection broke during COMMIT; the batch had committed");
-                        return results;
+                        for (key, value) in &probe.crd_writes {
+                            catalog.observe_write(key, value.as_deref());
+                        }
+                        return answer(jobs);
                     }
                     Ok(false) => {
                         tracing::warn!(%why, "the connection broke during COMMIT; the batch had not committed, retrying");
                         metrics::DB_RETRIES.with_label_values(&[kind]).inc();
                     }
                     Err(e) => {
-                        let error = DbError::Unavailable(format!(
-                            "{why}; the write may or may not have been applied ({e})"
-                        ));
-                        tracing::error!(%error, batch = ops.len(), "write batch failed");
-                        return ops.iter().map(|_| Err(Error::Db(error.clone()))).collect();
+                        return fail(
+                            jobs,
+                            DbError::Unavailable(format!(
+                                "{why}; the write may or may not have been applied ({e})"
+                            )),
+                        );
                     }
                 }
             }
@@ -169,16 +249,13 @@ async fn execute(
                 tracing::warn!(attempt = broken, %why, "database unavailable, retrying batch");
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
             }
-            DbError::Rejected(_) | DbError::Other(_) if ops.len() > 1 => {
+            DbError::Rejected(_) | DbError::Other(_) if jobs.len() > 1 => {
                 // Something in the batch is refused by the database: run each
                 // request alone so that only the culprit fails.
-                let mut out = Vec::with_capacity(ops.len());
-                for op in ops {
-                    out.extend(
-                        Box::pin(execute(backend, catalog, writer, std::slice::from_ref(op))).await,
-                    );
+                for job in jobs.chunks_mut(1) {
+                    Box::pin(execute(backend, catalog, writer, job)).await;
                 }
-                return out;
+                return;
             }
             error => {
                 let error = match error {
@@ -187,10 +264,16 @@ async fn execute(
                     ),
                     e => e,
                 };
-                tracing::error!(%error, batch = ops.len(), "write batch failed");
-                return ops.iter().map(|_| Err(Error::Db(error.clone()))).collect();
+                return fail(jobs, error);
             }
         }
+    }
+}
+
+/// The batch committed: each job gets its own answer.
+fn answer(jobs: &mut Jobs) {
+    for job in jobs.iter_mut() {
+        job.answer(None);
     }
 }
 
@@ -211,43 +294,41 @@ async fn attempt(
     backend: &dyn Backend,
     catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
-    ops: &[WriteOp],
-) -> Result<Vec<Result<WriteResult, Error>>, Failure> {
+    jobs: &mut Jobs,
+) -> Result<(), Failure> {
     let w = match writer {
         Some(w) => w,
         None => writer.insert(backend.writer().await.map_err(|error| Failure {
             error,
             after_commit_sent: false,
-            unknown: None,
+            probe: None,
         })?),
     };
-    let outcome = run_batch(w.as_mut(), catalog, ops).await;
+    let outcome = run_batch(w.as_mut(), catalog, jobs).await;
     if outcome.is_err() {
         w.rollback().await;
     }
     outcome
 }
 
-async fn run_batch(
-    w: &mut dyn Writer,
-    catalog: &Catalog,
-    ops: &[WriteOp],
-) -> Result<Vec<Result<WriteResult, Error>>, Failure> {
+async fn run_batch(w: &mut dyn Writer, catalog: &Catalog, jobs: &mut Jobs) -> Result<(), Failure> {
     let before = |error| Failure {
         error,
         after_commit_sent: false,
-        unknown: None,
+        probe: None,
     };
-    let mut batch = Batch::begin(w, catalog, ops).await.map_err(before)?;
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        match batch.apply(op).await {
-            Err(Error::Db(e)) => return Err(before(e)),
-            r => results.push(r),
-        }
+    let (mut keys, mut leases) = (HashSet::new(), HashSet::new());
+    for job in jobs.iter() {
+        job.names(&mut keys, &mut leases);
+    }
+    let mut batch = Batch::begin(w, catalog, keys, leases)
+        .await
+        .map_err(before)?;
+    for job in jobs.iter_mut() {
+        job.apply(&mut batch).await.map_err(before)?;
     }
     match batch.commit().await {
-        Ok(_) => Ok(results),
+        Ok(_) => Ok(()),
         Err(CommitError {
             error,
             after_commit_sent,
@@ -255,7 +336,7 @@ async fn run_batch(
         }) => Err(Failure {
             error,
             after_commit_sent,
-            unknown: probe.map(|p| (p, results)),
+            probe,
         }),
     }
 }

@@ -30,7 +30,8 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::replicas::Replicas;
 use crate::selector::{Catalog, Selector};
-use batch::{WriteOp, WriteResult};
+use crate::tasks::Tasks;
+use batch::{Compact, Compacted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
 use committer::Committer;
 use ops::View;
 
@@ -62,10 +63,7 @@ pub struct Store {
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
-}
-
-fn unexpected(r: WriteResult) -> Error {
-    Error::Internal(format!("committer answered {r:?}"))
+    tasks: Tasks,
 }
 
 /// How often each process looks for expired leases.
@@ -74,6 +72,7 @@ const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 impl Store {
     /// `committed` is notified after every write batch (the watch hub's wake-up).
     pub fn new(
+        tasks: &Tasks,
         backend: Arc<dyn Backend>,
         committed: Arc<Notify>,
         compaction: Compaction,
@@ -82,7 +81,7 @@ impl Store {
         catalog: Arc<Catalog>,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
-            committer: Committer::spawn(backend.clone(), committed, catalog.clone()),
+            committer: Committer::spawn(tasks, backend.clone(), committed, catalog.clone()),
             catalog,
             backend,
             compaction,
@@ -90,8 +89,9 @@ impl Store {
             replicas,
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
+            tasks: tasks.clone(),
         });
-        tokio::spawn(expire_leases(Arc::downgrade(&store)));
+        tasks.spawn("lease expirer", expire_leases(Arc::downgrade(&store)));
         store
     }
 
@@ -229,7 +229,7 @@ impl Store {
         }
         for resource in self.catalog.take_changed() {
             let (backend, catalog) = (self.backend.clone(), self.catalog.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn("selector backfill", async move {
                 match backfill::resource(backend.as_ref(), &catalog, &resource).await {
                     Ok(rows) => {
                         tracing::info!(%resource, rows, "selectable fields changed; objects indexed again")
@@ -244,20 +244,13 @@ impl Store {
 
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
         let crds = self.crds([p.key.as_slice()]);
-        match self.committer.submit(WriteOp::Put(p)).await? {
-            WriteResult::Put(r) => {
-                self.partition(crds);
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        let r = self.committer.submit(p).await?;
+        self.partition(crds);
+        Ok(r)
     }
 
     pub async fn delete_range(&self, d: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
-        match self.committer.submit(WriteOp::DeleteRange(d)).await? {
-            WriteResult::DeleteRange(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.committer.submit(d).await
     }
 
     /// Read-only Txns are answered at one fixed revision without the
@@ -272,31 +265,23 @@ impl Store {
             return ops::txn(&mut view, &t, false).await;
         }
         let [on_success, on_failure] = [&t.success, &t.failure].map(|ops| self.crds(put_keys(ops)));
-        match self.committer.submit(WriteOp::Txn(t)).await? {
-            WriteResult::Txn(r) => {
-                self.partition(if r.succeeded { on_success } else { on_failure });
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        let r = self.committer.submit(t).await?;
+        self.partition(if r.succeeded { on_success } else { on_failure });
+        Ok(r)
     }
 
     /// Records the compaction, then deletes the history it made obsolete (in
     /// the background unless `physical`). Returns the current revision.
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<i64, Error> {
-        let (previous, revision, current) =
-            match self.committer.submit(WriteOp::Compact(revision)).await? {
-                WriteResult::Compacted {
-                    previous,
-                    revision,
-                    current,
-                } => (previous, revision, current),
-                other => return Err(unexpected(other)),
-            };
+        let Compacted {
+            previous,
+            revision,
+            current,
+        } = self.committer.submit(Compact(revision)).await?;
         let backend = self.backend.clone();
         let lock = self.purge.clone();
         let epochs = self.compaction == Compaction::Drop && backend.partitions().is_some();
-        let purge = tokio::spawn(async move {
+        let purge = async move {
             let _one = lock.lock().await;
             let started = std::time::Instant::now();
             let r = async {
@@ -324,52 +309,42 @@ impl Store {
                 }
             }
             r
+        };
+        // The purge goes on if the client goes away.
+        let (tx, done) = tokio::sync::oneshot::channel();
+        self.tasks.spawn("purge", async move {
+            let _ = tx.send(purge.await);
         });
         if physical {
-            purge
-                .await
-                .map_err(|e| Error::Internal(format!("purge task: {e}")))??;
+            done.await.map_err(|_| Error::Stopping)??;
         }
         Ok(current)
     }
 
     /// Grants a lease; `id` 0 lets the store choose. Returns (id, revision).
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Error> {
-        match self
-            .committer
-            .submit(WriteOp::LeaseGrant {
+        self.committer
+            .submit(LeaseGrant {
                 id,
                 ttl,
                 now_ms: now_ms(),
             })
-            .await?
-        {
-            WriteResult::LeaseGranted { id, revision, .. } => Ok((id, revision)),
-            other => Err(unexpected(other)),
-        }
+            .await
     }
 
     /// Deletes the lease and its keys (one revision). Returns the revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<i64, Error> {
-        match self.committer.submit(WriteOp::LeaseRevoke(id)).await? {
-            WriteResult::LeaseRevoked { revision } => Ok(revision),
-            other => Err(unexpected(other)),
-        }
+        self.committer.submit(LeaseRevoke(id)).await
     }
 
     /// Restarts a lease's TTL. Returns (ttl, revision).
     pub async fn lease_renew(&self, id: i64) -> Result<(i64, i64), Error> {
-        match self
-            .committer
-            .submit(WriteOp::LeaseRenew {
+        self.committer
+            .submit(LeaseRenew {
                 id,
                 now_ms: now_ms(),
             })
-            .await?
-        {
-            WriteResult::LeaseRenewed { ttl, revision } => Ok((ttl, revision)),
-            other => Err(unexpected(other)),
-        }
+            .await
     }
 
     pub async fn lease(&self, id: i64) -> Result<Option<LeaseRow>, Error> {
@@ -406,13 +381,13 @@ async fn expire_leases(store: std::sync::Weak<Store>) {
         for id in expired {
             match store
                 .committer
-                .submit(WriteOp::LeaseExpire { id, now_ms: now })
+                .submit(LeaseExpire { id, now_ms: now })
                 .await
             {
-                Ok(WriteResult::LeaseRevoked { revision }) => {
+                Ok(Some(revision)) => {
                     tracing::debug!(lease = id, revision, "lease expired");
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(lease = id, error = %e, "expiring a lease failed"),
             }
         }

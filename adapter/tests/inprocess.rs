@@ -1,0 +1,325 @@
+//! The store, committer, watch hub and task owner, driven in process on
+//! real SQLite files (no listener, no client): what the suite in
+//! integration/ can only see through the binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use etcdsql::error::Error;
+use etcdsql::proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
+};
+use etcdsql::server::{App, Config};
+use etcdsql::watch::{BufferLimits, Hub, Slice};
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A fresh data directory under the system's temporary directory.
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("etcdsql-inprocess-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn open(dir: &std::path::Path) -> App {
+    let flags = Flags::parse_from(["etcdsql", "--data-dir", dir.to_str().unwrap()]);
+    App::open(&flags.config).await.unwrap()
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+async fn get(app: &App, key: &str) -> Option<(Vec<u8>, i64)> {
+    let r = app
+        .store
+        .range(&RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision))
+}
+
+/// Increments a counter key with compare-and-swap until it succeeds.
+async fn increment(app: &App, key: &str) -> i64 {
+    loop {
+        let (value, rev) = get(app, key).await.unwrap_or_default();
+        let n: i64 = std::str::from_utf8(&value)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let t = TxnRequest {
+            compare: vec![Compare {
+                key: key.into(),
+                target: compare::CompareTarget::Mod as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::ModRevision(rev)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put(
+                    key,
+                    &(n + 1).to_string(),
+                ))),
+            }],
+            failure: vec![],
+        };
+        if app.store.txn(t).await.unwrap().succeeded {
+            return n + 1;
+        }
+    }
+}
+
+/// Concurrent requests each get their own answer, in revision order, and
+/// every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_each_get_their_own_revision() {
+    let dir = data_dir("concurrent");
+    let app = open(&dir).await;
+    let start = app.store.meta().await.unwrap().revision;
+    let store = app.store.clone();
+    let writes = (0..300).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let r = store
+                .put(put(&format!("/k/{i}"), &format!("v{i}")))
+                .await
+                .unwrap();
+            (i, r.header.unwrap().revision)
+        })
+    });
+    let mut revisions: Vec<i64> = Vec::new();
+    for w in futures::future::join_all(writes).await {
+        let (i, rev) = w.unwrap();
+        assert_eq!(
+            get(&app, &format!("/k/{i}")).await,
+            Some((format!("v{i}").into_bytes(), rev))
+        );
+        revisions.push(rev);
+    }
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (start + 1..=start + 300).collect();
+    assert_eq!(
+        revisions, expected,
+        "one revision per put, none skipped or shared"
+    );
+    app.stop().await;
+}
+
+/// Two servers on one database: their committers conflict on the revision
+/// row and retry; no increment is lost and no revision is given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_committers_on_one_database_serialize() {
+    let dir = data_dir("two");
+    let (a, b) = (open(&dir).await, open(&dir).await);
+    let start = a.store.meta().await.unwrap().revision;
+    let mut tasks = Vec::new();
+    for app in [a.store.clone(), b.store.clone()] {
+        for _ in 0..4 {
+            let store = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut revs = Vec::new();
+                for i in 0..25 {
+                    let r = store
+                        .put(put(&format!("/own/{}", revs.len()), &i.to_string()))
+                        .await
+                        .unwrap();
+                    revs.push(r.header.unwrap().revision);
+                }
+                revs
+            }));
+        }
+    }
+    let mut all: Vec<i64> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "a revision was given to two writes");
+    assert_eq!(a.store.meta().await.unwrap().revision, start + 200);
+    assert_eq!(b.store.meta().await.unwrap().revision, start + 200);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Compare-and-swap increments through two servers lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_across_two_servers() {
+    let dir = data_dir("cas");
+    let (a, b) = (Arc::new(open(&dir).await), Arc::new(open(&dir).await));
+    let mut tasks = Vec::new();
+    for app in [a.clone(), b.clone()] {
+        for _ in 0..3 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    increment(&app, "/counter").await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(get(&a, "/counter").await.unwrap().0, b"120");
+    assert_eq!(get(&b, "/counter").await.unwrap().0, b"120");
+}
+
+/// A hub finds commits of another process in the database, and a hub whose
+/// buffer no longer holds a revision says so instead of skipping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_catches_up_and_reports_evicted_history() {
+    let dir = data_dir("hub");
+    let (writer, reader) = (open(&dir).await, open(&dir).await);
+    // A second hub on the reader's database with room for 10 events.
+    let small = Hub::start(
+        &reader.tasks,
+        reader.store.backend().clone(),
+        None,
+        Arc::new(tokio::sync::Notify::new()),
+        BufferLimits {
+            events: 10,
+            bytes: 1 << 20,
+        },
+        Arc::new(Default::default()),
+    )
+    .await
+    .unwrap();
+    let from = writer.store.meta().await.unwrap().revision + 1;
+    let mut last = 0;
+    for i in 0..30 {
+        last = writer
+            .store
+            .put(put(&format!("/hub/{i}"), "x"))
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+    }
+    // No commit of its own wakes the reader: it polls.
+    for hub in [&reader.hub, &small] {
+        let mut seen = hub.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|r| *r >= last))
+            .await
+            .expect("the hub did not reach the other process's revision")
+            .unwrap();
+    }
+    let Slice::Events(events) = reader.hub.slice(from, last, usize::MAX) else {
+        panic!("the default buffer holds 30 events");
+    };
+    let keys: Vec<String> = events
+        .iter()
+        .map(|e| String::from_utf8(e.kv.key.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        (0..30).map(|i| format!("/hub/{i}")).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        small.slice(from, last, usize::MAX),
+        Slice::Evicted
+    ));
+    let Slice::Events(tail) = small.slice(last - 9, last, usize::MAX) else {
+        panic!("the last 10 revisions are held");
+    };
+    assert_eq!(tail.len(), 10);
+    // What the buffer lost is read from the database, in order.
+    let read = small
+        .read(
+            from - 1,
+            last,
+            b"/hub/",
+            &etcdsql::backend::KeyEnd::Before(b"/hub0".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 30);
+    assert!(read.windows(2).all(|w| w[0].revision < w[1].revision));
+    writer.stop().await;
+    reader.stop().await;
+}
+
+/// Stop ends every background task; a write after it is refused, not
+/// hung, and every write acknowledged before it is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_every_task_and_keeps_acknowledged_writes() {
+    let dir = data_dir("stop");
+    let app = open(&dir).await;
+    let tasks = app.tasks.clone();
+    let store = app.store.clone();
+    // A lease makes the expirer busy too.
+    let (lease, _) = store.lease_grant(0, 60).await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                match store.put(put(&format!("/s/{i}"), "v")).await {
+                    Ok(_) => acked.push(i),
+                    Err(e) => return (acked, e),
+                }
+            }
+            unreachable!()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tasks.running() >= 3, "committer, hub and lease expirer run");
+    tokio::time::timeout(Duration::from_secs(4), app.stop())
+        .await
+        .expect("stop waited for its abort deadline: a task ignored the stop");
+    assert_eq!(tasks.running(), 0);
+    let (acked, error) = tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("a write hung after stop")
+        .unwrap();
+    assert!(matches!(error, Error::Stopping), "{error:?}");
+    assert!(!acked.is_empty());
+    drop(store);
+    let again = open(&dir).await;
+    for i in acked {
+        assert!(
+            get(&again, &format!("/s/{i}")).await.is_some(),
+            "acknowledged /s/{i} lost"
+        );
+    }
+    assert!(again.store.lease(lease).await.unwrap().is_some());
+    again.stop().await;
+}
+
+/// The lease expirer runs under the task owner: an expired lease's keys go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_take_their_keys() {
+    let dir = data_dir("lease");
+    let app = open(&dir).await;
+    let (lease, _) = app.store.lease_grant(0, 1).await.unwrap();
+    let mut p = put("/leased", "v");
+    p.lease = lease;
+    app.store.put(p).await.unwrap();
+    assert!(get(&app, "/leased").await.is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&app, "/leased").await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leased key outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.store.lease(lease).await.unwrap().is_none());
+    app.stop().await;
+}
