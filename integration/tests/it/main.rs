@@ -13,6 +13,7 @@ mod bad_input;
 mod compaction;
 mod etcdctl;
 mod faults;
+mod inprocess;
 mod kube;
 mod kv;
 mod lease;
@@ -81,6 +82,7 @@ fn main() {
         ("txn", txn::cases()),
         ("linearizable", linearizable::cases()),
         ("faults", faults::cases()),
+        ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),
         ("apiserver", apiserver::cases()),
         ("tls", tls::cases()),

@@ -1,8 +1,7 @@
-//! The store, committer, watch hub and task owner, driven in process on
-//! real SQLite files (no listener, no client): what the suite in
-//! integration/ can only see through the binary.
+//! In process: the store, committer, watch hub and task owner driven
+//! through `server::App` on each database (no listener, no client), for
+//! what the other cases can only see through the binary.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,9 @@ use etcdsql::proto::etcdserverpb::{
 };
 use etcdsql::server::{App, Config};
 use etcdsql::watch::{BufferLimits, Hub, Slice};
+use etcdsql_integration::{Target, TestDb};
+
+use crate::{Case, case};
 
 #[derive(Parser)]
 struct Flags {
@@ -20,17 +22,18 @@ struct Flags {
     config: Config,
 }
 
-/// A fresh data directory under the system's temporary directory.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("etcdsql-inprocess-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A server on `dsn`, migrating its schema if needed.
+async fn open(dsn: &str) -> App {
+    let flags = Flags::parse_from(["etcdsql", "--endpoint", dsn, "--auto-migrate"]);
+    App::open(&flags.config).await.expect("server")
 }
 
-async fn open(dir: &std::path::Path) -> App {
-    let flags = Flags::parse_from(["etcdsql", "--data-dir", dir.to_str().unwrap()]);
-    App::open(&flags.config).await.unwrap()
+/// Two servers on one database (on two nodes of a Galera cluster).
+async fn two(db: &TestDb) -> (App, App) {
+    (
+        open(&db.dsns[0]).await,
+        open(&db.dsns[1 % db.dsns.len()]).await,
+    )
 }
 
 fn put(key: &str, value: &str) -> PutRequest {
@@ -85,10 +88,9 @@ async fn increment(app: &App, key: &str) -> i64 {
 
 /// Concurrent requests each get their own answer, in revision order, and
 /// every acknowledged write is there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_each_get_their_own_revision() {
-    let dir = data_dir("concurrent");
-    let app = open(&dir).await;
+async fn concurrent_writes(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let app = open(&db.dsn).await;
     let start = app.store.meta().await.unwrap().revision;
     let store = app.store.clone();
     let writes = (0..300).map(|i| {
@@ -121,10 +123,9 @@ async fn concurrent_writes_each_get_their_own_revision() {
 
 /// Two servers on one database: their committers conflict on the revision
 /// row and retry; no increment is lost and no revision is given twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_committers_on_one_database_serialize() {
-    let dir = data_dir("two");
-    let (a, b) = (open(&dir).await, open(&dir).await);
+async fn two_committers(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let (a, b) = two(&db).await;
     let start = a.store.meta().await.unwrap().revision;
     let mut tasks = Vec::new();
     for app in [a.store.clone(), b.store.clone()] {
@@ -158,10 +159,10 @@ async fn two_committers_on_one_database_serialize() {
 }
 
 /// Compare-and-swap increments through two servers lose nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compare_and_swap_across_two_servers() {
-    let dir = data_dir("cas");
-    let (a, b) = (Arc::new(open(&dir).await), Arc::new(open(&dir).await));
+async fn compare_and_swap_on_two(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let (a, b) = two(&db).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
     let mut tasks = Vec::new();
     for app in [a.clone(), b.clone()] {
         for _ in 0..3 {
@@ -178,14 +179,16 @@ async fn compare_and_swap_across_two_servers() {
     }
     assert_eq!(get(&a, "/counter").await.unwrap().0, b"120");
     assert_eq!(get(&b, "/counter").await.unwrap().0, b"120");
+    for app in [a, b] {
+        Arc::into_inner(app).expect("no other owner").stop().await;
+    }
 }
 
 /// A hub finds commits of another process in the database, and a hub whose
 /// buffer no longer holds a revision says so instead of skipping it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_catches_up_and_reports_evicted_history() {
-    let dir = data_dir("hub");
-    let (writer, reader) = (open(&dir).await, open(&dir).await);
+async fn hub_catch_up_and_eviction(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let (writer, reader) = two(&db).await;
     // A second hub on the reader's database with room for 10 events.
     let small = Hub::start(
         &reader.tasks,
@@ -212,7 +215,7 @@ async fn hub_catches_up_and_reports_evicted_history() {
             .unwrap()
             .revision;
     }
-    // No commit of its own wakes the reader: it polls.
+    // No commit of its own wakes the reader: it polls, or is notified.
     for hub in [&reader.hub, &small] {
         let mut seen = hub.subscribe();
         tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|r| *r >= last))
@@ -257,10 +260,9 @@ async fn hub_catches_up_and_reports_evicted_history() {
 
 /// Stop ends every background task; a write after it is refused, not
 /// hung, and every write acknowledged before it is there after a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_ends_every_task_and_keeps_acknowledged_writes() {
-    let dir = data_dir("stop");
-    let app = open(&dir).await;
+async fn stop(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let app = open(&db.dsn).await;
     let tasks = app.tasks.clone();
     let store = app.store.clone();
     // A lease makes the expirer busy too.
@@ -291,7 +293,7 @@ async fn stop_ends_every_task_and_keeps_acknowledged_writes() {
     assert!(matches!(error, Error::Stopping), "{error:?}");
     assert!(!acked.is_empty());
     drop(store);
-    let again = open(&dir).await;
+    let again = open(&db.dsn).await;
     for i in acked {
         assert!(
             get(&again, &format!("/s/{i}")).await.is_some(),
@@ -303,10 +305,9 @@ async fn stop_ends_every_task_and_keeps_acknowledged_writes() {
 }
 
 /// The lease expirer runs under the task owner: an expired lease's keys go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_leases_take_their_keys() {
-    let dir = data_dir("lease");
-    let app = open(&dir).await;
+async fn lease_expiry(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let app = open(&db.dsn).await;
     let (lease, _) = app.store.lease_grant(0, 1).await.unwrap();
     let mut p = put("/leased", "v");
     p.lease = lease;
@@ -322,4 +323,23 @@ async fn expired_leases_take_their_keys() {
     }
     assert!(app.store.lease(lease).await.unwrap().is_none());
     app.stop().await;
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("concurrent_writes", &Target::ETCDSQL, concurrent_writes),
+        case!("two_committers", &Target::ETCDSQL, two_committers),
+        case!(
+            "compare_and_swap_on_two",
+            &Target::ETCDSQL,
+            compare_and_swap_on_two
+        ),
+        case!(
+            "hub_catch_up_and_eviction",
+            &Target::ETCDSQL,
+            hub_catch_up_and_eviction
+        ),
+        case!("stop", &Target::ETCDSQL, stop),
+        case!("lease_expiry", &Target::ETCDSQL, lease_expiry),
+    ]
 }
