@@ -1,6 +1,8 @@
 //! etcdsql: an etcd v3 API server that keeps its data in SQL databases.
 //!
 //! # Layout
+//! - [`authority`]: `:authority` values h2 refuses, made acceptable
+//!   (etcd serves them);
 //! - [`server`]: flags, listeners, and [`server::serve`], the testable entry
 //!   point (the binary only parses flags and passes Ctrl-C);
 //! - [`service`]: the gRPC services (KV, Watch, Lease, Maintenance,
@@ -23,6 +25,7 @@
 //! - [`proto`]: the generated wire types.
 
 pub mod admin;
+pub mod authority;
 pub mod autopart;
 pub mod backend;
 pub mod error;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 
+use tokio_stream::StreamExt;
+
+use crate::authority::Lenient;
 use crate::autopart::{Partitioner, PartitionsFile};
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
@@ -276,28 +278,88 @@ fn listen_addr(url: &str) -> anyhow::Result<(SocketAddr, bool)> {
 }
 
 /// The TLS settings for https:// listeners, from etcd's flags.
-fn tls_config(config: &Config) -> anyhow::Result<ServerTlsConfig> {
-    let read = |what: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
-        let p = p
-            .as_ref()
-            .with_context(|| format!("https:// listen URLs need {what}"))?;
-        std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+/// TLS for https:// listeners, terminated here rather than in tonic so that
+/// [`Lenient`] sees the decrypted HTTP/2 (the peer's certificates still
+/// reach requests: tonic's `TlsStream` connect info carries them).
+fn tls_acceptor(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let path = |what: &str, p: &Option<PathBuf>| -> anyhow::Result<PathBuf> {
+        p.clone()
+            .with_context(|| format!("https:// listen URLs need {what}"))
     };
-    let identity = tonic::transport::Identity::from_pem(
-        read("--cert-file", &config.cert_file)?,
-        read("--key-file", &config.key_file)?,
-    );
-    let mut tls = ServerTlsConfig::new().identity(identity);
-    if config.client_cert_auth {
-        let ca = read(
+    let cert_file = path("--cert-file", &config.cert_file)?;
+    let certs = CertificateDer::pem_file_iter(&cert_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading --cert-file {}", cert_file.display()))?;
+    let key_file = path("--key-file", &config.key_file)?;
+    let key = PrivateKeyDer::from_pem_file(&key_file)
+        .with_context(|| format!("reading --key-file {}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS settings")?;
+    let builder = if config.client_cert_auth {
+        let ca_file = path(
             "--trusted-ca-file (for --client-cert-auth)",
             &config.trusted_ca_file,
         )?;
-        tls = tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-            .client_auth_optional(false);
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&ca_file)
+            .with_context(|| format!("reading --trusted-ca-file {}", ca_file.display()))?
+        {
+            roots
+                .add(
+                    ca.with_context(|| format!("reading --trusted-ca-file {}", ca_file.display()))?,
+                )
+                .context("--trusted-ca-file")?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .context("--trusted-ca-file")?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut tls = builder
+        .with_single_cert(certs, key)
+        .context("--cert-file and --key-file")?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// TLS handshakes of accepted connections, each on its own task (a slow
+/// client delays no other); finished ones go to `tx`.
+async fn handshakes(
+    mut connections: TcpIncoming,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tx: tokio::sync::mpsc::Sender<
+        std::io::Result<Lenient<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    >,
+) {
+    while let Some(c) = connections.next().await {
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "accepting a connection");
+                continue;
+            }
+        };
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(c)).await {
+                Ok(Ok(s)) => {
+                    let _ = tx.send(Ok(Lenient::new(s))).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(timeout = ?TLS_HANDSHAKE, "TLS handshake timed out"),
+            }
+        });
     }
-    Ok(tls)
 }
 
 /// Accepted connections with Nagle off (small responses such as watch
@@ -540,7 +602,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let tls = if listeners.iter().any(|l| l.tls) {
-            Some(tls_config(config)?)
+            Some(tls_acceptor(config)?)
         } else {
             None
         };
@@ -566,12 +628,7 @@ impl App {
         for listener in listeners {
             let addr = listener.tcp.local_addr()?;
             tracing::info!(%addr, tls = listener.tls, database = ?self.store.backend().kind(), "serving etcd v3 API");
-            let mut builder = tonic::transport::Server::builder();
-            if listener.tls {
-                let tls = tls.clone().context("TLS settings")?;
-                builder = builder.tls_config(tls).context("TLS settings")?;
-            }
-            let router = builder
+            let router = tonic::transport::Server::builder()
                 .layer(RpcLayer)
                 .add_service(
                     KvServer::from_arc(self.kv.clone()).max_decoding_message_size(max_message),
@@ -590,11 +647,18 @@ impl App {
                         .max_decoding_message_size(max_message),
                 );
             let stop = stopped(self.streams.subscribe());
-            serving.push(tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming(listener.tcp), stop)
-                    .await
-            }));
+            let connections = incoming(listener.tcp);
+            serving.push(if listener.tls {
+                let acceptor = tls.clone().context("TLS settings")?;
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                self.tasks
+                    .spawn("TLS handshakes", handshakes(connections, acceptor, tx));
+                let connections = tokio_stream::wrappers::ReceiverStream::new(rx);
+                tokio::spawn(router.serve_with_incoming_shutdown(connections, stop))
+            } else {
+                let connections = connections.map(|c| c.map(Lenient::new));
+                tokio::spawn(router.serve_with_incoming_shutdown(connections, stop))
+            });
         }
         // Once stopping, requests in flight get a bounded time to be answered
         // (a write is answered once its batch committed or failed); what is

@@ -9,6 +9,7 @@
 //! for cockroachdb"), and fails instead when `ETCDSQL_REQUIRE` lists it.
 
 mod apiserver;
+mod authority;
 mod bad_input;
 mod compaction;
 mod etcdctl;
@@ -84,6 +85,7 @@ fn main() {
         ("faults", faults::cases()),
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),
+        ("authority", authority::cases()),
         ("apiserver", apiserver::cases()),
         ("tls", tls::cases()),
         ("kube", kube::cases()),

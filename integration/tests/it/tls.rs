@@ -173,6 +173,16 @@ async fn mutual_tls(_target: Target) {
         .output()
         .expect("etcdctl watch");
     assert_eq!(String::from_utf8_lossy(&watched.stdout), "PUT\nk\nv\n");
+    // Odd `:authority` values inside TLS are served too.
+    let tls = tls_client(d);
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&endpoint)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        tls.connect(name, tcp).await.expect("TLS handshake")
+    };
+    crate::authority::check("sqlite over TLS", &endpoint, connect).await;
     let (ok, out) = etcdctl(d, &endpoint, None, &["get", "k"]);
     assert!(!ok, "a client without a certificate must be refused: {out}");
     let (ok, out) = etcdctl(d, &endpoint, Some("stranger"), &["get", "k"]);
@@ -180,6 +190,27 @@ async fn mutual_tls(_target: Target) {
     eprintln!(
         "tls: etcdctl with a client certificate served; without one, or from another CA, refused"
     );
+}
+
+/// A TLS client trusting `ca.crt`, with the `client` certificate, speaking h2.
+fn tls_client(dir: &Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
+        .unwrap();
+    let certs = vec![CertificateDer::from_pem_file(dir.join("client.crt")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
 pub fn cases() -> Vec<Case> {
