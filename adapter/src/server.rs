@@ -530,25 +530,25 @@ impl App {
                 }
             });
         }
-        let store = Store::new(
-            &tasks,
-            backend.clone(),
-            committed.clone(),
-            config.history_compaction,
-            partitioner(&tasks, config, &backend)?,
-            replicas.clone(),
-            catalog.clone(),
-        );
         let hub = Hub::start(
             &tasks,
             backend.clone(),
-            replicas,
+            replicas.clone(),
             committed,
             BufferLimits::default(),
             catalog.clone(),
         )
         .await
         .context("starting the watch hub")?;
+        let store = Store::new(
+            &tasks,
+            backend.clone(),
+            hub.clone(),
+            config.history_compaction,
+            partitioner(&tasks, config, &backend)?,
+            replicas,
+            catalog.clone(),
+        );
         let (streams, stop_rx) = tokio::sync::watch::channel(false);
         let watch = Arc::new(WatchService {
             hub: hub.clone(),

@@ -98,6 +98,11 @@ impl Hub {
         Ok(hub)
     }
 
+    /// Makes the tail look for new commits now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// The revision up to which events are known; changes wake receivers.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
@@ -175,26 +180,48 @@ impl Hub {
             if newest <= last {
                 return Ok(());
             }
-            {
-                let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
-                for e in events {
-                    self.catalog
-                        .observe(&e.kv.key, (!e.deleted).then_some(e.kv.value.as_slice()));
-                    b.bytes += e.size();
-                    b.events.push_back(Arc::new(e));
-                }
-                while b.events.len() > self.limits.events || b.bytes > self.limits.bytes {
-                    let Some(old) = b.events.pop_front() else {
-                        break;
-                    };
-                    b.bytes -= old.size();
-                    // Only whole revisions count as held.
-                    b.first_rev = old.revision + 1;
-                }
-            }
-            self.revision.send_replace(newest);
-            crate::metrics::HUB_REVISION.set(newest);
+            self.append(last, newest, events);
         }
+    }
+
+    /// This process's batch that took the store from `after` to `newest`,
+    /// with all its events: buffered at once, without reading them back,
+    /// unless the hub has not yet got to `after` (then the tail reads
+    /// them). Returns whether they were buffered.
+    pub fn publish(&self, after: i64, newest: i64, events: Vec<EventRow>) -> bool {
+        self.append(after, newest, events)
+    }
+
+    /// Buffers the events of revisions `(after, newest]` (all of them),
+    /// those the hub does not hold yet; false if it is not at `after` yet.
+    /// The check and the append are one step under the buffer's lock, so
+    /// the tail and the committer never buffer an event twice.
+    fn append(&self, after: i64, newest: i64, events: Vec<EventRow>) -> bool {
+        let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
+        let current = *self.revision.borrow();
+        if current < after {
+            return false;
+        }
+        if newest <= current {
+            return true;
+        }
+        for e in events.into_iter().filter(|e| e.revision > current) {
+            self.catalog
+                .observe(&e.kv.key, (!e.deleted).then_some(e.kv.value.as_slice()));
+            b.bytes += e.size();
+            b.events.push_back(Arc::new(e));
+        }
+        while b.events.len() > self.limits.events || b.bytes > self.limits.bytes {
+            let Some(old) = b.events.pop_front() else {
+                break;
+            };
+            b.bytes -= old.size();
+            // Only whole revisions count as held.
+            b.first_rev = old.revision + 1;
+        }
+        self.revision.send_replace(newest);
+        crate::metrics::HUB_REVISION.set(newest);
+        true
     }
 }
 

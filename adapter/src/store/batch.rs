@@ -15,7 +15,8 @@ use prost::Message;
 
 use super::ops::{self, View};
 use crate::backend::{
-    DbError, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows, Upsert, Writer,
+    DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows, Upsert,
+    Writer,
 };
 use crate::error::Error;
 use crate::proto::etcdserverpb::request_op::Request;
@@ -266,6 +267,19 @@ pub struct Batch<'w> {
     /// CRD writes, for the catalog once the batch committed (a batch
     /// rolled back must not change what selectors may name).
     crd_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The revision the batch started from.
+    start: i64,
+    /// Every change as a watcher sees it, for the hub once committed;
+    /// `None` if a change's previous version was not at hand.
+    events: Option<Vec<EventRow>>,
+}
+
+/// A committed batch: it took the store from `start` to `end`.
+pub struct Committed {
+    pub start: i64,
+    pub end: i64,
+    /// All its changes, in order (see [`Batch::events`]).
+    pub events: Option<Vec<EventRow>>,
 }
 
 fn requests_names(reqs: &[RequestOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
@@ -320,6 +334,8 @@ impl<'w> Batch<'w> {
             leases: HashMap::new(),
             dirty_leases: BTreeMap::new(),
             crd_writes: Vec::new(),
+            start: meta.revision,
+            events: Some(Vec::new()),
         };
         if !keys.is_empty() {
             let keys: Vec<Vec<u8>> = keys.into_iter().collect();
@@ -388,9 +404,9 @@ impl<'w> Batch<'w> {
         Ok(())
     }
 
-    /// Flushes and commits; returns the revision row as stored. The flag on
-    /// an error tells whether the COMMIT itself failed (outcome unknown).
-    pub async fn commit(mut self) -> Result<Meta, CommitError> {
+    /// Flushes and commits. The flag on an error tells whether the COMMIT
+    /// itself failed (outcome unknown).
+    pub async fn commit(mut self) -> Result<Committed, CommitError> {
         self.flush().await.map_err(|error| CommitError {
             error,
             after_commit_sent: false,
@@ -408,7 +424,11 @@ impl<'w> Batch<'w> {
         for (key, value) in &crd_writes {
             self.catalog.observe_write(key, value.as_deref());
         }
-        Ok(self.meta)
+        Ok(Committed {
+            start: self.start,
+            end: self.meta.revision,
+            events: self.events.take(),
+        })
     }
 
     /// Evaluates one request (see [`Write::apply`]).
@@ -516,6 +536,22 @@ impl View for Batch<'_> {
     }
 
     async fn put(&mut self, kv: KeyValue, prev_revision: i64) -> Result<(), Error> {
+        if let Some(events) = &mut self.events {
+            let prev = match self.cache.get(&kv.key) {
+                _ if prev_revision == 0 => Some(None),
+                Some(Some(prev)) if prev.mod_revision == prev_revision => Some(Some(prev.clone())),
+                _ => None,
+            };
+            match prev {
+                Some(prev) => events.push(EventRow {
+                    revision: kv.mod_revision,
+                    deleted: false,
+                    kv: kv.clone(),
+                    prev,
+                }),
+                None => self.events = None,
+            }
+        }
         self.history.push(HistoryRow {
             revision: kv.mod_revision,
             sub: self.sub,
@@ -539,6 +575,18 @@ impl View for Batch<'_> {
     }
 
     async fn delete(&mut self, prev: &KeyValue) -> Result<(), Error> {
+        if let Some(events) = &mut self.events {
+            events.push(EventRow {
+                revision: self.meta.revision + 1,
+                deleted: true,
+                kv: KeyValue {
+                    key: prev.key.clone(),
+                    mod_revision: self.meta.revision + 1,
+                    ..Default::default()
+                },
+                prev: Some(prev.clone()),
+            });
+        }
         self.history.push(HistoryRow {
             revision: self.meta.revision + 1,
             sub: self.sub,

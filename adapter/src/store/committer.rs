@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{Batch, CommitError, Probe, Write};
+use super::batch::{Batch, CommitError, Committed, Probe, Write};
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
 use crate::metrics;
 use crate::selector::Catalog;
 use crate::tasks::{Stop, Tasks};
+use crate::watch::Hub;
 
 /// Requests and bytes per batch: bound the transaction and the memory.
 const MAX_BATCH_OPS: usize = 1024;
@@ -91,19 +92,17 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// `committed` is notified after every batch, for the watch hub.
-    /// `catalog` turns written objects into selector columns.
+    /// Each committed batch's events go to `hub` before its requests are
+    /// answered. `catalog` turns written objects into selector columns.
     pub fn spawn(
         tasks: &Tasks,
         backend: Arc<dyn Backend>,
-        committed: Arc<Notify>,
+        hub: Arc<Hub>,
         catalog: Arc<Catalog>,
     ) -> Committer {
         // Bounded: a full queue makes callers wait (backpressure).
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH_OPS);
-        tasks.spawn_graceful("committer", |stop| {
-            run(backend, rx, committed, catalog, stop)
-        });
+        tasks.spawn_graceful("committer", |stop| run(backend, rx, hub, catalog, stop));
         Committer { tx }
     }
 
@@ -126,7 +125,7 @@ impl Committer {
 async fn run(
     backend: Arc<dyn Backend>,
     mut rx: mpsc::Receiver<Box<dyn Pending>>,
-    committed: Arc<Notify>,
+    hub: Arc<Hub>,
     catalog: Arc<Catalog>,
     mut stop: Stop,
 ) {
@@ -152,8 +151,7 @@ async fn run(
             }
         }
         let started = std::time::Instant::now();
-        execute(backend.as_ref(), &catalog, &mut writer, &mut jobs).await;
-        committed.notify_one();
+        execute(backend.as_ref(), &catalog, &hub, &mut writer, &mut jobs).await;
         metrics::BATCH_SIZE.observe(jobs.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         tracing::trace!(batch = jobs.len(), "committed batch");
@@ -172,10 +170,12 @@ struct Failure {
     probe: Option<Probe>,
 }
 
-/// Runs `jobs` as one transaction, retrying conflicts, and answers each.
+/// Runs `jobs` as one transaction, retrying conflicts, and answers each;
+/// the events of what committed reach `hub` first.
 async fn execute(
     backend: &dyn Backend,
     catalog: &Catalog,
+    hub: &Hub,
     writer: &mut Option<Box<dyn Writer>>,
     jobs: &mut Jobs,
 ) {
@@ -189,7 +189,15 @@ async fn execute(
     };
     loop {
         let failure = match attempt(backend, catalog, writer, jobs).await {
-            Ok(()) => return answer(jobs),
+            Ok(c) => {
+                let published = c.end > c.start
+                    && c.events
+                        .is_some_and(|events| hub.publish(c.start, c.end, events));
+                if c.end > c.start && !published {
+                    hub.wake();
+                }
+                return answer(jobs);
+            }
             Err(f) => f,
         };
         let kind = metrics::kind(&failure.error);
@@ -225,6 +233,7 @@ async fn execute(
                         for (key, value) in &probe.crd_writes {
                             catalog.observe_write(key, value.as_deref());
                         }
+                        hub.wake();
                         return answer(jobs);
                     }
                     Ok(false) => {
@@ -253,7 +262,7 @@ async fn execute(
                 // Something in the batch is refused by the database: run each
                 // request alone so that only the culprit fails.
                 for job in jobs.chunks_mut(1) {
-                    Box::pin(execute(backend, catalog, writer, job)).await;
+                    Box::pin(execute(backend, catalog, hub, writer, job)).await;
                 }
                 return;
             }
@@ -295,7 +304,7 @@ async fn attempt(
     catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
     jobs: &mut Jobs,
-) -> Result<(), Failure> {
+) -> Result<Committed, Failure> {
     let w = match writer {
         Some(w) => w,
         None => writer.insert(backend.writer().await.map_err(|error| Failure {
@@ -311,7 +320,11 @@ async fn attempt(
     outcome
 }
 
-async fn run_batch(w: &mut dyn Writer, catalog: &Catalog, jobs: &mut Jobs) -> Result<(), Failure> {
+async fn run_batch(
+    w: &mut dyn Writer,
+    catalog: &Catalog,
+    jobs: &mut Jobs,
+) -> Result<Committed, Failure> {
     let before = |error| Failure {
         error,
         after_commit_sent: false,
@@ -328,7 +341,7 @@ async fn run_batch(w: &mut dyn Writer, catalog: &Catalog, jobs: &mut Jobs) -> Re
         job.apply(&mut batch).await.map_err(before)?;
     }
     match batch.commit().await {
-        Ok(_) => Ok(()),
+        Ok(c) => Ok(c),
         Err(CommitError {
             error,
             after_commit_sent,

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 
 use crate::autopart::{Partitioner, put_keys};
 use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
@@ -31,6 +30,7 @@ use crate::proto::mvccpb::KeyValue;
 use crate::replicas::Replicas;
 use crate::selector::{Catalog, Selector};
 use crate::tasks::Tasks;
+use crate::watch::Hub;
 use batch::{Compact, Compacted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
 use committer::Committer;
 use ops::View;
@@ -70,18 +70,18 @@ pub struct Store {
 const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Store {
-    /// `committed` is notified after every write batch (the watch hub's wake-up).
+    /// Committed writes reach `hub` before they are answered.
     pub fn new(
         tasks: &Tasks,
         backend: Arc<dyn Backend>,
-        committed: Arc<Notify>,
+        hub: Arc<Hub>,
         compaction: Compaction,
         partitioner: Option<Arc<Partitioner>>,
         replicas: Option<Arc<Replicas>>,
         catalog: Arc<Catalog>,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
-            committer: Committer::spawn(tasks, backend.clone(), committed, catalog.clone()),
+            committer: Committer::spawn(tasks, backend.clone(), hub, catalog.clone()),
             catalog,
             backend,
             compaction,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use etcdsql::error::Error;
 use etcdsql::proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    request_op,
 };
 use etcdsql::server::{App, Config};
 use etcdsql::watch::{BufferLimits, Hub, Slice};
@@ -325,6 +326,86 @@ async fn lease_expiry(target: Target) {
     app.stop().await;
 }
 
+/// A write's events are in the hub, with their previous versions, before
+/// the write is answered (watchers see them no later than the writer).
+async fn events_before_answers(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let app = open(&db.dsn).await;
+    for i in 0..50 {
+        let key = format!("/e/{}", i % 7);
+        let (rev, deleted) = if i % 5 == 4 {
+            let r = app
+                .store
+                .delete_range(DeleteRangeRequest {
+                    key: key.clone().into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if r.deleted == 0 {
+                continue;
+            }
+            (r.header.unwrap().revision, true)
+        } else {
+            let r = app.store.put(put(&key, &format!("v{i}"))).await.unwrap();
+            (r.header.unwrap().revision, false)
+        };
+        assert!(
+            app.hub.revision() >= rev,
+            "answered before the hub had revision {rev}"
+        );
+        let Slice::Events(events) = app.hub.slice(rev, rev, usize::MAX) else {
+            panic!("revision {rev} not buffered");
+        };
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.revision, e.deleted, &e.kv.key[..]),
+            (rev, deleted, key.as_bytes())
+        );
+        if !deleted {
+            assert_eq!(e.kv.value, format!("v{i}").into_bytes());
+        }
+        // The previous version is the one the database holds at rev - 1.
+        let before = app
+            .store
+            .range(&RangeRequest {
+                key: key.clone().into(),
+                revision: rev - 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            e.prev.as_ref(),
+            before.kvs.first(),
+            "prev of {key} at {rev}"
+        );
+        // Exactly what a watcher reading history would get.
+        let read = app
+            .hub
+            .read(
+                rev - 1,
+                rev,
+                key.as_bytes(),
+                &etcdsql::backend::KeyEnd::Single,
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (
+                read[0].revision,
+                read[0].deleted,
+                &read[0].kv,
+                &read[0].prev
+            ),
+            (e.revision, e.deleted, &e.kv, &e.prev)
+        );
+    }
+    app.stop().await;
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("concurrent_writes", &Target::ETCDSQL, concurrent_writes),
@@ -341,5 +422,10 @@ pub fn cases() -> Vec<Case> {
         ),
         case!("stop", &Target::ETCDSQL, stop),
         case!("lease_expiry", &Target::ETCDSQL, lease_expiry),
+        case!(
+            "events_before_answers",
+            &Target::ETCDSQL,
+            events_before_answers
+        ),
     ]
 }
