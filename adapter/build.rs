@@ -2,7 +2,14 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["etcdserverpb/rpc.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "etcdserverpb/rpc.proto",
+            "v3lockpb/v3lock.proto",
+            "v3electionpb/v3election.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -1,5 +1,5 @@
 //! etcd's wire contract, generated from `proto/` (packages etcdserverpb,
-//! mvccpb, authpb; the same names and field numbers as etcd's, plus the
+//! mvccpb, authpb, v3lockpb, v3electionpb; the same names and field numbers as etcd's, plus the
 //! selector fields RangeRequest 14/15 and WatchCreateRequest 9/10).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -14,4 +14,12 @@ pub mod authpb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }

@@ -21,10 +21,14 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::replicas::{self, Replicas};
 use crate::service::cluster::ClusterService;
+use crate::service::election::ElectionService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
+use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
 use crate::service::{Identity, member_id};
@@ -475,6 +479,8 @@ pub struct App {
     pub watch: Arc<WatchService>,
     pub cluster: Arc<ClusterService>,
     pub maintenance: Arc<MaintenanceService>,
+    pub lock: Arc<LockService>,
+    pub election: Arc<ElectionService>,
     pub tasks: Tasks,
     /// Ends the watch streams (before the background tasks stop).
     streams: tokio::sync::watch::Sender<bool>,
@@ -578,6 +584,19 @@ impl App {
             store: store.clone(),
             id,
         });
+        let lock = Arc::new(LockService {
+            store: store.clone(),
+            hub: hub.clone(),
+            tasks: tasks.clone(),
+            id,
+        });
+        let election = Arc::new(ElectionService {
+            store: store.clone(),
+            hub: hub.clone(),
+            tasks: tasks.clone(),
+            id,
+            stop: streams.subscribe(),
+        });
         Ok(App {
             store,
             hub,
@@ -586,6 +605,8 @@ impl App {
             watch,
             cluster,
             maintenance,
+            lock,
+            election,
             tasks,
             streams,
         })
@@ -645,7 +666,9 @@ impl App {
                 .add_service(
                     MaintenanceServer::from_arc(self.maintenance.clone())
                         .max_decoding_message_size(max_message),
-                );
+                )
+                .add_service(LockServer::from_arc(self.lock.clone()))
+                .add_service(ElectionServer::from_arc(self.election.clone()));
             let stop = stopped(self.streams.subscribe());
             let connections = incoming(listener.tcp);
             serving.push(if listener.tls {

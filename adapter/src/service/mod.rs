@@ -3,9 +3,12 @@
 //! header.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+mod recipes;
 pub mod watch;
 
 use crate::proto::etcdserverpb::ResponseHeader;

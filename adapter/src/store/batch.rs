@@ -576,16 +576,23 @@ impl View for Batch<'_> {
 
     async fn delete(&mut self, prev: &KeyValue) -> Result<(), Error> {
         if let Some(events) = &mut self.events {
-            events.push(EventRow {
-                revision: self.meta.revision + 1,
-                deleted: true,
-                kv: KeyValue {
-                    key: prev.key.clone(),
-                    mod_revision: self.meta.revision + 1,
-                    ..Default::default()
-                },
-                prev: Some(prev.clone()),
-            });
+            // A range delete reads its victims without values (keys only):
+            // the previous version is whole only where the batch read it.
+            match self.cache.get(&prev.key) {
+                Some(Some(whole)) if whole.mod_revision == prev.mod_revision => {
+                    events.push(EventRow {
+                        revision: self.meta.revision + 1,
+                        deleted: true,
+                        kv: KeyValue {
+                            key: prev.key.clone(),
+                            mod_revision: self.meta.revision + 1,
+                            ..Default::default()
+                        },
+                        prev: Some(whole.clone()),
+                    });
+                }
+                _ => self.events = None,
+            }
         }
         self.history.push(HistoryRow {
             revision: self.meta.revision + 1,

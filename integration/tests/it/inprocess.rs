@@ -403,6 +403,32 @@ async fn events_before_answers(target: Target) {
             (e.revision, e.deleted, &e.kv, &e.prev)
         );
     }
+    // A range delete reads its victims without values; watchers still get
+    // each one's whole previous version.
+    let d = app
+        .store
+        .delete_range(DeleteRangeRequest {
+            key: b"/e/".to_vec(),
+            range_end: b"/e0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rev = d.header.unwrap().revision;
+    let mut seen = app.hub.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|r| *r >= rev))
+        .await
+        .expect("the hub got the range delete")
+        .unwrap();
+    let Slice::Events(events) = app.hub.slice(rev, rev, usize::MAX) else {
+        panic!("revision {rev} not buffered");
+    };
+    assert_eq!(events.len(), usize::try_from(d.deleted).unwrap());
+    assert!(!events.is_empty());
+    for e in events {
+        let prev = e.prev.as_ref().expect("prev");
+        assert!(prev.value.starts_with(b"v"), "{e:?}");
+    }
     app.stop().await;
 }
 

@@ -20,6 +20,7 @@ mod kv;
 mod lease;
 mod linearizable;
 mod metrics;
+mod recipes;
 mod replicas;
 mod schema;
 mod selectors;
@@ -86,6 +87,7 @@ fn main() {
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),
         ("authority", authority::cases()),
+        ("recipes", recipes::cases()),
         ("apiserver", apiserver::cases()),
         ("tls", tls::cases()),
         ("kube", kube::cases()),
