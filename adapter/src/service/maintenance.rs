@@ -73,8 +73,17 @@ impl Maintenance for MaintenanceService {
         Err(unsupported("Hash"))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(unsupported("HashKV"))
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision) = self.store.hash_kv(req.into_inner().revision).await?;
+        let meta = self.store.meta().await?;
+        Ok(Response::new(HashKvResponse {
+            header: self.id.header(meta.revision),
+            hash,
+            compact_revision,
+        }))
     }
 
     type SnapshotStream =

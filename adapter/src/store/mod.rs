@@ -12,15 +12,20 @@ pub mod batch;
 pub mod check;
 pub mod committer;
 mod counts;
+mod crc32c;
 pub mod ops;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::autopart::{Partitioner, put_keys};
-use crate::backend::{Backend, DbError, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs};
+use crate::backend::sql::Param;
+use crate::backend::{
+    Backend, DbError, HistoryRow, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs,
+};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -64,6 +69,35 @@ pub struct Store {
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
     tasks: Tasks,
+}
+
+/// Revisions read per history query of [`Store::hash_kv`].
+const HASH_WINDOW: i64 = 10_000;
+
+/// A version as etcd's key bucket holds it: its revision key and value.
+fn hash_entry(r: &HistoryRow) -> (Vec<u8>, Vec<u8>) {
+    use prost::Message;
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&r.revision.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&i64::from(r.sub).to_be_bytes());
+    let kv = if r.deleted {
+        k.push(b't');
+        KeyValue {
+            key: r.key.clone(),
+            ..Default::default()
+        }
+    } else {
+        KeyValue {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            create_revision: r.create_revision,
+            mod_revision: r.revision,
+            version: r.version,
+            lease: r.lease,
+        }
+    };
+    (k, kv.encode_to_vec())
 }
 
 /// How often each process looks for expired leases.
@@ -319,6 +353,99 @@ impl Store {
             done.await.map_err(|_| Error::Stopping)??;
         }
         Ok(current)
+    }
+
+    /// etcd's HashKV: CRC-32C of the key bucket as etcd's bbolt holds it
+    /// after the same history, hashed as etcd hashes it. `key`, then each
+    /// version at or below `revision` in (revision, sub) order, as its
+    /// revision key (with `t` for a deletion) and its marshalled KeyValue;
+    /// of the versions at or below the compaction only those still the
+    /// latest at `revision` (all of them if no key is live then, as etcd).
+    /// Answers (hash, compact revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64), Error> {
+        // This process's purge of compacted history has finished and none
+        // starts meanwhile: at or below the compaction, one version per key.
+        let _purge = self.purge.lock().await;
+        let meta = self.backend.meta().await?;
+        let compact = meta.compact_revision;
+        if revision > 0 && revision <= compact {
+            return Err(Error::Compacted);
+        }
+        if revision > meta.revision {
+            return Err(Error::FutureRev);
+        }
+        let rev = if revision > 0 {
+            revision
+        } else {
+            meta.revision
+        };
+        // Keys changed after the compaction, and whether each is deleted at `rev`.
+        let mut changed: HashMap<Vec<u8>, bool> = HashMap::new();
+        self.history_rows(compact.max(0), rev, |r| {
+            changed.insert(r.key.clone(), r.deleted);
+        })
+        .await?;
+        let mut live = changed.values().any(|deleted| !deleted);
+        // Versions at or below the compaction: kept if still the latest.
+        let (mut kept, mut all) = (crc32c::Crc::default(), crc32c::Crc::default());
+        kept.update(b"key");
+        all.update(b"key");
+        self.history_rows(0, compact.max(0), |r| {
+            let (k, v) = hash_entry(r);
+            if !changed.contains_key(&r.key) {
+                live = true;
+                kept.update(&k);
+                kept.update(&v);
+            }
+            all.update(&k);
+            all.update(&v);
+        })
+        .await?;
+        let mut crc = if live { kept } else { all };
+        self.history_rows(compact.max(0), rev, |r| {
+            let (k, v) = hash_entry(r);
+            crc.update(&k);
+            crc.update(&v);
+        })
+        .await?;
+        Ok((crc.finish(), compact))
+    }
+
+    /// History rows in `(after, upto]`, in (revision, sub) order.
+    async fn history_rows(
+        &self,
+        mut after: i64,
+        upto: i64,
+        mut f: impl FnMut(&HistoryRow),
+    ) -> Result<(), Error> {
+        while after < upto {
+            let to = upto.min(after + HASH_WINDOW);
+            let rows = self
+                .backend
+                .fetch(&self.backend.statement(
+                    "SELECT revision, sub, deleted, name, value, create_revision, version, lease \
+                     FROM etcdsql_history WHERE revision > ? AND revision <= ? \
+                     ORDER BY revision, sub",
+                    &[Param::Int(after), Param::Int(to)],
+                ))
+                .await?;
+            for r in rows.iter() {
+                f(&HistoryRow {
+                    revision: r.int(0)?,
+                    sub: i32::try_from(r.int(1)?).unwrap_or_default(),
+                    deleted: r.int(2)? != 0,
+                    key: r.bytes(3)?.unwrap_or_default(),
+                    value: r.bytes(4)?.unwrap_or_default(),
+                    create_revision: r.int(5)?,
+                    version: r.int(6)?,
+                    lease: r.int(7)?,
+                    prev_revision: 0,
+                    index: None,
+                });
+            }
+            after = to;
+        }
+        Ok(())
     }
 
     /// Grants a lease; `id` 0 lets the store choose. Returns (id, revision).

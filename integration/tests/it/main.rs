@@ -14,6 +14,7 @@ mod bad_input;
 mod compaction;
 mod etcdctl;
 mod faults;
+mod hashkv;
 mod inprocess;
 mod kube;
 mod kv;
@@ -88,6 +89,7 @@ fn main() {
         ("etcdctl", etcdctl::cases()),
         ("authority", authority::cases()),
         ("recipes", recipes::cases()),
+        ("hashkv", hashkv::cases()),
         ("apiserver", apiserver::cases()),
         ("tls", tls::cases()),
         ("kube", kube::cases()),
