@@ -121,6 +121,17 @@ async fn check(target: Target) {
         status.starts_with("exit Some(0)") && status.contains("3.5."),
         "{status}"
     );
+    // After the same commands, `endpoint hashkv` prints etcd's hash.
+    let hashkv = |endpoint: &str| {
+        etcdctl(endpoint, &["endpoint", "hashkv"], "").replace(endpoint, "ENDPOINT")
+    };
+    let want_hash = hashkv(&etcd.server.endpoint);
+    assert!(want_hash.starts_with("exit Some(0)"), "{want_hash}");
+    assert_eq!(
+        hashkv(&ours.server.endpoint),
+        want_hash,
+        "etcdctl endpoint hashkv"
+    );
     // Defragment answers without a header, as etcd does.
     for server in [&etcd, &ours] {
         let channel =
