@@ -91,7 +91,7 @@ impl Hub {
             limits,
             catalog,
         });
-        if let Some(listen) = hub.backend.subscribe(hub.wake.clone()) {
+        if let Some(listen) = hub.backend.subscribe(hub.wake.clone(), hub.subscribe()) {
             tasks.spawn("commit listener", listen);
         }
         tasks.spawn("watch hub", tail(Arc::downgrade(&hub)));

@@ -265,12 +265,13 @@ pub trait Backend: Send + Sync {
         std::time::Duration::from_millis(20)
     }
 
-    /// A task that calls `wake` whenever any process commits, where the
-    /// database can push that (PostgreSQL LISTEN/NOTIFY); it runs until
-    /// dropped. The caller spawns it.
+    /// A task that calls `wake` whenever any process commits a revision
+    /// past `known` (the hub's), where the database can push that
+    /// (PostgreSQL LISTEN/NOTIFY); it runs until dropped. The caller spawns it.
     fn subscribe(
         &self,
         _wake: std::sync::Arc<tokio::sync::Notify>,
+        _known: tokio::sync::watch::Receiver<i64>,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
         None
     }

@@ -375,11 +375,15 @@ impl Backend for Postgres {
         Duration::from_millis(500)
     }
 
-    fn subscribe(&self, wake: Arc<Notify>) -> Option<futures::future::BoxFuture<'static, ()>> {
+    fn subscribe(
+        &self,
+        wake: Arc<Notify>,
+        known: tokio::sync::watch::Receiver<i64>,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
         let config = self.config.clone();
         Some(Box::pin(async move {
             loop {
-                if let Err(e) = listen(&config, &wake).await {
+                if let Err(e) = listen(&config, &wake, &known).await {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                 }
                 // Whatever was missed meanwhile is found by the next poll.
@@ -390,8 +394,14 @@ impl Backend for Postgres {
     }
 }
 
-/// Holds a LISTEN connection and wakes the hub on every notification.
-async fn listen(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), DbError> {
+/// Holds a LISTEN connection and wakes the hub on every notification of a
+/// revision it does not have (the payload is the committed revision; this
+/// process's own commits usually reach the hub before their notification).
+async fn listen(
+    config: &tokio_postgres::Config,
+    wake: &Notify,
+    known: &tokio::sync::watch::Receiver<i64>,
+) -> Result<(), DbError> {
     let (client, mut conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
@@ -406,7 +416,10 @@ async fn listen(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), Db
                 wake.notify_one();
             }
             m = messages.next() => match m {
-                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(AsyncMessage::Notification(n))) => match n.payload().parse::<i64>() {
+                    Ok(rev) if rev <= *known.borrow() => {}
+                    _ => wake.notify_one(),
+                },
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(classify(&e)),
                 None => return Err(DbError::Unavailable("LISTEN connection closed".into())),
@@ -595,13 +608,10 @@ impl Writer for PgWriter {
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         self.execute(STORE_META, &[&meta.revision, &meta.compact_revision])
             .await?;
-        // Delivered to listeners when (and only if) the transaction commits.
+        // One round trip. The notification, with the revision, is delivered
+        // to listeners when (and only if) the transaction commits.
         self.client()?
-            .batch_execute(&format!("NOTIFY {CHANNEL}"))
-            .await
-            .map_err(|e| classify(&e))?;
-        self.client()?
-            .batch_execute("COMMIT")
+            .batch_execute(&format!("NOTIFY {CHANNEL}, '{}'; COMMIT", meta.revision))
             .await
             .map_err(|e| classify(&e))
     }

@@ -58,8 +58,9 @@ impl Backend for Primary {
     fn subscribe(
         &self,
         wake: Arc<tokio::sync::Notify>,
+        known: tokio::sync::watch::Receiver<i64>,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
-        self.0.subscribe(wake)
+        self.0.subscribe(wake, known)
     }
 
     async fn create_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
