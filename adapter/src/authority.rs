@@ -60,6 +60,8 @@ pub struct Lenient<T> {
     output: BytesMut,
     state: State,
     hpack: Hpack,
+    /// What a read from the client lands in (zeroed once, not per read).
+    scratch: Box<[u8]>,
 }
 
 enum State {
@@ -113,6 +115,7 @@ impl<T> Lenient<T> {
             output: BytesMut::new(),
             state: State::Preface,
             hpack: Hpack::new(),
+            scratch: vec![0; 8192].into_boxed_slice(),
         }
     }
 
@@ -395,13 +398,15 @@ impl Hpack {
             let (index, next) = integer(block, at, prefix)?;
             at = next;
             let (name_len, authority) = if index == 0 {
-                let name = self.literal(block, at)?;
+                let name = self.literal(block, at, true)?;
                 at = name.end;
                 (name.value.len(), name.value == b":authority")
             } else {
                 self.name(index)?
             };
-            let value = self.literal(block, at)?;
+            // Other values are decoded only for their length, and only
+            // when they enter the table (Huffman decoding is the cost here).
+            let value = self.literal(block, at, authority || indexing)?;
             at = value.end;
             if authority && !value.value.is_empty() && !valid(&value.value) {
                 fixes.push((value.start, value.end, replacement(&value.value)));
@@ -441,12 +446,15 @@ impl Hpack {
             .ok_or("index beyond the table")
     }
 
-    fn literal(&mut self, block: &[u8], at: usize) -> Result<Literal, &'static str> {
+    /// The string literal at `at`; its value only if `decode` (else empty).
+    fn literal(&mut self, block: &[u8], at: usize, decode: bool) -> Result<Literal, &'static str> {
         let first = *block.get(at).ok_or("truncated string")?;
         let (len, start) = integer(block, at, 7)?;
         let end = start.checked_add(len).ok_or("string length")?;
         let raw = block.get(start..end).ok_or("truncated string")?;
-        let value = if first & 0x80 != 0 {
+        let value = if !decode {
+            Vec::new()
+        } else if first & 0x80 != 0 {
             self.huffman.decode(raw).map_err(|_| "bad Huffman string")?
         } else {
             raw.to_vec()
@@ -584,8 +592,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Lenient<T> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let mut scratch = [0u8; 8192];
-            let mut chunk = ReadBuf::new(&mut scratch);
+            let mut chunk = ReadBuf::new(&mut this.scratch[..]);
             if let Err(e) = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk)) {
                 return Poll::Ready(Err(e));
             }
