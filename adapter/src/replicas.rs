@@ -246,11 +246,11 @@ async fn fence_reader(this: std::sync::Weak<Replicas>) {
         let mut rev = r.primary.meta().await;
         // A broken pooled connection (a proxy restarting its sessions):
         // reconnect rather than fail every waiting read.
-        for attempt in 1..=3 {
+        for attempt in 1..=backend::RECONNECTS {
             if !matches!(rev, Err(DbError::Unavailable(_))) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            tokio::time::sleep(backend::reconnect_delay(attempt)).await;
             rev = r.primary.meta().await;
         }
         let rev = rev.map(|m| m.revision).map_err(|e| match e {

@@ -18,3 +18,26 @@ pub enum DbError {
     #[error("database error: {0}")]
     Other(String),
 }
+
+/// Attempts after an [`DbError::Unavailable`] where trying again is safe
+/// (before a COMMIT, a read, the revision fence): enough to ride out a
+/// database or proxy failing over (about 2.5 s in all).
+pub const RECONNECTS: u32 = 5;
+
+/// The pause before reconnect attempt `attempt` (from 1): 100 ms doubling,
+/// at most 1 s.
+pub fn reconnect_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((100u64 << attempt.saturating_sub(1).min(4)).min(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reconnect_delays() {
+        let ms: Vec<u128> = (1..=super::RECONNECTS)
+            .map(|a| super::reconnect_delay(a).as_millis())
+            .collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000]);
+        assert_eq!(super::reconnect_delay(40).as_millis(), 1000);
+    }
+}

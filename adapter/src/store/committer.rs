@@ -26,7 +26,7 @@ const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Attempts for a batch that hit a serialization failure or deadlock.
 const MAX_CONFLICT_RETRIES: u32 = 40;
 /// Attempts for a batch whose connection failed before it committed.
-const MAX_CONNECT_RETRIES: u32 = 3;
+const MAX_CONNECT_RETRIES: u32 = crate::backend::RECONNECTS;
 
 /// A submitted request, its answer once evaluated, and where it goes.
 struct Job<W: Write> {
@@ -221,7 +221,7 @@ async fn execute(
                 let mut outcome = Err(DbError::Unavailable(why.clone()));
                 while broken < MAX_CONNECT_RETRIES {
                     broken += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
+                    tokio::time::sleep(crate::backend::reconnect_delay(broken)).await;
                     outcome = committed(backend, writer, &probe).await;
                     if !matches!(outcome, Err(DbError::Unavailable(_))) {
                         break;
@@ -256,7 +256,7 @@ async fn execute(
                 broken += 1;
                 metrics::DB_RETRIES.with_label_values(&[kind]).inc();
                 tracing::warn!(attempt = broken, %why, "database unavailable, retrying batch");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
+                tokio::time::sleep(crate::backend::reconnect_delay(broken)).await;
             }
             DbError::Rejected(_) | DbError::Other(_) if jobs.len() > 1 => {
                 // Something in the batch is refused by the database: run each

@@ -44,7 +44,7 @@ use ops::View;
 /// statement Galera interrupted for replicated DDL).
 const READ_RETRIES: u32 = 8;
 /// Attempts for a read on the primary whose connection broke.
-const READ_RECONNECTS: u32 = 3;
+const READ_RECONNECTS: u32 = crate::backend::RECONNECTS;
 
 /// How compaction removes obsolete history.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -181,7 +181,7 @@ impl Store {
                 }
                 Err(DbError::Unavailable(_)) if primary && broken < READ_RECONNECTS => {
                     broken += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(broken))).await;
+                    tokio::time::sleep(crate::backend::reconnect_delay(broken)).await;
                 }
                 r => return Ok(r?),
             }
