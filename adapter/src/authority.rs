@@ -119,10 +119,6 @@ impl<T> Lenient<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Moves what can be examined from `input` to `output`.
     fn examine(&mut self) {
         loop {
@@ -206,13 +202,11 @@ impl<T> Lenient<T> {
                         continue;
                     }
                     if self.input.len() < 9 + head.len {
-                        if head.len > MAX_BLOCK {
-                            self.pass_through_block();
+                        if head.len <= MAX_BLOCK {
+                            return;
                         }
-                        if matches!(self.state, State::PassThrough) {
-                            continue;
-                        }
-                        return;
+                        self.pass_through_block();
+                        continue;
                     }
                     let frame = self.input.split_to(9 + head.len);
                     let State::Block {
@@ -222,7 +216,7 @@ impl<T> Lenient<T> {
                         priority,
                     } = std::mem::replace(&mut self.state, State::Frame)
                     else {
-                        unreachable!("matched above")
+                        continue;
                     };
                     block.extend_from_slice(&frame[9..]);
                     frames.unsplit(frame);

@@ -180,23 +180,17 @@ impl Hub {
             if newest <= last {
                 return Ok(());
             }
-            self.append(last, newest, events);
+            self.publish(last, newest, events);
         }
-    }
-
-    /// This process's batch that took the store from `after` to `newest`,
-    /// with all its events: buffered at once, without reading them back,
-    /// unless the hub has not yet got to `after` (then the tail reads
-    /// them). Returns whether they were buffered.
-    pub fn publish(&self, after: i64, newest: i64, events: Vec<EventRow>) -> bool {
-        self.append(after, newest, events)
     }
 
     /// Buffers the events of revisions `(after, newest]` (all of them),
     /// those the hub does not hold yet; false if it is not at `after` yet.
-    /// The check and the append are one step under the buffer's lock, so
-    /// the tail and the committer never buffer an event twice.
-    fn append(&self, after: i64, newest: i64, events: Vec<EventRow>) -> bool {
+    /// The tail reads them from history; the committer hands over its own
+    /// batches this way, so they need no reading back. The check and the
+    /// append are one step under the buffer's lock, so the two never buffer
+    /// an event twice.
+    pub fn publish(&self, after: i64, newest: i64, events: Vec<EventRow>) -> bool {
         let mut b = self.buffer.write().unwrap_or_else(|e| e.into_inner());
         let current = *self.revision.borrow();
         if current < after {

@@ -10,9 +10,10 @@ use tonic::{Request, Response, Status};
 
 use super::Identity;
 use super::recipes::{
-    Abandon, claim, delete_if_held, edge, keys, next_events, next_prefix_events, put_if_held,
+    Abandon, claim, delete_if_held, edge, keys, next_events, prefix_range, put_if_held,
     session_lease, wait_deletes,
 };
+use crate::backend::KeyEnd;
 use crate::proto::v3electionpb::election_server::Election;
 use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -46,7 +47,7 @@ impl Election for ElectionService {
         let r = req.into_inner();
         let lease = session_lease(&self.store, r.lease).await?;
         let (prefix, key) = keys(&r.name, lease);
-        let (mine, _) = claim(&self.store, &key, &r.value, lease).await?;
+        let mine = claim(&self.store, &key, &r.value, lease).await?;
         let rev = mine.create_revision;
         let mut abandon = Abandon {
             store: self.store.clone(),
@@ -163,7 +164,7 @@ async fn observe(
             Some(kv) => kv,
             // No leader yet: the first key put under the prefix leads.
             None => loop {
-                let events = next_prefix_events(hub, &mut at, prefix).await?;
+                let events = next_events(hub, &mut at, prefix, &prefix_range(prefix)).await?;
                 if let Some(e) = events.into_iter().find(|e| !e.deleted) {
                     at = e.revision;
                     break e.kv;
@@ -182,7 +183,7 @@ async fn observe(
         }
         // Its proclamations, until it resigns or its lease ends.
         'leading: loop {
-            for e in next_events(hub, &mut at, &key).await? {
+            for e in next_events(hub, &mut at, &key, &KeyEnd::Single).await? {
                 if e.deleted {
                     break 'leading;
                 }

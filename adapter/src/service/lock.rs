@@ -28,7 +28,7 @@ impl Lock for LockService {
         let r = req.into_inner();
         let lease = session_lease(&self.store, r.lease).await?;
         let (prefix, key) = keys(&r.name, lease);
-        let (mine, _) = claim(&self.store, &key, b"", lease).await?;
+        let mine = claim(&self.store, &key, b"", lease).await?;
         let mut abandon = Abandon {
             store: self.store.clone(),
             tasks: self.tasks.clone(),
@@ -45,11 +45,10 @@ impl Lock for LockService {
                 ..Default::default()
             })
             .await?;
+        abandon.armed = false;
         if now.kvs.first().map(|kv| kv.create_revision) != Some(mine.create_revision) {
-            abandon.armed = false;
             return Err(Status::unknown("session expired"));
         }
-        abandon.armed = false;
         Ok(Response::new(LockResponse {
             header: self.id.header(rev),
             key,

@@ -38,16 +38,9 @@ pub fn keys(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
     (prefix, key)
 }
 
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+/// The keys starting with `prefix`.
+pub fn prefix_range(prefix: &[u8]) -> KeyEnd {
+    etcdsql_partitions::prefix_end(prefix).map_or(KeyEnd::Unbounded, KeyEnd::Before)
 }
 
 fn create_revision_is(key: &[u8], rev: i64) -> Compare {
@@ -72,13 +65,8 @@ fn put_op(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
 }
 
 /// Puts `key` (with `value` and `lease`) unless it exists. Answers its
-/// version and the revision of the answer.
-pub async fn claim(
-    store: &Store,
-    key: &[u8],
-    value: &[u8],
-    lease: i64,
-) -> Result<(KeyValue, i64), Error> {
+/// version.
+pub async fn claim(store: &Store, key: &[u8], value: &[u8], lease: i64) -> Result<KeyValue, Error> {
     let r = store
         .txn(TxnRequest {
             compare: vec![create_revision_is(key, 0)],
@@ -91,8 +79,8 @@ pub async fn claim(
             }],
         })
         .await?;
-    let rev = revision(&r);
     if r.succeeded {
+        let rev = revision(&r);
         let kv = KeyValue {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -101,7 +89,7 @@ pub async fn claim(
             version: 1,
             lease,
         };
-        return Ok((kv, rev));
+        return Ok(kv);
     }
     let kv = r
         .responses
@@ -114,7 +102,7 @@ pub async fn claim(
         })
         // The compare found it, so the same Txn's range does too.
         .ok_or_else(|| Error::Internal("claimed key not read".into()))?;
-    Ok((kv, rev))
+    Ok(kv)
 }
 
 /// Puts `value` on `key` if its create revision is still `rev`. Answers
@@ -170,7 +158,10 @@ pub async fn edge(
     let mut r = store
         .range(&RangeRequest {
             key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
+            range_end: match prefix_range(prefix) {
+                KeyEnd::Before(end) => end,
+                _ => vec![0],
+            },
             limit: 1,
             sort_order: if first {
                 SortOrder::Ascend
@@ -201,7 +192,7 @@ pub async fn wait_deletes(
         };
         let mut after = rev;
         loop {
-            let events = next_events(hub, &mut after, &ahead.key).await?;
+            let events = next_events(hub, &mut after, &ahead.key, &KeyEnd::Single).await?;
             if events.iter().any(|e| e.deleted) {
                 break;
             }
@@ -209,12 +200,13 @@ pub async fn wait_deletes(
     }
 }
 
-/// Changes of `key` after `*after`, waiting for the hub to get past it;
-/// advances `*after` to the revision they complete.
+/// Changes of keys in `[key, end)` after `*after`, waiting for the hub to
+/// get past it; advances `*after` to the revision they complete.
 pub async fn next_events(
     hub: &Hub,
     after: &mut i64,
     key: &[u8],
+    end: &KeyEnd,
 ) -> Result<Vec<crate::backend::EventRow>, Error> {
     let mut seen = hub.subscribe();
     let since = *after;
@@ -225,37 +217,10 @@ pub async fn next_events(
     let events = match hub.slice(since + 1, now, usize::MAX) {
         Slice::Events(events) => events
             .into_iter()
-            .filter(|e| e.kv.key == key)
+            .filter(|e| end.contains(key, &e.kv.key))
             .map(|e| (*e).clone())
             .collect(),
-        Slice::Evicted => hub.read(since, now, key, &KeyEnd::Single).await?,
-    };
-    *after = now;
-    Ok(events)
-}
-
-/// Changes under `prefix` after `*after` (see [`next_events`]).
-pub async fn next_prefix_events(
-    hub: &Hub,
-    after: &mut i64,
-    prefix: &[u8],
-) -> Result<Vec<crate::backend::EventRow>, Error> {
-    let mut seen = hub.subscribe();
-    let since = *after;
-    let now = *seen
-        .wait_for(|r| *r > since)
-        .await
-        .map_err(|_| Error::Stopping)?;
-    let events = match hub.slice(since + 1, now, usize::MAX) {
-        Slice::Events(events) => events
-            .into_iter()
-            .filter(|e| e.kv.key.starts_with(prefix))
-            .map(|e| (*e).clone())
-            .collect(),
-        Slice::Evicted => {
-            hub.read(since, now, prefix, &KeyEnd::Before(prefix_end(prefix)))
-                .await?
-        }
+        Slice::Evicted => hub.read(since, now, key, end).await?,
     };
     *after = now;
     Ok(events)

@@ -75,7 +75,7 @@ pub struct Store {
 const HASH_WINDOW: i64 = 10_000;
 
 /// A version as etcd's key bucket holds it: its revision key and value.
-fn hash_entry(r: &HistoryRow) -> (Vec<u8>, Vec<u8>) {
+fn hash_entry(r: HistoryRow) -> (Vec<u8>, Vec<u8>) {
     use prost::Message;
     let mut k = Vec::with_capacity(18);
     k.extend_from_slice(&r.revision.to_be_bytes());
@@ -84,13 +84,13 @@ fn hash_entry(r: &HistoryRow) -> (Vec<u8>, Vec<u8>) {
     let kv = if r.deleted {
         k.push(b't');
         KeyValue {
-            key: r.key.clone(),
+            key: r.key,
             ..Default::default()
         }
     } else {
         KeyValue {
-            key: r.key.clone(),
-            value: r.value.clone(),
+            key: r.key,
+            value: r.value,
             create_revision: r.create_revision,
             mod_revision: r.revision,
             version: r.version,
@@ -381,8 +381,8 @@ impl Store {
         };
         // Keys changed after the compaction, and whether each is deleted at `rev`.
         let mut changed: HashMap<Vec<u8>, bool> = HashMap::new();
-        self.history_rows(compact.max(0), rev, |r| {
-            changed.insert(r.key.clone(), r.deleted);
+        self.history_rows(compact.max(0), rev, false, |r| {
+            changed.insert(r.key, r.deleted);
         })
         .await?;
         let mut live = changed.values().any(|deleted| !deleted);
@@ -390,9 +390,10 @@ impl Store {
         let (mut kept, mut all) = (crc32c::Crc::default(), crc32c::Crc::default());
         kept.update(b"key");
         all.update(b"key");
-        self.history_rows(0, compact.max(0), |r| {
+        self.history_rows(0, compact.max(0), true, |r| {
+            let latest = !changed.contains_key(&r.key);
             let (k, v) = hash_entry(r);
-            if !changed.contains_key(&r.key) {
+            if latest {
                 live = true;
                 kept.update(&k);
                 kept.update(&v);
@@ -402,7 +403,7 @@ impl Store {
         })
         .await?;
         let mut crc = if live { kept } else { all };
-        self.history_rows(compact.max(0), rev, |r| {
+        self.history_rows(compact.max(0), rev, true, |r| {
             let (k, v) = hash_entry(r);
             crc.update(&k);
             crc.update(&v);
@@ -411,26 +412,36 @@ impl Store {
         Ok((crc.finish(), compact))
     }
 
-    /// History rows in `(after, upto]`, in (revision, sub) order.
+    /// History rows in `(after, upto]`, in (revision, sub) order; without
+    /// their values (empty) unless `values`.
     async fn history_rows(
         &self,
         mut after: i64,
         upto: i64,
-        mut f: impl FnMut(&HistoryRow),
+        values: bool,
+        mut f: impl FnMut(HistoryRow),
     ) -> Result<(), Error> {
+        let value = if values {
+            "value"
+        } else {
+            self.backend.sql().null_bytes
+        };
+        let text = format!(
+            "SELECT revision, sub, deleted, name, {value}, create_revision, version, lease \
+             FROM etcdsql_history WHERE revision > ? AND revision <= ? ORDER BY revision, sub"
+        );
         while after < upto {
             let to = upto.min(after + HASH_WINDOW);
             let rows = self
                 .backend
-                .fetch(&self.backend.statement(
-                    "SELECT revision, sub, deleted, name, value, create_revision, version, lease \
-                     FROM etcdsql_history WHERE revision > ? AND revision <= ? \
-                     ORDER BY revision, sub",
-                    &[Param::Int(after), Param::Int(to)],
-                ))
+                .fetch(
+                    &self
+                        .backend
+                        .statement(&text, &[Param::Int(after), Param::Int(to)]),
+                )
                 .await?;
             for r in rows.iter() {
-                f(&HistoryRow {
+                f(HistoryRow {
                     revision: r.int(0)?,
                     sub: i32::try_from(r.int(1)?).unwrap_or_default(),
                     deleted: r.int(2)? != 0,
