@@ -23,6 +23,10 @@ use crate::tasks::Tasks;
 /// Revisions read per history query.
 const WINDOW: i64 = 1000;
 
+/// Longest wait for this process's batch in flight before history is read
+/// anyway (see [`Known::has`]).
+const SETTLE: Duration = Duration::from_millis(250);
+
 /// Bounds of the in-memory buffer; older events are read from the database.
 pub struct BufferLimits {
     pub events: usize,
@@ -58,6 +62,54 @@ pub struct Hub {
     limits: BufferLimits,
     /// Learns CRDs written by any process, for selectable fields.
     catalog: Arc<Catalog>,
+    /// This process's committer: whether a batch is in flight.
+    local: watch::Sender<Local>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Local {
+    busy: bool,
+    /// Batches finished.
+    done: u64,
+}
+
+/// This process's batch in flight, from its start until its events are
+/// with the hub (or the tail was woken for them).
+pub struct Committing<'h>(&'h Hub);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.local.send_modify(|l| {
+            l.busy = false;
+            l.done += 1;
+        });
+    }
+}
+
+/// How far the hub got, for deciding whether a commit needs reading.
+pub struct Known {
+    revision: watch::Receiver<i64>,
+    local: watch::Receiver<Local>,
+}
+
+impl Known {
+    /// Whether the hub holds `revision`, once this process's batch in
+    /// flight (if any) has handed its events over: a commit notice often
+    /// arrives before the committer hears its COMMIT answered, and reading
+    /// back what the committer is about to hand over costs a query.
+    pub async fn has(&mut self, revision: i64) -> bool {
+        self.settle().await;
+        revision <= *self.revision.borrow()
+    }
+
+    /// Waits (at most [`SETTLE`]) for the batch in flight to finish.
+    async fn settle(&mut self) {
+        let local = *self.local.borrow_and_update();
+        if local.busy {
+            let _ =
+                tokio::time::timeout(SETTLE, self.local.wait_for(|l| l.done > local.done)).await;
+        }
+    }
 }
 
 /// Events a watcher may take from the hub, or where it must go instead.
@@ -90,8 +142,9 @@ impl Hub {
             wake,
             limits,
             catalog,
+            local: watch::channel(Local::default()).0,
         });
-        if let Some(listen) = hub.backend.subscribe(hub.wake.clone(), hub.subscribe()) {
+        if let Some(listen) = hub.backend.subscribe(hub.wake.clone(), hub.known()) {
             tasks.spawn("commit listener", listen);
         }
         tasks.spawn("watch hub", tail(Arc::downgrade(&hub)));
@@ -106,6 +159,20 @@ impl Hub {
     /// The revision up to which events are known; changes wake receivers.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
+    }
+
+    /// For a commit listener.
+    pub fn known(&self) -> Known {
+        Known {
+            revision: self.revision.subscribe(),
+            local: self.local.subscribe(),
+        }
+    }
+
+    /// Marks a batch of this process's committer in flight until dropped.
+    pub fn committing(&self) -> Committing<'_> {
+        self.local.send_modify(|l| l.busy = true);
+        Committing(self)
     }
 
     pub fn revision(&self) -> i64 {
@@ -240,7 +307,13 @@ async fn replica_history(
 /// The tailing loop; ends when the hub is dropped.
 async fn tail(hub: std::sync::Weak<Hub>) {
     let mut failures = 0u32;
+    let mut known = match hub.upgrade() {
+        Some(h) => h.known(),
+        None => return,
+    };
     loop {
+        // What this process is committing comes from its committer.
+        known.settle().await;
         let Some(h) = hub.upgrade() else { return };
         let wake = h.wake.clone();
         let interval = h.backend.poll_interval();

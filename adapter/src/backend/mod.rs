@@ -271,7 +271,7 @@ pub trait Backend: Send + Sync {
     fn subscribe(
         &self,
         _wake: std::sync::Arc<tokio::sync::Notify>,
-        _known: tokio::sync::watch::Receiver<i64>,
+        _known: crate::watch::Known,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
         None
     }
@@ -317,11 +317,37 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// What [`Writer::begin_read`] found.
+pub struct Began {
+    pub meta: Meta,
+    /// The keys' latest versions (missing keys are absent).
+    pub kvs: Vec<KeyValue>,
+    /// The leases that exist.
+    pub leases: Vec<i64>,
+}
+
 /// One write transaction at a time on a dedicated connection.
 #[async_trait]
 pub trait Writer: Send {
     /// Starts a transaction and locks the revision row.
     async fn begin(&mut self) -> Result<Meta, DbError>;
+
+    /// [`begin`](Writer::begin), then the latest versions of `keys` and
+    /// which of `leases` exist; a database may send them together.
+    async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
+        let meta = self.begin().await?;
+        let kvs = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.get(keys).await?
+        };
+        let leases = if leases.is_empty() {
+            Vec::new()
+        } else {
+            self.leases_exist(leases).await?
+        };
+        Ok(Began { meta, kvs, leases })
+    }
 
     /// Latest versions of these keys (missing keys are absent).
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError>;

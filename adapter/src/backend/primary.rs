@@ -58,7 +58,7 @@ impl Backend for Primary {
     fn subscribe(
         &self,
         wake: Arc<tokio::sync::Notify>,
-        known: tokio::sync::watch::Receiver<i64>,
+        known: crate::watch::Known,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
         self.0.subscribe(wake, known)
     }

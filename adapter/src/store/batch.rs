@@ -320,7 +320,10 @@ impl<'w> Batch<'w> {
         keys: HashSet<Vec<u8>>,
         leases: HashSet<i64>,
     ) -> Result<Batch<'w>, DbError> {
-        let meta = w.begin().await?;
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        let ids: Vec<i64> = leases.into_iter().collect();
+        let began = w.begin_read(&keys, &ids).await?;
+        let meta = began.meta;
         let mut b = Batch {
             w,
             catalog,
@@ -337,22 +340,16 @@ impl<'w> Batch<'w> {
             start: meta.revision,
             events: Some(Vec::new()),
         };
-        if !keys.is_empty() {
-            let keys: Vec<Vec<u8>> = keys.into_iter().collect();
-            for kv in b.w.get(&keys).await? {
-                b.cache.insert(kv.key.clone(), Some(kv));
-            }
-            for k in keys {
-                b.cache.entry(k).or_insert(None);
-            }
+        for kv in began.kvs {
+            b.cache.insert(kv.key.clone(), Some(kv));
         }
-        if !leases.is_empty() {
-            // Only existence matters inside a batch; renewals re-read the row.
-            let ids: Vec<i64> = leases.into_iter().collect();
-            let found: HashSet<i64> = b.w.leases_exist(&ids).await?.into_iter().collect();
-            for id in ids {
-                b.leases.insert(id, found.contains(&id));
-            }
+        for k in keys {
+            b.cache.entry(k).or_insert(None);
+        }
+        // Only existence matters inside a batch; renewals re-read the row.
+        let found: HashSet<i64> = began.leases.into_iter().collect();
+        for id in ids {
+            b.leases.insert(id, found.contains(&id));
         }
         Ok(b)
     }

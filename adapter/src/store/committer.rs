@@ -179,6 +179,7 @@ async fn execute(
     writer: &mut Option<Box<dyn Writer>>,
     jobs: &mut Jobs,
 ) {
+    let _committing = hub.committing();
     let mut conflicts = 0;
     let mut broken = 0;
     let fail = |jobs: &mut Jobs, error: DbError| {
