@@ -13,9 +13,9 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo, Partitions,
-    RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_range,
-    first_bytes,
+    Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
+    Partitions, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease,
+    decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -35,18 +35,22 @@ pub(crate) const DIALECT: Dialect = Dialect {
     json: sql::Json::MySql,
 };
 
-/// Rows per multi-row statement, and bytes of values per statement (below
-/// the 16 MiB default `max_allowed_packet`).
+/// Rows per multi-row statement, and bytes of values per statement (sent
+/// as hexadecimal, twice that, below the 16 MiB default `max_allowed_packet`).
 const CHUNK_ROWS: usize = 500;
-const CHUNK_BYTES: usize = 8 << 20;
+const CHUNK_BYTES: usize = 4 << 20;
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
-/// Stores the revision row only if it is still the one the transaction
-/// locked: on a multi-primary cluster (Galera) the lock is local to one
-/// node, and this is where a transaction that lost its lock (aborted by a
-/// replicated write) finds out instead of committing a part of a batch.
-const STORE_META: &str = "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? \
-    WHERE id = 1 AND revision = ? AND compact_revision = ?";
+/// The committer stores the revision row only if it is still the one its
+/// transaction locked: on a multi-primary cluster (Galera) the lock is local
+/// to one node, and this is where a transaction that lost its lock (aborted
+/// by a replicated write) finds out instead of committing a part of a batch.
+///
+/// Writes are queued as text with inline literals and sent together (see
+/// `MyWriter::queued`); once the queue reaches this size it is sent at once,
+/// which keeps one round trip well below the 16 MiB default
+/// `max_allowed_packet` (a row counts twice, as hexadecimal).
+const QUEUE_BYTES: usize = 4 << 20;
 
 fn classify(e: mysql_async::Error) -> DbError {
     use mysql_async::Error as E;
@@ -113,10 +117,6 @@ fn col<T: FromValue>(row: &Row, i: usize) -> Result<T, DbError> {
         Some(Err(e)) => Err(DbError::Other(format!("column {i}: {e}"))),
         None => Err(DbError::Other(format!("column {i} missing"))),
     }
-}
-
-fn placeholders(n: usize, row: &str) -> String {
-    vec![row; n].join(", ")
 }
 
 /// Splits rows into statements of at most CHUNK_ROWS rows and about
@@ -294,6 +294,8 @@ impl Backend for Mysql {
                 compact_revision: 0,
             },
             partitions: self.partitions.clone(),
+            queued: String::new(),
+            queued_n: 0,
             epoch: 0,
         }))
     }
@@ -406,18 +408,29 @@ struct MyWriter {
     epoch: i64,
     /// The revision row as `begin` locked it.
     locked: Meta,
+    /// Writes not yet sent: statements with their values inline, sent
+    /// together before the next read or with the revision row at commit.
+    queued: String,
+    /// Statements in `queued`.
+    queued_n: usize,
 }
 
 impl MyWriter {
-    /// `head name IN (…)` over `names`, in chunks (`head` ends with WHERE or
-    /// AND).
-    async fn delete_names(&mut self, head: &str, names: &[&Vec<u8>]) -> Result<(), DbError> {
+    /// Queues `head name IN (…)` over `names`, in chunks (`head` ends with
+    /// WHERE or AND).
+    fn delete_names(&mut self, head: &str, names: &[&Vec<u8>]) {
         for chunk in chunks(names, |k| k.len()) {
-            let text = format!("{head} name IN ({})", placeholders(chunk.len(), "?"));
-            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.to_vec())).collect());
-            self.exec_drop(&text, p).await?;
+            self.queued.push_str(head);
+            self.queued.push_str(" name IN (");
+            for (i, k) in chunk.iter().enumerate() {
+                if i > 0 {
+                    self.queued.push_str(", ");
+                }
+                hex(&mut self.queued, "X'", k);
+            }
+            self.queued.push_str(");");
+            self.queued_n += 1;
         }
-        Ok(())
     }
 
     fn conn(&mut self) -> Result<&mut Conn, DbError> {
@@ -427,13 +440,52 @@ impl MyWriter {
     }
 
     async fn exec(&mut self, text: &str, p: Params) -> Result<Vec<Row>, DbError> {
+        self.flush().await?;
         let r = self.conn()?.exec(text, p).await;
         self.check(r)
     }
 
-    async fn exec_drop(&mut self, text: &str, p: Params) -> Result<(), DbError> {
-        let r = self.conn()?.exec_drop(text, p).await;
+    /// Runs `text`, `n` statements, in one round trip: each statement's
+    /// rows and affected-row count. A failing statement ends it (the server
+    /// runs none after it).
+    async fn run(&mut self, text: &str, n: usize) -> Result<Vec<(Vec<Row>, u64)>, DbError> {
+        let r = Self::run_on(self.conn()?, text, n).await;
         self.check(r)
+    }
+
+    async fn run_on(
+        c: &mut Conn,
+        text: &str,
+        n: usize,
+    ) -> mysql_async::Result<Vec<(Vec<Row>, u64)>> {
+        let mut res = c.query_iter(text).await?;
+        let mut sets = Vec::with_capacity(n);
+        for _ in 0..n {
+            // Read before `collect`, which moves on to the next statement.
+            let affected = res.affected_rows();
+            let rows = res.collect::<Row>().await?;
+            sets.push((rows, affected));
+        }
+        res.drop_result().await?;
+        Ok(sets)
+    }
+
+    /// Sends the queued writes.
+    async fn flush(&mut self) -> Result<(), DbError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.queued);
+        let n = std::mem::take(&mut self.queued_n);
+        self.run(&text, n).await.map(drop)
+    }
+
+    /// Sends the queued writes once they are large enough to send.
+    async fn flush_large(&mut self) -> Result<(), DbError> {
+        if self.queued.len() >= QUEUE_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Drops the connection when it broke, so that `begin` reconnects.
@@ -446,19 +498,21 @@ impl MyWriter {
             e
         })
     }
-}
 
-#[async_trait]
-impl Writer for MyWriter {
-    async fn begin(&mut self) -> Result<Meta, DbError> {
+    async fn connect(&mut self) -> Result<(), DbError> {
+        self.queued.clear();
+        self.queued_n = 0;
         if self.conn.is_none() {
             let c = Conn::new(self.opts.clone()).await;
             self.conn = Some(self.check(c)?);
         }
-        let r = self.conn()?.query_drop("BEGIN").await;
-        self.check(r)?;
-        let rows = self.exec(super::LOCK_META, Params::Empty).await?;
-        let locked = super::decode_locked(&rows, &self.partitions)?;
+        Ok(())
+    }
+
+    /// Takes what `begin` read: the revision row (first of `sets`).
+    async fn locked(&mut self, sets: &[(Vec<Row>, u64)]) -> Result<Meta, DbError> {
+        let rows = sets.first().map_or(&[][..], |s| &s.0[..]);
+        let locked = super::decode_locked(rows, &self.partitions)?;
         self.epoch = locked.epoch;
         self.locked = locked.meta;
         if locked.stale {
@@ -467,18 +521,125 @@ impl Writer for MyWriter {
         }
         Ok(locked.meta)
     }
+}
+
+/// `SELECT … FROM etcdsql_live WHERE name IN (…)` over `keys`, in chunks,
+/// appended to `out`; how many statements.
+fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
+    let parts = chunks(keys, Vec::len);
+    for chunk in &parts {
+        out.push_str(
+            "SELECT name, value, create_revision, mod_revision, version, lease \
+             FROM etcdsql_live WHERE name IN (",
+        );
+        for (i, k) in chunk.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            hex(out, "X'", k);
+        }
+        out.push_str(");");
+    }
+    parts.len()
+}
+
+fn leases_text(out: &mut String, ids: &[i64]) {
+    out.push_str("SELECT id FROM etcdsql_lease WHERE id IN (");
+    join_ints(out, ids.iter().copied());
+    out.push_str(");");
+}
+
+fn join_ints(out: &mut String, ints: impl Iterator<Item = i64>) {
+    use std::fmt::Write;
+    for (i, n) in ints.enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        let _ = write!(out, "{sep}{n}");
+    }
+}
+
+/// Appends `b` as a hexadecimal literal after `head` (`X'` for bytes,
+/// `_utf8mb4 X'` for text): no escaping, whatever the server's SQL mode.
+fn hex(out: &mut String, head: &str, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(head.len() + 2 * b.len() + 1);
+    out.push_str(head);
+    for &x in b {
+        out.push(DIGITS[usize::from(x >> 4)] as char);
+        out.push(DIGITS[usize::from(x & 15)] as char);
+    }
+    out.push('\'');
+}
+
+/// A value written inline.
+enum Lit<'a> {
+    Bytes(&'a [u8]),
+    Int(i64),
+    /// Text, or NULL.
+    Text(Option<&'a str>),
+}
+
+/// A row of literals, `(a, b, …)`, after a comma unless it is the first.
+fn tuple(out: &mut String, first: bool, values: &[Lit]) {
+    out.push_str(if first { "(" } else { ", (" });
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        match v {
+            Lit::Bytes(b) => hex(out, "X'", b),
+            Lit::Int(n) => join_ints(out, std::iter::once(*n)),
+            Lit::Text(Some(t)) => hex(out, "_utf8mb4 X'", t.as_bytes()),
+            Lit::Text(None) => out.push_str("NULL"),
+        }
+    }
+    out.push(')');
+}
+
+#[async_trait]
+impl Writer for MyWriter {
+    async fn begin(&mut self) -> Result<Meta, DbError> {
+        self.connect().await?;
+        let mut text = String::from("BEGIN;");
+        text.push_str(super::LOCK_META);
+        let sets = self.run(&text, 2).await?;
+        self.locked(&sets[1..]).await
+    }
+
+    async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
+        self.connect().await?;
+        let mut text = String::from("BEGIN;");
+        text.push_str(super::LOCK_META);
+        text.push(';');
+        let gets = get_text(&mut text, keys);
+        let n = 2 + gets + usize::from(!leases.is_empty());
+        if !leases.is_empty() {
+            leases_text(&mut text, leases);
+        }
+        let sets = self.run(&text, n).await?;
+        let meta = self.locked(&sets[1..]).await?;
+        let mut kvs = Vec::with_capacity(keys.len());
+        for (rows, _) in sets.iter().skip(2).take(gets) {
+            for r in rows {
+                kvs.extend(decode_kv(r, 0)?);
+            }
+        }
+        let leases = match sets.get(2 + gets) {
+            Some((rows, _)) if !leases.is_empty() => {
+                rows.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Began { meta, kvs, leases })
+    }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
+        self.flush().await?;
+        let mut text = String::new();
+        let n = get_text(&mut text, keys);
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in chunks(keys, Vec::len) {
-            let text = format!(
-                "SELECT name, value, create_revision, mod_revision, version, lease \
-                 FROM etcdsql_live WHERE name IN ({})",
-                placeholders(chunk.len(), "?")
-            );
-            let p = Params::Positional(chunk.iter().map(|k| Value::Bytes(k.clone())).collect());
-            for r in self.exec(&text, p).await? {
-                out.extend(decode_kv(&r, 0)?);
+        for (rows, _) in self.run(&text, n).await? {
+            for r in &rows {
+                out.extend(decode_kv(r, 0)?);
             }
         }
         Ok(out)
@@ -494,16 +655,12 @@ impl Writer for MyWriter {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let text = format!(
-            "SELECT id FROM etcdsql_lease WHERE id IN ({})",
-            placeholders(ids.len(), "?")
-        );
-        let p = Params::Positional(ids.iter().map(|i| Value::Int(*i)).collect());
-        self.exec(&text, p)
-            .await?
-            .iter()
-            .map(|r| col(r, 0))
-            .collect()
+        self.flush().await?;
+        let mut text = String::new();
+        leases_text(&mut text, ids);
+        let sets = self.run(&text, 1).await?;
+        let rows = sets.first().map_or(&[][..], |s| &s.0[..]);
+        rows.iter().map(|r| col(r, 0)).collect()
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
@@ -537,119 +694,121 @@ impl Writer for MyWriter {
         } else {
             "DELETE FROM etcdsql_live WHERE"
         };
-        self.delete_names(head, names).await
+        self.delete_names(head, names);
+        self.flush_large().await
     }
 
     async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
         let reg = self.partitions.get();
         for chunk in chunks(rows, |k| k.key.len() + k.value.len()) {
-            let text = format!(
-                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, lease, part, \
-                 labels, fields) \
-                 VALUES {} ON DUPLICATE KEY UPDATE value = VALUES(value), \
+            let q = &mut self.queued;
+            q.push_str(
+                "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, \
+                 lease, part, labels, fields) VALUES ",
+            );
+            for (i, k) in chunk.iter().enumerate() {
+                let values = [
+                    Lit::Bytes(&k.key),
+                    Lit::Bytes(&k.value),
+                    Lit::Int(k.create_revision),
+                    Lit::Int(k.mod_revision),
+                    Lit::Int(k.version),
+                    Lit::Int(k.lease),
+                    Lit::Bytes(reg.target(&k.key).as_bytes()),
+                    Lit::Text(k.labels()),
+                    Lit::Text(k.fields()),
+                ];
+                tuple(q, i == 0, &values);
+            }
+            q.push_str(
+                " ON DUPLICATE KEY UPDATE value = VALUES(value), \
                  create_revision = VALUES(create_revision), mod_revision = VALUES(mod_revision), \
                  version = VALUES(version), lease = VALUES(lease), labels = VALUES(labels), \
-                 fields = VALUES(fields)",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 fields = VALUES(fields);",
             );
-            let mut p = Vec::with_capacity(chunk.len() * 9);
-            for k in chunk {
-                p.extend([
-                    Value::Bytes(k.key.clone()),
-                    Value::Bytes(k.value.clone()),
-                    Value::Int(k.create_revision),
-                    Value::Int(k.mod_revision),
-                    Value::Int(k.version),
-                    Value::Int(k.lease),
-                    Value::Bytes(reg.target(&k.key).as_bytes().to_vec()),
-                    value(&Param::text_or_null(k.labels())),
-                    value(&Param::text_or_null(k.fields())),
-                ]);
-            }
-            self.exec_drop(&text, Params::Positional(p)).await?;
+            self.queued_n += 1;
+            self.flush_large().await?;
         }
         Ok(())
     }
 
     async fn insert_history(&mut self, rows: &[HistoryRow], batch: i64) -> Result<(), DbError> {
         for chunk in chunks(rows, |h| h.key.len() + h.value.len()) {
-            let text = format!(
-                "INSERT INTO etcdsql_history \
-                 (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
-                 epoch, labels, fields, batch) VALUES {}",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            let q = &mut self.queued;
+            q.push_str(
+                "INSERT INTO etcdsql_history (revision, sub, name, value, create_revision, version, \
+                 lease, deleted, prev_revision, epoch, labels, fields, batch) VALUES ",
             );
-            let mut p = Vec::with_capacity(chunk.len() * 13);
-            for h in chunk {
-                p.extend([
-                    Value::Int(h.revision),
-                    Value::Int(i64::from(h.sub)),
-                    Value::Bytes(h.key.clone()),
-                    Value::Bytes(h.value.clone()),
-                    Value::Int(h.create_revision),
-                    Value::Int(h.version),
-                    Value::Int(h.lease),
-                    Value::Int(i64::from(h.deleted)),
-                    Value::Int(h.prev_revision),
-                    Value::Int(self.epoch),
-                    value(&Param::text_or_null(h.labels())),
-                    value(&Param::text_or_null(h.fields())),
-                    Value::Int(batch),
-                ]);
+            for (i, h) in chunk.iter().enumerate() {
+                let values = [
+                    Lit::Int(h.revision),
+                    Lit::Int(i64::from(h.sub)),
+                    Lit::Bytes(&h.key),
+                    Lit::Bytes(&h.value),
+                    Lit::Int(h.create_revision),
+                    Lit::Int(h.version),
+                    Lit::Int(h.lease),
+                    Lit::Int(i64::from(h.deleted)),
+                    Lit::Int(h.prev_revision),
+                    Lit::Int(self.epoch),
+                    Lit::Text(h.labels()),
+                    Lit::Text(h.fields()),
+                    Lit::Int(batch),
+                ];
+                tuple(q, i == 0, &values);
             }
-            self.exec_drop(&text, Params::Positional(p)).await?;
+            q.push(';');
+            self.queued_n += 1;
+            self.flush_large().await?;
         }
         Ok(())
     }
 
     async fn upsert_leases(&mut self, rows: &[LeaseRow]) -> Result<(), DbError> {
         for chunk in chunks(rows, |_| 24) {
-            let text = format!(
-                "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES {} \
-                 ON DUPLICATE KEY UPDATE ttl = VALUES(ttl), expires_at_ms = VALUES(expires_at_ms)",
-                placeholders(chunk.len(), "(?, ?, ?)")
+            let q = &mut self.queued;
+            q.push_str("INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES ");
+            for (i, l) in chunk.iter().enumerate() {
+                let values = [Lit::Int(l.id), Lit::Int(l.ttl), Lit::Int(l.expires_at_ms)];
+                tuple(q, i == 0, &values);
+            }
+            q.push_str(
+                " ON DUPLICATE KEY UPDATE ttl = VALUES(ttl), expires_at_ms = VALUES(expires_at_ms);",
             );
-            let p = chunk
-                .iter()
-                .flat_map(|l| {
-                    [
-                        Value::Int(l.id),
-                        Value::Int(l.ttl),
-                        Value::Int(l.expires_at_ms),
-                    ]
-                })
-                .collect();
-            self.exec_drop(&text, Params::Positional(p)).await?;
+            self.queued_n += 1;
         }
-        Ok(())
+        self.flush_large().await
     }
 
     async fn delete_leases(&mut self, ids: &[i64]) -> Result<(), DbError> {
         for chunk in chunks(ids, |_| 8) {
-            let text = format!(
-                "DELETE FROM etcdsql_lease WHERE id IN ({})",
-                placeholders(chunk.len(), "?")
-            );
-            let p = Params::Positional(chunk.iter().map(|i| Value::Int(*i)).collect());
-            self.exec_drop(&text, p).await?;
+            self.queued
+                .push_str("DELETE FROM etcdsql_lease WHERE id IN (");
+            join_ints(&mut self.queued, chunk.iter().copied());
+            self.queued.push_str(");");
+            self.queued_n += 1;
         }
-        Ok(())
+        self.flush_large().await
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         let before = self.locked;
-        self.exec_drop(
-            STORE_META,
-            Params::Positional(vec![
-                Value::Int(meta.revision),
-                Value::Int(meta.compact_revision),
-                Value::Int(before.revision),
-                Value::Int(before.compact_revision),
-            ]),
-        )
-        .await?;
+        // The queued writes and the revision row in one round trip, COMMIT
+        // in a second once the revision row is known to have been ours.
+        let mut text = std::mem::take(&mut self.queued);
+        let n = std::mem::take(&mut self.queued_n) + 1;
+        text.push_str("UPDATE etcdsql_meta SET revision = ");
+        join_ints(&mut text, [meta.revision].into_iter());
+        text.push_str(", compact_revision = ");
+        join_ints(&mut text, [meta.compact_revision].into_iter());
+        text.push_str(" WHERE id = 1 AND revision = ");
+        join_ints(&mut text, [before.revision].into_iter());
+        text.push_str(" AND compact_revision = ");
+        join_ints(&mut text, [before.compact_revision].into_iter());
+        let sets = self.run(&text, n).await?;
+        let stored = sets.last().map_or(0, |s| s.1);
         // MySQL counts changed rows: an unchanged row is 0 either way.
-        if meta != before && self.conn()?.affected_rows() != 1 {
+        if meta != before && stored != 1 {
             return Err(DbError::Retry(format!(
                 "the revision row is no longer {} (the transaction lost its lock)",
                 before.revision
@@ -660,7 +819,7 @@ impl Writer for MyWriter {
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
-        self.exec_drop(&s.text, params(&s.params)).await?;
+        self.exec(&s.text, params(&s.params)).await?;
         Ok(self.conn()?.affected_rows())
     }
 
@@ -670,6 +829,8 @@ impl Writer for MyWriter {
     }
 
     async fn rollback(&mut self) {
+        self.queued.clear();
+        self.queued_n = 0;
         if let Some(c) = self.conn.as_mut()
             && c.query_drop("ROLLBACK").await.is_err()
         {
