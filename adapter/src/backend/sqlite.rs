@@ -137,7 +137,9 @@ impl Backend for SqliteBackend {
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
         Ok(Box::new(SqliteWriter {
-            options: self.options.clone(),
+            // SQLite's default page cache is 2 MiB: beyond that, every
+            // batch re-reads index pages with a pread each.
+            options: self.options.clone().pragma("cache_size", WRITER_CACHE),
             conn: None,
         }))
     }
@@ -151,6 +153,9 @@ impl Backend for SqliteBackend {
         rows.first().map_or(Ok(0), |r| r.int(0))
     }
 }
+
+/// The committer's page cache (`PRAGMA cache_size`; negative is KiB).
+const WRITER_CACHE: &str = "-16384";
 
 struct SqliteWriter {
     options: SqliteConnectOptions,
