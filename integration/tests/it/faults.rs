@@ -395,43 +395,65 @@ async fn connection_lost_during_commit(target: Target) {
     };
     sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'".into()).await;
     sql("SELECT pg_reload_conf()".into()).await;
-    let mut w = p.client().await.unwrap();
-    let put = tokio::spawn(async move { w.put("/commit/a", "2", None).await });
-    // The writer's COMMIT waits for the standby: terminate it there.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting = TestDb::admin_lines(
-            target,
-            &admin,
-            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
-        )
-        .await
-        .unwrap();
-        if let Some(pid) = waiting.first() {
-            sql(format!("SELECT pg_terminate_backend({pid})")).await;
-            sql("ALTER SYSTEM RESET synchronous_standby_names".into()).await;
-            sql("SELECT pg_reload_conf()".into()).await;
-            break;
-        }
+    // The backend learns the new setting when the postmaster passes the
+    // reload on; a batch may commit before that, without waiting. Then the
+    // next put tries again.
+    let mut last = rev;
+    let mut version = 1;
+    let put = loop {
+        version += 1;
         assert!(
-            Instant::now() < deadline,
-            "no COMMIT waiting for the standby\n{}",
+            version <= 6,
+            "no COMMIT waited for the standby\n{}",
             p.log()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let mut w = p.client().await.unwrap();
+        let value = version.to_string();
+        let put = tokio::spawn(async move { w.put("/commit/a", value, None).await });
+        // The writer's COMMIT waits for the standby: terminate it there.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let waited = loop {
+            let waiting = TestDb::admin_lines(
+                target,
+                &admin,
+                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+            )
+            .await
+            .unwrap();
+            if let Some(pid) = waiting.first() {
+                sql(format!("SELECT pg_terminate_backend({pid})")).await;
+                sql("ALTER SYSTEM RESET synchronous_standby_names".into()).await;
+                sql("SELECT pg_reload_conf()".into()).await;
+                break true;
+            }
+            if put.is_finished() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no COMMIT waiting for the standby\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if waited {
+            break put;
+        }
+        let done = put.await.unwrap().expect("a put that did not wait");
+        last = done.header().unwrap().revision();
+    };
     let put = tokio::time::timeout(Duration::from_secs(30), put)
         .await
         .expect("the put answered")
         .unwrap()
         .unwrap_or_else(|e| panic!("the committed put failed: {e}\n{}", p.log()));
-    assert_eq!(put.header().unwrap().revision(), rev + 1);
+    assert_eq!(put.header().unwrap().revision(), last + 1);
     let got = c.get("/commit/a", None).await.unwrap();
-    assert_eq!(got.kvs()[0].value_str().unwrap(), "2");
-    assert_eq!(got.kvs()[0].mod_revision(), rev + 1);
-    assert_eq!(got.kvs()[0].version(), 2, "written once");
-    let next = c.put("/commit/a", "3", None).await.unwrap();
-    assert_eq!(next.header().unwrap().revision(), rev + 2);
+    assert_eq!(got.kvs()[0].value_str().unwrap(), version.to_string());
+    assert_eq!(got.kvs()[0].mod_revision(), last + 1);
+    assert_eq!(got.kvs()[0].version(), version, "written once");
+    let next = c.put("/commit/a", "next", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), last + 2);
     assert!(
         p.log().contains("the batch had committed"),
         "the outcome was checked\n{}",
