@@ -5,6 +5,7 @@
 //! every earlier commit (`wsrep_sync_wait`), and a certification failure
 //! surfaces as a deadlock that the committer retries.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
     Partitions, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease,
-    decode_range, first_bytes,
+    decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -422,12 +423,7 @@ impl MyWriter {
         for chunk in chunks(names, |k| k.len()) {
             self.queued.push_str(head);
             self.queued.push_str(" name IN (");
-            for (i, k) in chunk.iter().enumerate() {
-                if i > 0 {
-                    self.queued.push_str(", ");
-                }
-                hex(&mut self.queued, "X'", k);
-            }
+            hex_list(&mut self.queued, chunk.iter().map(|k| k.as_slice()));
             self.queued.push_str(");");
             self.queued_n += 1;
         }
@@ -532,12 +528,7 @@ fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
             "SELECT name, value, create_revision, mod_revision, version, lease \
              FROM etcdsql_live WHERE name IN (",
         );
-        for (i, k) in chunk.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            hex(out, "X'", k);
-        }
+        hex_list(out, chunk.iter().map(Vec::as_slice));
         out.push_str(");");
     }
     parts.len()
@@ -550,10 +541,19 @@ fn leases_text(out: &mut String, ids: &[i64]) {
 }
 
 fn join_ints(out: &mut String, ints: impl Iterator<Item = i64>) {
-    use std::fmt::Write;
     for (i, n) in ints.enumerate() {
         let sep = if i > 0 { ", " } else { "" };
         let _ = write!(out, "{sep}{n}");
+    }
+}
+
+/// Byte strings as comma-separated hexadecimal literals.
+fn hex_list<'a>(out: &mut String, items: impl Iterator<Item = &'a [u8]>) {
+    for (i, b) in items.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        hex(out, "X'", b);
     }
 }
 
@@ -587,7 +587,9 @@ fn tuple(out: &mut String, first: bool, values: &[Lit]) {
         }
         match v {
             Lit::Bytes(b) => hex(out, "X'", b),
-            Lit::Int(n) => join_ints(out, std::iter::once(*n)),
+            Lit::Int(n) => {
+                let _ = write!(out, "{n}");
+            }
             Lit::Text(Some(t)) => hex(out, "_utf8mb4 X'", t.as_bytes()),
             Lit::Text(None) => out.push_str("NULL"),
         }
@@ -598,11 +600,7 @@ fn tuple(out: &mut String, first: bool, values: &[Lit]) {
 #[async_trait]
 impl Writer for MyWriter {
     async fn begin(&mut self) -> Result<Meta, DbError> {
-        self.connect().await?;
-        let mut text = String::from("BEGIN;");
-        text.push_str(super::LOCK_META);
-        let sets = self.run(&text, 2).await?;
-        self.locked(&sets[1..]).await
+        Ok(self.begin_read(&[], &[]).await?.meta)
     }
 
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
@@ -624,9 +622,7 @@ impl Writer for MyWriter {
             }
         }
         let leases = match sets.get(2 + gets) {
-            Some((rows, _)) if !leases.is_empty() => {
-                rows.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?
-            }
+            Some((rows, _)) if !leases.is_empty() => first_ints(rows)?,
             _ => Vec::new(),
         };
         Ok(Began { meta, kvs, leases })
@@ -659,8 +655,7 @@ impl Writer for MyWriter {
         let mut text = String::new();
         leases_text(&mut text, ids);
         let sets = self.run(&text, 1).await?;
-        let rows = sets.first().map_or(&[][..], |s| &s.0[..]);
-        rows.iter().map(|r| col(r, 0)).collect()
+        first_ints(sets.first().map_or(&[][..], |s| &s.0[..]))
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
@@ -797,14 +792,12 @@ impl Writer for MyWriter {
         // in a second once the revision row is known to have been ours.
         let mut text = std::mem::take(&mut self.queued);
         let n = std::mem::take(&mut self.queued_n) + 1;
-        text.push_str("UPDATE etcdsql_meta SET revision = ");
-        join_ints(&mut text, [meta.revision].into_iter());
-        text.push_str(", compact_revision = ");
-        join_ints(&mut text, [meta.compact_revision].into_iter());
-        text.push_str(" WHERE id = 1 AND revision = ");
-        join_ints(&mut text, [before.revision].into_iter());
-        text.push_str(" AND compact_revision = ");
-        join_ints(&mut text, [before.compact_revision].into_iter());
+        let _ = write!(
+            text,
+            "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} \
+             WHERE id = 1 AND revision = {} AND compact_revision = {}",
+            meta.revision, meta.compact_revision, before.revision, before.compact_revision
+        );
         let sets = self.run(&text, n).await?;
         let stored = sets.last().map_or(0, |s| s.1);
         // MySQL counts changed rows: an unchanged row is 0 either way.

@@ -549,9 +549,8 @@ impl PgWriter {
         }
         let mut last = Ok(Vec::new());
         for r in in_order(sent).await {
-            match (&last, r) {
-                (Err(_), _) => {}
-                (Ok(_), r) => last = r,
+            if last.is_ok() {
+                last = r;
             }
         }
         last.map_err(|e| classify(&e))
