@@ -5,7 +5,8 @@
 //!   ([`Replicas::fence`], one query shared by every request that arrived
 //!   before it started), then reads a replica whose snapshot has reached it;
 //!   a replica that has not within `--replica-wait` is passed over for the
-//!   primary;
+//!   primary, and so is it by later reads, without waiting, until its
+//!   health check sees it there;
 //! - a Range at an explicit revision needs a replica at that revision;
 //! - a serializable Range takes any healthy replica as it is;
 //! - the watch hub reads history from a replica up to the revision the
@@ -24,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,11 @@ pub struct Replica {
     dsn: Dsn,
     backend: RwLock<Option<Arc<dyn Backend>>>,
     healthy: AtomicBool,
+    /// A revision this replica did not reach within `--replica-wait` (0:
+    /// none). Until a health check sees it there, reads that need it or a
+    /// later one go elsewhere at once instead of each waiting in vain (a
+    /// replica whose replay is paused, under `--max-replica-lag`).
+    stalled: AtomicI64,
 }
 
 impl Replica {
@@ -80,6 +86,12 @@ impl Replica {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Known not to have reached revision `min` yet.
+    fn stalled_before(&self, min: Option<i64>) -> bool {
+        let s = self.stalled.load(Ordering::Relaxed);
+        s != 0 && min.is_some_and(|m| m >= s)
     }
 }
 
@@ -121,6 +133,7 @@ impl Replicas {
                     dsn: d,
                     backend: RwLock::new(backend),
                     healthy: AtomicBool::new(false),
+                    stalled: AtomicI64::new(0),
                 });
                 metrics::REPLICA_HEALTHY
                     .with_label_values(&[&r.name])
@@ -192,8 +205,14 @@ impl Replicas {
     {
         let deadline = Instant::now() + self.settings.wait;
         let mut pause = Duration::from_millis(1);
+        // Replicas read and found behind `min`.
+        let mut behind: Vec<Arc<Replica>> = Vec::new();
         loop {
-            let rotation = self.rotation();
+            let rotation: Vec<_> = self
+                .rotation()
+                .into_iter()
+                .filter(|(r, _)| !r.stalled_before(min))
+                .collect();
             if rotation.is_empty() {
                 break;
             }
@@ -211,7 +230,11 @@ impl Replicas {
                             .inc();
                         return Ok(value);
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if !behind.iter().any(|r| Arc::ptr_eq(r, &replica)) {
+                            behind.push(replica);
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(replica = replica.name, error = %e, "replica read failed; trying elsewhere");
                         if matches!(e, DbError::Unavailable(_)) {
@@ -221,6 +244,20 @@ impl Replicas {
                 }
             }
             if Instant::now() + pause > deadline {
+                if let Some(m) = min {
+                    for r in &behind {
+                        if r.stalled
+                            .compare_exchange(0, m, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            tracing::info!(
+                                replica = r.name,
+                                revision = m,
+                                "replica did not reach a read's revision in time; reads that need it go elsewhere until it does"
+                            );
+                        }
+                    }
+                }
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -323,6 +360,10 @@ async fn check(rep: Arc<Replica>, samples: &VecDeque<(Instant, i64)>, max_lag: D
     metrics::REPLICA_LAG_REVISIONS
         .with_label_values(&[&rep.name])
         .set((primary - rev).max(0) as f64);
+    let stalled = rep.stalled.load(Ordering::Relaxed);
+    if stalled != 0 && rev >= stalled {
+        rep.stalled.store(0, Ordering::Relaxed);
+    }
     if lag > max_lag {
         rep.set_healthy(
             false,

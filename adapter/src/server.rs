@@ -536,6 +536,21 @@ impl App {
                 }
             });
         }
+        {
+            let backend = backend.clone();
+            tasks.spawn("planner statistics", async move {
+                loop {
+                    let pause = match backend.refresh_statistics().await {
+                        Ok(()) => Duration::from_secs(2),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "refreshing planner statistics failed");
+                            Duration::from_secs(60)
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        }
         let hub = Hub::start(
             &tasks,
             backend.clone(),

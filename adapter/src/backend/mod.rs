@@ -115,6 +115,14 @@ pub trait Backend: Send + Sync {
     /// Bytes the etcdsql tables take on disk.
     async fn db_size(&self) -> Result<i64, DbError>;
 
+    /// Refreshes the planner's statistics of tables that changed much since
+    /// they were last analysed, where the database leaves that to a daemon
+    /// that may come a minute later (a selector LIST right after a bulk
+    /// load would be planned without them). Called every few seconds.
+    async fn refresh_statistics(&self) -> Result<(), DbError> {
+        Ok(())
+    }
+
     /// The partition registry, where the dialect has partitions.
     fn partitions(&self) -> Option<&Partitions> {
         None

@@ -374,6 +374,26 @@ impl Backend for Postgres {
         rows.first().map_or(Ok(0), |r| r.int(0))
     }
 
+    /// Autovacuum analyses a table up to `autovacuum_naptime` (a minute)
+    /// after it changed by 10%; until then a freshly loaded partition has
+    /// no statistics and a selector LIST scans its key range instead of
+    /// the GIN index. This analyses such tables at once, each at most every
+    /// 10 s (statistics shared by every etcdsql on the database; a table
+    /// another session is analysing is skipped). A DO block is not a read,
+    /// so a proxy tier sends it to the primary.
+    async fn refresh_statistics(&self) -> Result<(), DbError> {
+        self.batch(
+            "DO $$ DECLARE t regclass; BEGIN \
+             FOR t IN SELECT s.relid FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.relname LIKE 'etcdsql\\_%' \
+             AND s.n_mod_since_analyze > 500 + 0.1 * greatest(c.reltuples, 0) \
+             AND coalesce(greatest(s.last_analyze, s.last_autoanalyze), '-infinity') \
+             < now() - interval '10 seconds' \
+             LOOP EXECUTE format('ANALYZE (SKIP_LOCKED) %s', t); END LOOP; END $$",
+        )
+        .await
+    }
+
     /// NOTIFY wakes the hub; polling is only the fallback.
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(500)

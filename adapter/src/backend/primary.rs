@@ -39,6 +39,10 @@ impl Backend for Primary {
         self.0.db_size().await
     }
 
+    async fn refresh_statistics(&self) -> Result<(), DbError> {
+        self.0.refresh_statistics().await
+    }
+
     fn partitions(&self) -> Option<&Partitions> {
         self.0.partitions()
     }

@@ -24,6 +24,9 @@
 //! - `replicas` (not in the default set): LIST throughput with 0, 1 and 2
 //!   PostgreSQL hot standbys as `--read-endpoint`s, and the primary's share
 //!   of the databases' CPU;
+//! - `replica-lag` (not in the default set): linearizable gets on a
+//!   PostgreSQL primary with one hot standby, replaying and then paused
+//!   (behind but in rotation);
 //! - `compact`: `--compact-rows` versions of `--compact-keys` keys, then
 //!   one physical compaction at the head, timed; each etcdsql target runs
 //!   it twice, dropping history epochs and deleting rows
@@ -113,6 +116,12 @@ struct Args {
     /// Keys they are versions of.
     #[arg(long, default_value_t = 10_000)]
     compact_keys: usize,
+    /// Clients of `replica-lag`.
+    #[arg(long, default_value_t = 16)]
+    lag_readers: usize,
+    /// Seconds of each `replica-lag` phase.
+    #[arg(long, default_value_t = 5)]
+    lag_seconds: u64,
     /// Objects `selectors` lists (1% match its selector).
     #[arg(long, default_value_t = 100_000)]
     selector_objects: usize,
@@ -754,6 +763,101 @@ async fn replicas_table(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `replica-lag`: linearizable gets by `--lag-readers` clients and 100
+/// puts/s on a PostgreSQL primary with one hot standby as
+/// `--read-endpoint` (`--max-replica-lag 1h`, `--replica-wait 500ms`), for
+/// `--lag-seconds` with the standby replaying, then as long with its replay
+/// paused (`pg_wal_replay_pause()`: in rotation but behind).
+async fn lag_table(args: &Args) -> anyhow::Result<()> {
+    let (primary, standbys, containers) =
+        tokio::task::spawn_blocking(|| etcdsql_integration::servers::postgres_with_standbys(1))
+            .await??;
+    let standby = standbys[0].clone();
+    let mut urls = vec![primary];
+    urls.extend(standbys);
+    let db = etcdsql_integration::TestDb::create_on(Target::Postgres, &urls).await?;
+    let extra = [
+        "--read-endpoint",
+        db.dsns[1].as_str(),
+        "--max-replica-lag",
+        "1h",
+        "--replica-wait",
+        "500ms",
+    ];
+    let p = Process::etcdsql_with(&args.etcdsql_bin, &db.dsn, &extra).await?;
+    let mut writer = Client::connect([p.endpoint.as_str()], None).await?;
+    writer.put("/lag/k", "0", None).await?;
+    // Replica in rotation after its first health checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rows = Vec::new();
+    for (phase, sql) in [
+        ("replaying", None),
+        ("replay paused", Some("SELECT pg_wal_replay_pause()")),
+    ] {
+        if let Some(sql) = sql {
+            etcdsql_integration::admin_sql(Target::Postgres, &standby, sql).await?;
+        }
+        let until = Instant::now() + Duration::from_secs(args.lag_seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..args.lag_readers {
+            let mut c = Client::connect([p.endpoint.as_str()], None).await?;
+            tasks.push(tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    match c.get("/lag/k", None).await {
+                        Ok(_) => lat.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut w = writer.clone();
+        let puts = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0u64;
+            while Instant::now() < until {
+                tick.tick().await;
+                n += 1;
+                if w.put("/lag/k", n.to_string(), None).await.is_err() {
+                    return Err(anyhow::anyhow!("a put failed"));
+                }
+            }
+            Ok(())
+        });
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        for t in tasks {
+            let (l, e) = t.await?;
+            latencies.extend(l);
+            errors += e;
+        }
+        puts.await??;
+        latencies.sort();
+        eprintln!("  {phase}: {} gets", latencies.len());
+        rows.push(Row {
+            target: format!("postgres + standby, {phase}"),
+            rate: latencies.len() as f64 / args.lag_seconds as f64,
+            latencies,
+            errors,
+            peak_rss: Some(p.rss().1),
+            note: String::new(),
+        });
+    }
+    etcdsql_integration::admin_sql(Target::Postgres, &standby, "SELECT pg_wal_replay_resume()")
+        .await?;
+    print_table(
+        &format!(
+            "replica-lag: linearizable gets by {} clients and 100 puts/s, {} s with a hot standby replaying, then {} s with its replay paused (in rotation: --max-replica-lag 1h, --replica-wait 500ms)",
+            args.lag_readers, args.lag_seconds, args.lag_seconds
+        ),
+        "gets",
+        &rows,
+    );
+    drop(containers);
+    Ok(())
+}
+
 /// One line of the `compact` table.
 struct Compaction {
     target: String,
@@ -1071,6 +1175,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
         if workload == "replicas" {
             replicas_table(args).await?;
+            continue;
+        }
+        if workload == "replica-lag" {
+            lag_table(args).await?;
             continue;
         }
         if workload == "selectors" {

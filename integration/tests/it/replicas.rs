@@ -216,6 +216,21 @@ async fn run(target: Target, through_pgpool: bool) {
         .await
         .unwrap();
     assert_eq!(at.count(), 1, "a Range at the write's revision saw it");
+    // The replica is known to be behind: later reads go to the primary
+    // without each waiting --replica-wait (300 ms) for it again.
+    let mut took = Vec::new();
+    for i in 0..10 {
+        c.put("/fresh", format!("new{i}"), None).await.unwrap();
+        let started = Instant::now();
+        let r = c.get("/fresh", None).await.unwrap();
+        took.push(started.elapsed());
+        assert_eq!(r.kvs()[0].value_str().unwrap(), format!("new{i}"));
+    }
+    took.sort();
+    assert!(
+        took[5] < Duration::from_millis(150),
+        "reads while the replica is paused waited for it each time: {took:?}"
+    );
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let m = w.message().await.unwrap().expect("watch open");
@@ -231,6 +246,20 @@ async fn run(target: Target, through_pgpool: bool) {
         .await
         .unwrap();
     drop(w);
+    // Caught up, it serves linearizable reads again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = served_by_replica(metrics_port).await;
+        c.get("/fresh", None).await.unwrap();
+        if served_by_replica(metrics_port).await > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed replica serves no linearizable read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The replica stops under load: no request fails, the primary answers,
     // and the replica is back in rotation after it restarts.

@@ -26,6 +26,7 @@ pub fn cases() -> Vec<Case> {
         case!("protobuf", &Target::ETCDSQL, protobuf),
         case!("backfill", &Target::ETCDSQL, backfill),
         case!("crd_change", &Target::ETCDSQL, crd_change),
+        case!("statistics", &[Target::Postgres], statistics),
     ]
 }
 
@@ -907,4 +908,30 @@ async fn crd_change(target: Target) {
         objs.len(),
         want.len()
     );
+}
+
+/// PostgreSQL: a freshly loaded partition is analysed by etcdsql within
+/// seconds (autovacuum may take a minute, and until then a selector LIST
+/// is planned without statistics). `last_analyze` is set by ANALYZE only,
+/// never by autovacuum.
+async fn statistics(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let analysed = "SELECT COUNT(*) FROM pg_stat_user_tables \
+                    WHERE relname LIKE 'etcdsql\\_live%' AND last_analyze IS NOT NULL";
+    assert_eq!(db.count(analysed).await.expect("statistics"), 0);
+    let mut c = kv(&p).await;
+    let mut rng = Rng(11);
+    for i in 0..1500 {
+        let o = random_obj(&mut rng, "ns0", &format!("s{i:04}"));
+        put(&mut c, &o.key(), o.value()).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db.count(analysed).await.expect("statistics") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live partition was analysed 20 s after 1,500 writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
