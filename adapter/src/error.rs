@@ -32,6 +32,10 @@ pub enum Error {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// A request etcd would accept but this backend cannot store.
     #[error("etcdserver: {0}")]
     Invalid(String),
@@ -61,6 +65,8 @@ impl From<Error> for Status {
             Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
+            Error::NoSpace => Code::ResourceExhausted,
+            Error::Corrupt => Code::DataLoss,
             Error::Stopping => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Db(DbError::Retry(_) | DbError::Unavailable(_)) => Code::Unavailable,

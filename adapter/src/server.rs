@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
 
+    /// Size of the etcdsql tables (as the database reports it) at which
+    /// writes fail and the NOSPACE alarm is raised, as etcd's flag; 0 or
+    /// less: no quota (the database's own limits apply).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+
     /// Most operations in one Txn branch.
     #[arg(long, default_value_t = MAX_TXN_OPS)]
     pub max_txn_ops: usize,
@@ -561,14 +567,25 @@ impl App {
         )
         .await
         .context("starting the watch hub")?;
+        let alarms = crate::store::alarms::Alarms::start(
+            &tasks,
+            backend.clone(),
+            id.member_id,
+            config.quota_backend_bytes,
+        )
+        .await
+        .context("reading alarms")?;
         let store = Store::new(
             &tasks,
             backend.clone(),
             hub.clone(),
-            config.history_compaction,
-            partitioner(&tasks, config, &backend)?,
-            replicas,
-            catalog.clone(),
+            crate::store::Parts {
+                compaction: config.history_compaction,
+                partitioner: partitioner(&tasks, config, &backend)?,
+                replicas,
+                catalog: catalog.clone(),
+                alarms,
+            },
         );
         let (streams, stop_rx) = tokio::sync::watch::channel(false);
         let watch = Arc::new(WatchService {

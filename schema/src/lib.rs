@@ -31,12 +31,14 @@ fn sources(d: Dialect) -> &'static [(&'static str, &'static str)] {
     }
     match d {
         Dialect::Sqlite => {
-            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql")
+            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
         }
         Dialect::Postgres => {
-            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql")
+            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
         }
-        Dialect::Mysql => files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql"),
+        Dialect::Mysql => {
+            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
+        }
     }
 }
 

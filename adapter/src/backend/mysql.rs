@@ -29,6 +29,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: true,
     json_param: "",
     insert_or_ignore: "INSERT IGNORE",
+    insert_or_ignore_tail: "",
     purge_superseded: "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
     ON h.name = n.name AND h.revision = n.prev_revision \
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0",

@@ -41,6 +41,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: false,
     json_param: "::text::jsonb",
     insert_or_ignore: "INSERT",
+    insert_or_ignore_tail: " ON CONFLICT DO NOTHING",
     purge_superseded: "DELETE FROM etcdsql_history h USING etcdsql_history n \
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0 \
     AND h.name = n.name AND h.revision = n.prev_revision",

@@ -51,8 +51,10 @@ pub struct Dialect {
     pub update_limit: bool,
     /// After a placeholder whose text goes into a JSON column.
     pub json_param: &'static str,
-    /// An INSERT that skips rows whose key exists.
+    /// An INSERT that skips rows whose key exists: `{insert_or_ignore}
+    /// INTO … VALUES …{insert_or_ignore_tail}`.
     pub insert_or_ignore: &'static str,
+    pub insert_or_ignore_tail: &'static str,
     /// Deletes the history rows that changes in `(?, ?]` superseded (a
     /// delete with a join, spelled differently by each database).
     pub purge_superseded: &'static str,

@@ -29,6 +29,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     update_limit: false,
     json_param: "",
     insert_or_ignore: "INSERT OR IGNORE",
+    insert_or_ignore_tail: "",
     purge_superseded: "DELETE FROM etcdsql_history WHERE (name, revision) IN \
     (SELECT name, prev_revision FROM etcdsql_history \
      WHERE revision > ? AND revision <= ? AND prev_revision > 0)",

@@ -64,6 +64,7 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
         check::range(&r)?;
+        self.store.alarms().check_corrupt()?;
         let mut resp = self.store.range(&r).await?;
         self.id.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -109,6 +110,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let c = req.into_inner();
+        self.store.alarms().check_corrupt()?;
         let current = self.store.compact(c.revision, c.physical).await?;
         Ok(Response::new(CompactionResponse {
             header: self.id.header(current),

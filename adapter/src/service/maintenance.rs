@@ -1,5 +1,6 @@
-//! etcdserverpb.Maintenance: Status, Alarm and Defragment; the rest concern
-//! etcd's own Raft and bbolt files and answer Unimplemented.
+//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV and
+//! MoveLeader; Snapshot and Downgrade concern etcd's own bbolt file and
+//! Raft and answer Unimplemented.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::Identity;
 use crate::error::Error;
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
@@ -34,11 +36,19 @@ fn unsupported(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = req.into_inner();
+        let alarms = self.store.alarms();
+        let listed = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => alarms.get(r.alarm).await?,
+            Ok(AlarmAction::Activate) => alarms.activate(r.member_id, r.alarm).await?,
+            Ok(AlarmAction::Deactivate) => alarms.deactivate(r.member_id, r.alarm).await?,
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
         let meta = self.store.meta().await?;
         Ok(Response::new(AlarmResponse {
             header: self.id.header(meta.revision),
-            alarms: Vec::new(),
+            alarms: listed,
         }))
     }
 
@@ -54,7 +64,7 @@ impl Maintenance for MaintenanceService {
             raft_index: index,
             raft_term: self.id.raft_term,
             raft_applied_index: index,
-            errors: Vec::new(),
+            errors: self.store.alarms().status_errors(),
             db_size_in_use: db_size,
             is_learner: false,
         }))
@@ -69,8 +79,15 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
+    /// etcd hashes its whole bbolt file; etcdsql hashes what it holds of
+    /// etcd's buckets: the key bucket as HashKV at the head, then the
+    /// leases. Equal on every etcdsql of one database at one revision.
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unsupported("Hash"))
+        let (hash, revision) = self.store.hash().await?;
+        Ok(Response::new(HashResponse {
+            header: self.id.header(revision),
+            hash,
+        }))
     }
 
     async fn hash_kv(
@@ -96,11 +113,21 @@ impl Maintenance for MaintenanceService {
         Err(unsupported("Snapshot"))
     }
 
+    /// As a one-member etcd: this member is the leader already, any other
+    /// is not a member.
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unsupported("MoveLeader"))
+        if req.into_inner().target_id != self.id.member_id {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        let meta = self.store.meta().await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.id.header(meta.revision),
+        }))
     }
 
     async fn downgrade(

@@ -72,8 +72,8 @@ async fn pass(
     let jsonb = d.json_param;
     // Where the label table exists (not with PostgreSQL's GIN index).
     let insert_label = format!(
-        "{} INTO etcdsql_label (h, name) VALUES (?, ?)",
-        d.insert_or_ignore
+        "{} INTO etcdsql_label (h, name) VALUES (?, ?){}",
+        d.insert_or_ignore, d.insert_or_ignore_tail
     );
     let only_null = if range.is_none() {
         " AND labels IS NULL"

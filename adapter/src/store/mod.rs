@@ -7,6 +7,7 @@
 //! - [`batch`]: the write view, one database transaction per batch;
 //! - [`committer`]: the batching loop and its retries.
 
+pub mod alarms;
 pub mod backfill;
 pub mod batch;
 pub mod check;
@@ -69,6 +70,7 @@ pub struct Store {
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
     tasks: Tasks,
+    alarms: Arc<alarms::Alarms>,
 }
 
 /// Revisions read per history query of [`Store::hash_kv`].
@@ -103,17 +105,30 @@ fn hash_entry(r: HistoryRow) -> (Vec<u8>, Vec<u8>) {
 /// How often each process looks for expired leases.
 const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// What a store works with besides its backend and hub.
+pub struct Parts {
+    pub compaction: Compaction,
+    pub partitioner: Option<Arc<Partitioner>>,
+    pub replicas: Option<Arc<Replicas>>,
+    pub catalog: Arc<Catalog>,
+    pub alarms: Arc<alarms::Alarms>,
+}
+
 impl Store {
     /// Committed writes reach `hub` before they are answered.
     pub fn new(
         tasks: &Tasks,
         backend: Arc<dyn Backend>,
         hub: Arc<Hub>,
-        compaction: Compaction,
-        partitioner: Option<Arc<Partitioner>>,
-        replicas: Option<Arc<Replicas>>,
-        catalog: Arc<Catalog>,
+        parts: Parts,
     ) -> Arc<Store> {
+        let Parts {
+            compaction,
+            partitioner,
+            replicas,
+            catalog,
+            alarms,
+        } = parts;
         let store = Arc::new(Store {
             committer: Committer::spawn(tasks, backend.clone(), hub, catalog.clone()),
             catalog,
@@ -124,6 +139,7 @@ impl Store {
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
             tasks: tasks.clone(),
+            alarms,
         });
         tasks.spawn("lease expirer", expire_leases(Arc::downgrade(&store)));
         store
@@ -131,6 +147,10 @@ impl Store {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    pub fn alarms(&self) -> &alarms::Alarms {
+        &self.alarms
     }
 
     /// A Range on the primary, or with replicas on one that has reached
@@ -277,6 +297,7 @@ impl Store {
     }
 
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
+        self.alarms.check_space(alarms::put_cost(&p)).await?;
         let crds = self.crds([p.key.as_slice()]);
         let r = self.committer.submit(p).await?;
         self.partition(crds);
@@ -284,12 +305,15 @@ impl Store {
     }
 
     pub async fn delete_range(&self, d: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
+        self.alarms.check_corrupt()?;
         self.committer.submit(d).await
     }
 
     /// Read-only Txns are answered at one fixed revision without the
     /// committer; the others go through it.
     pub async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Error> {
+        // etcd checks the quota of every Txn, read-only ones included.
+        self.alarms.check_space(alarms::txn_cost(&t)).await?;
         if check::txn_is_read_only(&t) {
             let meta = self.backend.meta().await?;
             let mut view = ReadView {
@@ -412,6 +436,24 @@ impl Store {
         Ok((crc.finish(), compact))
     }
 
+    /// etcdsql's Hash: CRC-32C of the HashKV hash at the head, then each
+    /// lease (id and TTL, big-endian) in id order. Answers (hash, revision).
+    pub async fn hash(&self) -> Result<(u32, i64), Error> {
+        let revision = self.backend.meta().await?.revision;
+        // At the head (0), which a compaction there leaves hashable.
+        let (kv, _) = self.hash_kv(0).await?;
+        let mut leases = self.backend.leases().await?;
+        leases.sort_by_key(|l| l.id);
+        let mut crc = crc32c::Crc::default();
+        crc.update(&kv.to_be_bytes());
+        crc.update(b"lease");
+        for l in &leases {
+            crc.update(&l.id.to_be_bytes());
+            crc.update(&l.ttl.to_be_bytes());
+        }
+        Ok((crc.finish(), revision))
+    }
+
     /// History rows in `(after, upto]`, in (revision, sub) order; without
     /// their values (empty) unless `values`.
     async fn history_rows(
@@ -461,6 +503,7 @@ impl Store {
 
     /// Grants a lease; `id` 0 lets the store choose. Returns (id, revision).
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Error> {
+        self.alarms.check_space(alarms::LEASE_COST).await?;
         self.committer
             .submit(LeaseGrant {
                 id,
@@ -472,6 +515,7 @@ impl Store {
 
     /// Deletes the lease and its keys (one revision). Returns the revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<i64, Error> {
+        self.alarms.check_corrupt()?;
         self.committer.submit(LeaseRevoke(id)).await
     }
 

@@ -56,6 +56,9 @@ const COMMANDS: &[(&[&str], &str)] = &[
     (&["del", "k", "--prefix", "--prev-kv"], ""),
     (&["get", "", "--from-key"], ""),
     (&["put", "", "x"], ""),
+    (&["alarm", "list"], ""),
+    (&["alarm", "disarm"], ""),
+    (&["move-leader", "1"], ""),
 ];
 
 fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> String {

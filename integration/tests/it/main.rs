@@ -20,6 +20,7 @@ mod kube;
 mod kv;
 mod lease;
 mod linearizable;
+mod maintenance;
 mod metrics;
 mod recipes;
 mod replicas;
@@ -84,6 +85,7 @@ fn main() {
         ("bad_input", bad_input::cases()),
         ("txn", txn::cases()),
         ("linearizable", linearizable::cases()),
+        ("maintenance", maintenance::cases()),
         ("faults", faults::cases()),
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),

@@ -70,14 +70,15 @@ async fn migrations(target: Target) {
     );
     assert!(
         stdout(&st).contains("pending  0002 layout")
-            && stdout(&st).contains("pending  0003 selectors"),
+            && stdout(&st).contains("pending  0003 selectors")
+            && stdout(&st).contains("pending  0004 alarms"),
         "{}",
         stdout(&st)
     );
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 3: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 4: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -94,6 +95,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 2 (layout)"), "{sql}");
     assert!(sql.contains("PARTITION BY"), "{sql}");
     assert!(sql.contains("-- migration 3 (selectors)"), "{sql}");
+    assert!(sql.contains("-- migration 4 (alarms)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -115,7 +117,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        3
+        4
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -127,8 +129,8 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 3 (this etcdsql: 3)")
-            && text.contains("applied  0003 selectors"),
+        text.contains("schema version 4 (this etcdsql: 4)")
+            && text.contains("applied  0004 alarms"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -153,13 +155,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (4, 'from the future', TRUE, {zero}, 0)"
+         VALUES (5, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 4"));
+    .unwrap_or_else(|_| panic!("recording version 5"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 4 (from the future), newer than this etcdsql knows (up to 3); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 5 (from the future), newer than this etcdsql knows (up to 4); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -171,7 +173,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 4")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 5")
         .await
         .unwrap();
 

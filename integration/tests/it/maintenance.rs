@@ -1,0 +1,437 @@
+//! Maintenance: alarms (raised, listed, enforced, disarmed), Hash and
+//! MoveLeader answer as etcd 3.4 answers; the space quota raises NOSPACE;
+//! alarms are shared by every etcdsql on one database.
+
+use std::time::{Duration, Instant};
+
+use etcdsql::proto::etcdserverpb::alarm_request::AlarmAction;
+use etcdsql::proto::etcdserverpb::kv_client::KvClient;
+use etcdsql::proto::etcdserverpb::lease_client::LeaseClient;
+use etcdsql::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use etcdsql::proto::etcdserverpb::request_op::Request as Op;
+use etcdsql::proto::etcdserverpb::{
+    AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest, HashRequest, LeaseGrantRequest,
+    MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+};
+use etcdsql_integration::{Process, Started, Target, TestDb};
+use tonic::transport::Channel;
+
+use crate::{Case, bin, case};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(
+            "alarms_as_etcd",
+            &[Target::Sqlite, Target::Postgres, Target::Mariadb],
+            alarms_as_etcd
+        ),
+        case!("quota", &Target::ETCDSQL, quota),
+    ]
+}
+
+struct Clients {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    m: MaintenanceClient<Channel>,
+}
+
+async fn clients(p: &Process) -> Clients {
+    let url = format!("http://{}", p.endpoint);
+    let ch = Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connection");
+    Clients {
+        kv: KvClient::new(ch.clone()),
+        lease: LeaseClient::new(ch.clone()),
+        m: MaintenanceClient::new(ch),
+    }
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn outcome<T>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    ok: impl FnOnce(T) -> String,
+) -> String {
+    match r {
+        Ok(r) => format!("ok {}", ok(r.into_inner())),
+        Err(s) => format!("error {:?} {}", s.code(), s.message()),
+    }
+}
+
+/// The same requests on any server; each answer as text, this member's id
+/// written as "self".
+async fn script(c: &mut Clients) -> Vec<String> {
+    let me =
+        c.m.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id;
+    let mut out = Vec::new();
+    let alarm = |action: AlarmAction, member: u64, alarm: AlarmType| AlarmRequest {
+        action: action as i32,
+        member_id: member,
+        alarm: alarm as i32,
+    };
+    let listed = |r: etcdsql::proto::etcdserverpb::AlarmResponse| {
+        let v: Vec<String> = r
+            .alarms
+            .iter()
+            .map(|a| {
+                let who = if a.member_id == me {
+                    "self".to_string()
+                } else {
+                    a.member_id.to_string()
+                };
+                format!("{who}:{:?}", AlarmType::try_from(a.alarm).unwrap())
+            })
+            .collect();
+        format!("{v:?}")
+    };
+    macro_rules! step {
+        ($label:literal, $call:expr, $ok:expr) => {
+            out.push(format!("{}: {}", $label, outcome($call.await, $ok)));
+        };
+    }
+    step!("put before", c.kv.put(put("a/1", "v")), |_| String::new());
+    step!(
+        "list none",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None)),
+        listed
+    );
+    step!(
+        "activate NOSPACE",
+        c.m.alarm(alarm(AlarmAction::Activate, me, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "activate NOSPACE again",
+        c.m.alarm(alarm(AlarmAction::Activate, me, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "list all",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None)),
+        listed
+    );
+    step!(
+        "list NOSPACE",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "list CORRUPT",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::Corrupt)),
+        listed
+    );
+    let errors = |s: etcdsql::proto::etcdserverpb::StatusResponse| {
+        format!("{:?}", s.errors).replace(&me.to_string(), "self")
+    };
+    step!("status", c.m.status(StatusRequest {}), errors);
+    step!("put", c.kv.put(put("a/2", "v")), |_| String::new());
+    let txn = |success: Vec<Op>| TxnRequest {
+        success: success
+            .into_iter()
+            .map(|r| RequestOp { request: Some(r) })
+            .collect(),
+        ..Default::default()
+    };
+    step!(
+        "txn put",
+        c.kv.txn(txn(vec![Op::RequestPut(put("a/3", "v"))])),
+        |t| t.succeeded.to_string()
+    );
+    step!(
+        "txn delete",
+        c.kv.txn(txn(vec![Op::RequestDeleteRange(DeleteRangeRequest {
+            key: "a/9".into(),
+            ..Default::default()
+        })])),
+        |t| t.succeeded.to_string()
+    );
+    step!(
+        "txn read",
+        c.kv.txn(txn(vec![Op::RequestRange(RangeRequest {
+            key: "a/1".into(),
+            ..Default::default()
+        })])),
+        |t| t.succeeded.to_string()
+    );
+    step!(
+        "range",
+        c.kv.range(RangeRequest {
+            key: "a/".into(),
+            range_end: "a0".into(),
+            ..Default::default()
+        }),
+        |r| r.count.to_string()
+    );
+    step!(
+        "delete",
+        c.kv.delete_range(DeleteRangeRequest {
+            key: "a/1".into(),
+            ..Default::default()
+        }),
+        |d| d.deleted.to_string()
+    );
+    step!(
+        "lease grant",
+        c.lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }),
+        |_| String::new()
+    );
+    step!(
+        "compact",
+        c.kv.compact(CompactionRequest {
+            revision: 2,
+            physical: true
+        }),
+        |_| String::new()
+    );
+    step!(
+        "deactivate another member's",
+        c.m.alarm(alarm(AlarmAction::Deactivate, me ^ 1, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "deactivate",
+        c.m.alarm(alarm(AlarmAction::Deactivate, me, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "deactivate again",
+        c.m.alarm(alarm(AlarmAction::Deactivate, me, AlarmType::Nospace)),
+        listed
+    );
+    step!(
+        "list after",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None)),
+        listed
+    );
+    step!("put after", c.kv.put(put("a/4", "v")), |_| String::new());
+    step!("status after", c.m.status(StatusRequest {}), errors);
+    step!(
+        "move leader to self",
+        c.m.move_leader(MoveLeaderRequest { target_id: me }),
+        |_| String::new()
+    );
+    step!(
+        "move leader elsewhere",
+        c.m.move_leader(MoveLeaderRequest { target_id: me ^ 1 }),
+        |_| String::new()
+    );
+    // etcd 3.4 keeps an alarm of type NONE (listed, and in Status as
+    // "memberID:N "); 3.5 ignores it, and so does etcdsql, which reports
+    // 3.5. Compared only as far as both agree: nothing new in force.
+    let none =
+        c.m.alarm(alarm(AlarmAction::Activate, me, AlarmType::None))
+            .await
+            .unwrap()
+            .into_inner();
+    out.push(format!(
+        "activate NONE: puts {}",
+        outcome(c.kv.put(put("a/6", "v")).await, |_| String::new())
+    ));
+    if none.alarms.is_empty() {
+        let all =
+            c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None))
+                .await
+                .unwrap()
+                .into_inner();
+        assert!(all.alarms.is_empty(), "{all:?}");
+    }
+    let h1 = c.m.hash(HashRequest {}).await.unwrap().into_inner().hash;
+    let h2 = c.m.hash(HashRequest {}).await.unwrap().into_inner().hash;
+    c.kv.put(put("a/5", "v")).await.unwrap();
+    let h3 = c.m.hash(HashRequest {}).await.unwrap().into_inner().hash;
+    out.push(format!(
+        "hash: stable {}, changed by a put {}",
+        h1 == h2,
+        h2 != h3
+    ));
+    out
+}
+
+/// Alarms, Hash and MoveLeader: the same answers as etcd 3.4's.
+async fn alarms_as_etcd(target: Target) {
+    if !Target::Etcd.available() {
+        return;
+    }
+    let etcd = Started::new(Target::Etcd, bin()).await.expect("etcd");
+    let ours = Started::new(target, bin()).await.expect("etcdsql");
+    let want = script(&mut clients(&etcd.server).await).await;
+    let got = script(&mut clients(&ours.server).await).await;
+    // What etcd answers, checked here too, so that a change on both sides
+    // does not go unnoticed.
+    for line in [
+        "activate NOSPACE: ok [\"self:Nospace\"]",
+        "status: ok [\"memberID:self alarm:NOSPACE \"]",
+        "put: error ResourceExhausted etcdserver: mvcc: database space exceeded",
+        "txn put: error ResourceExhausted etcdserver: mvcc: database space exceeded",
+        "txn delete: ok true",
+        "delete: ok 1",
+        "deactivate: ok [\"self:Nospace\"]",
+        "deactivate again: ok []",
+        "put after: ok ",
+        "move leader elsewhere: error FailedPrecondition etcdserver: bad leader transferee",
+        "hash: stable true, changed by a put true",
+        "activate NONE: puts ok ",
+    ] {
+        assert!(
+            want.iter().any(|l| l == line),
+            "etcd: no {line:?} in {want:#?}"
+        );
+    }
+    assert_eq!(
+        got,
+        want,
+        "alarms on {} differ from etcd 3.4",
+        target.name()
+    );
+    eprintln!(
+        "alarms on {}: {} answers equal to etcd 3.4's",
+        target.name(),
+        want.len()
+    );
+}
+
+/// `--quota-backend-bytes`: writes past the quota fail and raise NOSPACE,
+/// which another etcdsql on the same database enforces too; disarmed, the
+/// alarm comes back while the database is still over the quota.
+async fn quota(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    // The schema's own size first: the quota is 256 KiB above it.
+    let size = {
+        let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+        let mut c = clients(&p).await;
+        c.m.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .db_size
+    };
+    let quota = (size + (256 << 10)).to_string();
+    let a = Process::etcdsql_with(bin(), &db.dsn, &["--quota-backend-bytes", &quota])
+        .await
+        .expect("etcdsql with a quota");
+    let b = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("a second etcdsql");
+    let (mut ca, mut cb) = (clients(&a).await, clients(&b).await);
+    let value = "x".repeat(4096);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut written = 0;
+    let refused = loop {
+        match ca.kv.put(put(&format!("q/{written:05}"), &value)).await {
+            Ok(_) => written += 1,
+            Err(s) => break s,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} puts of 4 KiB and the quota of {quota} bytes never refused one"
+        );
+    };
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    assert!(written > 0, "the first put was refused");
+    let alarms =
+        ca.m.alarm(AlarmRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alarms;
+    let me =
+        ca.m.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id;
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(
+        (alarms[0].member_id, alarms[0].alarm),
+        (me, AlarmType::Nospace as i32)
+    );
+    // Nothing refused was written.
+    let r = ca
+        .kv
+        .range(RangeRequest {
+            key: format!("q/{written:05}").into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.count, 0, "a refused put was stored");
+    // The other process (no quota of its own) sees the alarm within its
+    // refresh and refuses writes too; it still reads and deletes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cb.kv.put(put("q/b", "v")).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => break,
+            r => assert!(
+                Instant::now() < deadline,
+                "the other etcdsql never enforced the alarm: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = cb.m.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        status.errors,
+        vec![format!("memberID:{me} alarm:NOSPACE ")],
+        "the other etcdsql's status"
+    );
+    cb.kv
+        .delete_range(DeleteRangeRequest {
+            key: "q/00000".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a delete under NOSPACE");
+    // Disarmed (from the other process) while still over the quota: the
+    // next write on the quota's process refuses again and re-raises it.
+    let gone =
+        cb.m.alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: me,
+            alarm: AlarmType::Nospace as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert_eq!(gone.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = ca.kv.put(put("q/again", "v")).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::ResourceExhausted, "{again:?}");
+    let alarms =
+        cb.m.alarm(AlarmRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alarms;
+    assert_eq!(alarms.len(), 1, "the alarm was raised again: {alarms:?}");
+    eprintln!(
+        "quota on {}: {written} puts of 4 KiB, then NOSPACE on both processes",
+        target.name()
+    );
+}

@@ -1,0 +1,8 @@
+-- etcd's alarms (Maintenance.Alarm), shared by every etcdsql on the
+-- database: one row per raised (member, alarm type).
+CREATE TABLE etcdsql_alarm (
+    member_id INTEGER NOT NULL,
+    alarm     INTEGER NOT NULL,
+    PRIMARY KEY (member_id, alarm)
+) WITHOUT ROWID;
+UPDATE etcdsql_meta SET schema_version = 4;
