@@ -25,6 +25,7 @@
 //! - [`proto`]: the generated wire types.
 
 pub mod admin;
+pub mod auth;
 pub mod authority;
 pub mod autopart;
 pub mod backend;

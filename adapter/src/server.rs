@@ -16,6 +16,7 @@ use crate::authority::Lenient;
 use crate::autopart::{Partitioner, PartitionsFile};
 use crate::backend::{self, Backend, DbError, Dsn};
 use crate::metrics::{self, RpcLayer};
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -76,6 +77,20 @@ pub struct Config {
     /// less: no quota (the database's own limits apply).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
+
+    /// Auth tokens, as etcd's flag: `simple`, or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m`.
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+
+    /// How long a simple token lives after its last use, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of user passwords (4 to 31; another value is 10, as in
+    /// etcd).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
 
     /// Most operations in one Txn branch.
     #[arg(long, default_value_t = MAX_TXN_OPS)]
@@ -487,6 +502,7 @@ pub struct App {
     pub maintenance: Arc<MaintenanceService>,
     pub lock: Arc<LockService>,
     pub election: Arc<ElectionService>,
+    pub auth: Arc<crate::service::auth::AuthService>,
     pub tasks: Tasks,
     /// Ends the watch streams (before the background tasks stop).
     streams: tokio::sync::watch::Sender<bool>,
@@ -575,6 +591,30 @@ impl App {
         )
         .await
         .context("reading alarms")?;
+        let tokens = crate::auth::TokenConfig::parse(
+            &config.auth_token,
+            Duration::from_secs(config.auth_token_ttl),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let bcrypt_cost = if (4..=31).contains(&config.bcrypt_cost) {
+            config.bcrypt_cost
+        } else {
+            tracing::warn!(
+                given = config.bcrypt_cost,
+                "--bcrypt-cost is outside 4..=31; using 10"
+            );
+            10
+        };
+        let auth = crate::auth::Auth::start(
+            &tasks,
+            backend.clone(),
+            crate::auth::Options {
+                bcrypt_cost,
+                tokens,
+            },
+        )
+        .await
+        .context("reading the auth store")?;
         let store = Store::new(
             &tasks,
             backend.clone(),
@@ -585,10 +625,12 @@ impl App {
                 replicas,
                 catalog: catalog.clone(),
                 alarms,
+                auth: auth.clone(),
             },
         );
         let (streams, stop_rx) = tokio::sync::watch::channel(false);
         let watch = Arc::new(WatchService {
+            auth: store.auth().clone(),
             hub: hub.clone(),
             catalog,
             id,
@@ -629,7 +671,13 @@ impl App {
             id,
             stop: streams.subscribe(),
         });
+        let auth = Arc::new(crate::service::auth::AuthService {
+            auth,
+            store: store.clone(),
+            id,
+        });
         Ok(App {
+            auth,
             store,
             hub,
             kv,
@@ -699,6 +747,7 @@ impl App {
                     MaintenanceServer::from_arc(self.maintenance.clone())
                         .max_decoding_message_size(max_message),
                 )
+                .add_service(AuthServer::from_arc(self.auth.clone()))
                 .add_service(LockServer::from_arc(self.lock.clone()))
                 .add_service(ElectionServer::from_arc(self.election.clone()));
             let stop = stopped(self.streams.subscribe());

@@ -128,7 +128,7 @@ pub fn free_port() -> u16 {
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
-fn unique_name(prefix: &str) -> String {
+pub fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}_{}",
         std::process::id(),

@@ -31,13 +31,13 @@ fn sources(d: Dialect) -> &'static [(&'static str, &'static str)] {
     }
     match d {
         Dialect::Sqlite => {
-            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
+            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql")
         }
         Dialect::Postgres => {
-            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
+            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql")
         }
         Dialect::Mysql => {
-            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql")
+            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql")
         }
     }
 }

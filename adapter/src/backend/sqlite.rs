@@ -354,6 +354,10 @@ impl Writer for SqliteWriter {
         self.exec(s.text.clone(), &s.params).await
     }
 
+    async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
+        Ok(super::boxed(self.fetch(s.text.clone(), &s.params).await?))
+    }
+
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         self.exec(
             "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",

@@ -50,8 +50,10 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        let ai = super::auth::sender(self.store.auth(), &req).await?;
+        self.store.auth().require(ai.as_ref())?;
         let meta = self.store.meta().await?;
         Ok(Response::new(MemberListResponse {
             header: self.id.header(meta.revision),

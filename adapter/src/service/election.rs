@@ -9,6 +9,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Identity;
+use super::auth::{check_recipe, require};
 use super::recipes::{
     Abandon, claim, delete_if_held, edge, keys, next_events, prefix_range, put_if_held,
     session_lease, wait_deletes,
@@ -44,9 +45,11 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        require(&self.store, &req).await?;
+        let lease = session_lease(&self.store, req.get_ref().lease).await?;
+        let (prefix, key) = keys(&req.get_ref().name, lease);
+        check_recipe(&self.store, &req, Some(&key), &prefix).await?;
         let r = req.into_inner();
-        let lease = session_lease(&self.store, r.lease).await?;
-        let (prefix, key) = keys(&r.name, lease);
         let mine = claim(&self.store, &key, &r.value, lease).await?;
         let rev = mine.create_revision;
         let mut abandon = Abandon {
@@ -81,6 +84,9 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        if let Some(l) = &req.get_ref().leader {
+            check_recipe(&self.store, &req, Some(&l.key), &l.key).await?;
+        }
         let r = req.into_inner();
         let l = r.leader.ok_or_else(|| Status::unknown(MISSING_LEADER))?;
         let (held, at) = put_if_held(&self.store, &l.key, l.rev, &r.value, l.lease).await?;
@@ -96,7 +102,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let (prefix, _) = keys(&req.into_inner().name, 0);
+        let (prefix, _) = keys(&req.get_ref().name, 0);
+        check_recipe(&self.store, &req, None, &prefix).await?;
         let (first, at) = edge(&self.store, &prefix, true, 0).await?;
         let kv = first.ok_or_else(|| Status::unknown(NO_LEADER))?;
         Ok(Response::new(LeaderResponse {
@@ -111,7 +118,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let (prefix, _) = keys(&req.into_inner().name, 0);
+        let (prefix, _) = keys(&req.get_ref().name, 0);
+        check_recipe(&self.store, &req, None, &prefix).await?;
         let (store, hub, id) = (self.store.clone(), self.hub.clone(), self.id);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut stop = self.stop.clone();
@@ -138,6 +146,9 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        if let Some(l) = &req.get_ref().leader {
+            check_recipe(&self.store, &req, Some(&l.key), &l.key).await?;
+        }
         let l = req
             .into_inner()
             .leader

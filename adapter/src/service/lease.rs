@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Identity;
+use super::auth::sender;
 use crate::error::Error;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -43,6 +44,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let ai = sender(self.store.auth(), &req).await?;
+        self.store.auth().require(ai.as_ref())?;
         let r = req.into_inner();
         if r.ttl > MAX_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -61,6 +64,13 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let auth = self.store.auth();
+        if auth.enabled() {
+            let ai = sender(auth, &req).await?;
+            auth.require(ai.as_ref())?;
+            let keys = self.store.lease_keys(req.get_ref().id).await?;
+            auth.check_keys(ai.as_ref(), &keys, true)?;
+        }
         let revision = self.store.lease_revoke(req.into_inner().id).await?;
         Ok(Response::new(LeaseRevokeResponse {
             header: self.id.header(revision),
@@ -73,12 +83,24 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let ai = sender(self.store.auth(), &req).await?;
         let mut input = req.into_inner();
         let store = self.store.clone();
         let id = self.id;
         let out = async_stream(move |tx| async move {
             while let Some(msg) = input.next().await {
                 let Ok(msg) = msg else { break };
+                // etcd's checkLeaseRenew: root, or write on every key held.
+                if store.auth().enabled() {
+                    let allowed = match store.lease_keys(msg.id).await {
+                        Ok(keys) => store.auth().check_keys(ai.as_ref(), &keys, true),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = allowed {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        break;
+                    }
+                }
                 let resp = match store.lease_renew(msg.id).await {
                     Ok((ttl, revision)) => Ok(LeaseKeepAliveResponse {
                         header: id.header(revision),
@@ -108,7 +130,14 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let auth = self.store.auth();
+        let ai = sender(auth, &req).await?;
+        auth.require(ai.as_ref())?;
         let r = req.into_inner();
+        if r.keys && auth.enabled() {
+            let keys = self.store.lease_keys(r.id).await?;
+            auth.check_keys(ai.as_ref(), &keys, false)?;
+        }
         let Some(row) = self.store.lease(r.id).await? else {
             // etcd answers an unknown lease with TTL -1, not an error.
             let meta = self.store.meta().await?;
@@ -137,9 +166,19 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let leases = self.store.leases().await?;
+        let auth = self.store.auth();
+        if auth.enabled() {
+            // Root, or read on every key of every lease.
+            let ai = sender(auth, &req).await?;
+            auth.require(ai.as_ref())?;
+            for l in &leases {
+                let keys = self.store.lease_keys(l.id).await?;
+                auth.check_keys(ai.as_ref(), &keys, false)?;
+            }
+        }
         let meta = self.store.meta().await?;
         Ok(Response::new(LeaseLeasesResponse {
             header: self.id.header(meta.revision),

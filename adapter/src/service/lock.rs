@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::Identity;
+use super::auth::{check_recipe, require};
 use super::recipes::{Abandon, claim, keys, session_lease, wait_deletes};
 use crate::error::Error;
 use crate::proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
@@ -25,9 +26,10 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let r = req.into_inner();
-        let lease = session_lease(&self.store, r.lease).await?;
-        let (prefix, key) = keys(&r.name, lease);
+        require(&self.store, &req).await?;
+        let lease = session_lease(&self.store, req.get_ref().lease).await?;
+        let (prefix, key) = keys(&req.get_ref().name, lease);
+        check_recipe(&self.store, &req, Some(&key), &prefix).await?;
         let mine = claim(&self.store, &key, b"", lease).await?;
         let mut abandon = Abandon {
             store: self.store.clone(),
@@ -59,6 +61,8 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let key = req.get_ref().key.clone();
+        check_recipe(&self.store, &req, Some(&key), &key).await?;
         let r = req.into_inner();
         if r.key.is_empty() {
             return Err(Error::EmptyKey.into());

@@ -9,6 +9,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Identity;
+use super::auth::sender;
 use crate::error::Error;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
@@ -34,9 +35,24 @@ fn unsupported(what: &str) -> Status {
     ))
 }
 
+impl MaintenanceService {
+    /// etcd's isAuthenticated of its maintenance calls: root only.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let ai = sender(self.store.auth(), req).await?;
+        self.store.auth().check_admin(ai.as_ref())?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let ai = sender(self.store.auth(), &req).await?;
+        if req.get_ref().action == AlarmAction::Get as i32 {
+            self.store.auth().require(ai.as_ref())?;
+        } else {
+            self.store.auth().check_admin(ai.as_ref())?;
+        }
         let r = req.into_inner();
         let alarms = self.store.alarms();
         let listed = match AlarmAction::try_from(r.action) {
@@ -52,7 +68,12 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let ai = sender(self.store.auth(), &req).await?;
+        self.store.auth().require(ai.as_ref())?;
         let meta = self.store.meta().await?;
         let db_size = self.store.backend().db_size().await.map_err(Error::from)?;
         let index = u64::try_from(meta.revision).unwrap_or_default();
@@ -74,15 +95,17 @@ impl Maintenance for MaintenanceService {
     /// answered as etcd answers, without a header.
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req).await?;
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     /// etcd hashes its whole bbolt file; etcdsql hashes what it holds of
     /// etcd's buckets: the key bucket as HashKV at the head, then the
     /// leases. Equal on every etcdsql of one database at one revision.
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req).await?;
         let (hash, revision) = self.store.hash().await?;
         Ok(Response::new(HashResponse {
             header: self.id.header(revision),
@@ -94,6 +117,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req).await?;
         let (hash, compact_revision) = self.store.hash_kv(req.into_inner().revision).await?;
         let meta = self.store.meta().await?;
         Ok(Response::new(HashKvResponse {
@@ -108,8 +132,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin(&req).await?;
         Err(unsupported("Snapshot"))
     }
 
@@ -119,6 +144,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&req).await?;
         if req.into_inner().target_id != self.id.member_id {
             return Err(Status::failed_precondition(
                 "etcdserver: bad leader transferee",
@@ -132,8 +158,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.admin(&req).await?;
         Err(unsupported("Downgrade"))
     }
 }

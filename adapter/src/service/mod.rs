@@ -2,6 +2,7 @@
 //! the request the way etcd does, calls the store, and fills the response
 //! header.
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod kv;

@@ -39,6 +39,8 @@ pub struct WatchService {
     pub hub: Arc<Hub>,
     /// Reads labels and fields of events for watches with selectors.
     pub catalog: Arc<Catalog>,
+    /// Watches start only on keys their sender may read.
+    pub auth: Arc<crate::auth::Auth>,
     pub id: Identity,
     /// etcd's --experimental-watch-progress-notify-interval (see
     /// [`progress_interval`]).
@@ -70,9 +72,22 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
+        let cert_name = self
+            .auth
+            .enabled()
+            .then(|| req.peer_certs())
+            .flatten()
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| super::auth::common_name(c.as_ref()))
+            });
         let stream = WatchStream {
             hub: self.hub.clone(),
             catalog: self.catalog.clone(),
+            auth: self.auth.clone(),
+            metadata: req.metadata().clone(),
+            cert_name,
             id: self.id,
             tx,
             watchers: BTreeMap::new(),
@@ -145,6 +160,11 @@ impl Drop for WatchStream {
 struct WatchStream {
     hub: Arc<Hub>,
     catalog: Arc<Catalog>,
+    auth: Arc<crate::auth::Auth>,
+    /// The stream's metadata and client certificate's name: who creates
+    /// its watches.
+    metadata: tonic::metadata::MetadataMap,
+    cert_name: Option<String>,
     id: Identity,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
@@ -217,6 +237,34 @@ impl WatchStream {
         }
     }
 
+    /// etcd's isWatchPermitted: the sender may read the watched range. Its
+    /// refusal as etcd words it, else `None`.
+    async fn refused(&self, c: &WatchCreateRequest) -> Option<String> {
+        if !self.auth.enabled() {
+            return None;
+        }
+        let checked = match self
+            .auth
+            .info(&self.metadata, self.cert_name.as_deref())
+            .await
+        {
+            Ok(ai) => self.auth.check(ai.as_ref(), &c.key, &c.range_end, false),
+            Err(e) => Err(e),
+        };
+        let e = match checked {
+            Ok(()) => return None,
+            Err(e @ (Error::InvalidAuthToken | Error::AuthOldRevision | Error::UserEmpty)) => e,
+            Err(_) => Error::PermissionDenied,
+        };
+        let status = Status::from(e);
+        // grpc-go's text of a status error.
+        Some(format!(
+            "rpc error: code = {:?} desc = {}",
+            status.code(),
+            status.message()
+        ))
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
         let meta = match self.hub.backend().meta().await {
             Ok(m) => m,
@@ -227,6 +275,13 @@ impl WatchStream {
                 return Err(Gone);
             }
         };
+        if let Some(reason) = self.refused(&c).await {
+            let mut r = self.response(-1, meta.revision);
+            r.created = true;
+            r.canceled = true;
+            r.cancel_reason = reason;
+            return self.send(r).await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let mut r = self.response(-1, meta.revision);

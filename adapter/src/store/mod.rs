@@ -71,6 +71,7 @@ pub struct Store {
     page_counts: counts::PageCounts,
     tasks: Tasks,
     alarms: Arc<alarms::Alarms>,
+    auth: Arc<crate::auth::Auth>,
 }
 
 /// Revisions read per history query of [`Store::hash_kv`].
@@ -112,6 +113,7 @@ pub struct Parts {
     pub replicas: Option<Arc<Replicas>>,
     pub catalog: Arc<Catalog>,
     pub alarms: Arc<alarms::Alarms>,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Store {
@@ -128,6 +130,7 @@ impl Store {
             replicas,
             catalog,
             alarms,
+            auth,
         } = parts;
         let store = Arc::new(Store {
             committer: Committer::spawn(tasks, backend.clone(), hub, catalog.clone()),
@@ -140,6 +143,7 @@ impl Store {
             page_counts: counts::PageCounts::default(),
             tasks: tasks.clone(),
             alarms,
+            auth,
         });
         tasks.spawn("lease expirer", expire_leases(Arc::downgrade(&store)));
         store
@@ -151,6 +155,10 @@ impl Store {
 
     pub fn alarms(&self) -> &alarms::Alarms {
         &self.alarms
+    }
+
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.auth
     }
 
     /// A Range on the primary, or with replicas on one that has reached

@@ -61,7 +61,7 @@ const COMMANDS: &[(&[&str], &str)] = &[
     (&["move-leader", "1"], ""),
 ];
 
-fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> String {
+pub(crate) fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")

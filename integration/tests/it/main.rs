@@ -9,6 +9,7 @@
 //! for cockroachdb"), and fails instead when `ETCDSQL_REQUIRE` lists it.
 
 mod apiserver;
+mod auth;
 mod authority;
 mod bad_input;
 mod compaction;
@@ -86,6 +87,7 @@ fn main() {
         ("txn", txn::cases()),
         ("linearizable", linearizable::cases()),
         ("maintenance", maintenance::cases()),
+        ("auth", auth::cases()),
         ("faults", faults::cases()),
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),

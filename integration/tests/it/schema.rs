@@ -71,14 +71,15 @@ async fn migrations(target: Target) {
     assert!(
         stdout(&st).contains("pending  0002 layout")
             && stdout(&st).contains("pending  0003 selectors")
-            && stdout(&st).contains("pending  0004 alarms"),
+            && stdout(&st).contains("pending  0004 alarms")
+            && stdout(&st).contains("pending  0005 auth"),
         "{}",
         stdout(&st)
     );
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 4: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 5: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -96,6 +97,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("PARTITION BY"), "{sql}");
     assert!(sql.contains("-- migration 3 (selectors)"), "{sql}");
     assert!(sql.contains("-- migration 4 (alarms)"), "{sql}");
+    assert!(sql.contains("-- migration 5 (auth)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -117,7 +119,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        4
+        5
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -129,8 +131,7 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 4 (this etcdsql: 4)")
-            && text.contains("applied  0004 alarms"),
+        text.contains("schema version 5 (this etcdsql: 5)") && text.contains("applied  0005 auth"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -155,13 +156,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (5, 'from the future', TRUE, {zero}, 0)"
+         VALUES (6, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 5"));
+    .unwrap_or_else(|_| panic!("recording version 6"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 5 (from the future), newer than this etcdsql knows (up to 4); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 6 (from the future), newer than this etcdsql knows (up to 5); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -173,7 +174,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 5")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 6")
         .await
         .unwrap();
 
