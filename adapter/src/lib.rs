@@ -29,6 +29,7 @@ pub mod auth;
 pub mod authority;
 pub mod autopart;
 pub mod backend;
+pub mod bbolt;
 pub mod error;
 pub mod metrics;
 pub mod proto;

@@ -566,7 +566,7 @@ impl App {
                         Ok(()) => Duration::from_secs(2),
                         Err(e) => {
                             tracing::debug!(error = %e, "refreshing planner statistics failed");
-                            Duration::from_secs(60)
+                            Duration::from_secs(10)
                         }
                     };
                     tokio::time::sleep(pause).await;

@@ -381,7 +381,8 @@ impl Backend for Postgres {
     /// the GIN index. This analyses such tables at once, each at most every
     /// 10 s (statistics shared by every etcdsql on the database; a table
     /// another session is analysing is skipped). A DO block is not a read,
-    /// so a proxy tier sends it to the primary.
+    /// so a proxy tier sends it to the primary. A table that cannot be
+    /// analysed now (dropped meanwhile) is left for the next round.
     async fn refresh_statistics(&self) -> Result<(), DbError> {
         self.batch(
             "DO $$ DECLARE t regclass; BEGIN \
@@ -390,7 +391,8 @@ impl Backend for Postgres {
              AND s.n_mod_since_analyze > 500 + 0.1 * greatest(c.reltuples, 0) \
              AND coalesce(greatest(s.last_analyze, s.last_autoanalyze), '-infinity') \
              < now() - interval '10 seconds' \
-             LOOP EXECUTE format('ANALYZE (SKIP_LOCKED) %s', t); END LOOP; END $$",
+             LOOP BEGIN EXECUTE format('ANALYZE (SKIP_LOCKED) %s', t); \
+             EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$",
         )
         .await
     }

@@ -1,6 +1,6 @@
-//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV and
-//! MoveLeader; Snapshot and Downgrade concern etcd's own bbolt file and
-//! Raft and answer Unimplemented.
+//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV,
+//! MoveLeader and Snapshot; Downgrade concerns etcd's own Raft and answers
+//! Unimplemented.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +27,65 @@ pub const ETCD_VERSION: &str = "3.5.17";
 pub struct MaintenanceService {
     pub store: Arc<Store>,
     pub id: Identity,
+}
+
+/// Chunks etcd sends a snapshot in.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+fn send_snapshot(
+    handle: &tokio::runtime::Handle,
+    store: &Store,
+    tx: &tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) -> Result<(), Status> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, Write};
+    let failed = |e: std::io::Error| Status::internal(format!("etcdsql: snapshot: {e}"));
+    let path = std::env::temp_dir().join(format!(
+        "etcdsql-snapshot-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(failed)?;
+    // Gone once closed, whatever happens.
+    let _ = std::fs::remove_file(&path);
+    let (out, revision, keys) = handle
+        .block_on(store.snapshot(std::io::BufWriter::new(file)))
+        .map_err(Status::from)?;
+    let mut file = out.into_inner().map_err(|e| failed(e.into_error()))?;
+    file.flush().map_err(failed)?;
+    let total = file.seek(std::io::SeekFrom::End(0)).map_err(failed)?;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(failed)?;
+    tracing::info!(revision, keys, bytes = total, "sending a snapshot");
+    let mut sha = sha2::Sha256::new();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    while sent < total {
+        let n = file.read(&mut buf).map_err(failed)?;
+        if n == 0 {
+            return Err(Status::internal("etcdsql: snapshot: the file ended early"));
+        }
+        sent += u64::try_from(n).unwrap_or_default();
+        sha.update(&buf[..n]);
+        let msg = SnapshotResponse {
+            header: None,
+            remaining_bytes: total - sent,
+            blob: buf[..n].to_vec(),
+        };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx.blocking_send(Ok(SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha.finalize().to_vec(),
+    }));
+    Ok(())
 }
 
 fn unsupported(what: &str) -> Status {
@@ -130,12 +189,26 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream =
         Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
+    /// The store as an etcd backend file (see `store::snapshot`), in
+    /// 32 KiB chunks with the bytes still to come, then its SHA-256 in a
+    /// last message, as etcd streams it. Written to a temporary file first.
     async fn snapshot(
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin(&req).await?;
-        Err(unsupported("Snapshot"))
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = self.store.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Ends by itself: when sent, or when the client goes away.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = send_snapshot(&handle, &store, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     /// As a one-member etcd: this member is the leader already, any other

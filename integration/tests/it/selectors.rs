@@ -926,11 +926,12 @@ async fn statistics(target: Target) {
         let o = random_obj(&mut rng, "ns0", &format!("s{i:04}"));
         put(&mut c, &o.key(), o.value()).await;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // PostgreSQL publishes a busy backend's counts up to 10 s late.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
     while db.count(analysed).await.expect("statistics") == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "no live partition was analysed 20 s after 1,500 writes"
+            "no live partition was analysed 45 s after 1,500 writes"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

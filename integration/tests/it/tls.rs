@@ -183,12 +183,58 @@ async fn mutual_tls(_target: Target) {
         tls.connect(name, tcp).await.expect("TLS handshake")
     };
     crate::authority::check("sqlite over TLS", &endpoint, connect).await;
+    // With auth on, the certificate's common name is the user.
+    make_certs(d, "ca", "root", "extendedKeyUsage=clientAuth\n");
+    make_certs(d, "ca", "alice", "extendedKeyUsage=clientAuth\n");
+    for args in [
+        &["user", "add", "root", "--new-user-password=rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice", "--new-user-password=alicepw"],
+        &["role", "add", "cn"],
+        &[
+            "role",
+            "grant-permission",
+            "cn",
+            "readwrite",
+            "/cn/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "alice", "cn"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = etcdctl(d, &endpoint, Some("client"), args);
+        assert!(ok, "etcdctl {args:?}: {out}");
+    }
+    let (ok, out) = etcdctl(d, &endpoint, Some("alice"), &["put", "/cn/a", "v"]);
+    assert!(ok && out.contains("OK"), "CN alice writes /cn/a: {out}");
+    let (ok, out) = etcdctl(d, &endpoint, Some("alice"), &["put", "/x", "v"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "CN alice writes /x: {out}"
+    );
+    let (ok, out) = etcdctl(d, &endpoint, Some("alice"), &["user", "list"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "CN alice lists users: {out}"
+    );
+    let (ok, out) = etcdctl(d, &endpoint, Some("root"), &["user", "list"]);
+    assert!(
+        ok && out.contains("alice\nroot"),
+        "CN root lists users: {out}"
+    );
+    let (ok, out) = etcdctl(d, &endpoint, Some("client"), &["get", "/cn/a"]);
+    assert!(
+        !ok && out.contains("permission denied"),
+        "CN of no user: {out}"
+    );
+    let (ok, out) = etcdctl(d, &endpoint, Some("root"), &["auth", "disable"]);
+    assert!(ok, "{out}");
     let (ok, out) = etcdctl(d, &endpoint, None, &["get", "k"]);
     assert!(!ok, "a client without a certificate must be refused: {out}");
     let (ok, out) = etcdctl(d, &endpoint, Some("stranger"), &["get", "k"]);
     assert!(!ok, "a certificate from another CA must be refused: {out}");
     eprintln!(
-        "tls: etcdctl with a client certificate served; without one, or from another CA, refused"
+        "tls: etcdctl with a client certificate served, its CN the user with auth on; without one, or from another CA, refused"
     );
 }
 

@@ -1,0 +1,131 @@
+//! Maintenance.Snapshot: the store as an etcd backend file (bbolt), which
+//! `etcdctl snapshot restore` turns into an etcd data directory.
+//!
+//! Buckets as etcd's mvcc and lessor keep them:
+//! - `key`: each version etcd would still hold after the same history and
+//!   compactions (every version after the compaction, the latest one of
+//!   each key at or below it), keyed by revision (`main` and `sub`
+//!   big-endian around `_`, `t` after a deletion), the value a marshalled
+//!   mvccpb.KeyValue;
+//! - `meta`: `consistent_index` (the revision), and after a compaction
+//!   `finishedCompactRev` and `scheduledCompactRev`;
+//! - `lease`: each lease by id (big-endian), a marshalled leasepb.Lease.
+
+use std::io::{Seek, Write};
+
+use prost::Message;
+
+use super::{Error, Store, hash_entry};
+use crate::bbolt::Bolt;
+
+/// etcd's leasepb.Lease.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Lease {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
+}
+
+/// A revision as etcd's key bucket and meta bucket write it.
+fn revision_key(main: i64) -> Vec<u8> {
+    let mut k = main.to_be_bytes().to_vec();
+    k.push(b'_');
+    k.extend_from_slice(&0i64.to_be_bytes());
+    k
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Internal(format!("writing the snapshot: {e}"))
+}
+
+impl Store {
+    /// Writes the snapshot to `out` (blocking writes: call it where
+    /// blocking is allowed); answers (the revision it is at, keys written).
+    pub async fn snapshot<W: Write + Seek>(&self, out: W) -> Result<(W, i64, u64), Error> {
+        let _purge = self.purge.lock().await;
+        let meta = self.backend.meta().await?;
+        let (rev, compact) = (meta.revision, meta.compact_revision.max(0));
+        let mut bolt = Bolt::new(out).map_err(io)?;
+        let mut keys = bolt.bucket();
+        let mut failed = None;
+        let mut written = 0u64;
+        // At or below the compaction: what compacting kept, the latest
+        // version of each key (no deletions, as etcd's compaction drops
+        // them).
+        self.history_rows(0, compact, true, |r| {
+            if failed.is_some() || r.deleted {
+                return;
+            }
+            let (k, v) = hash_entry(r);
+            written += 1;
+            if let Err(e) = bolt.push(&mut keys, k, v) {
+                failed = Some(e);
+            }
+        })
+        .await?;
+        self.history_rows(compact, rev, true, |r| {
+            if failed.is_some() {
+                return;
+            }
+            let (k, v) = hash_entry(r);
+            written += 1;
+            if let Err(e) = bolt.push(&mut keys, k, v) {
+                failed = Some(e);
+            }
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(io(e));
+        }
+        let key_root = bolt.close(keys).map_err(io)?;
+
+        let mut m = bolt.bucket();
+        let rev_u64 = u64::try_from(rev).unwrap_or_default();
+        bolt.push(
+            &mut m,
+            b"consistent_index".to_vec(),
+            rev_u64.to_be_bytes().to_vec(),
+        )
+        .map_err(io)?;
+        if meta.compact_revision > 0 {
+            for name in ["finishedCompactRev", "scheduledCompactRev"] {
+                bolt.push(
+                    &mut m,
+                    name.as_bytes().to_vec(),
+                    revision_key(meta.compact_revision),
+                )
+                .map_err(io)?;
+            }
+        }
+        let meta_root = bolt.close(m).map_err(io)?;
+
+        let mut leases = self.backend.leases().await?;
+        leases.sort_by_key(|l| l.id.cast_unsigned());
+        let now = crate::store::now_ms();
+        let mut l = bolt.bucket();
+        for lease in leases {
+            let remaining = (lease.expires_at_ms - now).max(0) / 1000;
+            let v = Lease {
+                id: lease.id,
+                ttl: lease.ttl,
+                remaining_ttl: remaining,
+            }
+            .encode_to_vec();
+            bolt.push(&mut l, lease.id.to_be_bytes().to_vec(), v)
+                .map_err(io)?;
+        }
+        let lease_root = bolt.close(l).map_err(io)?;
+
+        let out = bolt
+            .finish(vec![
+                (b"key".to_vec(), key_root),
+                (b"meta".to_vec(), meta_root),
+                (b"lease".to_vec(), lease_root),
+            ])
+            .map_err(io)?;
+        Ok((out, rev, written))
+    }
+}
