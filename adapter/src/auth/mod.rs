@@ -632,6 +632,18 @@ impl Auth {
         .await
     }
 
+    /// The store as etcd's buckets hold it: enabled, revision, users and
+    /// roles in name order.
+    pub fn export(&self) -> (bool, u64, Vec<User>, Vec<Role>) {
+        let st = self.state();
+        (
+            st.enabled,
+            st.revision,
+            st.users.values().cloned().collect(),
+            st.roles.values().cloned().collect(),
+        )
+    }
+
     pub fn has_role(&self, user: &str, role: &str) -> bool {
         self.state()
             .users

@@ -9,7 +9,9 @@
 //!   mvccpb.KeyValue;
 //! - `meta`: `consistent_index` (the revision), and after a compaction
 //!   `finishedCompactRev` and `scheduledCompactRev`;
-//! - `lease`: each lease by id (big-endian), a marshalled leasepb.Lease.
+//! - `lease`: each lease by id (big-endian), a marshalled leasepb.Lease;
+//! - `auth` (`authEnabled`, `authRevision`), `authUsers`, `authRoles`
+//!   (authpb records by name) and `alarm` (marshalled AlarmMembers).
 
 use std::io::{Seek, Write};
 
@@ -119,11 +121,53 @@ impl Store {
         }
         let lease_root = bolt.close(l).map_err(io)?;
 
+        // Auth and alarms, as etcd's auth store and alarm store keep them.
+        let (enabled, auth_revision, users, roles) = self.auth.export();
+        let mut a = bolt.bucket();
+        bolt.push(&mut a, b"authEnabled".to_vec(), vec![u8::from(enabled)])
+            .map_err(io)?;
+        bolt.push(
+            &mut a,
+            b"authRevision".to_vec(),
+            auth_revision.to_be_bytes().to_vec(),
+        )
+        .map_err(io)?;
+        let auth_root = bolt.close(a).map_err(io)?;
+        let mut u = bolt.bucket();
+        for user in users {
+            bolt.push(&mut u, user.name.clone(), user.encode_to_vec())
+                .map_err(io)?;
+        }
+        let users_root = bolt.close(u).map_err(io)?;
+        let mut r = bolt.bucket();
+        for role in roles {
+            bolt.push(&mut r, role.name.clone(), role.encode_to_vec())
+                .map_err(io)?;
+        }
+        let roles_root = bolt.close(r).map_err(io)?;
+        let mut alarms: Vec<Vec<u8>> = self
+            .alarms
+            .get(0)
+            .await?
+            .iter()
+            .map(Message::encode_to_vec)
+            .collect();
+        alarms.sort();
+        let mut al = bolt.bucket();
+        for a in alarms {
+            bolt.push(&mut al, a, Vec::new()).map_err(io)?;
+        }
+        let alarm_root = bolt.close(al).map_err(io)?;
+
         let out = bolt
             .finish(vec![
                 (b"key".to_vec(), key_root),
                 (b"meta".to_vec(), meta_root),
                 (b"lease".to_vec(), lease_root),
+                (b"auth".to_vec(), auth_root),
+                (b"authUsers".to_vec(), users_root),
+                (b"authRoles".to_vec(), roles_root),
+                (b"alarm".to_vec(), alarm_root),
             ])
             .map_err(io)?;
         Ok((out, rev, written))

@@ -481,6 +481,15 @@ async fn view(c: &mut etcd_client::Client) -> Vec<String> {
             ));
         }
     }
+    let users = c.user_list().await.unwrap();
+    let roles = c.role_list().await.unwrap();
+    out.push(format!(
+        "users {:?} roles {:?}",
+        users.users(),
+        roles.roles()
+    ));
+    let perms = c.role_get("app").await.unwrap().permissions();
+    out.push(format!("role app {perms:?}"));
     let h = c.hash_kv(0).await.unwrap();
     out.push(format!(
         "hashkv {} compact {}",
@@ -508,6 +517,15 @@ async fn snapshot_restore(target: Target) {
     }
     let ours = Started::new(target, bin()).await.expect("etcdsql");
     let mut c = ours.server.client().await.unwrap();
+    c.user_add("alice", "pw", None).await.unwrap();
+    c.role_add("app").await.unwrap();
+    c.role_grant_permission(
+        "app",
+        etcd_client::Permission::read_write("/app/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    c.user_grant_role("alice", "app").await.unwrap();
     for i in 0..40 {
         c.put(format!("k{i:02}"), format!("v{i}"), None)
             .await
