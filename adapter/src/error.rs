@@ -166,7 +166,8 @@ pub fn oversized_as_grpc_go(headers: &mut http::HeaderMap) {
     }
 }
 
-fn percent_decode(b: &[u8]) -> String {
+/// The text of a percent-encoded `grpc-message`.
+pub fn percent_decode(b: &[u8]) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {

@@ -55,6 +55,16 @@ pub static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// go-grpc-prometheus's counter, as etcd exports it (dashboards and
+/// clients read it).
+pub static GRPC_HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+    )
+});
+
 pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
     plain_histogram(
         "etcdsql_write_batch_requests",
@@ -167,6 +177,7 @@ pub static FENCES: LazyLock<IntCounter> = LazyLock::new(|| {
 pub fn register() -> prometheus::Result<()> {
     let r = prometheus::default_registry();
     r.register(Box::new(GRPC_SECONDS.clone()))?;
+    r.register(Box::new(GRPC_HANDLED.clone()))?;
     r.register(Box::new(BATCH_SIZE.clone()))?;
     r.register(Box::new(BATCH_SECONDS.clone()))?;
     r.register(Box::new(DB_ERRORS.clone()))?;
@@ -262,7 +273,9 @@ pub struct RpcService<S> {
 /// The method label: etcd's own paths, anything else as "other" so that
 /// clients cannot create label values.
 fn method_label(path: &str) -> String {
-    let known = path.starts_with("/etcdserverpb.")
+    let known = ["/etcdserverpb.", "/v3lockpb.", "/v3electionpb."]
+        .iter()
+        .any(|p| path.starts_with(p))
         && path.len() < 64
         && path[1..]
             .chars()
@@ -274,9 +287,65 @@ fn method_label(path: &str) -> String {
     }
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
+/// grpc-go's name of a status code.
+fn code_name(code: &str) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    code.parse::<usize>()
+        .ok()
+        .and_then(|i| NAMES.get(i).copied())
+        .unwrap_or("Unknown")
+}
+
+/// go-grpc-prometheus's labels of a method path: (type, service, method).
+fn grpc_labels(path: &str) -> Option<(&'static str, &str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let kind = match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" | "Observe" => "server_stream",
+        _ => "unary",
+    };
+    Some((kind, service, method))
+}
+
+/// `GET /metrics` and `/health` on the client URLs, as etcd serves them
+/// there (over HTTP/1 and HTTP/2).
+fn http_endpoint(path: &str) -> Option<http::Response<tonic::body::Body>> {
+    let body = match path {
+        "/metrics" => render(),
+        "/health" => b"{\"health\":\"true\"}".to_vec(),
+        _ => return None,
+    };
+    let mut resp = http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(body))));
+    if path == "/metrics" {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+    }
+    Some(resp)
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -288,7 +357,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.method() == http::Method::GET
+            && let Some(resp) = http_endpoint(req.uri().path())
+        {
+            return Box::pin(async move { Ok(resp) });
+        }
         let method = method_label(req.uri().path());
+        let labels = grpc_labels(req.uri().path())
+            .filter(|_| method != "other")
+            .map(|(k, s, m)| (k, s.to_string(), m.to_string()));
         let span = tracing::info_span!("rpc", method = %method);
         let started = Instant::now();
         let fut = self.inner.call(req);
@@ -311,10 +388,47 @@ where
                 GRPC_SECONDS
                     .with_label_values(&[method.as_str(), code.as_str()])
                     .observe(started.elapsed().as_secs_f64());
+                if let Some((kind, service, name)) = &labels {
+                    GRPC_HANDLED
+                        .with_label_values(&[
+                            *kind,
+                            service.as_str(),
+                            name.as_str(),
+                            code_name(&code),
+                        ])
+                        .inc();
+                }
+                if code != "0" {
+                    log_error(
+                        &method,
+                        &code,
+                        resp.as_ref().ok().map(http::Response::headers),
+                    );
+                }
                 resp
             }
             .instrument(span),
         )
+    }
+}
+
+/// Each failed request once, with its gRPC code and message: server-side
+/// failures as warnings, the client's mistakes (refused as etcd refuses
+/// them) at info.
+fn log_error(method: &str, code: &str, headers: Option<&http::HeaderMap>) {
+    let message = headers
+        .and_then(|h| h.get("grpc-message"))
+        .map(|v| crate::error::percent_decode(v.as_bytes()))
+        .unwrap_or_default();
+    let name = match code.parse::<i32>() {
+        Ok(n) => format!("{:?}", tonic::Code::from_i32(n)),
+        Err(_) => code.to_string(),
+    };
+    match name.as_str() {
+        "Unknown" | "DeadlineExceeded" | "Internal" | "Unavailable" | "DataLoss" | "transport" => {
+            tracing::warn!(method, code = %name, message, "request failed");
+        }
+        _ => tracing::info!(method, code = %name, message, "request refused"),
     }
 }
 

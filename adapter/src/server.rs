@@ -730,6 +730,8 @@ impl App {
             let addr = listener.tcp.local_addr()?;
             tracing::info!(%addr, tls = listener.tls, database = ?self.store.backend().kind(), "serving etcd v3 API");
             let router = tonic::transport::Server::builder()
+                // GET /metrics and /health over HTTP/1 too, as etcd.
+                .accept_http1(true)
                 .layer(RpcLayer)
                 .add_service(
                     KvServer::from_arc(self.kv.clone()).max_decoding_message_size(max_message),

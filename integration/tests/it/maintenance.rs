@@ -228,7 +228,7 @@ async fn script(c: &mut Clients) -> Vec<String> {
     step!(
         "move leader to self",
         c.m.move_leader(MoveLeaderRequest { target_id: me }),
-        |_| String::new()
+        |r| format!("header {}", r.header.is_some())
     );
     step!(
         "move leader elsewhere",

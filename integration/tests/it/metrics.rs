@@ -37,6 +37,24 @@ async fn metrics_endpoint(target: Target) {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    // The client URL serves /metrics and /health too (HTTP/1.0 here), with
+    // go-grpc-prometheus's counter, as etcd.
+    let client_port: u16 = p.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let text = scrape(client_port).await;
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    for want in [
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 2",
+        "grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 1",
+    ] {
+        assert!(
+            text.contains(want),
+            "missing {want:?} on the client port in\n{text}"
+        );
+    }
 }
 
 pub fn cases() -> Vec<Case> {
