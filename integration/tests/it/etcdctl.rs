@@ -248,8 +248,97 @@ async fn watch_and_leases(target: Target) {
     );
 }
 
+/// `etcdctl lock` and `etcdctl elect` with two contenders, each on its own
+/// etcdsql process of one database.
+async fn lock_and_elect(target: Target) {
+    use std::time::Instant;
+    let db = etcdsql_integration::TestDb::create(target)
+        .await
+        .expect("database");
+    let a = etcdsql_integration::Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("etcdsql a");
+    let b = etcdsql_integration::Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("etcdsql b");
+    let run = |endpoint: &str, args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl")
+    };
+    // The first holds the lock for 2 s (through a); the second (through
+    // b) gets it only after.
+    let started = Instant::now();
+    let first = run(&a.endpoint, &["lock", "shared-lock", "sleep", "2"]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let second = run(
+        &b.endpoint,
+        &["lock", "shared-lock", "echo", "second holds it"],
+    );
+    let second = second.wait_with_output().expect("second lock");
+    let waited = started.elapsed();
+    let first = first.wait_with_output().expect("first lock");
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        second.status.success() && String::from_utf8_lossy(&second.stdout) == "second holds it\n",
+        "{second:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "the second contender got the lock after {waited:?}, while the first held it for 2 s"
+    );
+    // Elections: p1 campaigns through a and leads; p2 campaigns through b
+    // and waits; an observer on b sees p1.
+    let leader = Command::new("timeout")
+        .args(["4", "etcdctl", &format!("--endpoints={}", a.endpoint)])
+        .args(["elect", "shared-election", "p1"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl elect p1");
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let waiting = Command::new("timeout")
+        .args(["2", "etcdctl", &format!("--endpoints={}", b.endpoint)])
+        .args(["elect", "shared-election", "p2"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl elect p2");
+    let observed = Command::new("timeout")
+        .args(["1", "etcdctl", &format!("--endpoints={}", b.endpoint)])
+        .args(["elect", "-l", "shared-election"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl elect -l");
+    let leader = leader.wait_with_output().expect("p1");
+    let leader = String::from_utf8_lossy(&leader.stdout).into_owned();
+    let observed = String::from_utf8_lossy(&observed.stdout).into_owned();
+    assert!(
+        leader.starts_with("shared-election/") && leader.ends_with("\np1\n"),
+        "p1 leads: {leader:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&waiting.stdout).is_empty(),
+        "p2 must wait while p1 leads: {waiting:?}"
+    );
+    assert_eq!(observed, leader, "the observer on the other process");
+    eprintln!(
+        "etcdctl lock and elect with two contenders on two etcdsql processes ({}): ok",
+        target.name()
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        case!(
+            "lock_and_elect",
+            &[Target::Sqlite, Target::Postgres, Target::Mariadb],
+            lock_and_elect
+        ),
         case!("commands", &Target::ETCDSQL, check),
         case!("watch_and_leases", &Target::ETCDSQL, watch_and_leases),
     ]
