@@ -23,7 +23,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn dsn(&self) -> anyhow::Result<Dsn> {
+    pub fn dsn(&self) -> anyhow::Result<Dsn> {
         Dsn::from_flags(self.endpoint.as_deref(), &self.data_dir).map_err(anyhow::Error::msg)
     }
 }

@@ -225,6 +225,215 @@ impl<W: Write + Seek> Bolt<W> {
     }
 }
 
+/// A bbolt file read page by page (nothing is kept but the page size and
+/// the root): what `etcdsql import` reads etcd's snapshots with. Errors
+/// name the page, its offset and the bucket.
+pub struct Reader {
+    file: std::fs::File,
+    len: u64,
+    page_size: u64,
+    root: Node,
+}
+
+/// Where a bucket's entries are: a page, or inline in its parent's value.
+#[derive(Clone)]
+enum Node {
+    Page(u64),
+    Inline(Vec<u8>),
+}
+
+/// What [`Reader::for_each`] calls with each (key, value).
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), String> + 'a;
+/// The same with the element's flags.
+type VisitFlagged<'a> = dyn FnMut(&[u8], &[u8], u32) -> Result<(), String> + 'a;
+
+/// A bucket of a [`Reader`].
+pub struct BucketRef {
+    name: String,
+    node: Node,
+}
+
+impl Reader {
+    /// Opens `path`: the newer of the two valid meta pages decides.
+    pub fn open(path: &std::path::Path) -> Result<Reader, String> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let mut best: Option<(u64, u64, u64)> = None;
+        let mut why = Vec::new();
+        // Meta page 0 is at offset 0; page 1 at the page size it names.
+        let mut head = [0u8; HEADER + 64];
+        for probe in [0u64, 1] {
+            let at = if probe == 0 {
+                0
+            } else {
+                match best {
+                    Some((_, size, _)) => size,
+                    None => to_u64(PAGE_SIZE),
+                }
+            };
+            if file.read_exact_at(&mut head, at).is_err() {
+                why.push(format!(
+                    "meta page {probe} at offset {at}: the file ends before it"
+                ));
+                continue;
+            }
+            let m = &head[HEADER..];
+            let word = |o: usize| u64::from_le_bytes(m[o..o + 8].try_into().unwrap_or_default());
+            let magic = u32::from_le_bytes(m[..4].try_into().unwrap_or_default());
+            if magic != MAGIC {
+                why.push(format!(
+                    "meta page {probe} at offset {at}: not a bbolt file (magic {magic:#x})"
+                ));
+                continue;
+            }
+            if word(56) != fnv64a(&m[..56]) {
+                why.push(format!(
+                    "meta page {probe} at offset {at}: checksum mismatch"
+                ));
+                continue;
+            }
+            let size = u64::from(u32::from_le_bytes(m[8..12].try_into().unwrap_or_default()));
+            let (root, txid) = (word(16), word(48));
+            if best.is_none_or(|(_, _, t)| txid > t) {
+                best = Some((root, size, txid));
+            }
+        }
+        let Some((root, page_size, _)) = best else {
+            return Err(format!("{}: {}", path.display(), why.join("; ")));
+        };
+        if !(512..=65536).contains(&page_size) {
+            return Err(format!(
+                "{}: page size {page_size} in the meta page",
+                path.display()
+            ));
+        }
+        Ok(Reader {
+            file,
+            len,
+            page_size,
+            root: Node::Page(root),
+        })
+    }
+
+    /// Page `id` with its overflow pages.
+    fn page(&self, id: u64, bucket: &str) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        let at = id.saturating_mul(self.page_size);
+        let mut head = [0u8; HEADER];
+        let short = |what: &str| {
+            format!(
+                "page {id} at offset {at} (bucket {bucket:?}): {what} (the file has {} bytes)",
+                self.len
+            )
+        };
+        self.file
+            .read_exact_at(&mut head, at)
+            .map_err(|_| short("the file ends before it"))?;
+        let overflow = u64::from(u32::from_le_bytes(
+            head[12..16].try_into().unwrap_or_default(),
+        ));
+        let size = (overflow + 1).saturating_mul(self.page_size);
+        if at.saturating_add(size) > self.len {
+            return Err(short("it runs past the end of the file"));
+        }
+        let mut buf = vec![0u8; usize::try_from(size).map_err(|_| short("too large"))?];
+        self.file
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| short(&e.to_string()))?;
+        if u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) != id {
+            return Err(short("its header names another page"));
+        }
+        Ok(buf)
+    }
+
+    /// A top-level bucket, if the file has it.
+    pub fn bucket(&self, name: &[u8]) -> Result<Option<BucketRef>, String> {
+        let mut found = None;
+        self.walk(&self.root, "(root)", &mut |k, v, flags| {
+            if flags & BUCKET_LEAF != 0 && k == name {
+                found = Some(v.to_vec());
+            }
+            Ok(())
+        })?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Some(v) = found else { return Ok(None) };
+        if v.len() < 16 {
+            return Err(format!("bucket {name:?}: a header of {} bytes", v.len()));
+        }
+        let root = u64::from_le_bytes(v[..8].try_into().unwrap_or_default());
+        let node = if root == 0 {
+            Node::Inline(v[16..].to_vec())
+        } else {
+            Node::Page(root)
+        };
+        Ok(Some(BucketRef { name, node }))
+    }
+
+    /// Every entry of `b` in key order: (key, value).
+    pub fn for_each(&self, b: &BucketRef, f: &mut Visit<'_>) -> Result<(), String> {
+        self.walk(&b.node, &b.name, &mut |k, v, flags| {
+            if flags & BUCKET_LEAF != 0 {
+                return Ok(()); // a nested bucket: etcd has none
+            }
+            f(k, v)
+        })
+    }
+
+    fn walk(&self, node: &Node, bucket: &str, f: &mut VisitFlagged<'_>) -> Result<(), String> {
+        let (page, id) = match node {
+            Node::Page(id) => (self.page(*id, bucket)?, *id),
+            Node::Inline(p) => (p.clone(), 0),
+        };
+        let bad = |what: &str| format!("page {id} (bucket {bucket:?}): {what}");
+        if page.len() < HEADER {
+            return Err(bad("shorter than a page header"));
+        }
+        let flags = u16::from_le_bytes([page[8], page[9]]);
+        let count = usize::from(u16::from_le_bytes([page[10], page[11]]));
+        let field = |o: usize| -> Result<usize, String> {
+            page.get(o..o + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(|b| u32::from_le_bytes(b) as usize)
+                .ok_or_else(|| bad("an element beyond the page"))
+        };
+        for i in 0..count {
+            let e = HEADER + i * ELEMENT;
+            if flags & LEAF != 0 {
+                let (eflags, pos, ks, vs) =
+                    (field(e)?, field(e + 4)?, field(e + 8)?, field(e + 12)?);
+                let k = e + pos;
+                let kv = page
+                    .get(k..k + ks + vs)
+                    .ok_or_else(|| bad("a key or value beyond the page"))?;
+                f(
+                    &kv[..ks],
+                    &kv[ks..],
+                    u32::try_from(eflags).unwrap_or_default(),
+                )?;
+            } else if flags & BRANCH != 0 {
+                let child = page
+                    .get(e + 8..e + 16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or_else(|| bad("a branch element beyond the page"))?;
+                if matches!(node, Node::Inline(_)) {
+                    return Err(bad("an inline bucket with a branch page"));
+                }
+                self.walk(&Node::Page(child), bucket, f)?;
+            } else {
+                return Err(bad(&format!(
+                    "neither a leaf nor a branch (flags {flags:#x})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// FNV-1a, 64 bits (bbolt's meta checksum).
 fn fnv64a(b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -309,5 +518,36 @@ mod tests {
         let mut none = Vec::new();
         walk(&file, lease_root, &mut none);
         assert!(none.is_empty());
+
+        // The reader reads it back; a truncated copy is refused by page.
+        let path = std::env::temp_dir().join(format!("bbolt-test-{}", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let r = Reader::open(&path).unwrap();
+        let b = r.bucket(b"key").unwrap().expect("key bucket");
+        let mut read = Vec::new();
+        r.for_each(&b, &mut |k, v| {
+            read.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(read == want);
+        assert!(r.bucket(b"nope").unwrap().is_none());
+        std::fs::write(&path, &file[..file.len() / 2]).unwrap();
+        let r = Reader::open(&path).unwrap();
+        let e = r.bucket(b"key").map(drop).unwrap_err();
+        assert!(
+            e.contains("bucket \"(root)\"") && e.contains("offset"),
+            "{e}"
+        );
+        // A page of the key bucket cut off: named with its bucket.
+        let cut = usize::try_from(key_root).unwrap() * PAGE_SIZE;
+        let mut holed = file.clone();
+        holed[cut..cut + PAGE_SIZE].fill(0);
+        std::fs::write(&path, &holed).unwrap();
+        let r = Reader::open(&path).unwrap();
+        let b = r.bucket(b"key").unwrap().expect("key bucket");
+        let e = r.for_each(&b, &mut |_, _| Ok(())).unwrap_err();
+        assert!(e.contains("bucket \"key\"") && e.contains("offset"), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

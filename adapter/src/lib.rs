@@ -39,4 +39,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tasks;
+pub mod transfer;
 pub mod watch;

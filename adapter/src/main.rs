@@ -46,6 +46,10 @@ enum Command {
         #[command(subcommand)]
         action: admin::PartitionsAction,
     },
+    /// Loads an etcd snapshot, or a live etcd's data, into the database.
+    Import(etcdsql::transfer::ImportArgs),
+    /// Writes the database's data as an etcd snapshot file.
+    Export(etcdsql::transfer::ExportArgs),
 }
 
 async fn terminated() {
@@ -84,5 +88,7 @@ async fn main() -> anyhow::Result<()> {
         None => server::run(cli.config, terminated()).await,
         Some(Command::Schema { action }) => admin::schema(action).await,
         Some(Command::Partitions { action }) => admin::partitions(action).await,
+        Some(Command::Import(args)) => etcdsql::transfer::import(args).await,
+        Some(Command::Export(args)) => etcdsql::transfer::export(args).await,
     }
 }

@@ -269,6 +269,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The defaults, on `endpoint` (or the SQLite under `data_dir`): for
+    /// subcommands that open the store without serving it.
+    pub fn for_tool(endpoint: Option<String>, data_dir: &std::path::Path) -> Config {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut c = <Defaults as clap::Parser>::parse_from(["etcdsql"]).config;
+        c.endpoint = endpoint;
+        c.data_dir = data_dir.to_path_buf();
+        c
+    }
+
     pub fn dsn(&self) -> anyhow::Result<Dsn> {
         Dsn::from_flags(self.endpoint.as_deref(), &self.data_dir).map_err(anyhow::Error::msg)
     }

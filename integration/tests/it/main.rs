@@ -28,6 +28,7 @@ mod replicas;
 mod schema;
 mod selectors;
 mod tls;
+mod transfer;
 mod txn;
 mod watch;
 
@@ -88,6 +89,7 @@ fn main() {
         ("linearizable", linearizable::cases()),
         ("maintenance", maintenance::cases()),
         ("auth", auth::cases()),
+        ("transfer", transfer::cases()),
         ("faults", faults::cases()),
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),

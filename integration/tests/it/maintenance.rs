@@ -442,7 +442,7 @@ async fn quota(target: Target) {
 }
 
 /// Kills a started process when dropped.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -454,7 +454,7 @@ impl Drop for Killed {
 /// Everything a client sees of a store: each key's version with its
 /// revisions and lease, at the head and at a past revision; the header
 /// revision; HashKV; the lease's keys.
-async fn view(c: &mut etcd_client::Client) -> Vec<String> {
+pub(crate) async fn view(c: &mut etcd_client::Client) -> Vec<String> {
     use etcd_client::{GetOptions, LeaseTimeToLiveOptions};
     let mut out = Vec::new();
     for rev in [0, 30, 300] {
