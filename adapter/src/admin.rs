@@ -13,8 +13,9 @@ use crate::backend::{self, Backend, Dsn, partitioning};
 /// Where the database is: a DSN, or the embedded SQLite under --data-dir.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Target {
-    /// postgres://…, mysql://… (also mariadb://), sqlite:///path.
-    #[arg(long)]
+    /// postgres://…, mysql://… (also mariadb://), sqlite:///path (also
+    /// from ETCDSQL_ENDPOINT).
+    #[arg(long, env = "ETCDSQL_ENDPOINT", hide_env_values = true)]
     pub endpoint: Option<String>,
 
     /// The embedded SQLite's directory when no --endpoint is given.

@@ -48,8 +48,9 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// The database: postgres://…, mysql://… (also mariadb://), or
-    /// sqlite:///path. Without it, an SQLite file under --data-dir.
-    #[arg(long)]
+    /// sqlite:///path. Without it, an SQLite file under --data-dir. Also
+    /// read from ETCDSQL_ENDPOINT (keeps a password off the command line).
+    #[arg(long, env = "ETCDSQL_ENDPOINT", hide_env_values = true)]
     pub endpoint: Option<String>,
 
     /// Where the embedded SQLite database lives when no --endpoint is given.

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Builds the database images the integration suite asks for, for machines
-# that reach no image registry, from a Debian root filesystem (debootstrap)
-# and Debian's packages, under the official images' names:
-#   postgres:15    postgresql-15
-#   mariadb:10.11  mariadb-server 10.11, galera-4, rsync and iproute2 (state transfer)
+# Builds the images the integration suite asks for, for machines that
+# reach no image registry, from a Debian root filesystem (debootstrap) and
+# Debian's packages, under the official images' names:
+#   postgres:15          postgresql-15
+#   mariadb:10.11        mariadb-server 10.11, galera-4, rsync and iproute2 (state transfer)
+#   debian:bookworm-slim a minimal Debian (the base of etcdsql's image)
 # An image that already exists (official or ours) is left alone; --force
 # rebuilds. Needs root, debootstrap and a running Docker engine.
 set -euo pipefail
 cd "$(dirname "$0")"
 images=(postgres:15 mariadb:10.11)
+# The base of etcdsql's own image (examples/deploy/Dockerfile): a minimal
+# Debian, as the official debian:bookworm-slim.
+if [ "${1:-}" = --force ] || ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+  base=$(mktemp -d /var/tmp/etcdsql-base.XXXXXX)
+  echo "debootstrap a minimal Debian into $base" >&2
+  debootstrap --variant=minbase bookworm "$base" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+    >"$base.log" 2>&1 || { tail -20 "$base.log" >&2; rm -rf "$base"; exit 1; }
+  rm -rf "$base.log" "$base"/var/cache/apt/archives/*.deb "$base"/var/lib/apt/lists/*
+  tar -C "$base" -c . | docker import --change 'CMD ["bash"]' \
+    --change 'LABEL org.etcdsql.local-image=debian-bookworm' - debian:bookworm-slim >/dev/null
+  rm -rf "$base"
+  echo "built debian:bookworm-slim"
+fi
 need=()
 for img in "${images[@]}"; do
   if [ "${1:-}" = --force ] || ! docker image inspect "$img" >/dev/null 2>&1; then

@@ -13,6 +13,7 @@ mod auth;
 mod authority;
 mod bad_input;
 mod compaction;
+mod deploy;
 mod etcdctl;
 mod faults;
 mod hashkv;
@@ -90,6 +91,7 @@ fn main() {
         ("maintenance", maintenance::cases()),
         ("auth", auth::cases()),
         ("transfer", transfer::cases()),
+        ("deploy", deploy::cases()),
         ("faults", faults::cases()),
         ("inprocess", inprocess::cases()),
         ("etcdctl", etcdctl::cases()),
