@@ -2,13 +2,13 @@
 # Runs etcdsql's whole test suite on this machine against real services.
 # Installs what is missing (Debian packages; needs root): etcd 3.4 (the
 # reference), etcdctl, protoc, openssl, Docker, debootstrap and Pgpool-II; starts the
-# Docker engine; builds the database images the suite asks for
-# (integration/images/build.sh); then runs `cargo test --workspace` with
+# Docker engine; builds the images the suite asks for (databases, and the
+# base of etcdsql's own image: integration/images/build.sh); then runs `cargo test --workspace` with
 # every required target. The suite starts its database containers itself.
 #
 #   ETCDSQL_TEST_POSTGRES_URL, ETCDSQL_TEST_MYSQL_URL, ETCDSQL_TEST_GALERA_URLS,
 #   ETCDSQL_TEST_COCKROACH_URL, ETCDSQL_TEST_TIDB_URL   use these servers instead
-#   ETCDSQL_REQUIRE          default: etcd,sqlite,postgres,mariadb,galera,pgpool
+#   ETCDSQL_REQUIRE          default: etcd,sqlite,postgres,mariadb,galera,pgpool,image
 #                            (plus kube_apiserver when KUBE_APISERVER is set)
 #   KUBE_APISERVER           a kube-apiserver binary (integration/kube/README.md)
 #   ETCDSQL_LINT=1           also cargo fmt --check and clippy
@@ -53,7 +53,7 @@ for id in $(docker ps -aq --filter label=org.etcdsql.test); do
 done
 as_root integration/images/build.sh
 
-req=etcd,sqlite,postgres,mariadb,galera,pgpool
+req=etcd,sqlite,postgres,mariadb,galera,pgpool,image
 [ -n "${KUBE_APISERVER:-}" ] && req+=,kube_apiserver
 export ETCDSQL_REQUIRE=${ETCDSQL_REQUIRE:-$req}
 log "required: $ETCDSQL_REQUIRE"
