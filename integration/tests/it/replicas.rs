@@ -197,6 +197,9 @@ async fn run(target: Target, through_pgpool: bool) {
         .await
         .unwrap();
     let mut w = c.watch("/fresh", None).await.unwrap();
+    // Created before the put (etcd-client does not wait for it).
+    let created = w.message().await.unwrap().expect("watch open");
+    assert!(created.created(), "{created:?}");
     let put = c.put("/fresh", "new", None).await.unwrap();
     let rev = put.header().unwrap().revision();
     let fresh = c.get("/fresh", None).await.unwrap();
