@@ -472,6 +472,9 @@ struct PgWriter {
     queue: Vec<Queued>,
 }
 
+/// Writes queued before they are sent without waiting for the commit.
+const MAX_QUEUED: usize = 16;
+
 /// A parameter a queued write owns.
 type Owned = Box<dyn ToSql + Sync + Send>;
 
@@ -535,6 +538,11 @@ impl PgWriter {
     async fn push(&mut self, text: &str, params: Vec<Owned>) -> Result<(), DbError> {
         let statement = self.prepared(text).await?;
         self.queue.push(Queued { statement, params });
+        // A batch queues a few statements; a long transaction (an import)
+        // sends them as it goes rather than holding all its rows.
+        if self.queue.len() >= MAX_QUEUED {
+            self.send(Tail::Nothing).await?;
+        }
         Ok(())
     }
 
