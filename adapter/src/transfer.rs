@@ -36,8 +36,8 @@ use crate::proto::mvccpb::KeyValue;
 pub struct ImportArgs {
     #[command(flatten)]
     pub target: crate::admin::Target,
-    /// An etcd snapshot file (`etcdctl snapshot save`) or backend file
-    /// (`member/snap/db`).
+    /// An etcd snapshot file (`etcdctl snapshot save`), or with
+    /// --skip-hash-check a backend file (`member/snap/db`).
     #[arg(long, conflicts_with = "from", required_unless_present = "from")]
     pub snapshot: Option<PathBuf>,
     /// A live etcd to copy (host:port or http://host:port), through its
@@ -47,7 +47,8 @@ pub struct ImportArgs {
     /// Replace what the target holds.
     #[arg(long)]
     pub overwrite: bool,
-    /// Accept a snapshot whose SHA-256 trailer does not match.
+    /// Accept a file without etcd's SHA-256 trailer (a backend file), or
+    /// whose trailer does not match.
     #[arg(long)]
     pub skip_hash_check: bool,
 }
