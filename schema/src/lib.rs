@@ -358,7 +358,7 @@ mod tests {
         };
         assert_eq!(versions(Dialect::Sqlite), versions(Dialect::Postgres));
         assert_eq!(versions(Dialect::Mysql), versions(Dialect::Postgres));
-        assert_eq!(latest(Dialect::Mysql), 3);
+        assert_eq!(latest(Dialect::Mysql), 5);
     }
 
     #[test]
