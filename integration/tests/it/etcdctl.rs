@@ -274,8 +274,24 @@ async fn lock_and_elect(target: Target) {
     // The first holds the lock for 2 s (through a); the second (through
     // b) gets it only after.
     let started = Instant::now();
+    let mut c = a.client().await.expect("client");
+    // Until the named prefix holds `n` keys (a holder, contenders).
+    let held = async |c: &mut etcd_client::Client, prefix: &str, n: usize| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = c
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .expect("get");
+            if r.kvs().len() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{prefix}: never {n} keys");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
     let first = run(&a.endpoint, &["lock", "shared-lock", "sleep", "2"]);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    held(&mut c, "shared-lock/", 1).await;
     let second = run(
         &b.endpoint,
         &["lock", "shared-lock", "echo", "second holds it"],
@@ -301,7 +317,7 @@ async fn lock_and_elect(target: Target) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("etcdctl elect p1");
-    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    held(&mut c, "shared-election/", 1).await;
     let waiting = Command::new("timeout")
         .args(["2", "etcdctl", &format!("--endpoints={}", b.endpoint)])
         .args(["elect", "shared-election", "p2"])
