@@ -44,6 +44,18 @@ pub struct ImportArgs {
     /// Snapshot RPC.
     #[arg(long)]
     pub from: Option<String>,
+    /// CA (PEM) that the --from etcd's certificate chains to (https://).
+    #[arg(long)]
+    pub from_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for the --from etcd.
+    #[arg(long, requires = "from_key")]
+    pub from_cert: Option<PathBuf>,
+    /// Key of --from-cert (PEM).
+    #[arg(long, requires = "from_cert")]
+    pub from_key: Option<PathBuf>,
+    /// user:password for a --from etcd with auth on (root: Snapshot needs it).
+    #[arg(long)]
+    pub from_user: Option<String>,
     /// Replace what the target holds.
     #[arg(long)]
     pub overwrite: bool,
@@ -127,20 +139,53 @@ fn check_hash(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Downloads a live etcd's snapshot to `path`, checking its SHA-256.
-async fn download(endpoint: &str, path: &Path) -> anyhow::Result<()> {
-    use crate::proto::etcdserverpb::SnapshotRequest;
+async fn download(args: &ImportArgs, endpoint: &str, path: &Path) -> anyhow::Result<()> {
+    use crate::proto::etcdserverpb::auth_client::AuthClient;
     use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use crate::proto::etcdserverpb::{AuthenticateRequest, SnapshotRequest};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
         format!("http://{endpoint}")
     };
-    let mut client = MaintenanceClient::connect(url.clone())
+    let mut ep = Endpoint::from_shared(url.clone()).with_context(|| format!("--from {url}"))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.from_cacert {
+            let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&args.from_cert, &args.from_key) {
+            let c = std::fs::read(cert).with_context(|| cert.display().to_string())?;
+            let k = std::fs::read(key).with_context(|| key.display().to_string())?;
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        ep = ep.tls_config(tls).context("--from TLS settings")?;
+    }
+    let channel = ep
+        .connect()
         .await
-        .with_context(|| format!("connecting to {url}"))?
-        .max_decoding_message_size(64 << 20);
+        .with_context(|| format!("connecting to {url}"))?;
+    let mut request = tonic::Request::new(SnapshotRequest {});
+    if let Some(user) = &args.from_user {
+        let (name, password) = user.split_once(':').unwrap_or((user.as_str(), ""));
+        let token = AuthClient::new(channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: name.to_string(),
+                password: password.to_string(),
+            })
+            .await
+            .with_context(|| format!("{url}: authenticating as {name}"))?
+            .into_inner()
+            .token;
+        request
+            .metadata_mut()
+            .insert("token", token.parse().context("the token")?);
+    }
+    let mut client = MaintenanceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut stream = client
-        .snapshot(SnapshotRequest {})
+        .snapshot(request)
         .await
         .with_context(|| format!("{url}: Snapshot"))?
         .into_inner();
@@ -172,7 +217,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         (Some(p), _) => p,
         (None, Some(from)) => {
             temp = std::env::temp_dir().join(format!("etcdsql-import-{}.db", std::process::id()));
-            let r = download(from, &temp).await;
+            let r = download(&args, from, &temp).await;
             if let Err(e) = r {
                 let _ = std::fs::remove_file(&temp);
                 return Err(e);

@@ -227,6 +227,68 @@ async fn mutual_tls(_target: Target) {
         !ok && out.contains("permission denied"),
         "CN of no user: {out}"
     );
+    // `etcdsql import --from` a live server over TLS with auth on (its
+    // Snapshot needs root), into an SQLite file.
+    let imported = d.join("imported.db");
+    let from = |user: &str| {
+        Command::new(bin())
+            .args([
+                "import",
+                "--endpoint",
+                &format!("sqlite://{}", imported.display()),
+            ])
+            .args(["--from", &format!("https://{endpoint}")])
+            .arg("--from-cacert")
+            .arg(d.join("ca.crt"))
+            .arg("--from-cert")
+            .arg(d.join("client.crt"))
+            .arg("--from-key")
+            .arg(d.join("client.key"))
+            .args(["--from-user", user])
+            .output()
+            .expect("etcdsql import")
+    };
+    let denied = from("alice:alicepw");
+    assert!(
+        !denied.status.success()
+            && String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "{denied:?}"
+    );
+    let out = from("root:rootpw");
+    assert!(out.status.success(), "{out:?}");
+    // The copy holds the source's revision (auth came across on, so it is
+    // read back through `etcdsql export` and etcdctl's snapshot status).
+    let exported = d.join("exported.db");
+    let back = Command::new(bin())
+        .args([
+            "export",
+            "--endpoint",
+            &format!("sqlite://{}", imported.display()),
+        ])
+        .arg("--output")
+        .arg(&exported)
+        .output()
+        .expect("etcdsql export");
+    assert!(back.status.success(), "{back:?}");
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&exported)
+        .output()
+        .expect("etcdctl snapshot status");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let (ok, source) = etcdctl(d, &endpoint, Some("root"), &["get", "k", "-w", "json"]);
+    assert!(ok, "{source}");
+    let revision = source
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !revision.is_empty() && status.contains(&format!("\"revision\":{revision}")),
+        "source {source}, copy {status}"
+    );
     let (ok, out) = etcdctl(d, &endpoint, Some("root"), &["auth", "disable"]);
     assert!(ok, "{out}");
     let (ok, out) = etcdctl(d, &endpoint, None, &["get", "k"]);
