@@ -17,20 +17,20 @@
 //! etcd data directory.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use prost::Message;
-use sha2::Digest;
 
 use crate::backend::sql::Param;
 use crate::backend::{self, Backend, Writer};
 use crate::backend::{Flush, HistoryRow, LeaseRow, Upsert};
 use crate::bbolt::Reader;
 use crate::proto::mvccpb::KeyValue;
+use crate::store::snapshot::{Lease, revision_of, sha256_prefix};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ImportArgs {
@@ -77,31 +77,6 @@ pub struct ExportArgs {
 /// Key-bucket entries per transaction statement group.
 const CHUNK: usize = 1000;
 
-/// etcd's leasepb.Lease.
-#[derive(Clone, PartialEq, prost::Message)]
-struct LeasePb {
-    #[prost(int64, tag = "1")]
-    id: i64,
-    #[prost(int64, tag = "2")]
-    ttl: i64,
-    #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
-}
-
-/// A revision key of etcd's key bucket: (main, sub, deletion).
-fn revision_of(k: &[u8]) -> Option<(i64, i32, bool)> {
-    if k.len() < 17 || k[8] != b'_' {
-        return None;
-    }
-    let main = i64::from_be_bytes(k[..8].try_into().ok()?);
-    let sub = i64::from_be_bytes(k[9..17].try_into().ok()?);
-    Some((
-        main,
-        i32::try_from(sub).ok()?,
-        k.len() == 18 && k[17] == b't',
-    ))
-}
-
 /// Checks the SHA-256 that etcd appends to a snapshot (a file 32 bytes
 /// over a multiple of 512), as `etcdctl snapshot restore` does: a file
 /// without one (truncated, or a backend file copied from a data directory)
@@ -115,19 +90,11 @@ fn check_hash(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let mut sha = sha2::Sha256::new();
-    let mut left = len - 32;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = usize::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
-        f.read_exact(&mut buf[..n])
-            .with_context(|| format!("{}: reading", path.display()))?;
-        sha.update(&buf[..n]);
-        left -= u64::try_from(n).unwrap_or(0);
-    }
+    let sum =
+        sha256_prefix(&mut f, len - 32).with_context(|| format!("{}: reading", path.display()))?;
     let mut trailer = [0u8; 32];
     f.read_exact(&mut trailer)?;
-    if sha.finalize().as_slice() != trailer {
+    if sum != trailer {
         bail!(
             "{}: the SHA-256 at offset {} does not match the {} bytes before it: the snapshot is corrupt or truncated (--skip-hash-check imports it anyway)",
             path.display(),
@@ -431,7 +398,7 @@ async fn load(
     if let Some(bucket) = reader.bucket(b"lease").map_err(anyhow::Error::msg)? {
         reader
             .for_each(&bucket, &mut |_, v| {
-                let l = LeasePb::decode(v).map_err(|e| format!("lease bucket: {e}"))?;
+                let l = Lease::decode(v).map_err(|e| format!("lease bucket: {e}"))?;
                 leases.push(l);
                 Ok(())
             })
@@ -529,22 +496,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             .truncate(true)
             .open(&part)
             .with_context(|| part.display().to_string())?;
-        let (out, revision, keys) =
-            handle.block_on(store.snapshot(std::io::BufWriter::new(file)))?;
-        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        let (mut file, revision, keys, len) = store.snapshot_file(&handle, file)?;
         // etcd's trailer: the SHA-256 of everything before it.
-        let len = file.seek(std::io::SeekFrom::End(0))?;
-        file.seek(std::io::SeekFrom::Start(0))?;
-        let mut sha = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            sha.update(&buf[..n]);
-        }
-        file.write_all(&sha.finalize())?;
+        let sum = sha256_prefix(&mut file, len)?;
+        file.write_all(&sum)?;
         file.sync_all()?;
         std::fs::rename(&part, &output)?;
         Ok((keys, revision, len + 32))

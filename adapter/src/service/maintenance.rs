@@ -38,7 +38,7 @@ fn send_snapshot(
     tx: &tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
 ) -> Result<(), Status> {
     use sha2::Digest;
-    use std::io::{Read, Seek, Write};
+    use std::io::{Read, Seek};
     let failed = |e: std::io::Error| Status::internal(format!("etcdsql: snapshot: {e}"));
     let path = std::env::temp_dir().join(format!(
         "etcdsql-snapshot-{}-{}",
@@ -53,12 +53,7 @@ fn send_snapshot(
         .map_err(failed)?;
     // Gone once closed, whatever happens.
     let _ = std::fs::remove_file(&path);
-    let (out, revision, keys) = handle
-        .block_on(store.snapshot(std::io::BufWriter::new(file)))
-        .map_err(Status::from)?;
-    let mut file = out.into_inner().map_err(|e| failed(e.into_error()))?;
-    file.flush().map_err(failed)?;
-    let total = file.seek(std::io::SeekFrom::End(0)).map_err(failed)?;
+    let (mut file, revision, keys, total) = store.snapshot_file(handle, file)?;
     file.seek(std::io::SeekFrom::Start(0)).map_err(failed)?;
     tracing::info!(revision, keys, bytes = total, "sending a snapshot");
     let mut sha = sha2::Sha256::new();

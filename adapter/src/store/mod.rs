@@ -15,7 +15,7 @@ pub mod committer;
 mod counts;
 mod crc32c;
 pub mod ops;
-mod snapshot;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -13,22 +13,22 @@
 //! - `auth` (`authEnabled`, `authRevision`), `authUsers`, `authRoles`
 //!   (authpb records by name) and `alarm` (marshalled AlarmMembers).
 
-use std::io::{Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use prost::Message;
 
 use super::{Error, Store, hash_entry};
 use crate::bbolt::Bolt;
 
-/// etcd's leasepb.Lease.
+/// etcd's leasepb.Lease (the lease bucket's values).
 #[derive(Clone, PartialEq, prost::Message)]
-struct Lease {
+pub struct Lease {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub id: i64,
     #[prost(int64, tag = "2")]
-    ttl: i64,
+    pub ttl: i64,
     #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
+    pub remaining_ttl: i64,
 }
 
 /// A revision as etcd's key bucket and meta bucket write it.
@@ -39,11 +39,57 @@ fn revision_key(main: i64) -> Vec<u8> {
     k
 }
 
+/// A revision key of etcd's key bucket: (main, sub, deletion).
+pub fn revision_of(k: &[u8]) -> Option<(i64, i32, bool)> {
+    if k.len() < 17 || k[8] != b'_' {
+        return None;
+    }
+    let main = i64::from_be_bytes(k[..8].try_into().ok()?);
+    let sub = i64::from_be_bytes(k[9..17].try_into().ok()?);
+    Some((
+        main,
+        i32::try_from(sub).ok()?,
+        k.len() == 18 && k[17] == b't',
+    ))
+}
+
+/// SHA-256 of the first `len` bytes of `f` (etcd's snapshot trailer),
+/// read from its start.
+pub fn sha256_prefix(f: &mut (impl Read + Seek), len: u64) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    f.seek(SeekFrom::Start(0))?;
+    let mut sha = sha2::Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = usize::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
+        f.read_exact(&mut buf[..n])?;
+        sha.update(&buf[..n]);
+        left -= u64::try_from(n).unwrap_or(0);
+    }
+    Ok(sha.finalize().into())
+}
+
 fn io(e: std::io::Error) -> Error {
     Error::Internal(format!("writing the snapshot: {e}"))
 }
 
 impl Store {
+    /// [`Store::snapshot`] into `file` from a blocking thread (`handle`:
+    /// the runtime it reads the database on); answers the file, the
+    /// revision, the keys written and the file's length.
+    pub fn snapshot_file(
+        &self,
+        handle: &tokio::runtime::Handle,
+        file: std::fs::File,
+    ) -> Result<(std::fs::File, i64, u64, u64), Error> {
+        let (out, revision, keys) =
+            handle.block_on(self.snapshot(std::io::BufWriter::new(file)))?;
+        let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok((file, revision, keys, len))
+    }
+
     /// Writes the snapshot to `out` (blocking writes: call it where
     /// blocking is allowed); answers (the revision it is at, keys written).
     pub async fn snapshot<W: Write + Seek>(&self, out: W) -> Result<(W, i64, u64), Error> {

@@ -511,66 +511,18 @@ pub(crate) async fn view(c: &mut etcd_client::Client) -> Vec<String> {
 /// Snapshot: `etcdctl snapshot save` from etcdsql, `snapshot restore`, and
 /// etcd 3.4 started on the restored directory answers as etcdsql did.
 async fn snapshot_restore(target: Target) {
-    use etcd_client::{CompactionOptions, LeaseGrantOptions, PutOptions, Txn, TxnOp};
+    use crate::transfer::{etcdctl, restored, write_history};
     if !Target::Etcd.available() {
         return;
     }
     let ours = Started::new(target, bin()).await.expect("etcdsql");
     let mut c = ours.server.client().await.unwrap();
-    c.user_add("alice", "pw", None).await.unwrap();
-    c.role_add("app").await.unwrap();
-    c.role_grant_permission(
-        "app",
-        etcd_client::Permission::read_write("/app/").with_prefix(),
-    )
-    .await
-    .unwrap();
-    c.user_grant_role("alice", "app").await.unwrap();
-    for i in 0..40 {
-        c.put(format!("k{i:02}"), format!("v{i}"), None)
-            .await
-            .unwrap();
-    }
-    c.delete("k03", None).await.unwrap();
-    c.put("k01", "again", None).await.unwrap();
-    c.txn(Txn::new().and_then([TxnOp::put("t/a", "1", None), TxnOp::delete("k05", None)]))
-        .await
-        .unwrap();
-    c.lease_grant(600, Some(LeaseGrantOptions::new().with_id(0x1234)))
-        .await
-        .unwrap();
-    c.put("leased", "x", Some(PutOptions::new().with_lease(0x1234)))
-        .await
-        .unwrap();
-    c.compact(20, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
-    // Enough to need branch pages, and one value over a page.
-    for i in 0..1500 {
-        c.put(format!("many/{i:05}"), "y".repeat(200), None)
-            .await
-            .unwrap();
-    }
-    c.put("big", "z".repeat(9000), None).await.unwrap();
-    c.delete("k07", None).await.unwrap();
+    write_history(&mut c).await;
     let want = view(&mut c).await;
 
     let dir = std::env::temp_dir().join(etcdsql_integration::unique_name("snapshot"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("s.db");
-    let etcdctl = |args: &[&str]| {
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(args)
-            .output()
-            .expect("etcdctl");
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let endpoint = format!("--endpoints={}", ours.server.endpoint);
     etcdctl(&[&endpoint, "snapshot", "save", file.to_str().unwrap()]);
     let status = etcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
@@ -579,51 +531,9 @@ async fn snapshot_restore(target: Target) {
         status.contains(&format!("\"revision\":{revision}")),
         "snapshot status {status} for revision {revision}"
     );
-    let (client, peer) = (
-        etcdsql_integration::free_port(),
-        etcdsql_integration::free_port(),
-    );
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let data = dir.join("restored");
-    etcdctl(&[
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--name",
-        "restored",
-        "--initial-cluster",
-        &format!("restored={peer_url}"),
-        "--initial-advertise-peer-urls",
-        &peer_url,
-    ]);
-    let client_url = format!("http://127.0.0.1:{client}");
-    let _etcd = Killed(
-        std::process::Command::new("etcd")
-            .args(["--name", "restored", "--data-dir"])
-            .arg(&data)
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("restored={peer_url}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut e = loop {
-        if let Ok(mut e) = etcd_client::Client::connect([client_url.as_str()], None).await
-            && e.get("k00", None).await.is_ok()
-        {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "etcd on the restored directory");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (etcd, mut e) = restored(&file, &dir).await;
     let got = view(&mut e).await;
+    drop(etcd);
     assert_eq!(
         got,
         want,

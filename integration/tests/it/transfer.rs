@@ -21,7 +21,7 @@ pub fn cases() -> Vec<Case> {
 
 /// A history with versions, deletions, a Txn, a lease with keys, a
 /// compaction, users and roles, and enough keys for branch pages.
-async fn write_history(c: &mut etcd_client::Client) {
+pub(crate) async fn write_history(c: &mut etcd_client::Client) {
     c.user_add("alice", "pw", None).await.unwrap();
     c.role_add("app").await.unwrap();
     c.role_grant_permission(
@@ -59,7 +59,8 @@ async fn write_history(c: &mut etcd_client::Client) {
     c.delete("k07", None).await.unwrap();
 }
 
-fn etcdctl(args: &[&str]) {
+/// Runs etcdctl, which must succeed; answers its standard output.
+pub(crate) fn etcdctl(args: &[&str]) -> String {
     let out = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(args)
@@ -70,6 +71,7 @@ fn etcdctl(args: &[&str]) {
         "etcdctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `etcdsql` with `args`; (success, standard error).
@@ -91,7 +93,7 @@ async fn served(dsn: &str) -> (Process, etcd_client::Client) {
 }
 
 /// etcd 3.4 on a data directory restored from `file`.
-async fn restored(file: &Path, dir: &Path) -> (Killed, etcd_client::Client) {
+pub(crate) async fn restored(file: &Path, dir: &Path) -> (Killed, etcd_client::Client) {
     let (client, peer) = (
         etcdsql_integration::free_port(),
         etcdsql_integration::free_port(),
