@@ -1,6 +1,7 @@
 //! The owner of a server's background tasks: the committer, the watch
 //! hub's tail and LISTEN, the lease expirer, backfills, purges, the
-//! replicas' fence and health checks, partition creation, `/metrics`.
+//! replicas' fence and health checks, partition creation, `/metrics`, the
+//! alarm and auth-store polls, the planner-statistics refresh.
 //!
 //! Every task is spawned here. [`Tasks::stop`] tells them to end; a task
 //! spawned with [`Tasks::spawn`] is cancelled at its next await point, one
