@@ -9,8 +9,10 @@
 #   ETCDSQL_TEST_POSTGRES_URL, ETCDSQL_TEST_MYSQL_URL, ETCDSQL_TEST_GALERA_URLS,
 #   ETCDSQL_TEST_COCKROACH_URL, ETCDSQL_TEST_TIDB_URL   use these servers instead
 #   ETCDSQL_REQUIRE          default: etcd,sqlite,postgres,mariadb,galera,pgpool,image
-#                            (plus kube_apiserver when KUBE_APISERVER is set)
+#                            (plus kube_apiserver and migrate when KUBE_APISERVER is set,
+#                            the PgCat and ProxySQL cases when their *_BIN is)
 #   KUBE_APISERVER           a kube-apiserver binary (integration/kube/README.md)
+#   PGCAT_BIN, PROXYSQL_BIN  PgCat and ProxySQL binaries (docs/compatibility.md; also found on PATH)
 #   ETCDSQL_LINT=1           also cargo fmt --check and clippy
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +56,9 @@ done
 as_root integration/images/build.sh
 
 req=etcd,sqlite,postgres,mariadb,galera,pgpool,image
-[ -n "${KUBE_APISERVER:-}" ] && req+=,kube_apiserver
+[ -n "${KUBE_APISERVER:-}" ] && req+=,kube_apiserver,migrate
+[ -n "${PGCAT_BIN:-}" ] && req+=,pgcat_session,pgcat_transaction
+[ -n "${PROXYSQL_BIN:-}" ] && req+=,proxysql
 export ETCDSQL_REQUIRE=${ETCDSQL_REQUIRE:-$req}
 log "required: $ETCDSQL_REQUIRE"
 

@@ -548,10 +548,14 @@ impl App {
         };
         let committed = Arc::new(tokio::sync::Notify::new());
         // Behind a proxy tier everything but the balanced reads goes to the
-        // primary.
+        // primary, on connections of its own (a proxy may pin a session to
+        // the server its first statement went to).
         let balanced = backend;
-        let backend: Arc<dyn Backend> = if config.proxy_tier {
-            Arc::new(backend::Primary(balanced.clone()))
+        let backend: Arc<dyn Backend> = if config.proxy_tier && !matches!(dsn, Dsn::Sqlite(_)) {
+            let primary_side = backend::open_primary_side(&dsn)
+                .await
+                .context("opening the proxy's primary side")?;
+            Arc::new(backend::Primary(primary_side))
         } else {
             balanced.clone()
         };

@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 
 pub use etcd_client;
 
+pub mod kube;
 pub mod lincheck;
 pub mod servers;
 
@@ -478,6 +479,20 @@ impl Process {
                 * 1024
         };
         (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    /// CPU time it has used (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the
+        // 12th and 13th, in clock ticks (100 per second on Linux).
+        let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
     }
 
     /// SIGTERM, as `systemctl stop` or a pod's termination sends; then

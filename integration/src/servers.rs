@@ -649,3 +649,264 @@ impl Drop for Pgpool {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A proxy tier in front of a primary and a replica.
+pub trait Proxy: Send {
+    /// The admin URL through the proxy.
+    fn url(&self) -> &str;
+    /// What the proxy logged.
+    fn log(&self) -> String;
+}
+
+impl Proxy for Pgpool {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn log(&self) -> String {
+        Pgpool::log(self)
+    }
+}
+
+/// A proxy binary: `var` (PGCAT_BIN, PROXYSQL_BIN) or `name` on PATH.
+pub fn proxy_bin(var: &str, name: &str) -> Result<std::path::PathBuf, String> {
+    if let Ok(p) = std::env::var(var) {
+        let p = std::path::PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{var}={} is not a file", p.display()))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("no {name} on PATH and {var} is not set (docs/compatibility.md)"))
+}
+
+/// A child process in a directory of its own, both gone when dropped.
+struct Child {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    log: &'static str,
+}
+
+impl Child {
+    fn spawn(
+        dir: std::path::PathBuf,
+        log: &'static str,
+        cmd: &mut Command,
+    ) -> anyhow::Result<Child> {
+        let out = std::fs::File::create(dir.join(log))?;
+        let child = cmd
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Child { child, dir, log })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(self.log)).unwrap_or_default()
+    }
+
+    /// Waits until `sql` succeeds at `url`.
+    fn wait_serving(&self, target: Target, url: &str, sql: &'static str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let u = url.to_string();
+            match on_docker_blocking(async move { crate::admin_sql(target, &u, sql).await }) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("{} not serving: {e:#}\n{}", self.log, self.log())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// PgCat (PGCAT_BIN or `pgcat` on PATH) in front of a PostgreSQL primary
+/// and a hot standby, splitting reads from writes with its query parser.
+pub struct Pgcat {
+    child: Child,
+    /// The URL of `database` through PgCat.
+    pub url: String,
+    /// The configuration it runs.
+    pub config: String,
+}
+
+impl Pgcat {
+    /// `db`: a database's URL on the primary (it exists on both servers;
+    /// PgCat serves one pool per database). `mode`: "session" or
+    /// "transaction".
+    pub fn start(primary: &str, standby: &str, db: &str, mode: &str) -> anyhow::Result<Pgcat> {
+        let database = db
+            .rsplit('/')
+            .next()
+            .and_then(|d| d.split('?').next())
+            .filter(|d| !d.is_empty())
+            .with_context(|| format!("no database in {db}"))?;
+        let bin = proxy_bin("PGCAT_BIN", "pgcat").map_err(anyhow::Error::msg)?;
+        let dir = std::env::temp_dir().join(format!("etcdsql-pgcat-{}", free_port()));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port();
+        let config = format!(
+            r#"[general]
+host = "127.0.0.1"
+port = {port}
+admin_username = "pgcat"
+admin_password = "pgcat"
+enable_prometheus_exporter = false
+ban_time = 2
+healthcheck_delay = 500
+connect_timeout = 1000
+
+[pools.{database}]
+pool_mode = "{mode}"
+query_parser_enabled = true
+query_parser_read_write_splitting = true
+primary_reads_enabled = false
+prepared_statements_cache_size = 500
+
+[pools.{database}.users.0]
+username = "postgres"
+password = "postgres"
+auth_type = "trust"
+pool_size = 40
+statement_timeout = 0
+
+[pools.{database}.shards.0]
+database = "{database}"
+servers = [["127.0.0.1", {p0}, "primary"], ["127.0.0.1", {p1}, "replica"]]
+"#,
+            p0 = port_of(primary)?,
+            p1 = port_of(standby)?,
+        );
+        std::fs::write(dir.join("pgcat.toml"), &config)?;
+        let child = Child::spawn(
+            dir.clone(),
+            "pgcat.log",
+            Command::new(bin).arg(dir.join("pgcat.toml")),
+        )?;
+        let url = with_port(db, port)?;
+        let pool = Pgcat { child, url, config };
+        pool.child
+            .wait_serving(Target::Postgres, &pool.url, "SELECT 1")?;
+        Ok(pool)
+    }
+}
+
+impl Proxy for Pgcat {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn log(&self) -> String {
+        self.child.log()
+    }
+}
+
+/// ProxySQL (PROXYSQL_BIN or `proxysql` on PATH) in front of a MariaDB
+/// primary (hostgroup 10) and its replica (hostgroup 20): etcdsql's
+/// primary statements (`/*NO LOAD BALANCE*/`, transactions, `FOR UPDATE`)
+/// to the primary, other SELECTs to the replica, the primary serving them
+/// only while the replica is shunned.
+pub struct Proxysql {
+    child: Child,
+    /// The admin URL through ProxySQL.
+    pub url: String,
+    /// The configuration it runs.
+    pub config: String,
+}
+
+impl Proxysql {
+    pub fn start(primary: &str, replica: &str) -> anyhow::Result<Proxysql> {
+        let bin = proxy_bin("PROXYSQL_BIN", "proxysql").map_err(anyhow::Error::msg)?;
+        let dir = std::env::temp_dir().join(format!("etcdsql-proxysql-{}", free_port()));
+        std::fs::create_dir_all(dir.join("data"))?;
+        let (port, admin) = (free_port(), free_port());
+        let (p0, p1) = (port_of(primary)?, port_of(replica)?);
+        let config = format!(
+            r#"datadir = "{data}"
+admin_variables = {{
+  admin_credentials = "admin:admin"
+  mysql_ifaces = "127.0.0.1:{admin}"
+}}
+mysql_variables = {{
+  threads = 2
+  interfaces = "127.0.0.1:{port}"
+  server_version = "10.11.0-MariaDB"
+  monitor_username = "root"
+  monitor_password = ""
+  monitor_ping_interval = 1000
+  monitor_connect_interval = 1000
+  monitor_replication_lag_interval = 1000
+  connect_timeout_server = 1000
+  connect_timeout_server_max = 3000
+  shun_recovery_time_sec = 1
+  poll_timeout = 100
+}}
+mysql_servers = (
+  {{ address = "127.0.0.1", port = {p0}, hostgroup = 10, max_connections = 200 }},
+  {{ address = "127.0.0.1", port = {p1}, hostgroup = 20, weight = 10000000, max_connections = 200 }},
+  {{ address = "127.0.0.1", port = {p0}, hostgroup = 20, weight = 1, max_connections = 200 }}
+)
+mysql_users = (
+  {{ username = "root", password = "", default_hostgroup = 10, transaction_persistent = 1 }}
+)
+mysql_query_rules = (
+  {{ rule_id = 1, active = 1, match_pattern = "^/\\*NO LOAD BALANCE\\*/", destination_hostgroup = 10, apply = 1 }},
+  {{ rule_id = 2, active = 1, match_digest = "FOR UPDATE", destination_hostgroup = 10, apply = 1 }},
+  {{ rule_id = 3, active = 1, match_digest = "^SELECT", destination_hostgroup = 20, apply = 1 }}
+)
+"#,
+            data = dir.join("data").display(),
+        );
+        std::fs::write(dir.join("proxysql.cnf"), &config)?;
+        let child = Child::spawn(
+            dir.clone(),
+            "proxysql.log",
+            Command::new(bin)
+                .args(["-f", "--initial", "-c"])
+                .arg(dir.join("proxysql.cnf"))
+                .arg("-D")
+                .arg(dir.join("data")),
+        )?;
+        let proxy = Proxysql {
+            child,
+            url: with_port(primary, port)?,
+            config,
+        };
+        proxy
+            .child
+            .wait_serving(Target::Mariadb, &proxy.url, "SELECT 1")?;
+        Ok(proxy)
+    }
+}
+
+impl Proxy for Proxysql {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn log(&self) -> String {
+        self.child.log()
+    }
+}

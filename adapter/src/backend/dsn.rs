@@ -78,6 +78,16 @@ pub async fn open(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
     })
 }
 
+/// The primary's side of a proxy tier at `dsn` (see
+/// [`postgres::Postgres::open_primary_side`]); MySQL proxies route each
+/// statement by itself.
+pub async fn open_primary_side(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
+    Ok(match dsn {
+        Dsn::Postgres(url) => Arc::new(postgres::Postgres::open_primary_side(url).await?),
+        _ => open(dsn).await?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

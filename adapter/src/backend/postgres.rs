@@ -195,6 +195,20 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
 
 impl Postgres {
     pub async fn open(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, None).await
+    }
+
+    /// The primary's side of a proxy tier: every pooled connection starts
+    /// with an empty transaction, which proxies send to the primary, so a
+    /// proxy that pins a session to the server of its first statement
+    /// (PgCat in session mode) pins it there. (Not a SET: Pgpool-II sends
+    /// those to every node, and after a standby's restart its sessions
+    /// failed with "there is already a transaction in progress".)
+    pub async fn open_primary_side(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, Some("BEGIN; COMMIT")).await
+    }
+
+    async fn open_with(url: &str, first: Option<&'static str>) -> Result<Self, DbError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| DbError::Other(format!("invalid postgres endpoint: {e}")))?;
@@ -209,10 +223,18 @@ impl Postgres {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
-            .max_size(32)
-            .build()
-            .map_err(|e| DbError::Other(e.to_string()))?;
+        let mut pool = Pool::builder(manager).max_size(32);
+        if let Some(first) = first {
+            pool = pool.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(first)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }));
+        }
+        let pool = pool.build().map_err(|e| DbError::Other(e.to_string()))?;
         let pg = Postgres {
             config,
             pool,
@@ -407,11 +429,25 @@ impl Backend for Postgres {
         wake: Arc<Notify>,
         mut known: crate::watch::Known,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
-        let config = self.config.clone();
+        let (config, pool) = (self.config.clone(), self.pool.clone());
         Some(Box::pin(async move {
             loop {
-                if let Err(e) = listen(&config, &wake, &mut known).await {
-                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                match listen(&config, &pool, &wake, &mut known).await {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    }
+                    Ok(Deaf) => {
+                        tracing::warn!(
+                            poll = ?DEAF_POLL,
+                            "notifications do not arrive through this endpoint (a proxy pooling \
+                             by transaction, such as PgCat or PgBouncer in transaction mode): \
+                             watches see other processes' commits by polling, up to this much later"
+                        );
+                        loop {
+                            wake.notify_one();
+                            tokio::time::sleep(DEAF_POLL).await;
+                        }
+                    }
                 }
                 // Whatever was missed meanwhile is found by the next poll.
                 wake.notify_one();
@@ -421,32 +457,70 @@ impl Backend for Postgres {
     }
 }
 
+/// A LISTEN that hears nothing: its session is not kept for it (a proxy
+/// pooling by transaction hands the server connection to others).
+struct Deaf;
+
+/// How long a new LISTEN waits for the probe it sent itself.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+/// The hub's polling period where LISTEN hears nothing.
+const DEAF_POLL: Duration = Duration::from_millis(50);
+
 /// Holds a LISTEN connection and wakes the hub on every notification of a
 /// revision it does not have (the payload is the committed revision; this
 /// process's own commits usually reach the hub before their notification).
+///
+/// Once listening it sends a probe through the pool and waits for it: a
+/// proxy pooling by transaction runs the LISTEN on a server connection it
+/// then lends to others, and the probe never comes back ([`Deaf`]).
 async fn listen(
     config: &tokio_postgres::Config,
+    pool: &Pool,
     wake: &Notify,
     known: &mut crate::watch::Known,
-) -> Result<(), DbError> {
+) -> Result<Deaf, DbError> {
     let (client, mut conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&statement);
     tokio::pin!(listen);
-    let mut listening = false;
+    let probe_payload = format!("probe {}", rand::random::<u64>());
+    let probe = async {
+        (&mut listen).await.map_err(|e| classify(&e))?;
+        wake.notify_one();
+        // Not a SELECT: a proxy sends it to the primary.
+        let c = pool.get().await.map_err(pool_error)?;
+        c.batch_execute(&format!(
+            "{}NOTIFY {CHANNEL}, '{probe_payload}'",
+            super::NO_LOAD_BALANCE
+        ))
+        .await
+        .map_err(|e| classify(&e))?;
+        tokio::time::sleep(PROBE_WAIT).await;
+        Ok::<_, DbError>(())
+    };
+    tokio::pin!(probe);
+    let mut probing = true;
     loop {
         tokio::select! {
-            r = &mut listen, if !listening => {
-                r.map_err(|e| classify(&e))?;
-                listening = true;
-                wake.notify_one();
-            }
+            r = &mut probe, if probing => match r {
+                // Listening, the probe sent and not heard in time.
+                Ok(()) => return Ok(Deaf),
+                Err(e) => return Err(e),
+            },
+            // Until the probe comes back, notifications may not.
+            () = tokio::time::sleep(DEAF_POLL), if probing => wake.notify_one(),
             m = messages.next() => match m {
-                Some(Ok(AsyncMessage::Notification(n))) => match n.payload().parse::<i64>() {
-                    Ok(rev) if known.has(rev).await => {}
-                    _ => wake.notify_one(),
-                },
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if n.payload() == probe_payload {
+                        probing = false;
+                        continue;
+                    }
+                    match n.payload().parse::<i64>() {
+                        Ok(rev) if known.has(rev).await => {}
+                        _ => wake.notify_one(),
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(classify(&e)),
                 None => return Err(DbError::Unavailable("LISTEN connection closed".into())),

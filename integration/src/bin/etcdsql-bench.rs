@@ -38,6 +38,14 @@
 //!   the client, and etcdsql's RSS during pushed-down LISTs at a tenth of
 //!   the objects and at all of them.
 //!
+//! - `apiserver` (not in the default set; `--kube-apiserver` or
+//!   `KUBE_APISERVER`): an unmodified kube-apiserver on each target, driven
+//!   over its REST API by `--kube-clients` clients: ConfigMap creates,
+//!   custom-resource creates, PATCHes of `--kube-hot` hot ConfigMaps (the
+//!   apiserver's GuaranteedUpdate, retried inside it on conflict) and
+//!   paginated LISTs; with the etcd-API server's CPU time per 1,000
+//!   requests (the database's own CPU is not counted).
+//!
 //! `--endpoint HOST:PORT` drives an already running etcd v3 server instead
 //! (named `endpoint` in the tables; no RSS).
 
@@ -125,6 +133,24 @@ struct Args {
     /// Objects `selectors` lists (1% match its selector).
     #[arg(long, default_value_t = 100_000)]
     selector_objects: usize,
+    /// kube-apiserver binary of `apiserver`.
+    #[arg(long, env = "KUBE_APISERVER")]
+    kube_apiserver: Option<PathBuf>,
+    /// Concurrent clients of `apiserver` (one connection each).
+    #[arg(long, default_value_t = 64)]
+    kube_clients: usize,
+    /// ConfigMaps, and custom resources, that `apiserver` creates.
+    #[arg(long, default_value_t = 3000)]
+    kube_objects: usize,
+    /// PATCHes `apiserver` makes to its hot objects.
+    #[arg(long, default_value_t = 3000)]
+    kube_updates: usize,
+    /// Hot objects the PATCHes go to.
+    #[arg(long, default_value_t = 20)]
+    kube_hot: usize,
+    /// Full paginated LISTs (500 per page) of the ConfigMaps.
+    #[arg(long, default_value_t = 40)]
+    kube_lists: usize,
 }
 
 /// A target under load: its clients and, where it was started here, its
@@ -1185,6 +1211,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             selectors_table(&targets, args).await?;
             continue;
         }
+        if workload == "apiserver" {
+            apiserver_table(&targets, args).await?;
+            continue;
+        }
         let mut rows = Vec::new();
         for name in &targets {
             eprintln!("{workload} on {name} …");
@@ -1239,4 +1269,263 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         print_table(&title, unit, &rows);
     }
     Ok(())
+}
+
+/// One phase of `apiserver`: `n` requests from `clients` connections,
+/// request `i` made by `make(i)` (method, path, body) and expected to
+/// answer `want`.
+async fn kube_phase<F>(
+    conns: &mut [etcdsql_integration::kube::Conn],
+    n: usize,
+    want: u16,
+    make: F,
+) -> (f64, Vec<Duration>, usize)
+where
+    F: Fn(usize) -> (&'static str, String, Option<Vec<u8>>) + Send + Sync + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let results = futures::future::join_all(conns.iter_mut().map(|c| {
+        let (next, make) = (next.clone(), make.clone());
+        async move {
+            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return (lat, errors);
+                }
+                let (method, path, body) = make(i);
+                let t = Instant::now();
+                match c.request(method, &path, body).await {
+                    Ok((s, _)) if s == want => lat.push(t.elapsed()),
+                    Ok((s, b)) => {
+                        if errors == 0 {
+                            eprintln!("  {method} {path}: {s} {}", String::from_utf8_lossy(&b));
+                        }
+                        errors += 1;
+                    }
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("  {method} {path}: {e:#}");
+                        }
+                        errors += 1;
+                    }
+                }
+            }
+        }
+    }))
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let mut lat: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+    lat.sort();
+    let errors = results.iter().map(|(_, e)| e).sum();
+    (lat.len() as f64 / secs, lat, errors)
+}
+
+/// `apiserver`: kube-apiserver on each target; one table per request kind.
+async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
+    use etcdsql_integration::kube::Apiserver;
+    let bin = args
+        .kube_apiserver
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("apiserver needs --kube-apiserver or KUBE_APISERVER"))?;
+    let kinds = [
+        "ConfigMap creates",
+        "custom-resource creates",
+        "PATCH of hot ConfigMaps",
+        "LIST pages",
+    ];
+    let mut rows: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
+    for name in targets {
+        eprintln!("apiserver on {name} …");
+        let u = Under::start(name, args).await?;
+        let api = Apiserver::start(&bin, &u.endpoint).await?;
+        let mut conns = Vec::new();
+        for _ in 0..args.kube_clients {
+            conns.push(api.connect().await?);
+        }
+        let (s, b) = conns[0]
+            .request(
+                "POST",
+                "/api/v1/namespaces",
+                Some(
+                    br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"bench"}}"#
+                        .to_vec(),
+                ),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "namespace: {s} {}", String::from_utf8_lossy(&b));
+        let crd = r#"{"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+            "metadata":{"name":"widgets.bench.example.com"},
+            "spec":{"group":"bench.example.com","scope":"Namespaced",
+              "names":{"plural":"widgets","singular":"widget","kind":"Widget"},
+              "versions":[{"name":"v1","served":true,"storage":true,
+                "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}}"#;
+        let (s, b) = conns[0]
+            .request(
+                "POST",
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                Some(crd.as_bytes().to_vec()),
+            )
+            .await?;
+        anyhow::ensure!(s == 201, "CRD: {s} {}", String::from_utf8_lossy(&b));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while conns[0]
+            .request(
+                "GET",
+                "/apis/bench.example.com/v1/namespaces/bench/widgets",
+                None,
+            )
+            .await?
+            .0
+            != 200
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the CRD was not served in 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let server = u.process();
+        let cpu = || server.map_or(0.0, |p| p.cpu_seconds());
+        let n = args.kube_objects;
+        let hot = args.kube_hot;
+        let mut measured = Vec::new();
+        let c0 = cpu();
+        measured.push(
+            kube_phase(&mut conns, n, 201, |i| {
+                let body = format!(
+                    r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}","labels":{{"app":"a{}","parity":"{}"}}}},"data":{{"v":"{}"}}}}"#,
+                    i % 50,
+                    ["even", "odd"][i % 2],
+                    "x".repeat(1024)
+                );
+                ("POST", "/api/v1/namespaces/bench/configmaps".to_string(), Some(body.into_bytes()))
+            })
+            .await,
+        );
+        let mut cpus = vec![cpu() - c0];
+        let c0 = cpu();
+        measured.push(
+            kube_phase(&mut conns, n, 201, |i| {
+                let body = format!(
+                    r#"{{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{{"name":"w-{i}","labels":{{"tier":"t{}"}}}},"spec":{{"size":{i},"data":"{}"}}}}"#,
+                    i % 3,
+                    "y".repeat(1024 + i % 2048)
+                );
+                ("POST", "/apis/bench.example.com/v1/namespaces/bench/widgets".to_string(), Some(body.into_bytes()))
+            })
+            .await,
+        );
+        cpus.push(cpu() - c0);
+        let c0 = cpu();
+        measured.push(
+            kube_phase(&mut conns, args.kube_updates, 200, move |i| {
+                (
+                    "PATCH",
+                    format!("/api/v1/namespaces/bench/configmaps/cm-{}", i % hot),
+                    Some(format!(r#"{{"data":{{"n":"{i}"}}}}"#).into_bytes()),
+                )
+            })
+            .await,
+        );
+        cpus.push(cpu() - c0);
+        // Paginated LISTs: each client walks whole lists, page by page.
+        let c0 = cpu();
+        let lists = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let total = args.kube_lists;
+        let results = futures::future::join_all(conns.iter_mut().take(8).map(|c| {
+            let lists = lists.clone();
+            async move {
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                while lists.fetch_add(1, Ordering::Relaxed) < total {
+                    let mut token = String::new();
+                    loop {
+                        let path = format!(
+                            "/api/v1/namespaces/bench/configmaps?limit=500{}",
+                            if token.is_empty() {
+                                String::new()
+                            } else {
+                                format!("&continue={token}")
+                            }
+                        );
+                        let t = Instant::now();
+                        match c.request("GET", &path, None).await {
+                            Ok((200, body)) => {
+                                lat.push(t.elapsed());
+                                token = continue_token(&body);
+                                if token.is_empty() {
+                                    break;
+                                }
+                            }
+                            _ => {
+                                errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                (lat, errors)
+            }
+        }))
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        let mut lat: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+        lat.sort();
+        let errors = results.iter().map(|(_, e)| e).sum();
+        measured.push((lat.len() as f64 / secs, lat, errors));
+        cpus.push(cpu() - c0);
+        for (k, ((rate, latencies, errors), secs)) in measured.into_iter().zip(cpus).enumerate() {
+            let ops = latencies.len().max(1) as f64;
+            rows[k].push(Row {
+                target: name.clone(),
+                rate,
+                errors,
+                latencies,
+                peak_rss: u.peak_rss(),
+                note: if server.is_some() {
+                    format!("server CPU {:.2} s per 1,000", secs / ops * 1000.0)
+                } else {
+                    String::new()
+                },
+            });
+        }
+        drop(conns);
+        drop(api);
+    }
+    eprintln!("kube-apiserver: {}", Apiserver::version(&bin));
+    for (kind, rows) in kinds.iter().zip(rows) {
+        print_table(
+            &format!(
+                "apiserver: {kind} through {} ({} clients; {} objects, {} PATCHes on {} objects, {} LISTs)",
+                Apiserver::version(&bin),
+                args.kube_clients,
+                args.kube_objects,
+                args.kube_updates,
+                args.kube_hot,
+                args.kube_lists
+            ),
+            if *kind == "LIST pages" {
+                "pages"
+            } else {
+                "requests"
+            },
+            &rows,
+        );
+    }
+    Ok(())
+}
+
+/// `metadata.continue` of a list answer ("" at the end).
+fn continue_token(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Some(at) = text.find(r#""continue":""#) else {
+        return String::new();
+    };
+    let rest = &text[at + 12..];
+    let token = rest.split('"').next().unwrap_or("");
+    // Base64 with '=' padding: escaped for the query string.
+    token
+        .replace('=', "%3D")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
 }

@@ -1,9 +1,13 @@
 //! The container image of examples/deploy/Dockerfile, built here from the
-//! etcdsql under test and run against a PostgreSQL container.
+//! etcdsql under test and run against PostgreSQL, with etcdctl and (where
+//! `KUBE_APISERVER` names one) a kube-apiserver talking to it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
+use etcdsql_integration::kube::Apiserver;
 use etcdsql_integration::{Target, TestDb, free_port};
 
 use crate::{Case, bin, case};
@@ -107,7 +111,47 @@ async fn image(target: Target) {
         health.contains("200 OK") && health.contains("\"health\":\"true\""),
         "{health}"
     );
-    eprintln!("image: built from examples/deploy/Dockerfile, served PostgreSQL as uid 10001");
+    let kube = match std::env::var("KUBE_APISERVER") {
+        Ok(apiserver) => apiserver_on(Path::new(&apiserver), &url).await,
+        Err(_) => String::new(),
+    };
+    eprintln!("image: built from examples/deploy/Dockerfile, served PostgreSQL as uid 10001{kube}");
+}
+
+/// kube-apiserver on the etcd API at `url`: creates and reads a configmap.
+async fn apiserver_on(bin: &Path, url: &str) -> String {
+    let api = Apiserver::start(bin, url).await.expect("kube-apiserver");
+    let mut c = api.connect().await.unwrap();
+    let (status, body) = c
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(
+                br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"from-image"},"data":{"a":"b"}}"#
+                    .to_vec(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = c
+        .request(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/from-image",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains(r#""data":{"a":"b"}"#),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    format!(
+        "; {} on it created and read a configmap",
+        Apiserver::version(bin)
+    )
 }
 
 pub async fn http_get(port: u16, path: &str) -> String {

@@ -17,37 +17,55 @@ fn kube_apiserver() -> Result<(), String> {
     }
 }
 
-async fn apiserver(target: Target) {
-    let db = TestDb::create(target).await.expect("database");
+/// Runs one of integration/kube's scripts on the target's store; answers
+/// its last line (`…: N passed, 0 failed`).
+async fn script(name: &'static str, target: Target, db: &TestDb) -> String {
     let store = if target == Target::Sqlite {
         "sqlite".to_string()
     } else {
         db.dsn.clone()
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../integration/kube/run.sh");
+    let path = format!("{}/../integration/kube/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(script)
+        Command::new(&path)
             .arg(store)
             .env("ETCDSQL_BIN", bin())
             .output()
-            .expect("running integration/kube/run.sh")
+            .unwrap_or_else(|e| panic!("running {path}: {e}"))
     })
     .await
     .expect("kube task");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "kube-apiserver on {}: {}\n{stdout}\n{}",
+        "{name} on {}: {}\n{stdout}\n{}",
         target.name(),
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = stdout.lines().last().unwrap_or_default();
+    let summary = stdout.lines().last().unwrap_or_default().to_string();
     assert!(summary.contains(", 0 failed"), "{stdout}");
-    eprintln!("{summary}");
+    summary
+}
+
+async fn apiserver(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    eprintln!("{}", script("run.sh", target, &db).await);
     if target != Target::Sqlite {
         selectors_on_what_it_stored(target, &db).await;
     }
+}
+
+/// A kube-apiserver's cluster moved from etcd 3.4 to etcdsql and back
+/// (integration/kube/migrate.sh).
+async fn migrate(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    eprintln!("{}", script("migrate.sh", target, &db).await);
+}
+
+fn kube_apiserver_and_etcd() -> Result<(), String> {
+    kube_apiserver()?;
+    Target::Etcd.unavailable().map_or(Ok(()), Err)
 }
 
 /// Selectors over the objects kube-apiserver wrote (protobuf for built-in
@@ -123,10 +141,18 @@ async fn selectors_on_what_it_stored(target: Target, db: &TestDb) {
 }
 
 pub fn cases() -> Vec<Case> {
-    vec![case!(
-        "kube_apiserver",
-        &[Target::Sqlite, Target::Postgres, Target::Mariadb],
-        apiserver,
-        requires = kube_apiserver
-    )]
+    vec![
+        case!(
+            "kube_apiserver",
+            &[Target::Sqlite, Target::Postgres, Target::Mariadb],
+            apiserver,
+            requires = kube_apiserver
+        ),
+        case!(
+            "migrate",
+            &[Target::Sqlite, Target::Postgres, Target::Mariadb],
+            migrate,
+            requires = kube_apiserver_and_etcd
+        ),
+    ]
 }

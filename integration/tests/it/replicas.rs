@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use etcd_client::{Client, GetOptions};
 use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics, servers};
 
@@ -26,16 +27,24 @@ fn metric(scrape: &str, name: &str, label: &str) -> f64 {
 
 /// Reads counted on the replica's own server.
 async fn replica_side_reads(target: Target, replica_admin: &str, db: &str) -> i64 {
+    try_replica_side_reads(target, replica_admin, db)
+        .await
+        .expect("replica statistics")
+}
+
+async fn try_replica_side_reads(
+    target: Target,
+    replica_admin: &str,
+    db: &str,
+) -> anyhow::Result<i64> {
     let sql = if target.is_postgres() {
         format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'")
     } else {
         "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_SELECT'"
             .to_string()
     };
-    let admin = TestDb::admin_lines(target, replica_admin, &sql)
-        .await
-        .expect("replica statistics");
-    admin[0].parse().expect("a number")
+    let admin = TestDb::admin_lines(target, replica_admin, &sql).await?;
+    Ok(admin.first().context("no statistics row")?.parse()?)
 }
 
 async fn wait_healthy(port: u16, healthy: bool, what: &str) {
@@ -63,13 +72,49 @@ async fn served_by_replica(port: u16) -> f64 {
         )
 }
 
+/// Where etcdsql reaches the primary and the replica.
+#[derive(Clone, Copy, PartialEq)]
+enum Tier {
+    /// `--endpoint` the primary, `--read-endpoint` the replica.
+    Direct,
+    Pgpool,
+    /// PgCat in this pool mode.
+    Pgcat(&'static str),
+    Proxysql,
+}
+
+impl Tier {
+    fn name(self) -> String {
+        match self {
+            Tier::Direct => String::new(),
+            Tier::Pgpool => " through Pgpool-II".into(),
+            Tier::Pgcat(mode) => format!(" through PgCat ({mode} mode)"),
+            Tier::Proxysql => " through ProxySQL".into(),
+        }
+    }
+}
+
 async fn replicated(target: Target) {
-    run(target, false).await;
+    run(target, Tier::Direct).await;
 }
 
 /// The same through Pgpool-II in front of the primary and the standby.
 async fn pgpool(target: Target) {
-    run(target, true).await;
+    run(target, Tier::Pgpool).await;
+}
+
+/// The same through PgCat, pooling by session and by transaction.
+async fn pgcat_session(target: Target) {
+    run(target, Tier::Pgcat("session")).await;
+}
+
+async fn pgcat_transaction(target: Target) {
+    run(target, Tier::Pgcat("transaction")).await;
+}
+
+/// The same through ProxySQL in front of the MariaDB primary and replica.
+async fn proxysql(target: Target) {
+    run(target, Tier::Proxysql).await;
 }
 
 fn pgpool_installed() -> Result<(), String> {
@@ -80,7 +125,16 @@ fn pgpool_installed() -> Result<(), String> {
         .ok_or_else(|| "no pgpool (Debian package pgpool2)".to_string())
 }
 
-async fn run(target: Target, through_pgpool: bool) {
+fn pgcat_found() -> Result<(), String> {
+    servers::proxy_bin("PGCAT_BIN", "pgcat").map(|_| ())
+}
+
+fn proxysql_found() -> Result<(), String> {
+    servers::proxy_bin("PROXYSQL_BIN", "proxysql").map(|_| ())
+}
+
+async fn run(target: Target, tier: Tier) {
+    let through_proxy = tier != Tier::Direct;
     let (primary, replica, containers) = tokio::task::spawn_blocking(move || {
         if target.is_postgres() {
             servers::postgres_with_standby()
@@ -95,16 +149,19 @@ async fn run(target: Target, through_pgpool: bool) {
         .await
         .expect("database");
     let metrics_port = free_port();
-    let pool = if through_pgpool {
-        let (a, b) = (primary.clone(), replica.clone());
-        Some(
-            tokio::task::spawn_blocking(move || servers::Pgpool::start(&a, &b))
-                .await
-                .unwrap()
-                .expect("pgpool"),
-        )
-    } else {
-        None
+    let pool: Option<Box<dyn servers::Proxy>> = {
+        let (a, b, d) = (primary.clone(), replica.clone(), db.dsn.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Box<dyn servers::Proxy>>> {
+            Ok(match tier {
+                Tier::Direct => None,
+                Tier::Pgpool => Some(Box::new(servers::Pgpool::start(&a, &b)?)),
+                Tier::Pgcat(mode) => Some(Box::new(servers::Pgcat::start(&a, &b, &d, mode)?)),
+                Tier::Proxysql => Some(Box::new(servers::Proxysql::start(&a, &b)?)),
+            })
+        })
+        .await
+        .unwrap()
+        .expect("the proxy")
     };
     // Through the pool: its one DSN, as a proxy tier.
     let metrics_url = format!("http://127.0.0.1:{metrics_port}");
@@ -126,7 +183,7 @@ async fn run(target: Target, through_pgpool: bool) {
                 .unwrap();
             assert!(m.status.success(), "{m:?}");
             args.extend(["--proxy-tier", "--auto-migrate=false"]);
-            servers::with_port(&db.dsn, servers::port_of(&pool.url).unwrap()).unwrap()
+            servers::with_port(&db.dsn, servers::port_of(pool.url()).unwrap()).unwrap()
         }
         None => {
             args.extend([
@@ -181,6 +238,56 @@ async fn run(target: Target, through_pgpool: bool) {
         counted >= 100,
         "reads the replica itself counted: {counted}"
     );
+
+    // A second etcdsql process on the same endpoint: its watcher gets every
+    // put made through the first, in order.
+    let cross = {
+        let second_args: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| !a.starts_with("http://"))
+            .filter(|a| *a != "--listen-metrics-urls")
+            .collect();
+        let q = Process::etcdsql_with(bin(), &endpoint, &second_args)
+            .await
+            .expect("a second etcdsql");
+        let mut qc = q.client().await.unwrap();
+        let mut w = qc
+            .watch(
+                "/cross/",
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let created = w.message().await.unwrap().expect("watch open");
+        assert!(created.created(), "{created:?}");
+        let mut took = Vec::new();
+        for i in 0..40 {
+            let started = Instant::now();
+            let put = c.put(format!("/cross/{i:02}"), "x", None).await.unwrap();
+            let rev = put.header().unwrap().revision();
+            let got = tokio::time::timeout(Duration::from_secs(10), w.message())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("put {i} (revision {rev}) never reached the other process's watch")
+                })
+                .unwrap()
+                .expect("watch open");
+            let e = &got.events()[0];
+            assert_eq!(
+                e.kv().unwrap().mod_revision(),
+                rev,
+                "event {i} out of order"
+            );
+            took.push(started.elapsed());
+        }
+        took.sort();
+        format!(
+            "put → event in the other process: p50 {:.1} ms, p99 {:.1} ms; ",
+            took[took.len() / 2].as_secs_f64() * 1e3,
+            took[took.len() * 99 / 100].as_secs_f64() * 1e3
+        )
+    };
 
     // Replication paused: a default Range still sees the newest write (from
     // the primary, after waiting for the replica); a serializable one is
@@ -307,7 +414,7 @@ async fn run(target: Target, through_pgpool: bool) {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    if !through_pgpool {
+    if !through_proxy {
         // Frozen (its connections black-holed): reads on it time out after
         // --replica-read-timeout and go elsewhere; none fails.
         slowest.store(0, Ordering::Relaxed);
@@ -330,8 +437,8 @@ async fn run(target: Target, through_pgpool: bool) {
         wait_healthy(metrics_port, true, "replica thawed").await;
     }
     containers[1].stop().await.expect("stopping the replica");
-    if through_pgpool {
-        // Pgpool-II detaches the standby; its balanced side is the primary.
+    if through_proxy {
+        // The proxy detaches the standby; its balanced side is the primary.
         tokio::time::sleep(Duration::from_secs(3)).await;
     } else {
         wait_healthy(metrics_port, false, "replica stopped").await;
@@ -343,31 +450,26 @@ async fn run(target: Target, through_pgpool: bool) {
         .start_again()
         .await
         .expect("starting the replica");
-    let after = if through_pgpool {
-        // Counted by the standby itself once Pgpool-II attached it again.
+    let after = if through_proxy {
+        // Counted by the replica itself once the proxy attached it again.
         let mut base = None;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(v) = TestDb::admin_lines(
-                target,
-                &replica,
-                &format!(
-                    "SELECT xact_commit FROM pg_stat_database WHERE datname = '{}'",
-                    db.name
-                ),
+            if let Ok(Ok(n)) = tokio::time::timeout(
+                Duration::from_secs(5),
+                try_replica_side_reads(target, &replica, &db.name),
             )
             .await
             {
-                let n: f64 = v[0].parse().unwrap();
                 let b = *base.get_or_insert(n);
-                if n - b >= 10.0 {
-                    break n - b;
+                if n - b >= 10 {
+                    break (n - b) as f64;
                 }
             }
             let log = pool.as_ref().map(|p| p.log()).unwrap_or_default();
             assert!(
                 Instant::now() < deadline,
-                "the standby never served reads again\n{log}"
+                "the replica never served reads again\n{log}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -388,21 +490,17 @@ async fn run(target: Target, through_pgpool: bool) {
     );
     assert!(after > 0.0, "reads served by the replica after it returned");
     assert!(
-        through_pgpool || frozen > 0,
+        through_proxy || frozen > 0,
         "requests answered while the replica was frozen"
     );
     eprintln!(
         "replicas on {}{}: {by_replica} of 101 reads by the replica ({counted} counted there); \
-         paused: default Range fresh, serializable stale; {}\
+         {cross}paused: default Range fresh, serializable stale; {}\
          replica stopped: {while_down} requests in 2 s, 0 failed, \
          {after} reads by it after its return",
         target.name(),
-        if through_pgpool {
-            " through Pgpool-II"
-        } else {
-            ""
-        },
-        if through_pgpool {
+        tier.name(),
+        if through_proxy {
             String::new()
         } else {
             format!("frozen: {frozen} requests in 3 s, 0 failed; ")
@@ -425,6 +523,24 @@ pub fn cases() -> Vec<Case> {
             &[Target::Postgres],
             pgpool,
             requires = pgpool_installed
+        ),
+        case!(
+            "pgcat_session",
+            &[Target::Postgres],
+            pgcat_session,
+            requires = pgcat_found
+        ),
+        case!(
+            "pgcat_transaction",
+            &[Target::Postgres],
+            pgcat_transaction,
+            requires = pgcat_found
+        ),
+        case!(
+            "proxysql",
+            &[Target::Mariadb],
+            proxysql,
+            requires = proxysql_found
         ),
     ]
 }
