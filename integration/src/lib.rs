@@ -26,6 +26,7 @@ pub use etcd_client;
 
 pub mod kube;
 pub mod lincheck;
+pub mod plot;
 pub mod servers;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

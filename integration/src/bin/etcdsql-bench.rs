@@ -46,6 +46,8 @@
 //!   paginated LISTs; with the etcd-API server's CPU time per 1,000
 //!   requests (the database's own CPU is not counted).
 //!
+//! `--plot-dir DIR` also draws each table as PNG charts there.
+//!
 //! `--endpoint HOST:PORT` drives an already running etcd v3 server instead
 //! (named `endpoint` in the tables; no RSS).
 
@@ -133,6 +135,10 @@ struct Args {
     /// Objects `selectors` lists (1% match its selector).
     #[arg(long, default_value_t = 100_000)]
     selector_objects: usize,
+    /// Also draw each table as PNG charts in this directory: throughput
+    /// per target (`*-throughput.png`) and latency CDFs (`*-latency.png`).
+    #[arg(long)]
+    plot_dir: Option<PathBuf>,
     /// kube-apiserver binary of `apiserver`.
     #[arg(long, env = "KUBE_APISERVER")]
     kube_apiserver: Option<PathBuf>,
@@ -245,7 +251,50 @@ struct Row {
     note: String,
 }
 
+/// `--plot-dir`, set once at the start.
+static PLOT_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The table's charts in `--plot-dir`, named after its title.
+fn plot_table(title: &str, unit: &str, rows: &[Row]) {
+    let Some(dir) = PLOT_DIR.get() else { return };
+    let mut slug: String = title
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.truncate(60);
+    let slug = slug
+        .split('-')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let short = title.split(" (").next().unwrap_or(title);
+    let rates: Vec<(String, f64)> = rows.iter().map(|r| (r.target.clone(), r.rate)).collect();
+    let file = dir.join(format!("{slug}-throughput.png"));
+    match etcdsql_integration::plot::bars(&file, short, unit, &rates) {
+        Ok(()) => eprintln!("  chart: {}", file.display()),
+        Err(e) => eprintln!("  chart {}: {e:#}", file.display()),
+    }
+    if rows.iter().any(|r| !r.latencies.is_empty()) {
+        let lines: Vec<(String, &[Duration])> = rows
+            .iter()
+            .map(|r| (r.target.clone(), r.latencies.as_slice()))
+            .collect();
+        let file = dir.join(format!("{slug}-latency.png"));
+        match etcdsql_integration::plot::cdf(&file, short, &lines) {
+            Ok(()) => eprintln!("  chart: {}", file.display()),
+            Err(e) => eprintln!("  chart {}: {e:#}", file.display()),
+        }
+    }
+}
+
 fn print_table(title: &str, unit: &str, rows: &[Row]) {
+    plot_table(title, unit, rows);
     println!("\n### {title}\n");
     println!(
         "| target | {unit}/s | p50 ms | p99 ms | max ms | errors | peak RSS MiB | vs etcd | |"
@@ -1179,6 +1228,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.plot_dir {
+        std::fs::create_dir_all(dir)?;
+        let _ = PLOT_DIR.set(dir.clone());
+    }
     let mut targets: Vec<String> = args
         .targets
         .iter()
