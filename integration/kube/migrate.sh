@@ -25,7 +25,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. integration/kube/common.sh
 checks=0
 check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
 fail() {
@@ -128,28 +128,7 @@ k -n mig delete configmap cm-4 >/dev/null || fail "delete configmap"
 k -n mig create secret generic creds --from-literal=password=s3cret >/dev/null || fail "create secret"
 k -n mig create deployment web --image=registry.invalid/web:1 >/dev/null || fail "create deployment"
 k -n mig scale deployment web --replicas=2 >/dev/null || fail "scale deployment"
-cat > "$work/crd.yaml" <<'YAML'
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.etcdsql.example.com
-spec:
-  group: etcdsql.example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {type: integer}
-YAML
+write_crd "$work/crd.yaml"
 k apply -f "$work/crd.yaml" >/dev/null || fail "create CRD"
 k wait --for condition=established --timeout=60s crd/widgets.etcdsql.example.com >/dev/null || fail "CRD established"
 for i in 1 2 3; do
@@ -236,10 +215,7 @@ diff "$work/after.txt" "$work/back.txt" >&2 || fail "objects or resourceVersions
 check "exported and restored into etcd: the apiserver lists the same $(wc -l < "$work/back.txt") objects and resourceVersions"
 
 for log in "$work"/apiserver-*.log; do
-  if grep -iE "etcdserver:|rpc error|storage.*(error|failed)|failed to (list|watch|get).*etcd|compaction.*fail" "$log" \
-    | grep -v "Unable to remove old endpoints from kubernetes service: StorageError: key not found, Code: 1, Key: /registry/masterleases/" \
-    > "$work/storage-errors.txt"; then
-    cat "$work/storage-errors.txt" >&2
+  if storage_errors "$log" >&2; then
     fail "storage errors in $(basename "$log")"
   fi
 done

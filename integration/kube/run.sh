@@ -24,7 +24,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. integration/kube/common.sh
 checks=0
 check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
 fail() { echo "FAILED: $*" >&2; echo "--- apiserver log (tail)" >&2; tail -30 "$work/apiserver.log" >&2; exit 1; }
@@ -101,28 +101,7 @@ k -n etcdsql-test scale deployment web --replicas=3 >/dev/null || fail "scale de
 k get deployments -A -o name | grep -q deployment.apps/web || fail "list deployments"
 check "deployment created, scaled, listed"
 
-cat > "$work/crd.yaml" <<'YAML'
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.etcdsql.example.com
-spec:
-  group: etcdsql.example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {type: integer}
-YAML
+write_crd "$work/crd.yaml"
 k apply -f "$work/crd.yaml" >/dev/null || fail "create CRD"
 k wait --for condition=established --timeout=60s crd/widgets.etcdsql.example.com >/dev/null || fail "CRD established"
 for i in 1 2 3; do
@@ -151,13 +130,7 @@ check "kubectl get --watch saw $(wc -l < "$work/watch.out") changes"
 k delete namespace etcdsql-test --wait=false >/dev/null || fail "delete namespace"
 check "namespace deletion accepted"
 
-# On a fresh store the apiserver's lease reconciler first removes a master
-# lease that was never written; it logs that as a StorageError on etcd 3.4
-# too, so it is not counted.
-if grep -iE "etcdserver:|rpc error|storage.*(error|failed)|failed to (list|watch|get).*etcd|compaction.*fail" "$work/apiserver.log" \
-  | grep -v "Unable to remove old endpoints from kubernetes service: StorageError: key not found, Code: 1, Key: /registry/masterleases/" \
-  > "$work/storage-errors.txt"; then
-  cat "$work/storage-errors.txt" >&2
+if storage_errors "$work/apiserver.log" >&2; then
   fail "storage errors in the kube-apiserver log"
 fi
 check "no storage errors in the kube-apiserver log"

@@ -1,7 +1,7 @@
 //! A kube-apiserver on an etcd API endpoint, and a small HTTPS client for
 //! its REST API: one HTTP/1.1 connection per client, kept alive.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,13 +14,13 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
 use crate::free_port;
+use crate::servers::Child;
 
 /// The bearer token of the apiserver's static admin user.
 pub const TOKEN: &str = "etcdsql-kube-token";
 
 pub struct Apiserver {
-    child: std::process::Child,
-    dir: PathBuf,
+    child: Child,
     pub port: u16,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -52,29 +52,28 @@ impl Apiserver {
             format!("http://{etcd}")
         };
         let port = free_port();
-        let log = std::fs::File::create(dir.join("apiserver.log"))?;
-        let child = Command::new(bin)
-            .args(["--etcd-servers", &etcd, "--bind-address", "127.0.0.1"])
-            .args(["--advertise-address", "127.0.0.1", "--secure-port"])
-            .arg(port.to_string())
-            .arg("--cert-dir")
-            .arg(dir.join("certs"))
-            .arg("--token-auth-file")
-            .arg(dir.join("tokens.csv"))
-            .args(["--authorization-mode", "AlwaysAllow"])
-            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-            .arg("--service-account-key-file")
-            .arg(&key)
-            .arg("--service-account-signing-key-file")
-            .arg(&key)
-            .args(["--service-cluster-ip-range", "10.96.0.0/24"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = Child::spawn(
+            dir.clone(),
+            "apiserver.log",
+            "-TERM",
+            Command::new(bin)
+                .args(["--etcd-servers", &etcd, "--bind-address", "127.0.0.1"])
+                .args(["--advertise-address", "127.0.0.1", "--secure-port"])
+                .arg(port.to_string())
+                .arg("--cert-dir")
+                .arg(dir.join("certs"))
+                .arg("--token-auth-file")
+                .arg(dir.join("tokens.csv"))
+                .args(["--authorization-mode", "AlwaysAllow"])
+                .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+                .arg("--service-account-key-file")
+                .arg(&key)
+                .arg("--service-account-signing-key-file")
+                .arg(&key)
+                .args(["--service-cluster-ip-range", "10.96.0.0/24"]),
+        )?;
         let mut this = Apiserver {
             child,
-            dir,
             port,
             tls: Arc::new(
                 rustls::ClientConfig::builder()
@@ -84,7 +83,7 @@ impl Apiserver {
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(status) = this.child.try_wait()? {
+            if let Some(status) = this.child.exited()? {
                 bail!("kube-apiserver exited ({status}): {}", this.log_tail());
             }
             if Instant::now() > deadline {
@@ -106,7 +105,7 @@ impl Apiserver {
     /// last certificate).
     fn trust(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(self.dir.join("certs/apiserver.crt"))?
+            CertificateDer::pem_file_iter(self.child.dir.join("certs/apiserver.crt"))?
                 .collect::<Result<_, _>>()?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(chain.last().context("no certificate")?.clone())?;
@@ -133,7 +132,7 @@ impl Apiserver {
 
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
+        let log = self.child.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -145,23 +144,6 @@ impl Apiserver {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Apiserver {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

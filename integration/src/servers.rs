@@ -553,8 +553,7 @@ async fn probe(target: Target, url: &str) -> anyhow::Result<()> {
 /// mode over `primary` and `standby`, balancing plain reads to the standby
 /// (the primary's weight is 0) statement by statement; stopped on drop.
 pub struct Pgpool {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
+    child: Child,
     /// The admin URL through the pool (database `postgres`).
     pub url: String,
 }
@@ -594,59 +593,27 @@ impl Pgpool {
         std::fs::write(dir.join("pgpool.conf"), conf)?;
         std::fs::write(dir.join("pcp.conf"), "")?;
         std::fs::write(dir.join("pool_hba.conf"), "")?;
-        let log = std::fs::File::create(dir.join("pgpool.log"))?;
-        let child = Command::new(bin)
-            .arg("-n")
-            .arg("-f")
-            .arg(dir.join("pgpool.conf"))
-            .arg("-F")
-            .arg(dir.join("pcp.conf"))
-            .arg("-a")
-            .arg(dir.join("pool_hba.conf"))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting pgpool")?;
+        // SIGINT: a fast shutdown that takes its child processes along.
+        let child = Child::spawn(
+            dir.clone(),
+            "pgpool.log",
+            "-INT",
+            Command::new(bin)
+                .arg("-n")
+                .arg("-f")
+                .arg(dir.join("pgpool.conf"))
+                .arg("-F")
+                .arg(dir.join("pcp.conf"))
+                .arg("-a")
+                .arg(dir.join("pool_hba.conf")),
+        )?;
         let pool = Pgpool {
             child,
             url: with_port(primary, port)?,
-            dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let u = pool.url.clone();
-            match on_docker_blocking(async move {
-                crate::admin_sql(Target::Postgres, &u, "SELECT 1").await
-            }) {
-                Ok(()) => return Ok(pool),
-                Err(e) if Instant::now() > deadline => {
-                    bail!("pgpool not ready: {e:#}\n{}", pool.log())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
-            }
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pgpool.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Pgpool {
-    fn drop(&mut self) {
-        // SIGINT: a fast shutdown that takes its child processes along.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        pool.child
+            .wait_serving(Target::Postgres, &pool.url, "SELECT 1")?;
+        Ok(pool)
     }
 }
 
@@ -663,7 +630,7 @@ impl Proxy for Pgpool {
         &self.url
     }
     fn log(&self) -> String {
-        Pgpool::log(self)
+        self.child.log()
     }
 }
 
@@ -685,17 +652,22 @@ pub fn proxy_bin(var: &str, name: &str) -> Result<std::path::PathBuf, String> {
         .ok_or_else(|| format!("no {name} on PATH and {var} is not set (docs/compatibility.md)"))
 }
 
-/// A child process in a directory of its own, both gone when dropped.
-struct Child {
+/// A child process in a directory of its own, its output in a log file
+/// there; when dropped, stopped by `signal` (killed after 5 s) and the
+/// directory removed.
+pub(crate) struct Child {
     child: std::process::Child,
-    dir: std::path::PathBuf,
+    pub(crate) dir: std::path::PathBuf,
     log: &'static str,
+    signal: &'static str,
 }
 
 impl Child {
-    fn spawn(
+    /// `signal`: what stops it, as `kill` spells it ("-TERM").
+    pub(crate) fn spawn(
         dir: std::path::PathBuf,
         log: &'static str,
+        signal: &'static str,
         cmd: &mut Command,
     ) -> anyhow::Result<Child> {
         let out = std::fs::File::create(dir.join(log))?;
@@ -704,11 +676,21 @@ impl Child {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {cmd:?}"))?;
-        Ok(Child { child, dir, log })
+        Ok(Child {
+            child,
+            dir,
+            log,
+            signal,
+        })
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(self.log)).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    pub(crate) fn exited(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// Waits until `sql` succeeds at `url`.
@@ -730,7 +712,7 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([self.signal, &self.child.id().to_string()])
             .status();
         for _ in 0..50 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -805,6 +787,7 @@ servers = [["127.0.0.1", {p0}, "primary"], ["127.0.0.1", {p1}, "replica"]]
         let child = Child::spawn(
             dir.clone(),
             "pgcat.log",
+            "-TERM",
             Command::new(bin).arg(dir.join("pgcat.toml")),
         )?;
         let url = with_port(db, port)?;
@@ -884,6 +867,7 @@ mysql_query_rules = (
         let child = Child::spawn(
             dir.clone(),
             "proxysql.log",
+            "-TERM",
             Command::new(bin)
                 .args(["-f", "--initial", "-c"])
                 .arg(dir.join("proxysql.cnf"))
