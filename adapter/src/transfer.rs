@@ -338,38 +338,24 @@ async fn load(
             let prev = last.get(&kv.key).copied();
             let prev_revision = prev.map_or(0, |p| p.0);
             let row = if deleted {
-                let (_, create, version, lease) = prev.unwrap_or_default();
+                let (_, create_revision, version, lease) = prev.unwrap_or_default();
                 last.remove(&kv.key);
                 live.insert(kv.key.clone(), None);
-                HistoryRow {
-                    revision: main,
-                    sub,
+                let removed = KeyValue {
                     key: kv.key,
-                    value: Vec::new(),
-                    create_revision: create,
+                    create_revision,
+                    mod_revision: prev_revision,
                     version,
                     lease,
-                    deleted: true,
-                    prev_revision,
-                    index: None,
-                }
+                    ..Default::default()
+                };
+                HistoryRow::delete(&removed, main, sub)
             } else {
                 last.insert(
                     kv.key.clone(),
                     (main, kv.create_revision, kv.version, kv.lease),
                 );
-                let row = HistoryRow {
-                    revision: main,
-                    sub,
-                    key: kv.key.clone(),
-                    value: kv.value.clone(),
-                    create_revision: kv.create_revision,
-                    version: kv.version,
-                    lease: kv.lease,
-                    deleted: false,
-                    prev_revision,
-                    index: None,
-                };
+                let row = HistoryRow::put(&kv, main, sub, prev_revision);
                 let mut kv = kv;
                 kv.mod_revision = main;
                 live.insert(kv.key.clone(), Some(kv));

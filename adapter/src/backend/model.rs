@@ -170,6 +170,41 @@ pub struct HistoryRow {
     pub index: Option<Arc<Indexed>>,
 }
 
+impl HistoryRow {
+    /// The row of a put: `kv` as written at `revision`/`sub`.
+    pub fn put(kv: &KeyValue, revision: i64, sub: i32, prev_revision: i64) -> Self {
+        HistoryRow {
+            revision,
+            sub,
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+            deleted: false,
+            prev_revision,
+            index: None,
+        }
+    }
+
+    /// The row of a delete at `revision`/`sub` of `prev`, the version it
+    /// removes; it keeps `prev`'s create revision, version and lease.
+    pub fn delete(prev: &KeyValue, revision: i64, sub: i32) -> Self {
+        HistoryRow {
+            revision,
+            sub,
+            key: prev.key.clone(),
+            value: Vec::new(),
+            create_revision: prev.create_revision,
+            version: prev.version,
+            lease: prev.lease,
+            deleted: true,
+            prev_revision: prev.mod_revision,
+            index: None,
+        }
+    }
+}
+
 /// The `labels` and `fields` columns of a stored version: JSON objects of
 /// strings (see [`crate::selector`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

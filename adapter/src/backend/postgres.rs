@@ -193,6 +193,31 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
     Ok(client)
 }
 
+/// The committer's connection. A generic plan made while a table is small
+/// scans it whole (`name = ANY($1)` is estimated at 18 rows) and stays
+/// cached until the table is next analyzed: 15 ms per batch at 20,000 rows.
+/// Plans made for the actual parameters do not, so the connection asks for
+/// them, in its startup packet rather than by a SET: Pgpool-II sends a SET to
+/// every node, and after a standby restarted, sessions that had sent one
+/// (this one, or pooled ones) were seen stuck "in a transaction" there,
+/// which that standby's statistics then never counted. Where the setting is
+/// unknown (older CockroachDB), plans are left as they are.
+async fn connect_writer(config: &tokio_postgres::Config) -> Result<Client, DbError> {
+    const CUSTOM_PLANS: &str = "-c plan_cache_mode=force_custom_plan";
+    let mut custom = config.clone();
+    custom.options(&match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {CUSTOM_PLANS}"),
+        _ => CUSTOM_PLANS.to_string(),
+    });
+    match connect(&custom).await {
+        Err(e) if e.to_string().contains("plan_cache_mode") => {
+            tracing::debug!(error = %e, "plan_cache_mode not set");
+            connect(config).await
+        }
+        r => r,
+    }
+}
+
 impl Postgres {
     pub async fn open(url: &str) -> Result<Self, DbError> {
         Self::open_with(url, None).await
@@ -686,18 +711,7 @@ impl Writer for PgWriter {
         self.queue.clear();
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
-            let client = connect(&self.config).await?;
-            // A generic plan made while a table is small scans it whole
-            // (`name = ANY($1)` is estimated at 18 rows) and stays cached
-            // until the table is next analyzed: 15 ms per batch at 20,000
-            // rows. Plans made for the actual parameters do not. Where the
-            // setting is unknown (CockroachDB), plans are left as they are.
-            if let Err(e) = client
-                .batch_execute("SET plan_cache_mode = force_custom_plan")
-                .await
-            {
-                tracing::debug!(error = %e, "plan_cache_mode not set");
-            }
+            let client = connect_writer(&self.config).await?;
             self.client = Some(client);
         }
         let lock = self.prepared(super::LOCK_META).await?;

@@ -549,18 +549,12 @@ impl View for Batch<'_> {
                 None => self.events = None,
             }
         }
-        self.history.push(HistoryRow {
-            revision: kv.mod_revision,
-            sub: self.sub,
-            key: kv.key.clone(),
-            value: kv.value.clone(),
-            create_revision: kv.create_revision,
-            version: kv.version,
-            lease: kv.lease,
-            deleted: false,
+        self.history.push(HistoryRow::put(
+            &kv,
+            kv.mod_revision,
+            self.sub,
             prev_revision,
-            index: None,
-        });
+        ));
         if Catalog::concerns(&kv.key) {
             self.crd_writes
                 .push((kv.key.clone(), Some(kv.value.clone())));
@@ -591,18 +585,8 @@ impl View for Batch<'_> {
                 _ => self.events = None,
             }
         }
-        self.history.push(HistoryRow {
-            revision: self.meta.revision + 1,
-            sub: self.sub,
-            key: prev.key.clone(),
-            value: Vec::new(),
-            create_revision: prev.create_revision,
-            version: prev.version,
-            lease: prev.lease,
-            deleted: true,
-            prev_revision: prev.mod_revision,
-            index: None,
-        });
+        self.history
+            .push(HistoryRow::delete(prev, self.meta.revision + 1, self.sub));
         if Catalog::concerns(&prev.key) {
             self.crd_writes.push((prev.key.clone(), None));
         }

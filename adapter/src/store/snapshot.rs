@@ -102,29 +102,20 @@ impl Store {
         let mut written = 0u64;
         // At or below the compaction: what compacting kept, the latest
         // version of each key (no deletions, as etcd's compaction drops
-        // them).
-        self.history_rows(0, compact, true, |r| {
-            if failed.is_some() || r.deleted {
-                return;
-            }
-            let (k, v) = hash_entry(r);
-            written += 1;
-            if let Err(e) = bolt.push(&mut keys, k, v) {
-                failed = Some(e);
-            }
-        })
-        .await?;
-        self.history_rows(compact, rev, true, |r| {
-            if failed.is_some() {
-                return;
-            }
-            let (k, v) = hash_entry(r);
-            written += 1;
-            if let Err(e) = bolt.push(&mut keys, k, v) {
-                failed = Some(e);
-            }
-        })
-        .await?;
+        // them); above it, every change.
+        for (from, to, keep_deletions) in [(0, compact, false), (compact, rev, true)] {
+            self.history_rows(from, to, true, |r| {
+                if failed.is_some() || (r.deleted && !keep_deletions) {
+                    return;
+                }
+                let (k, v) = hash_entry(r);
+                written += 1;
+                if let Err(e) = bolt.push(&mut keys, k, v) {
+                    failed = Some(e);
+                }
+            })
+            .await?;
+        }
         if let Some(e) = failed {
             return Err(io(e));
         }

@@ -1369,10 +1369,16 @@ where
         }
     }))
     .await;
+    gather(started, results)
+}
+
+/// The clients' latencies and errors since `started` as (requests/s, sorted
+/// latencies, errors).
+fn gather(started: Instant, results: Vec<(Vec<Duration>, usize)>) -> (f64, Vec<Duration>, usize) {
     let secs = started.elapsed().as_secs_f64();
-    let mut lat: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
-    lat.sort();
     let errors = results.iter().map(|(_, e)| e).sum();
+    let mut lat: Vec<Duration> = results.into_iter().flat_map(|(l, _)| l).collect();
+    lat.sort();
     (lat.len() as f64 / secs, lat, errors)
 }
 
@@ -1521,11 +1527,7 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             }
         }))
         .await;
-        let secs = started.elapsed().as_secs_f64();
-        let mut lat: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
-        lat.sort();
-        let errors = results.iter().map(|(_, e)| e).sum();
-        measured.push((lat.len() as f64 / secs, lat, errors));
+        measured.push(gather(started, results));
         cpus.push(cpu() - c0);
         for (k, ((rate, latencies, errors), secs)) in measured.into_iter().zip(cpus).enumerate() {
             let ops = latencies.len().max(1) as f64;
