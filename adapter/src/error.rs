@@ -124,7 +124,9 @@ impl From<Error> for Status {
             Error::Corrupt => Code::DataLoss,
             Error::Stopping => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
-            Error::Db(DbError::Retry(_) | DbError::Unavailable(_)) => Code::Unavailable,
+            Error::Db(
+                DbError::Retry(_) | DbError::Unavailable(_) | DbError::Stale | DbError::NeedsRead,
+            ) => Code::Unavailable,
             Error::Db(DbError::Rejected(_)) => Code::InvalidArgument,
             Error::Db(DbError::Other(_)) | Error::Internal(_) => Code::Internal,
         };

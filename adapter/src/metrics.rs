@@ -97,6 +97,16 @@ pub static DB_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static BATCH_PATH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_write_batches_total",
+        "Write batch attempts by path: read (the batch's keys read first), \
+         assumed (from what this process last wrote, in one round trip), \
+         stale (assumed, and another writer had been first).",
+        &["path"],
+    )
+});
+
 pub static WATCHERS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("etcdsql_watchers", "Watches open on this process."));
 
@@ -182,6 +192,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(BATCH_SECONDS.clone()))?;
     r.register(Box::new(DB_ERRORS.clone()))?;
     r.register(Box::new(DB_RETRIES.clone()))?;
+    r.register(Box::new(BATCH_PATH.clone()))?;
     r.register(Box::new(WATCHERS.clone()))?;
     r.register(Box::new(WATCH_RESYNCS.clone()))?;
     r.register(Box::new(WATCH_BACKLOG.clone()))?;
@@ -202,6 +213,8 @@ pub fn kind(e: &crate::backend::DbError) -> &'static str {
         DbError::Retry(_) => "retry",
         DbError::Unavailable(_) => "unavailable",
         DbError::Rejected(_) => "rejected",
+        DbError::Stale => "stale",
+        DbError::NeedsRead => "needs_read",
         DbError::Other(_) => "other",
     }
 }

@@ -14,6 +14,16 @@ pub enum DbError {
     /// the dialect's key column).
     #[error("{0}")]
     Rejected(String),
+    /// A batch's assumptions (see [`crate::backend::Writer::begin_assuming`])
+    /// no longer held; nothing of it was written. It runs again, reading
+    /// first.
+    #[error("write batch assumptions did not hold")]
+    Stale,
+    /// A batch begun assuming needed a read it cannot make (a key it does
+    /// not know, a lease, a range); nothing was sent. It runs again,
+    /// reading first.
+    #[error("write batch needs to read first")]
+    NeedsRead,
     /// Anything else: a bug or a schema problem.
     #[error("database error: {0}")]
     Other(String),

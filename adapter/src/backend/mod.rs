@@ -357,6 +357,28 @@ pub trait Writer: Send {
         Ok(Began { meta, kvs, leases })
     }
 
+    /// Whether [`begin_assuming`](Writer::begin_assuming) is supported.
+    fn assumes(&self) -> bool {
+        false
+    }
+
+    /// Starts a transaction like [`begin`](Writer::begin) without waiting
+    /// for it: the batch is evaluated from what this writer's last commit
+    /// left (`meta` and the keys it knows), and the database checks that
+    /// with the writes (see [`check_assumed`](Writer::check_assumed)), all
+    /// in one round trip at the commit.
+    async fn begin_assuming(&mut self) -> Result<(), DbError> {
+        Err(DbError::Other("begin_assuming is not supported".into()))
+    }
+
+    /// Queues the check, ahead of the writes: the store is still at `meta`
+    /// (revision, compaction, partition registry, epoch) and none of
+    /// `absent` exists. When it fails, the commit fails with
+    /// [`DbError::Stale`] and nothing is written.
+    async fn check_assumed(&mut self, _meta: Meta, _absent: &[Vec<u8>]) -> Result<(), DbError> {
+        Err(DbError::Other("check_assumed is not supported".into()))
+    }
+
     /// Latest versions of these keys (missing keys are absent).
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError>;
 

@@ -17,6 +17,7 @@ use std::task::Poll;
 use futures::future::{BoxFuture, MaybeDone, maybe_done};
 use futures::{FutureExt, StreamExt, TryFutureExt};
 use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
@@ -73,6 +74,14 @@ const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
     SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) \
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
 const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
+/// [`Writer::check_assumed`]: divides by zero unless the revision row is
+/// as assumed and none of the names exists. It runs after LOCK_META, so
+/// every other writer has committed or not started. Behind a proxy tier
+/// the comment keeps it on the primary.
+const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
+    AND m.partitions_version = $3 AND m.epoch = $4 \
+    AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) THEN 1 ELSE 0 END) \
+    FROM etcdsql_meta m WHERE m.id = 1";
 const LEASES_EXIST: &str = "SELECT id FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
@@ -405,6 +414,8 @@ impl Backend for Postgres {
             partitions: self.partitions.clone(),
             epoch: 0,
             queue: Vec::new(),
+            assumed: false,
+            open: false,
         }))
     }
 
@@ -569,6 +580,10 @@ struct PgWriter {
     /// History rows of this transaction belong to this epoch.
     epoch: i64,
     queue: Vec<Queued>,
+    /// CHECK_ASSUMED is queued or sent in this transaction.
+    assumed: bool,
+    /// Something of this transaction has been sent (a ROLLBACK has work).
+    open: bool,
 }
 
 /// Writes queued before they are sent without waiting for the commit.
@@ -633,6 +648,19 @@ impl PgWriter {
         Ok(s)
     }
 
+    /// A new transaction's state, and a connection.
+    async fn start(&mut self) -> Result<(), DbError> {
+        self.queue.clear();
+        self.assumed = false;
+        self.open = false;
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            let client = connect_writer(&self.config).await?;
+            self.client = Some(client);
+        }
+        Ok(())
+    }
+
     /// Queues a write for the next round trip.
     async fn push(&mut self, text: &str, params: Vec<Owned>) -> Result<(), DbError> {
         let statement = self.prepared(text).await?;
@@ -652,6 +680,7 @@ impl PgWriter {
         if queue.is_empty() && matches!(tail, Tail::Nothing) {
             return Ok(Vec::new());
         }
+        self.open = true;
         let client = self.client()?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = queue
             .iter()
@@ -683,7 +712,12 @@ impl PgWriter {
                 last = r;
             }
         }
-        last.map_err(|e| classify(&e))
+        // The only division in a write transaction is CHECK_ASSUMED's.
+        let assumed = self.assumed;
+        last.map_err(|e| match e.code() {
+            Some(&SqlState::DIVISION_BY_ZERO) if assumed => DbError::Stale,
+            _ => classify(&e),
+        })
     }
 
     async fn query(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
@@ -694,6 +728,7 @@ impl PgWriter {
     async fn execute(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
         self.send(Tail::Nothing).await?;
         let stmt = self.prepared(text).await?;
+        self.open = true;
         self.client()?
             .execute(&stmt, p)
             .await
@@ -707,13 +742,35 @@ impl Writer for PgWriter {
         Ok(self.begin_read(&[], &[]).await?.meta)
     }
 
+    fn assumes(&self) -> bool {
+        true
+    }
+
+    async fn begin_assuming(&mut self) -> Result<(), DbError> {
+        self.start().await?;
+        self.push("BEGIN", Vec::new()).await?;
+        self.push(super::LOCK_META, Vec::new()).await
+    }
+
+    async fn check_assumed(&mut self, meta: Meta, absent: &[Vec<u8>]) -> Result<(), DbError> {
+        self.assumed = true;
+        let version = self.partitions.get().version;
+        self.push(
+            CHECK_ASSUMED,
+            vec![
+                Box::new(meta.revision),
+                Box::new(meta.compact_revision),
+                Box::new(version),
+                Box::new(self.epoch),
+                Box::new(absent.to_vec()),
+            ],
+        )
+        .await
+    }
+
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
-        self.queue.clear();
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.statements.clear();
-            let client = connect_writer(&self.config).await?;
-            self.client = Some(client);
-        }
+        self.start().await?;
+        self.open = true;
         let lock = self.prepared(super::LOCK_META).await?;
         let get = self.prepared(GET).await?;
         let exist = self.prepared(LEASES_EXIST).await?;
@@ -917,6 +974,11 @@ impl Writer for PgWriter {
 
     async fn rollback(&mut self) {
         self.queue.clear();
+        self.assumed = false;
+        if !std::mem::take(&mut self.open) {
+            // A batch that assumed and stopped before sending anything.
+            return;
+        }
         let ok = match &self.client {
             Some(c) => c.batch_execute("ROLLBACK").await.is_ok(),
             None => true,

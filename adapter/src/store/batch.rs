@@ -7,6 +7,10 @@
 //! Changes are written in bulk at the end (or before a range read, which
 //! the database must answer with the batch's changes in place), then the
 //! revision row is stored and the transaction commits.
+//!
+//! Where the database can check it with the writes (PostgreSQL), a batch
+//! may instead start from what the committer's last commit left
+//! ([`Known`]) and read nothing first ([`Batch::begin_assuming`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -37,6 +41,8 @@ pub trait Write: Send + Sync + 'static {
     }
     /// The keys and leases it will certainly read (prefetched per batch).
     fn names(&self, _keys: &mut HashSet<Vec<u8>>, _leases: &mut HashSet<i64>) {}
+    /// Keys it expects to be absent (see [`Batch::begin_assuming`]).
+    fn expects_absent(&self, _keys: &mut HashSet<Vec<u8>>) {}
     /// Evaluates it in `b`. A returned error is either the request's own
     /// (nothing of it was applied) or a database error that aborts the batch.
     async fn apply(&self, b: &mut Batch<'_>) -> Result<Self::Out, Error>;
@@ -81,6 +87,11 @@ impl Write for TxnRequest {
     }
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         txn_names(self, keys, leases);
+    }
+    fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>) {
+        for c in self.compare.iter().filter(|c| ops::expects_absent(c)) {
+            keys.insert(c.key.clone());
+        }
     }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<TxnResponse, Error> {
         ops::txn(b, self, true).await
@@ -272,6 +283,83 @@ pub struct Batch<'w> {
     /// Every change as a watcher sees it, for the hub once committed;
     /// `None` if a change's previous version was not at hand.
     events: Option<Vec<EventRow>>,
+    /// Set when the batch runs on [`Known`] instead of reading first.
+    assumed: Option<Assumed>,
+}
+
+/// What a batch begun by [`Batch::begin_assuming`] took for granted.
+struct Assumed {
+    /// The revision row it started from.
+    meta: Meta,
+    /// Keys it may take as absent when [`Known`] does not have them.
+    may_be_absent: HashSet<Vec<u8>>,
+    /// Those it did take as absent.
+    absent: Vec<Vec<u8>>,
+}
+
+/// What the committer knows of the store after its last commit: the
+/// revision row and the latest versions of keys its batches read or wrote.
+/// It holds only while no other writer has committed since, which the
+/// database checks when a batch assumes it ([`Batch::begin_assuming`]).
+#[derive(Default)]
+pub struct Known {
+    meta: Option<Meta>,
+    keys: HashMap<Vec<u8>, Option<KeyValue>>,
+    bytes: usize,
+    /// Batches to run reading first, after an assumption failed, and the
+    /// next such pause (doubling while assumptions keep failing).
+    pause: u32,
+    next_pause: u32,
+}
+
+impl Known {
+    const MAX_KEYS: usize = 16_384;
+    const MAX_BYTES: usize = 16 << 20;
+
+    /// Whether the next batch may assume; counts a paused batch.
+    pub fn usable(&mut self) -> bool {
+        if self.pause > 0 {
+            self.pause -= 1;
+            return false;
+        }
+        self.meta.is_some()
+    }
+
+    /// Forgets everything (a batch failed, or another writer was first).
+    pub fn forget(&mut self) {
+        self.meta = None;
+        self.keys.clear();
+        self.bytes = 0;
+    }
+
+    /// An assumption failed: forget, and read first for a while.
+    pub fn stale(&mut self) {
+        self.forget();
+        self.next_pause = (self.next_pause * 2).clamp(1, 64);
+        self.pause = self.next_pause;
+    }
+
+    /// A batch committed: the store is as it left it. What was known
+    /// before holds only if nobody wrote between the last commit and this
+    /// batch's start.
+    pub fn absorb(&mut self, c: &mut Committed) {
+        if c.assumed {
+            self.next_pause = 0;
+        }
+        if self.meta.map(|m| m.revision) != Some(c.start) {
+            self.keys.clear();
+            self.bytes = 0;
+        }
+        for (k, v) in std::mem::take(&mut c.keys) {
+            self.bytes += k.len() + v.as_ref().map_or(0, |kv| kv.value.len());
+            self.keys.insert(k, v);
+        }
+        if self.keys.len() > Self::MAX_KEYS || self.bytes > Self::MAX_BYTES {
+            self.keys.clear();
+            self.bytes = 0;
+        }
+        self.meta = Some(c.meta);
+    }
 }
 
 /// A committed batch: it took the store from `start` to `end`.
@@ -280,6 +368,12 @@ pub struct Committed {
     pub end: i64,
     /// All its changes, in order (see [`Batch::events`]).
     pub events: Option<Vec<EventRow>>,
+    /// The revision row it stored.
+    pub meta: Meta,
+    /// The latest versions of the keys it read or wrote, as it left them.
+    pub keys: HashMap<Vec<u8>, Option<KeyValue>>,
+    /// It ran on [`Known`] (one round trip).
+    pub assumed: bool,
 }
 
 fn requests_names(reqs: &[RequestOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
@@ -323,23 +417,7 @@ impl<'w> Batch<'w> {
         let keys: Vec<Vec<u8>> = keys.into_iter().collect();
         let ids: Vec<i64> = leases.into_iter().collect();
         let began = w.begin_read(&keys, &ids).await?;
-        let meta = began.meta;
-        let mut b = Batch {
-            w,
-            catalog,
-            nonce: nonce(),
-            meta,
-            sub: 0,
-            cache: HashMap::new(),
-            dirty: BTreeMap::new(),
-            history: Vec::new(),
-            probe: None,
-            leases: HashMap::new(),
-            dirty_leases: BTreeMap::new(),
-            crd_writes: Vec::new(),
-            start: meta.revision,
-            events: Some(Vec::new()),
-        };
+        let mut b = Batch::new(w, catalog, began.meta, HashMap::new(), None);
         for kv in began.kvs {
             b.cache.insert(kv.key.clone(), Some(kv));
         }
@@ -352,6 +430,67 @@ impl<'w> Batch<'w> {
             b.leases.insert(id, found.contains(&id));
         }
         Ok(b)
+    }
+
+    /// Begins without reading: `known` stands for the store, and a key
+    /// it does not have counts as absent if it is in `may_be_absent`;
+    /// anything else the batch would have to read (another key, a lease,
+    /// a range) ends it with [`DbError::NeedsRead`] before anything is sent. The
+    /// database checks both assumptions ahead of the writes, in the commit's
+    /// round trip.
+    pub async fn begin_assuming(
+        w: &'w mut dyn Writer,
+        catalog: &'w Catalog,
+        known: &Known,
+        keys: HashSet<Vec<u8>>,
+        may_be_absent: HashSet<Vec<u8>>,
+    ) -> Result<Batch<'w>, DbError> {
+        let meta = known.meta.ok_or(DbError::Stale)?;
+        w.begin_assuming().await?;
+        let cache = keys
+            .into_iter()
+            .filter_map(|k| known.keys.get(&k).map(|v| (k, v.clone())))
+            .collect();
+        let assumed = Assumed {
+            meta,
+            may_be_absent,
+            absent: Vec::new(),
+        };
+        Ok(Batch::new(w, catalog, meta, cache, Some(assumed)))
+    }
+
+    fn new(
+        w: &'w mut dyn Writer,
+        catalog: &'w Catalog,
+        meta: Meta,
+        cache: HashMap<Vec<u8>, Option<KeyValue>>,
+        assumed: Option<Assumed>,
+    ) -> Batch<'w> {
+        Batch {
+            w,
+            catalog,
+            nonce: nonce(),
+            meta,
+            sub: 0,
+            cache,
+            dirty: BTreeMap::new(),
+            history: Vec::new(),
+            probe: None,
+            leases: HashMap::new(),
+            dirty_leases: BTreeMap::new(),
+            crd_writes: Vec::new(),
+            start: meta.revision,
+            events: Some(Vec::new()),
+            assumed,
+        }
+    }
+
+    /// A read the batch cannot make while assuming.
+    fn must_read(&self) -> Result<(), Error> {
+        match self.assumed {
+            Some(_) => Err(Error::Db(DbError::NeedsRead)),
+            None => Ok(()),
+        }
     }
 
     /// Writes what the batch changed so far.
@@ -404,11 +543,18 @@ impl<'w> Batch<'w> {
     /// Flushes and commits. The flag on an error tells whether the COMMIT
     /// itself failed (outcome unknown).
     pub async fn commit(mut self) -> Result<Committed, CommitError> {
-        self.flush().await.map_err(|error| CommitError {
+        let before = |error| CommitError {
             error,
             after_commit_sent: false,
             probe: None,
-        })?;
+        };
+        if let Some(a) = &self.assumed {
+            self.w
+                .check_assumed(a.meta, &a.absent)
+                .await
+                .map_err(before)?;
+        }
+        self.flush().await.map_err(before)?;
         let probe = self.probe.take();
         let crd_writes = std::mem::take(&mut self.crd_writes);
         if let Err(error) = self.w.commit(self.meta).await {
@@ -425,6 +571,9 @@ impl<'w> Batch<'w> {
             start: self.start,
             end: self.meta.revision,
             events: self.events.take(),
+            meta: self.meta,
+            keys: std::mem::take(&mut self.cache),
+            assumed: self.assumed.is_some(),
         })
     }
 
@@ -441,6 +590,7 @@ impl<'w> Batch<'w> {
     /// Deletes the lease's keys (delete events in this request's revision)
     /// and the lease.
     async fn revoke(&mut self, id: i64) -> Result<i64, Error> {
+        self.must_read()?;
         self.flush().await?;
         for key in self.w.lease_keys(id).await? {
             if let Some(kv) = self.get(&key).await?.filter(|kv| kv.lease == id) {
@@ -459,6 +609,7 @@ impl<'w> Batch<'w> {
         if self.leases.get(&id) == Some(&false) {
             return Ok(None);
         }
+        self.must_read()?;
         Ok(self.w.lease_row(id).await?)
     }
 
@@ -513,12 +664,21 @@ impl View for Batch<'_> {
         if let Some(kv) = self.cache.get(key) {
             return Ok(kv.clone());
         }
+        if let Some(a) = &mut self.assumed {
+            if !a.may_be_absent.contains(key) {
+                return Err(Error::Db(DbError::NeedsRead));
+            }
+            a.absent.push(key.to_vec());
+            self.cache.insert(key.to_vec(), None);
+            return Ok(None);
+        }
         let kv = self.w.get(&[key.to_vec()]).await?.pop();
         self.cache.insert(key.to_vec(), kv.clone());
         Ok(kv)
     }
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, Error> {
+        self.must_read()?;
         self.flush().await?;
         Ok(self.w.range(q).await?)
     }
@@ -527,6 +687,7 @@ impl View for Batch<'_> {
         if let Some(exists) = self.leases.get(&id) {
             return Ok(*exists);
         }
+        self.must_read()?;
         let exists = !self.w.leases_exist(&[id]).await?.is_empty();
         self.leases.insert(id, exists);
         Ok(exists)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{Batch, CommitError, Committed, Probe, Write};
+use super::batch::{Batch, CommitError, Committed, Known, Probe, Write};
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Writer};
 use crate::error::Error;
@@ -40,6 +40,7 @@ struct Job<W: Write> {
 trait Pending: Send {
     fn size(&self) -> usize;
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>);
+    fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>);
     /// Evaluates the request in `b` and keeps its own outcome; a database
     /// error aborts the batch and is returned instead.
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError>;
@@ -55,6 +56,10 @@ impl<W: Write> Pending for Job<W> {
 
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         self.op.names(keys, leases);
+    }
+
+    fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>) {
+        self.op.expects_absent(keys);
     }
 
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError> {
@@ -130,6 +135,7 @@ async fn run(
     mut stop: Stop,
 ) {
     let mut writer: Option<Box<dyn Writer>> = None;
+    let mut known = Known::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -151,7 +157,15 @@ async fn run(
             }
         }
         let started = std::time::Instant::now();
-        execute(backend.as_ref(), &catalog, &hub, &mut writer, &mut jobs).await;
+        execute(
+            backend.as_ref(),
+            &catalog,
+            &hub,
+            &mut writer,
+            &mut known,
+            &mut jobs,
+        )
+        .await;
         metrics::BATCH_SIZE.observe(jobs.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         tracing::trace!(batch = jobs.len(), "committed batch");
@@ -177,9 +191,11 @@ async fn execute(
     catalog: &Catalog,
     hub: &Hub,
     writer: &mut Option<Box<dyn Writer>>,
+    known: &mut Known,
     jobs: &mut Jobs,
 ) {
     let _committing = hub.committing();
+    let mut may_assume = true;
     let mut conflicts = 0;
     let mut broken = 0;
     let fail = |jobs: &mut Jobs, error: DbError| {
@@ -189,8 +205,13 @@ async fn execute(
         }
     };
     loop {
-        let failure = match attempt(backend, catalog, writer, jobs).await {
-            Ok(c) => {
+        let assume = may_assume && known.usable();
+        let failure = match attempt(backend, catalog, writer, known, assume, jobs).await {
+            Ok(mut c) => {
+                metrics::BATCH_PATH
+                    .with_label_values(&[if c.assumed { "assumed" } else { "read" }])
+                    .inc();
+                known.absorb(&mut c);
                 let published = c.end > c.start
                     && c.events
                         .is_some_and(|events| hub.publish(c.start, c.end, events));
@@ -201,6 +222,21 @@ async fn execute(
             }
             Err(f) => f,
         };
+        // Nothing of the batch was written; it runs again, reading first.
+        match failure.error {
+            DbError::Stale => {
+                // Another writer was first.
+                metrics::BATCH_PATH.with_label_values(&["stale"]).inc();
+                known.stale();
+                may_assume = false;
+                continue;
+            }
+            DbError::NeedsRead => {
+                may_assume = false;
+                continue;
+            }
+            _ => known.forget(),
+        }
         let kind = metrics::kind(&failure.error);
         metrics::DB_ERRORS.with_label_values(&[kind]).inc();
         match failure.error {
@@ -263,7 +299,7 @@ async fn execute(
                 // Something in the batch is refused by the database: run each
                 // request alone so that only the culprit fails.
                 for job in jobs.chunks_mut(1) {
-                    Box::pin(execute(backend, catalog, hub, writer, job)).await;
+                    Box::pin(execute(backend, catalog, hub, writer, known, job)).await;
                 }
                 return;
             }
@@ -304,6 +340,8 @@ async fn attempt(
     backend: &dyn Backend,
     catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
+    known: &Known,
+    assume: bool,
     jobs: &mut Jobs,
 ) -> Result<Committed, Failure> {
     let w = match writer {
@@ -314,7 +352,7 @@ async fn attempt(
             probe: None,
         })?),
     };
-    let outcome = run_batch(w.as_mut(), catalog, jobs).await;
+    let outcome = run_batch(w.as_mut(), catalog, known, assume, jobs).await;
     if outcome.is_err() {
         w.rollback().await;
     }
@@ -324,6 +362,8 @@ async fn attempt(
 async fn run_batch(
     w: &mut dyn Writer,
     catalog: &Catalog,
+    known: &Known,
+    assume: bool,
     jobs: &mut Jobs,
 ) -> Result<Committed, Failure> {
     let before = |error| Failure {
@@ -335,9 +375,18 @@ async fn run_batch(
     for job in jobs.iter() {
         job.names(&mut keys, &mut leases);
     }
-    let mut batch = Batch::begin(w, catalog, keys, leases)
-        .await
-        .map_err(before)?;
+    // Without leases to check, a batch may run on what this process last
+    // wrote, in one round trip.
+    let mut batch = if assume && leases.is_empty() && w.assumes() {
+        let mut absent = HashSet::new();
+        for job in jobs.iter() {
+            job.expects_absent(&mut absent);
+        }
+        Batch::begin_assuming(w, catalog, known, keys, absent).await
+    } else {
+        Batch::begin(w, catalog, keys, leases).await
+    }
+    .map_err(before)?;
     for job in jobs.iter_mut() {
         job.apply(&mut batch).await.map_err(before)?;
     }

@@ -210,6 +210,18 @@ pub async fn delete_range(
     })
 }
 
+/// Whether the compare expects its key absent: version, create or mod
+/// revision equal to 0 (a create's shape).
+pub fn expects_absent(c: &Compare) -> bool {
+    c.range_end.is_empty()
+        && c.result() == CompareResult::Equal
+        && matches!(
+            c.target(),
+            CompareTarget::Version | CompareTarget::Create | CompareTarget::Mod
+        )
+        && compare_kv(c, &KeyValue::default())
+}
+
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     let int =
         |want: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(want).unwrap_or(0);

@@ -1,6 +1,6 @@
 //! The Prometheus endpoint: per-RPC latency, batch sizes, watch counts.
 
-use etcd_client::WatchOptions;
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics as scrape};
 
 use crate::{Case, bin, case};
@@ -57,6 +57,107 @@ async fn metrics_endpoint(target: Target) {
     }
 }
 
+/// `etcdsql_write_batches_total{path}` on the metrics port.
+async fn batches(port: u16, path: &str) -> u64 {
+    let want = format!("etcdsql_write_batches_total{{path=\"{path}\"}} ");
+    scrape(port)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str()).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A create: the key must be absent.
+async fn create(c: &mut Client, key: &str, value: &str) -> bool {
+    let t = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, value, None)])
+        .or_else([TxnOp::get(key, None)]);
+    c.txn(t).await.unwrap().succeeded()
+}
+
+/// A batch that assumes what its process last wrote (one round trip) gives
+/// etcd's answers, and falls back to reading first whenever another process
+/// wrote in between or a key it took as absent exists.
+async fn assumed_batches(target: Target) {
+    let db = TestDb::create(target).await.unwrap();
+    let (pm, qm) = (free_port(), free_port());
+    let url = |port| format!("http://127.0.0.1:{port}");
+    let p = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &url(pm)])
+        .await
+        .unwrap();
+    let q = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &url(qm)])
+        .await
+        .unwrap();
+    let (mut a, mut b) = (p.client().await.unwrap(), q.client().await.unwrap());
+    // A key the first process never sees until it tries to create it.
+    b.put("y", "q", None).await.unwrap();
+
+    // One writer: compare-and-swaps and creates in sequence.
+    let mut rev = a
+        .put("k", "0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for i in 1..=20 {
+        let t = Txn::new()
+            .when([Compare::mod_revision("k", CompareOp::Equal, rev)])
+            .and_then([TxnOp::put("k", i.to_string(), None)]);
+        let r = a.txn(t).await.unwrap();
+        assert!(r.succeeded(), "CAS {i} at {rev}");
+        rev = r.header().unwrap().revision();
+    }
+    for i in 0..10 {
+        assert!(create(&mut a, &format!("x{i}"), "p").await, "create x{i}");
+    }
+    let assumed = batches(pm, "assumed").await;
+    assert!(assumed >= 25, "{assumed} of 31 batches assumed");
+    // Up to date, but a key it took as absent exists: no create.
+    assert_eq!(batches(pm, "stale").await, 0);
+    assert!(!create(&mut a, "y", "p").await, "y exists");
+    assert_eq!(batches(pm, "stale").await, 1, "the create assumed y absent");
+    let got = a.get("y", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"q");
+
+    // Another process writes: the first's next batches must see it.
+    b.put("k", "q", None).await.unwrap();
+    let t = Txn::new()
+        .when([Compare::mod_revision("k", CompareOp::Equal, rev)])
+        .and_then([TxnOp::put("k", "stale", None)]);
+    assert!(
+        !a.txn(t).await.unwrap().succeeded(),
+        "CAS on an old revision"
+    );
+    let r = a
+        .put(
+            "k",
+            "p",
+            Some(etcd_client::PutOptions::new().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.prev_key().unwrap().value(), b"q");
+    b.delete("x0", None).await.unwrap();
+    assert!(
+        create(&mut a, "x0", "again").await,
+        "x0 was deleted elsewhere"
+    );
+    let got = b.get("x0", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"again");
+    // y, and x0's create (what the first process knew of x0 had changed).
+    assert!(batches(pm, "stale").await >= 2);
+    eprintln!(
+        "assumed batches on {}: {assumed} of 31 alone; stale {}",
+        target.name(),
+        batches(pm, "stale").await
+    );
+}
+
 pub fn cases() -> Vec<Case> {
-    vec![case!("endpoint", &[Target::Sqlite], metrics_endpoint)]
+    vec![
+        case!("endpoint", &[Target::Sqlite], metrics_endpoint),
+        case!("assumed_batches", &[Target::Postgres], assumed_batches),
+    ]
 }
