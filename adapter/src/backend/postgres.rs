@@ -416,6 +416,7 @@ impl Backend for Postgres {
             queue: Vec::new(),
             assumed: false,
             open: false,
+            begin_pending: false,
         }))
     }
 
@@ -584,6 +585,8 @@ struct PgWriter {
     assumed: bool,
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
+    /// BEGIN goes out first with the next round trip.
+    begin_pending: bool,
 }
 
 /// Writes queued before they are sent without waiting for the commit.
@@ -602,8 +605,8 @@ struct Queued {
 enum Tail<'a> {
     Nothing,
     Query(&'a tokio_postgres::Statement, &'a [&'a (dyn ToSql + Sync)]),
-    /// Simple-query text (no parameters).
-    Text(&'a str),
+    /// Simple-query texts (no parameters), each sent on its own.
+    Texts(&'a [&'a str]),
 }
 
 type Sent<'a> = BoxFuture<'a, Result<Vec<Row>, tokio_postgres::Error>>;
@@ -653,6 +656,7 @@ impl PgWriter {
         self.queue.clear();
         self.assumed = false;
         self.open = false;
+        self.begin_pending = false;
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             let client = connect_writer(&self.config).await?;
@@ -677,7 +681,8 @@ impl PgWriter {
     /// tail's rows. A write's error wins over the tail's (it caused it).
     async fn send(&mut self, tail: Tail<'_>) -> Result<Vec<Row>, DbError> {
         let queue = std::mem::take(&mut self.queue);
-        if queue.is_empty() && matches!(tail, Tail::Nothing) {
+        let begin = std::mem::take(&mut self.begin_pending);
+        if queue.is_empty() && matches!(tail, Tail::Nothing) && !begin {
             return Ok(Vec::new());
         }
         self.open = true;
@@ -691,20 +696,29 @@ impl PgWriter {
                     .collect()
             })
             .collect();
-        let mut sent: Vec<Sent<'_>> = queue
-            .iter()
-            .zip(&params)
-            .map(|(q, p)| {
+        let mut sent: Vec<Sent<'_>> = Vec::with_capacity(queue.len() + 3);
+        if begin {
+            sent.push(
                 client
-                    .execute(&q.statement, p)
-                    .map_ok(|_| Vec::new())
-                    .boxed()
-            })
-            .collect();
+                    .batch_execute("BEGIN")
+                    .map_ok(|()| Vec::new())
+                    .boxed(),
+            );
+        }
+        sent.extend(queue.iter().zip(&params).map(|(q, p)| {
+            client
+                .execute(&q.statement, p)
+                .map_ok(|_| Vec::new())
+                .boxed()
+        }));
         match tail {
             Tail::Nothing => {}
             Tail::Query(s, p) => sent.push(client.query(s, p).boxed()),
-            Tail::Text(t) => sent.push(client.batch_execute(t).map_ok(|()| Vec::new()).boxed()),
+            Tail::Texts(texts) => sent.extend(
+                texts
+                    .iter()
+                    .map(|t| client.batch_execute(t).map_ok(|()| Vec::new()).boxed()),
+            ),
         }
         let mut last = Ok(Vec::new());
         for r in in_order(sent).await {
@@ -748,7 +762,9 @@ impl Writer for PgWriter {
 
     async fn begin_assuming(&mut self) -> Result<(), DbError> {
         self.start().await?;
-        self.push("BEGIN", Vec::new()).await?;
+        // As simple queries, as the read-first path sends them: PgCat routes
+        // a transaction by its text BEGIN.
+        self.begin_pending = true;
         self.push(super::LOCK_META, Vec::new()).await
     }
 
@@ -954,13 +970,16 @@ impl Writer for PgWriter {
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         // The queued writes, the revision row, and COMMIT in one round
         // trip. The notification, with the revision, is delivered to
-        // listeners when (and only if) the transaction commits.
+        // listeners when (and only if) the transaction commits. COMMIT is a
+        // query of its own: Pgpool-II sends a multi-statement query to the
+        // primary alone, and the standby that had the BEGIN would be left
+        // in a transaction.
         let text = format!(
             "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} WHERE id = 1; \
-             NOTIFY {CHANNEL}, '{}'; COMMIT",
+             NOTIFY {CHANNEL}, '{}'",
             meta.revision, meta.compact_revision, meta.revision
         );
-        self.send(Tail::Text(&text)).await.map(drop)
+        self.send(Tail::Texts(&[&text, "COMMIT"])).await.map(drop)
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
@@ -975,6 +994,7 @@ impl Writer for PgWriter {
     async fn rollback(&mut self) {
         self.queue.clear();
         self.assumed = false;
+        self.begin_pending = false;
         if !std::mem::take(&mut self.open) {
             // A batch that assumed and stopped before sending anything.
             return;
