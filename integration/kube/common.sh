@@ -1,5 +1,38 @@
 # Shared by run.sh and migrate.sh (sourced).
 
+# Both scripts' start. Checks KUBE_APISERVER; sets KUBECTL, target (the
+# database argument $2, default sqlite), work (a temporary directory named
+# after $1, removed on exit, when the processes in pids are stopped) and
+# ETCDSQL_BIN (a release build made here unless given).
+begin() {
+  if [ -z "${KUBE_APISERVER:-}" ]; then
+    echo "KUBE_APISERVER is not set: give the path of a kube-apiserver binary (see integration/kube/README.md)." >&2
+    exit 2
+  fi
+  KUBECTL=${KUBECTL:-kubectl}
+  target=${2:-sqlite}
+  work=$(mktemp -d "/tmp/etcdsql-$1.XXXXXX")
+  pids=()
+  trap cleanup EXIT
+  checks=0
+  if [ -z "${ETCDSQL_BIN:-}" ]; then
+    cargo build --release -q -p etcdsql
+    ETCDSQL_BIN=target/release/etcdsql
+  fi
+}
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
+
+# Waits up to 20 s for the etcd API on 127.0.0.1:$1; fails (returns 1) if
+# it never answers.
+wait_etcd_api() {
+  for _ in $(seq 100); do
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$1" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  return 1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Writes the widgets.etcdsql.example.com CRD to $1.

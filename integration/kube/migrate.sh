@@ -14,20 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ -z "${KUBE_APISERVER:-}" ]; then
-  echo "KUBE_APISERVER is not set: give the path of a kube-apiserver binary (see integration/kube/README.md)." >&2
-  exit 2
-fi
-KUBECTL=${KUBECTL:-kubectl}
-target=${1:-sqlite}
-work=$(mktemp -d /tmp/etcdsql-migrate.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
 . integration/kube/common.sh
-checks=0
-check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
+begin migrate "${1:-}"
 fail() {
   echo "FAILED: $*" >&2
   for f in "$work"/apiserver-*.log; do echo "--- $f (tail)" >&2; tail -20 "$f" >&2; done
@@ -36,10 +24,6 @@ fail() {
 # Stops a process started here and waits for it.
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-if [ -z "${ETCDSQL_BIN:-}" ]; then
-  cargo build --release -q -p etcdsql
-  ETCDSQL_BIN=target/release/etcdsql
-fi
 if [ "$target" = sqlite ]; then
   store_args=(--data-dir "$work/etcdsql")
 else
@@ -55,11 +39,7 @@ etcd_on() { # data-dir name; sets store_port and store_pid
     > "$work/etcd-$2.log" 2>&1 &
   store_pid=$!
   pids+=("$store_pid")
-  for _ in $(seq 100); do
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$store_port" endpoint health >/dev/null 2>&1 && return
-    sleep 0.2
-  done
-  fail "etcd ($2) did not start"
+  wait_etcd_api "$store_port" || fail "etcd ($2) did not start"
 }
 
 etcdsql_on() { # sets store_port and store_pid
@@ -68,12 +48,7 @@ etcdsql_on() { # sets store_port and store_pid
     --listen-metrics-urls "http://127.0.0.1:$(free_port)" 2>> "$work/etcdsql.log" &
   store_pid=$!
   pids+=("$store_pid")
-  for _ in $(seq 100); do
-    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$store_port" endpoint health >/dev/null 2>&1 && return
-    sleep 0.2
-  done
-  cat "$work/etcdsql.log" >&2
-  fail "etcdsql did not start"
+  wait_etcd_api "$store_port" || { cat "$work/etcdsql.log" >&2; fail "etcdsql did not start"; }
 }
 
 # One set of credentials, certificates and flags for every apiserver start.

@@ -13,26 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ -z "${KUBE_APISERVER:-}" ]; then
-  echo "KUBE_APISERVER is not set: give the path of a kube-apiserver binary (see integration/kube/README.md)." >&2
-  exit 2
-fi
-KUBECTL=${KUBECTL:-kubectl}
-target=${1:-sqlite}
-work=$(mktemp -d /tmp/etcdsql-kube.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
 . integration/kube/common.sh
-checks=0
-check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
+begin kube "${1:-}"
 fail() { echo "FAILED: $*" >&2; echo "--- apiserver log (tail)" >&2; tail -30 "$work/apiserver.log" >&2; exit 1; }
 
-if [ -z "${ETCDSQL_BIN:-}" ]; then
-  cargo build --release -q -p etcdsql
-  ETCDSQL_BIN=target/release/etcdsql
-fi
 etcd_port=$(free_port)
 if [ "$target" = sqlite ]; then
   endpoint_args=(--data-dir "$work/etcdsql")

@@ -206,11 +206,9 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
 /// scans it whole (`name = ANY($1)` is estimated at 18 rows) and stays
 /// cached until the table is next analyzed: 15 ms per batch at 20,000 rows.
 /// Plans made for the actual parameters do not, so the connection asks for
-/// them, in its startup packet rather than by a SET: Pgpool-II sends a SET to
-/// every node, and after a standby restarted, sessions that had sent one
-/// (this one, or pooled ones) were seen stuck "in a transaction" there,
-/// which that standby's statistics then never counted. Where the setting is
-/// unknown (older CockroachDB), plans are left as they are.
+/// them, in its startup packet rather than by a SET, which Pgpool-II would
+/// send to every node. Where the setting is unknown (older CockroachDB),
+/// plans are left as they are.
 async fn connect_writer(config: &tokio_postgres::Config) -> Result<Client, DbError> {
     const CUSTOM_PLANS: &str = "-c plan_cache_mode=force_custom_plan";
     let mut custom = config.clone();
@@ -651,12 +649,18 @@ impl PgWriter {
         Ok(s)
     }
 
-    /// A new transaction's state, and a connection.
-    async fn start(&mut self) -> Result<(), DbError> {
+    /// Forgets the transaction's state; answers whether any of it had been
+    /// sent.
+    fn reset(&mut self) -> bool {
         self.queue.clear();
         self.assumed = false;
-        self.open = false;
         self.begin_pending = false;
+        std::mem::take(&mut self.open)
+    }
+
+    /// A new transaction's state, and a connection.
+    async fn start(&mut self) -> Result<(), DbError> {
+        self.reset();
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             let client = connect_writer(&self.config).await?;
@@ -992,10 +996,7 @@ impl Writer for PgWriter {
     }
 
     async fn rollback(&mut self) {
-        self.queue.clear();
-        self.assumed = false;
-        self.begin_pending = false;
-        if !std::mem::take(&mut self.open) {
+        if !self.reset() {
             // A batch that assumed and stopped before sending anything.
             return;
         }
