@@ -33,6 +33,43 @@ wait_etcd_api() {
   return 1
 }
 
+# The apiserver's credentials in $work (a service-account key and a static
+# admin token), its port (api_port) and a kubeconfig for it (KUBECONFIG).
+apiserver_setup() {
+  openssl genrsa -out "$work/sa.key" 2048 2>/dev/null
+  echo "etcdsql-kube-token,admin,admin,system:masters" > "$work/tokens.csv"
+  api_port=$(free_port)
+  export KUBECONFIG="$work/kubeconfig"
+  "$KUBECTL" config set-cluster etcdsql --server "https://127.0.0.1:$api_port" --insecure-skip-tls-verify=true >/dev/null
+  "$KUBECTL" config set-credentials admin --token etcdsql-kube-token >/dev/null
+  "$KUBECTL" config set-context etcdsql --cluster etcdsql --user admin >/dev/null
+  "$KUBECTL" config use-context etcdsql >/dev/null
+}
+
+# Starts kube-apiserver on the etcd API at 127.0.0.1:$1, logging to $2, with
+# any further arguments as more flags, and waits up to 120 s until it is
+# ready (returns 1 if it never is). Sets api_pid (also in pids).
+start_apiserver() {
+  local store=$1 log=$2
+  shift 2
+  "$KUBE_APISERVER" "$@" \
+    --etcd-servers "http://127.0.0.1:$store" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --cert-dir "$work/certs" \
+    --token-auth-file "$work/tokens.csv" --authorization-mode AlwaysAllow \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$work/sa.key" --service-account-signing-key-file "$work/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/24 \
+    > "$log" 2>&1 &
+  api_pid=$!
+  pids+=("$api_pid")
+  for _ in $(seq 120); do
+    "$KUBECTL" get --raw /readyz >/dev/null 2>&1 && return
+    sleep 1
+  done
+  return 1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Writes the widgets.etcdsql.example.com CRD to $1.

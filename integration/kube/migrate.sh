@@ -52,35 +52,14 @@ etcdsql_on() { # sets store_port and store_pid
 }
 
 # One set of credentials, certificates and flags for every apiserver start.
-openssl genrsa -out "$work/sa.key" 2048 2>/dev/null
-echo "etcdsql-kube-token,admin,admin,system:masters" > "$work/tokens.csv"
-api_port=$(free_port)
-export KUBECONFIG="$work/kubeconfig"
-"$KUBECTL" config set-cluster m --server "https://127.0.0.1:$api_port" --insecure-skip-tls-verify=true >/dev/null
-"$KUBECTL" config set-credentials admin --token etcdsql-kube-token >/dev/null
-"$KUBECTL" config set-context m --cluster m --user admin >/dev/null
-"$KUBECTL" config use-context m >/dev/null
+apiserver_setup
 k() { "$KUBECTL" "$@" 2>> "$work/kubectl.err"; }
 
 apiserver_on() { # label [flags]; sets api_pid
   local label=$1
   shift
-  "$KUBE_APISERVER" "$@" \
-    --etcd-servers "http://127.0.0.1:$store_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$work/certs" \
-    --token-auth-file "$work/tokens.csv" --authorization-mode AlwaysAllow \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$work/sa.key" --service-account-signing-key-file "$work/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/24 \
-    > "$work/apiserver-$label.log" 2>&1 &
-  api_pid=$!
-  pids+=("$api_pid")
-  for _ in $(seq 120); do
-    k get --raw /readyz >/dev/null 2>&1 && return
-    sleep 1
-  done
-  fail "kube-apiserver on $label did not become ready"
+  start_apiserver "$store_port" "$work/apiserver-$label.log" "$@" \
+    || fail "kube-apiserver on $label did not become ready"
 }
 
 # Every object of the kinds written here: namespace/name resourceVersion.

@@ -27,32 +27,8 @@ fi
   --listen-metrics-urls "http://127.0.0.1:$(free_port)" 2> "$work/etcdsql.log" &
 pids+=($!)
 
-# Credentials: a service-account key and a static admin token.
-openssl genrsa -out "$work/sa.key" 2048 2>/dev/null
-echo "etcdsql-kube-token,admin,admin,system:masters" > "$work/tokens.csv"
-api_port=$(free_port)
-"$KUBE_APISERVER" \
-  --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-  --cert-dir "$work/certs" \
-  --token-auth-file "$work/tokens.csv" --authorization-mode AlwaysAllow \
-  --service-account-issuer https://kubernetes.default.svc \
-  --service-account-key-file "$work/sa.key" --service-account-signing-key-file "$work/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/24 \
-  > "$work/apiserver.log" 2>&1 &
-pids+=($!)
-
-export KUBECONFIG="$work/kubeconfig"
-"$KUBECTL" config set-cluster etcdsql --server "https://127.0.0.1:$api_port" --insecure-skip-tls-verify=true >/dev/null
-"$KUBECTL" config set-credentials admin --token etcdsql-kube-token >/dev/null
-"$KUBECTL" config set-context etcdsql --cluster etcdsql --user admin >/dev/null
-"$KUBECTL" config use-context etcdsql >/dev/null
-
-for _ in $(seq 120); do
-  "$KUBECTL" get --raw /readyz >/dev/null 2>&1 && break
-  sleep 1
-done
-"$KUBECTL" get --raw /readyz >/dev/null 2>&1 || fail "kube-apiserver did not become ready"
+apiserver_setup
+start_apiserver "$etcd_port" "$work/apiserver.log" || fail "kube-apiserver did not become ready"
 check "kube-apiserver $("$KUBE_APISERVER" --version) ready on etcdsql ($target)"
 
 k() { "$KUBECTL" "$@"; }
