@@ -1,6 +1,6 @@
 //! Columns of driver rows, decoded into the model.
 
-use super::{DbError, EventRow, LeaseRow, Meta, RangeRows};
+use super::{DbError, EventRow, LeaseRow, Meta, RangeQuery, RangeRows};
 use crate::proto::mvccpb::KeyValue;
 
 /// Column access the shared row decoders need; each driver implements it
@@ -97,16 +97,23 @@ pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>,
     }))
 }
 
-/// Folds the rows of the range statement (see [`sql::range`]) into one answer.
-pub(crate) fn decode_range<R: Columns>(rows: &[R]) -> Result<RangeRows, DbError> {
+/// Folds the rows of `q`'s range statement (see [`sql::range`]) into one
+/// answer, in `q`'s order (a statement may leave the order of a whole range
+/// to this, see [`sql::Dialect::meta_apart`]).
+pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<RangeRows, DbError> {
     let mut out = RangeRows::default();
     for r in rows {
         out.meta = Some(Meta {
             revision: r.int(0)?,
             compact_revision: r.int(1)?,
         });
-        out.count = r.int(2)?;
+        // A statement may return the count on one row and -1 on the others.
+        out.count = out.count.max(r.int(2)?);
         out.kvs.extend(decode_kv(r, 3)?);
+    }
+    let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);
+    if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
+        out.kvs.sort_by(order);
     }
     Ok(out)
 }

@@ -152,7 +152,7 @@ pub trait Backend: Send + Sync {
     /// snapshot. Reads only the partitions that can hold the range.
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let Some(p) = self.partitions() else {
-            return decode_range(&self.fetch(&sql::range(self.sql(), q, None)).await?);
+            return decode_range(q, &self.fetch(&sql::range(self.sql(), q, None)).await?);
         };
         loop {
             let reg = p.get();
@@ -170,7 +170,7 @@ pub trait Backend: Send + Sync {
                     continue;
                 }
             }
-            return decode_range(&rows);
+            return decode_range(q, &rows);
         }
     }
 
@@ -382,6 +382,16 @@ pub trait Writer: Send {
     /// Latest versions of these keys (missing keys are absent).
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError>;
 
+    /// Replaces the `etcdsql_label` rows of `names` with `rows` (hash,
+    /// name), where the dialect keeps that table.
+    async fn replace_labels(
+        &mut self,
+        names: &[&Vec<u8>],
+        rows: &[(i64, &Vec<u8>)],
+    ) -> Result<(), DbError> {
+        replace_labels(self, names, rows).await
+    }
+
     /// A range inside the transaction; sees what was flushed before.
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError>;
 
@@ -483,12 +493,27 @@ pub async fn flush(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
 /// The selector index follows the live rows: the rows of every written
 /// name go, the upserts' hashes come back.
 async fn labels(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
-    let d = w.dialect();
     let names: Vec<&Vec<u8>> = f
         .deletes
         .iter()
         .chain(f.upserts.iter().map(|u| &u.key))
         .collect();
+    let rows: Vec<(i64, &Vec<u8>)> = f
+        .upserts
+        .iter()
+        .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
+        .collect();
+    w.replace_labels(&names, &rows).await
+}
+
+/// [`Writer::replace_labels`] as statements with parameters, each run
+/// when it is made.
+async fn replace_labels<W: Writer + ?Sized>(
+    w: &mut W,
+    names: &[&Vec<u8>],
+    rows: &[(i64, &Vec<u8>)],
+) -> Result<(), DbError> {
+    let d = w.dialect();
     for chunk in names.chunks(LABEL_ROWS) {
         let text = format!(
             "DELETE FROM etcdsql_label WHERE name IN ({})",
@@ -501,11 +526,6 @@ async fn labels(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
         w.execute(&sql::Statement::with_params(d, &text, &p))
             .await?;
     }
-    let rows: Vec<(i64, &Vec<u8>)> = f
-        .upserts
-        .iter()
-        .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
-        .collect();
     for chunk in rows.chunks(LABEL_ROWS) {
         let text = format!(
             "INSERT INTO etcdsql_label (h, name) VALUES {}",

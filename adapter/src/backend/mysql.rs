@@ -35,6 +35,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0",
     history_parts: false,
     json: sql::Json::MySql,
+    meta_apart: true,
 };
 
 /// Rows per multi-row statement, and bytes of values per statement (sent
@@ -298,6 +299,8 @@ impl Backend for Mysql {
             partitions: self.partitions.clone(),
             queued: String::new(),
             queued_n: 0,
+            check_at: None,
+            open: false,
             epoch: 0,
         }))
     }
@@ -402,6 +405,10 @@ impl Backend for Mysql {
     }
 }
 
+/// A statement that fails with a duplicate key on purpose (by its index in
+/// a multi-statement text), and what that failure means.
+type Sentinel = (usize, fn() -> DbError);
+
 struct MyWriter {
     opts: Opts,
     conn: Option<Conn>,
@@ -415,6 +422,10 @@ struct MyWriter {
     queued: String,
     /// Statements in `queued`.
     queued_n: usize,
+    /// Where CHECK_ASSUMED is in `queued`, until it is sent.
+    check_at: Option<usize>,
+    /// Something of this transaction has been sent (a ROLLBACK has work).
+    open: bool,
 }
 
 impl MyWriter {
@@ -438,6 +449,7 @@ impl MyWriter {
 
     async fn exec(&mut self, text: &str, p: Params) -> Result<Vec<Row>, DbError> {
         self.flush().await?;
+        self.open = true;
         let r = self.conn()?.exec(text, p).await;
         self.check(r)
     }
@@ -446,24 +458,48 @@ impl MyWriter {
     /// rows and affected-row count. A failing statement ends it (the server
     /// runs none after it).
     async fn run(&mut self, text: &str, n: usize) -> Result<Vec<(Vec<Row>, u64)>, DbError> {
-        let r = Self::run_on(self.conn()?, text, n).await;
-        self.check(r)
+        self.run_guarded(text, n, &[]).await
     }
 
+    /// [`run`](Self::run), where `sentinels` are statements (by index) that
+    /// fail with a duplicate key on purpose, and what that failure means.
+    async fn run_guarded(
+        &mut self,
+        text: &str,
+        n: usize,
+        sentinels: &[Sentinel],
+    ) -> Result<Vec<(Vec<Row>, u64)>, DbError> {
+        self.open = true;
+        match Self::run_on(self.conn()?, text, n).await {
+            Ok(sets) => Ok(sets),
+            Err((at, e)) => {
+                let sentinel = sentinels.iter().find(|(i, _)| *i == at);
+                match (sentinel, &e) {
+                    (Some((_, means)), mysql_async::Error::Server(s)) if s.code == 1062 => {
+                        Err(means())
+                    }
+                    _ => self.check(Err(e)),
+                }
+            }
+        }
+    }
+
+    /// On an error, the index of the statement that failed with it.
     async fn run_on(
         c: &mut Conn,
         text: &str,
         n: usize,
-    ) -> mysql_async::Result<Vec<(Vec<Row>, u64)>> {
-        let mut res = c.query_iter(text).await?;
+    ) -> Result<Vec<(Vec<Row>, u64)>, (usize, mysql_async::Error)> {
+        let mut res = c.query_iter(text).await.map_err(|e| (0, e))?;
         let mut sets = Vec::with_capacity(n);
-        for _ in 0..n {
-            // Read before `collect`, which moves on to the next statement.
+        for i in 0..n {
+            // Read before `collect`, which moves on to the next statement
+            // (and keeps a server error there for the next `collect`).
             let affected = res.affected_rows();
-            let rows = res.collect::<Row>().await?;
+            let rows = res.collect::<Row>().await.map_err(|e| (i, e))?;
             sets.push((rows, affected));
         }
-        res.drop_result().await?;
+        res.drop_result().await.map_err(|e| (n, e))?;
         Ok(sets)
     }
 
@@ -474,7 +510,18 @@ impl MyWriter {
         }
         let text = std::mem::take(&mut self.queued);
         let n = std::mem::take(&mut self.queued_n);
-        self.run(&text, n).await.map(drop)
+        let sentinels = self.take_check();
+        self.run_guarded(&text, n, &sentinels).await.map(drop)
+    }
+
+    /// The queued CHECK_ASSUMED as a sentinel, once.
+    fn take_check(&mut self) -> Vec<Sentinel> {
+        let stale: fn() -> DbError = || DbError::Stale;
+        self.check_at
+            .take()
+            .map(|at| (at, stale))
+            .into_iter()
+            .collect()
     }
 
     /// Sends the queued writes once they are large enough to send.
@@ -496,9 +543,17 @@ impl MyWriter {
         })
     }
 
-    async fn connect(&mut self) -> Result<(), DbError> {
+    /// Forgets the transaction's state; answers whether any of it had been
+    /// sent.
+    fn reset(&mut self) -> bool {
         self.queued.clear();
         self.queued_n = 0;
+        self.check_at = None;
+        std::mem::take(&mut self.open)
+    }
+
+    async fn connect(&mut self) -> Result<(), DbError> {
+        self.reset();
         if self.conn.is_none() {
             let c = Conn::new(self.opts.clone()).await;
             self.conn = Some(self.check(c)?);
@@ -598,10 +653,59 @@ fn tuple(out: &mut String, first: bool, values: &[Lit]) {
     out.push(')');
 }
 
+/// [`Writer::check_assumed`]'s statement up to the names: it tries to
+/// insert a second revision row, a duplicate key, unless the row is as
+/// assumed and none of the names exists (MySQL has no error to raise from a
+/// plain statement). It runs after LOCK_META, so every other writer has
+/// committed or not started.
+const CHECK_ASSUMED: &str = "INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, \
+    schema_version) SELECT 1, 0, 0, 0, 0 FROM etcdsql_meta m WHERE m.id = 1 AND NOT (";
+
+/// After the revision row's UPDATE: a duplicate key unless it changed the
+/// row, which it does only if the row is still the one the transaction
+/// locked (see [`MyWriter::commit`]).
+const GUARD_UPDATED: &str = "INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, \
+    schema_version) SELECT 1, 0, 0, 0, 0 FROM DUAL WHERE ROW_COUNT() <> 1;";
+
 #[async_trait]
 impl Writer for MyWriter {
     async fn begin(&mut self) -> Result<Meta, DbError> {
         Ok(self.begin_read(&[], &[]).await?.meta)
+    }
+
+    fn assumes(&self) -> bool {
+        true
+    }
+
+    async fn begin_assuming(&mut self) -> Result<(), DbError> {
+        self.connect().await?;
+        self.queued.push_str("BEGIN;");
+        self.queued.push_str(super::LOCK_META);
+        self.queued.push(';');
+        self.queued_n = 2;
+        Ok(())
+    }
+
+    async fn check_assumed(&mut self, meta: Meta, absent: &[Vec<u8>]) -> Result<(), DbError> {
+        self.locked = meta;
+        let version = self.partitions.get().version;
+        let q = &mut self.queued;
+        q.push_str(CHECK_ASSUMED);
+        let _ = write!(
+            q,
+            "m.revision = {} AND m.compact_revision = {} AND m.partitions_version = {version} \
+             AND m.epoch = {}",
+            meta.revision, meta.compact_revision, self.epoch
+        );
+        for chunk in chunks(absent, Vec::len) {
+            q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name IN (");
+            hex_list(q, chunk.iter().map(Vec::as_slice));
+            q.push_str("))");
+        }
+        q.push_str(");");
+        self.check_at = Some(self.queued_n);
+        self.queued_n += 1;
+        Ok(())
     }
 
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
@@ -645,7 +749,7 @@ impl Writer for MyWriter {
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let parts = super::parts_of(&self.partitions.get(), &q.key, &q.end);
         let s = sql::range(DIALECT, q, parts.as_deref());
-        decode_range(&self.exec(&s.text, params(&s.params)).await?)
+        decode_range(q, &self.exec(&s.text, params(&s.params)).await?)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
@@ -691,6 +795,25 @@ impl Writer for MyWriter {
             "DELETE FROM etcdsql_live WHERE"
         };
         self.delete_names(head, names);
+        self.flush_large().await
+    }
+
+    async fn replace_labels(
+        &mut self,
+        names: &[&Vec<u8>],
+        rows: &[(i64, &Vec<u8>)],
+    ) -> Result<(), DbError> {
+        // Queued with the other writes rather than sent one by one.
+        self.delete_names("DELETE FROM etcdsql_label WHERE", names);
+        for chunk in rows.chunks(CHUNK_ROWS) {
+            let q = &mut self.queued;
+            q.push_str("INSERT INTO etcdsql_label (h, name) VALUES ");
+            for (i, (h, name)) in chunk.iter().enumerate() {
+                tuple(q, i == 0, &[Lit::Int(*h), Lit::Bytes(name)]);
+            }
+            q.push(';');
+            self.queued_n += 1;
+        }
         self.flush_large().await
     }
 
@@ -789,27 +912,37 @@ impl Writer for MyWriter {
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         let before = self.locked;
-        // The queued writes and the revision row in one round trip, COMMIT
-        // in a second once the revision row is known to have been ours.
+        // The queued writes, the revision row and COMMIT in one round trip.
+        // MySQL counts changed rows, and the UPDATE changes the row only if
+        // it is still the one the transaction locked; where it should have
+        // changed, the guard stops the COMMIT unless it did.
         let mut text = std::mem::take(&mut self.queued);
-        let n = std::mem::take(&mut self.queued_n) + 1;
+        let mut n = std::mem::take(&mut self.queued_n);
         let _ = write!(
             text,
             "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} \
-             WHERE id = 1 AND revision = {} AND compact_revision = {}",
+             WHERE id = 1 AND revision = {} AND compact_revision = {};",
             meta.revision, meta.compact_revision, before.revision, before.compact_revision
         );
-        let sets = self.run(&text, n).await?;
-        let stored = sets.last().map_or(0, |s| s.1);
-        // MySQL counts changed rows: an unchanged row is 0 either way.
-        if meta != before && stored != 1 {
-            return Err(DbError::Retry(format!(
-                "the revision row is no longer {} (the transaction lost its lock)",
-                before.revision
-            )));
+        n += 1;
+        let mut sentinels = self.take_check();
+        if meta != before {
+            let lost: fn() -> DbError = || {
+                DbError::Retry(
+                    "the revision row is no longer the one this transaction locked \
+                     (the transaction lost its lock)"
+                        .into(),
+                )
+            };
+            text.push_str(GUARD_UPDATED);
+            sentinels.push((n, lost));
+            n += 1;
         }
-        let r = self.conn()?.query_drop("COMMIT").await;
-        self.check(r)
+        text.push_str("COMMIT");
+        n += 1;
+        self.run_guarded(&text, n, &sentinels).await?;
+        self.open = false;
+        Ok(())
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
@@ -823,8 +956,9 @@ impl Writer for MyWriter {
     }
 
     async fn rollback(&mut self) {
-        self.queued.clear();
-        self.queued_n = 0;
+        if !self.reset() {
+            return;
+        }
         if let Some(c) = self.conn.as_mut()
             && c.query_drop("ROLLBACK").await.is_err()
         {

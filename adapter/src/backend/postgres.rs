@@ -48,6 +48,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     AND h.name = n.name AND h.revision = n.prev_revision",
     history_parts: true,
     json: sql::Json::Postgres,
+    meta_apart: false,
 };
 
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
@@ -855,7 +856,7 @@ impl Writer for PgWriter {
         let parts = super::parts_of(&self.partitions.get(), &q.key, &q.end);
         let s = sql::range(DIALECT, q, parts.as_deref());
         let rows = self.query(&s.text, &params(&s.params)).await?;
-        decode_range(&rows)
+        decode_range(q, &rows)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {

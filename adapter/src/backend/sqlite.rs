@@ -35,6 +35,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
      WHERE revision > ? AND revision <= ? AND prev_revision > 0)",
     history_parts: false,
     json: sql::Json::Sqlite,
+    meta_apart: false,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -232,7 +233,7 @@ impl Writer for SqliteWriter {
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q, None);
-        decode_range(&self.fetch(s.text, &s.params).await?)
+        decode_range(q, &self.fetch(s.text, &s.params).await?)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {

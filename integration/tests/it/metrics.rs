@@ -158,6 +158,16 @@ async fn assumed_batches(target: Target) {
 pub fn cases() -> Vec<Case> {
     vec![
         case!("endpoint", &[Target::Sqlite], metrics_endpoint),
-        case!("assumed_batches", &[Target::Postgres], assumed_batches),
+        case!(
+            "assumed_batches",
+            &[
+                Target::Postgres,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Tidb,
+                Target::Cockroach
+            ],
+            assumed_batches
+        ),
     ]
 }
