@@ -653,19 +653,35 @@ fn tuple(out: &mut String, first: bool, values: &[Lit]) {
     out.push(')');
 }
 
-/// [`Writer::check_assumed`]'s statement up to the names: it tries to
-/// insert a second revision row, a duplicate key, unless the row is as
-/// assumed and none of the names exists (MySQL has no error to raise from a
-/// plain statement). It runs after LOCK_META, so every other writer has
-/// committed or not started.
-const CHECK_ASSUMED: &str = "INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, \
-    schema_version) SELECT 1, 0, 0, 0, 0 FROM etcdsql_meta m WHERE m.id = 1 AND NOT (";
+/// An INSERT of a second revision row, up to its FROM: a duplicate key
+/// wherever its SELECT returns a row. MySQL has no error to raise from a
+/// plain statement; this is how a statement stops a multi-statement text.
+macro_rules! second_meta_row {
+    () => {
+        "INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, schema_version) \
+         SELECT 1, 0, 0, 0, 0 FROM "
+    };
+}
+
+/// [`Writer::check_assumed`]'s statement up to the names: a duplicate key
+/// unless the revision row is as assumed and none of the names exists. It
+/// runs after LOCK_META, so every other writer has committed or not started.
+const CHECK_ASSUMED: &str = concat!(
+    second_meta_row!(),
+    "etcdsql_meta m WHERE m.id = 1 AND NOT ("
+);
 
 /// After the revision row's UPDATE: a duplicate key unless it changed the
 /// row, which it does only if the row is still the one the transaction
 /// locked (see [`MyWriter::commit`]).
-const GUARD_UPDATED: &str = "INSERT INTO etcdsql_meta (id, revision, compact_revision, cluster_id, \
-    schema_version) SELECT 1, 0, 0, 0, 0 FROM DUAL WHERE ROW_COUNT() <> 1;";
+const GUARD_UPDATED: &str = concat!(second_meta_row!(), "DUAL WHERE ROW_COUNT() <> 1;");
+
+/// Appends BEGIN and the revision-row lock, two statements.
+fn begin_text(out: &mut String) {
+    out.push_str("BEGIN;");
+    out.push_str(super::LOCK_META);
+    out.push(';');
+}
 
 #[async_trait]
 impl Writer for MyWriter {
@@ -679,9 +695,7 @@ impl Writer for MyWriter {
 
     async fn begin_assuming(&mut self) -> Result<(), DbError> {
         self.connect().await?;
-        self.queued.push_str("BEGIN;");
-        self.queued.push_str(super::LOCK_META);
-        self.queued.push(';');
+        begin_text(&mut self.queued);
         self.queued_n = 2;
         Ok(())
     }
@@ -710,9 +724,8 @@ impl Writer for MyWriter {
 
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
         self.connect().await?;
-        let mut text = String::from("BEGIN;");
-        text.push_str(super::LOCK_META);
-        text.push(';');
+        let mut text = String::new();
+        begin_text(&mut text);
         let gets = get_text(&mut text, keys);
         let n = 2 + gets + usize::from(!leases.is_empty());
         if !leases.is_empty() {
