@@ -372,6 +372,10 @@ fn tls_acceptor(config: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// How often SQLite's write-ahead log is copied into the database file,
+/// off the committer's path (see `Backend::checkpoint`).
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(250);
+
 /// TLS handshakes of accepted connections, each on its own task (a slow
 /// client delays no other); finished ones go to `tx`.
 async fn handshakes(
@@ -589,6 +593,17 @@ impl App {
                         }
                     };
                     tokio::time::sleep(pause).await;
+                }
+            });
+        }
+        if backend.kind() == backend::Kind::Sqlite {
+            let backend = backend.clone();
+            tasks.spawn("log checkpoints", async move {
+                loop {
+                    tokio::time::sleep(CHECKPOINT_PERIOD).await;
+                    if let Err(e) = backend.checkpoint().await {
+                        tracing::debug!(error = %e, "checkpointing the write-ahead log failed");
+                    }
                 }
             });
         }

@@ -123,6 +123,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Copies the write-ahead log into the database file, where the
+    /// database would otherwise make the committing writer do it (SQLite's
+    /// automatic checkpoint). Called in the background every few hundred
+    /// milliseconds while the server runs.
+    async fn checkpoint(&self) -> Result<(), DbError> {
+        Ok(())
+    }
+
     /// The partition registry, where the dialect has partitions.
     fn partitions(&self) -> Option<&Partitions> {
         None

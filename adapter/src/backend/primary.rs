@@ -43,6 +43,10 @@ impl Backend for Primary {
         self.0.refresh_statistics().await
     }
 
+    async fn checkpoint(&self) -> Result<(), DbError> {
+        self.0.checkpoint().await
+    }
+
     fn partitions(&self) -> Option<&Partitions> {
         self.0.partitions()
     }

@@ -72,14 +72,15 @@ async fn migrations(target: Target) {
         stdout(&st).contains("pending  0002 layout")
             && stdout(&st).contains("pending  0003 selectors")
             && stdout(&st).contains("pending  0004 alarms")
-            && stdout(&st).contains("pending  0005 auth"),
+            && stdout(&st).contains("pending  0005 auth")
+            && stdout(&st).contains("pending  0006 rowid tables"),
         "{}",
         stdout(&st)
     );
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 5: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 6: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -98,6 +99,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 3 (selectors)"), "{sql}");
     assert!(sql.contains("-- migration 4 (alarms)"), "{sql}");
     assert!(sql.contains("-- migration 5 (auth)"), "{sql}");
+    assert!(sql.contains("-- migration 6 (rowid tables)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -119,7 +121,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        5
+        6
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -131,7 +133,8 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 5 (this etcdsql: 5)") && text.contains("applied  0005 auth"),
+        text.contains("schema version 6 (this etcdsql: 6)")
+            && text.contains("applied  0006 rowid tables"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -156,13 +159,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (6, 'from the future', TRUE, {zero}, 0)"
+         VALUES (7, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 6"));
+    .unwrap_or_else(|_| panic!("recording version 7"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 6 (from the future), newer than this etcdsql knows (up to 5); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 7 (from the future), newer than this etcdsql knows (up to 6); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -174,7 +177,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 6")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 7")
         .await
         .unwrap();
 
