@@ -98,7 +98,7 @@ pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>,
 }
 
 /// Folds the rows of `q`'s range statement (see [`sql::range`]) into one
-/// answer, in `q`'s order (a statement may leave the order of a whole range
+/// answer, in `q`'s order and cut at its limit (a statement may leave both
 /// to this, see [`sql::Dialect::meta_apart`]).
 pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<RangeRows, DbError> {
     let mut out = RangeRows::default();
@@ -114,6 +114,13 @@ pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<Ran
     let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);
     if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
         out.kvs.sort_by(order);
+    }
+    // Live and history parts are each cut at the limit.
+    if q.count_only {
+        out.kvs.clear();
+    } else if q.fetch_limit > 0 {
+        out.kvs
+            .truncate(usize::try_from(q.fetch_limit).unwrap_or(usize::MAX));
     }
     Ok(out)
 }

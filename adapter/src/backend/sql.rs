@@ -61,12 +61,12 @@ pub struct Dialect {
     /// Deletes the history rows that changes in `(?, ?]` superseded (a
     /// delete with a join, spelled differently by each database).
     pub purge_superseded: &'static str,
-    /// A range at the latest revision reads the revision row in a `UNION
-    /// ALL` part of its own, `(SELECT …) UNION ALL (SELECT …)`, rather than
-    /// through a join (see [`range`]): MariaDB sorts a join's rows by a
-    /// column of its second table in a temporary table, on disk when the
-    /// rows carry a BLOB. (SQLite's temporary B-trees cost it little: no
-    /// gain measured.)
+    /// A range reads the revision row in a `UNION ALL` part of its own,
+    /// its live rows and (at a past revision) its history rows in parts
+    /// of theirs, rather than through a join (see [`range`]). MariaDB
+    /// sorts a join's rows by a column of its second table in a temporary
+    /// table, on disk when the rows carry a BLOB; SQLite sorted a page of
+    /// 500 rows three times in temporary B-trees, values and all.
     pub meta_apart: bool,
 }
 
@@ -513,6 +513,10 @@ impl Statement {
     /// ` ORDER BY … [LIMIT n]`.
     fn order_limit(&mut self, q: &RangeQuery, limit: Option<i64>) {
         self.push(" ORDER BY ").push(&order_by(q, ""));
+        self.limit(limit);
+    }
+
+    fn limit(&mut self, limit: Option<i64>) {
         if let Some(n) = limit {
             self.push(" LIMIT ").bind(Param::Int(n));
         }
@@ -627,8 +631,8 @@ pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     } else {
         (q.fetch_limit > 0).then_some(q.fetch_limit)
     };
-    if d.meta_apart && q.at.is_none() && orderable(q) {
-        return latest_range(d, q, limit, parts);
+    if d.meta_apart && orderable(q) {
+        return apart_range(d, q, limit, parts);
     }
     let mut s = Statement::new(d);
     s.push("SELECT m.revision, m.compact_revision, ");
@@ -653,19 +657,21 @@ pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     s
 }
 
-/// [`range`] at the latest revision, for [`Dialect::meta_apart`]: the
-/// revision row and the count with NULLs for the rest, then the rows (count
-/// -1), both read by the one statement. It starts with SELECT, as proxies'
-/// read rules expect (ProxySQL's `^SELECT`). The part's ORDER BY picks the
-/// rows a LIMIT keeps; the order of the whole is [`range_order`]'s, applied
-/// after (MySQL ignores ORDER BY in a UNION part without LIMIT).
-fn latest_range(d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) -> Statement {
+/// [`range`] for [`Dialect::meta_apart`]: the revision row and the count
+/// with NULLs for the rest, then the live rows and, at a past revision, the
+/// history rows (count -1), all read by the one statement. It starts with
+/// SELECT, as proxies' read rules expect (ProxySQL's `^SELECT`). Each
+/// part's ORDER BY picks the rows its LIMIT keeps; the order of the whole,
+/// and the cut of the two parts to one limit, are [`range_order`]'s,
+/// applied after (a database may drop ORDER BY in a UNION part).
+fn apart_range(d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) -> Statement {
     let mut s = Statement::new(d);
     s.push("SELECT m.revision, m.compact_revision, ");
     s.total(d, q, parts, "0");
     s.push(
         ", NULL, NULL, NULL, NULL, NULL, NULL, m.partitions_version FROM etcdsql_meta m \
-         WHERE m.id = 1 UNION ALL (SELECT m.revision, m.compact_revision, -1, r.name, ",
+         WHERE m.id = 1 UNION ALL SELECT * FROM (SELECT m.revision, m.compact_revision, -1, \
+         r.name, ",
     );
     s.value(d, q);
     s.push(
@@ -674,13 +680,34 @@ fn latest_range(d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) ->
     );
     s.key_predicate("r.name", &q.key, &q.end);
     s.parts("r.part", parts);
+    if let Some(rev) = q.at {
+        s.push(" AND r.mod_revision <= ").bind(Param::Int(rev));
+    }
     s.revision_filters(q, "r.mod_revision", "r.create_revision");
     s.selector(d, q.selector.as_deref(), "r.", true);
     s.push(" ORDER BY ").push(&order_by(q, "r."));
-    if let Some(n) = limit {
-        s.push(" LIMIT ").bind(Param::Int(n));
+    s.limit(limit);
+    s.push(") a");
+    if let Some(rev) = q.at {
+        // The version each key had at `rev`, where it changed since.
+        s.push(
+            " UNION ALL SELECT * FROM (SELECT m.revision, m.compact_revision, -1, \
+             p.name AS name, ",
+        );
+        s.push(if q.keys_only { d.null_bytes } else { "p.value" });
+        s.push(
+            " AS value, p.create_revision AS create_revision, p.revision AS mod_revision, \
+             p.version AS version, p.lease AS lease, m.partitions_version \
+             FROM etcdsql_history f \
+             JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision \
+             JOIN etcdsql_meta m ON m.id = 1 WHERE ",
+        );
+        s.first_change_after(d, q, rev, parts);
+        s.revision_filters(q, "p.revision", "p.create_revision");
+        s.selector(d, q.selector.as_deref(), "p.", false);
+        s.order_limit(q, limit);
+        s.push(") b");
     }
-    s.push(")");
     s
 }
 
@@ -760,26 +787,36 @@ mod tests {
     }
 
     #[test]
-    fn latest_range_reads_the_revision_row_apart_on_mysql() {
-        let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), None);
-        let my = range(MY, &q, None).text;
-        assert!(my.starts_with("SELECT") && my.contains(" UNION ALL (SELECT"));
-        assert!(!my.contains("LEFT JOIN"));
-        // PostgreSQL keeps the join; a past revision keeps it everywhere.
-        assert!(range(PG, &q, None).text.contains("LEFT JOIN"));
-        let past = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(3));
-        assert!(range(MY, &past, None).text.contains("LEFT JOIN"));
+    fn ranges_read_the_revision_row_apart_on_mysql_and_sqlite() {
+        let sq = crate::backend::sqlite::DIALECT;
+        for at in [None, Some(3)] {
+            let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), at);
+            for d in [MY, sq] {
+                let t = range(d, &q, None).text;
+                assert!(t.starts_with("SELECT") && t.contains(" UNION ALL SELECT * FROM (SELECT"));
+                assert!(!t.contains("LEFT JOIN"));
+                // A past revision adds the history part.
+                assert_eq!(t.contains("etcdsql_history"), at.is_some(), "{t}");
+            }
+            // PostgreSQL keeps the join.
+            assert!(range(PG, &q, None).text.contains("LEFT JOIN"));
+        }
+        // Keys only, by value: the rows cannot be ordered after; the join.
+        let mut q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), None);
+        q.keys_only = true;
+        q.sort = SortTarget::Value;
+        assert!(range(MY, &q, None).text.contains("LEFT JOIN"));
     }
 
     #[test]
     fn placeholders_follow_the_dialect() {
         let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
         let pg = range(PG, &q, None);
-        let my = range(MY, &q, None);
-        assert_eq!(pg.params, my.params);
         assert_eq!(pg.params.len(), 14);
         assert!(pg.text.contains("$14") && !pg.text.contains('?'));
-        assert_eq!(my.text.matches('?').count(), 14);
+        let my = range(MY, &q, None);
+        assert_eq!(my.text.matches('?').count(), my.params.len());
+        assert!(!my.text.contains('$'));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
      WHERE revision > ? AND revision <= ? AND prev_revision > 0)",
     history_parts: false,
     json: sql::Json::Sqlite,
-    meta_apart: false,
+    meta_apart: true,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -101,7 +101,12 @@ impl SqliteBackend {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .row_buffer_size(
+                std::env::var("ETCDSQL_ROWBUF")
+                    .map(|v| v.parse().unwrap())
+                    .unwrap_or(50),
+            );
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
