@@ -101,12 +101,7 @@ impl SqliteBackend {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .row_buffer_size(
-                std::env::var("ETCDSQL_ROWBUF")
-                    .map(|v| v.parse().unwrap())
-                    .unwrap_or(50),
-            );
+            .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
