@@ -27,7 +27,7 @@ pub struct Apiserver {
 
 impl Apiserver {
     /// Starts `bin` on the etcd API at `etcd` (`host:port` or a URL) and
-    /// waits until `/readyz` answers 200.
+    /// waits until `/readyz` answers 200 and the `default` namespace exists.
     pub async fn start(bin: &Path, etcd: &str) -> anyhow::Result<Apiserver> {
         let dir = std::env::temp_dir().join(crate::unique_name("kube_apiserver"));
         std::fs::create_dir_all(&dir)?;
@@ -91,8 +91,11 @@ impl Apiserver {
             }
             if let Ok(tls) = this.trust() {
                 this.tls = tls;
+                // Ready, and the bootstrap controller has made the
+                // `default` namespace (it does so after /readyz is 200).
                 if let Ok(mut c) = this.connect().await
                     && let Ok((200, _)) = c.request("GET", "/readyz", None).await
+                    && let Ok((200, _)) = c.request("GET", "/api/v1/namespaces/default", None).await
                 {
                     return Ok(this);
                 }

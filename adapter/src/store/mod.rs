@@ -233,6 +233,7 @@ impl Store {
         // count the previous page left.
         let pageable = r.limit > 0
             && !r.count_only
+            && r.sort_target() == crate::proto::etcdserverpb::range_request::SortTarget::Key
             && q.sort == crate::backend::SortTarget::Key
             && !q.descending
             && r.min_mod_revision == 0

@@ -41,10 +41,26 @@ pub fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
+/// Whether etcd cuts `r`'s range before it sorts: a limit, no sort order
+/// (NONE) and no revision filters. etcd then reads the first limit + 1
+/// keys in key order and sorts only those (ascending, for a target other
+/// than the key) before cutting to the limit.
+pub fn limit_before_sort(r: &RangeRequest) -> bool {
+    r.limit > 0
+        && r.sort_order() == SortOrder::None
+        && r.min_mod_revision == 0
+        && r.max_mod_revision == 0
+        && r.min_create_revision == 0
+        && r.max_create_revision == 0
+}
+
 /// The SQL-level query for a Range request. etcd sorts ascending when a
-/// non-key target is given without an order.
+/// non-key target is given without an order; with a limit too, it sorts
+/// only the first keys ([`limit_before_sort`]), so the query reads those
+/// and [`range_response`] sorts them.
 pub fn range_query(r: &RangeRequest, at: Option<i64>) -> RangeQuery {
     let sort = match r.sort_target() {
+        _ if limit_before_sort(r) => SortTarget::Key,
         PbSortTarget::Key => SortTarget::Key,
         PbSortTarget::Version => SortTarget::Version,
         PbSortTarget::Create => SortTarget::Create,
@@ -76,6 +92,16 @@ pub fn range_query(r: &RangeRequest, at: Option<i64>) -> RangeQuery {
 /// Cuts the extra row fetched to learn `more`.
 pub fn range_response(r: &RangeRequest, rows: RangeRows, revision: i64) -> RangeResponse {
     let mut kvs = rows.kvs;
+    if limit_before_sort(r) {
+        // Stable, as Go's sort for up to 12 rows; ties stay in key order.
+        match r.sort_target() {
+            PbSortTarget::Key => {}
+            PbSortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            PbSortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            PbSortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            PbSortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+    }
     let limit = usize::try_from(r.limit).unwrap_or(0);
     let more = limit > 0 && kvs.len() > limit;
     if more {
@@ -489,5 +515,40 @@ mod tests {
         assert!(resp.more);
         assert_eq!((resp.kvs.len(), resp.count), (2, 10));
         assert_eq!(range_query(&r, None).fetch_limit, 3);
+    }
+
+    #[test]
+    fn a_limit_without_an_order_cuts_before_the_sort_as_etcd() {
+        let kv = |k: &[u8], m| KeyValue {
+            key: k.to_vec(),
+            mod_revision: m,
+            ..Default::default()
+        };
+        let mut r = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            limit: 2,
+            sort_target: PbSortTarget::Mod as i32,
+            ..Default::default()
+        };
+        // The first three keys in key order, as the query reads them.
+        let q = range_query(&r, None);
+        assert_eq!((q.sort, q.fetch_limit), (SortTarget::Key, 3));
+        let rows = RangeRows {
+            meta: None,
+            count: 9,
+            kvs: vec![kv(b"a", 51), kv(b"b", 43), kv(b"c", 44)],
+        };
+        let resp = range_response(&r, rows, 60);
+        let keys: Vec<&[u8]> = resp.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [b"b", b"c"]);
+        assert!(resp.more);
+        // An explicit order sorts the whole range in SQL.
+        r.sort_order = SortOrder::Ascend as i32;
+        assert!(!limit_before_sort(&r));
+        assert_eq!(range_query(&r, None).sort, SortTarget::Mod);
+        r.sort_order = SortOrder::None as i32;
+        r.min_mod_revision = 5;
+        assert!(!limit_before_sort(&r));
     }
 }
