@@ -523,10 +523,7 @@ async fn replace_labels<W: Writer + ?Sized>(
 ) -> Result<(), DbError> {
     let d = w.dialect();
     for chunk in names.chunks(LABEL_ROWS) {
-        let text = format!(
-            "DELETE FROM etcdsql_label WHERE name IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
+        let text = sql::in_list("DELETE FROM etcdsql_label WHERE name IN", chunk.len());
         let p: Vec<sql::Param> = chunk
             .iter()
             .map(|k| sql::Param::Bytes(k.to_vec()))

@@ -543,34 +543,104 @@ impl Statement {
     /// `q.at` that pass its revision filters, each half in order and cut at
     /// `limit`.
     fn rows(&mut self, d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) {
-        self.push(
-            "(SELECT * FROM (SELECT name, value, create_revision, mod_revision, version, lease \
-             FROM etcdsql_live WHERE ",
-        );
-        self.key_predicate("name", &q.key, &q.end);
-        self.parts("part", parts);
+        self.push("(");
+        self.live_part(d, q, limit, parts, false);
         if let Some(rev) = q.at {
-            self.push(" AND mod_revision <= ").bind(Param::Int(rev));
-        }
-        self.revision_filters(q, "mod_revision", "create_revision");
-        self.selector(d, q.selector.as_deref(), "", true);
-        self.order_limit(q, limit);
-        self.push(") a");
-        if let Some(rev) = q.at {
-            self.push(
-                " UNION ALL SELECT * FROM (SELECT p.name AS name, p.value AS value, \
-                 p.create_revision AS create_revision, p.revision AS mod_revision, \
-                 p.version AS version, p.lease AS lease FROM etcdsql_history f \
-                 JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
-            );
-            self.first_change_after(d, q, rev, parts);
-            self.revision_filters(q, "p.revision", "p.create_revision");
-            self.selector(d, q.selector.as_deref(), "p.", false);
-            self.order_limit(q, limit);
-            self.push(") b");
+            self.push(" UNION ALL ");
+            self.history_part(d, q, rev, limit, parts, false);
         }
         self.push(")");
     }
+
+    /// `SELECT * FROM (SELECT … FROM etcdsql_live r …) a`: the live rows of
+    /// the range at `q.at` that pass its filters, in order and cut at
+    /// `limit`. With `meta` (see [`apart_range`]), each row starts with the
+    /// revision row's two columns and a count of -1, ends with its
+    /// partitions_version, and has no value when only keys are read; the
+    /// join form reads values even then (it may sort a part by them).
+    fn live_part(
+        &mut self,
+        d: Dialect,
+        q: &RangeQuery,
+        limit: Option<i64>,
+        parts: Parts,
+        meta: bool,
+    ) {
+        self.part_head(d, q, "r", meta);
+        self.push(
+            " AS value, r.create_revision AS create_revision, r.mod_revision AS mod_revision, \
+             r.version AS version, r.lease AS lease",
+        );
+        self.part_tail("FROM etcdsql_live r", meta);
+        self.key_predicate("r.name", &q.key, &q.end);
+        self.parts("r.part", parts);
+        if let Some(rev) = q.at {
+            self.push(" AND r.mod_revision <= ").bind(Param::Int(rev));
+        }
+        self.revision_filters(q, "r.mod_revision", "r.create_revision");
+        self.selector(d, q.selector.as_deref(), "r.", true);
+        self.order_limit(q, limit);
+        self.push(") a");
+    }
+
+    /// `SELECT * FROM (SELECT … FROM etcdsql_history …) b`: the version each
+    /// key of the range had at `rev`, where it changed since, as
+    /// [`Self::live_part`] reads live rows.
+    fn history_part(
+        &mut self,
+        d: Dialect,
+        q: &RangeQuery,
+        rev: i64,
+        limit: Option<i64>,
+        parts: Parts,
+        meta: bool,
+    ) {
+        self.part_head(d, q, "p", meta);
+        self.push(
+            " AS value, p.create_revision AS create_revision, p.revision AS mod_revision, \
+             p.version AS version, p.lease AS lease",
+        );
+        self.part_tail(
+            "FROM etcdsql_history f \
+             JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision",
+            meta,
+        );
+        self.first_change_after(d, q, rev, parts);
+        self.revision_filters(q, "p.revision", "p.create_revision");
+        self.selector(d, q.selector.as_deref(), "p.", false);
+        self.order_limit(q, limit);
+        self.push(") b");
+    }
+
+    /// A part's columns up to its value's, from table alias `t`.
+    fn part_head(&mut self, d: Dialect, q: &RangeQuery, t: &str, meta: bool) {
+        self.push("SELECT * FROM (SELECT ");
+        if meta {
+            self.push("m.revision, m.compact_revision, -1, ");
+        }
+        self.push(t).push(".name AS name, ");
+        if meta && q.keys_only {
+            self.push(d.null_bytes);
+        } else {
+            self.push(t).push(".value");
+        }
+    }
+
+    /// A part's last column, `from` (joined to the revision row with
+    /// `meta`) and ` WHERE `.
+    fn part_tail(&mut self, from: &str, meta: bool) {
+        if meta {
+            self.push(", m.partitions_version ").push(from);
+            self.push(" JOIN etcdsql_meta m ON m.id = 1 WHERE ");
+        } else {
+            self.push(" ").push(from).push(" WHERE ");
+        }
+    }
+}
+
+/// `prefix (?, ?, …)` with `n` placeholders.
+pub fn in_list(prefix: &str, n: usize) -> String {
+    format!("{prefix} ({})", vec!["?"; n].join(", "))
 }
 
 /// A JSON path naming one member: `$."key"` (label keys and field names
@@ -670,43 +740,12 @@ fn apart_range(d: Dialect, q: &RangeQuery, limit: Option<i64>, parts: Parts) -> 
     s.total(d, q, parts, "0");
     s.push(
         ", NULL, NULL, NULL, NULL, NULL, NULL, m.partitions_version FROM etcdsql_meta m \
-         WHERE m.id = 1 UNION ALL SELECT * FROM (SELECT m.revision, m.compact_revision, -1, \
-         r.name, ",
+         WHERE m.id = 1 UNION ALL ",
     );
-    s.value(d, q);
-    s.push(
-        ", r.create_revision, r.mod_revision, r.version, r.lease, m.partitions_version \
-         FROM etcdsql_live r JOIN etcdsql_meta m ON m.id = 1 WHERE ",
-    );
-    s.key_predicate("r.name", &q.key, &q.end);
-    s.parts("r.part", parts);
+    s.live_part(d, q, limit, parts, true);
     if let Some(rev) = q.at {
-        s.push(" AND r.mod_revision <= ").bind(Param::Int(rev));
-    }
-    s.revision_filters(q, "r.mod_revision", "r.create_revision");
-    s.selector(d, q.selector.as_deref(), "r.", true);
-    s.push(" ORDER BY ").push(&order_by(q, "r."));
-    s.limit(limit);
-    s.push(") a");
-    if let Some(rev) = q.at {
-        // The version each key had at `rev`, where it changed since.
-        s.push(
-            " UNION ALL SELECT * FROM (SELECT m.revision, m.compact_revision, -1, \
-             p.name AS name, ",
-        );
-        s.push(if q.keys_only { d.null_bytes } else { "p.value" });
-        s.push(
-            " AS value, p.create_revision AS create_revision, p.revision AS mod_revision, \
-             p.version AS version, p.lease AS lease, m.partitions_version \
-             FROM etcdsql_history f \
-             JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision \
-             JOIN etcdsql_meta m ON m.id = 1 WHERE ",
-        );
-        s.first_change_after(d, q, rev, parts);
-        s.revision_filters(q, "p.revision", "p.create_revision");
-        s.selector(d, q.selector.as_deref(), "p.", false);
-        s.order_limit(q, limit);
-        s.push(") b");
+        s.push(" UNION ALL ");
+        s.history_part(d, q, rev, limit, parts, true);
     }
     s
 }

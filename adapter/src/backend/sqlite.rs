@@ -262,11 +262,6 @@ fn rows_text((head, tuple, tail): (&str, &str, &str), n: usize) -> String {
     t
 }
 
-/// `prefix (?, ?, …)` with `n` placeholders.
-fn in_list(prefix: &str, n: usize) -> String {
-    format!("{prefix} ({})", vec!["?"; n].join(", "))
-}
-
 #[async_trait]
 impl Writer for SqliteWriter {
     async fn begin(&mut self) -> Result<Meta, DbError> {
@@ -286,7 +281,7 @@ impl Writer for SqliteWriter {
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in row_chunks(keys) {
-            let text = in_list(
+            let text = sql::in_list(
                 "SELECT name, value, create_revision, mod_revision, version, lease \
                  FROM etcdsql_live WHERE name IN",
                 chunk.len(),
@@ -308,7 +303,7 @@ impl Writer for SqliteWriter {
         let mut out = Vec::new();
         for chunk in row_chunks(ids) {
             let p: Vec<Param> = chunk.iter().map(|id| Param::Int(*id)).collect();
-            let text = in_list("SELECT id FROM etcdsql_lease WHERE id IN", chunk.len());
+            let text = sql::in_list("SELECT id FROM etcdsql_lease WHERE id IN", chunk.len());
             for r in self.fetch(text, &p).await? {
                 out.push(r.int(0)?);
             }
@@ -344,7 +339,7 @@ impl Writer for SqliteWriter {
         for chunk in row_chunks(names) {
             let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.to_vec())).collect();
             self.exec(
-                in_list("DELETE FROM etcdsql_live WHERE name IN", chunk.len()),
+                sql::in_list("DELETE FROM etcdsql_live WHERE name IN", chunk.len()),
                 &p,
             )
             .await?;
@@ -413,7 +408,7 @@ impl Writer for SqliteWriter {
         for chunk in row_chunks(ids) {
             let p: Vec<Param> = chunk.iter().map(|id| Param::Int(*id)).collect();
             self.exec(
-                in_list("DELETE FROM etcdsql_lease WHERE id IN", chunk.len()),
+                sql::in_list("DELETE FROM etcdsql_lease WHERE id IN", chunk.len()),
                 &p,
             )
             .await?;
