@@ -104,21 +104,11 @@ impl Container {
 
     /// CPU time the container has used (cgroup v1 or v2), in seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let id = self.handle().id().to_string();
-        let v1 = format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage");
-        if let Ok(ns) = std::fs::read_to_string(v1) {
-            return ns.trim().parse::<f64>().ok().map(|ns| ns / 1e9);
-        }
-        for v2 in [
-            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
-            format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
-        ] {
-            if let Ok(stat) = std::fs::read_to_string(v2) {
-                let us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
-                return us.trim().parse::<f64>().ok().map(|us| us / 1e6);
-            }
-        }
-        None
+        container_cpu_seconds(self.handle().id())
+    }
+
+    fn id(&self) -> String {
+        self.handle().id().to_string()
     }
 
     /// The container's output so far, for failure messages.
@@ -141,6 +131,24 @@ impl Drop for Container {
     }
 }
 
+/// CPU time container `id` has used (cgroup v1 or v2), in seconds.
+fn container_cpu_seconds(id: &str) -> Option<f64> {
+    let v1 = format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage");
+    if let Ok(ns) = std::fs::read_to_string(v1) {
+        return ns.trim().parse::<f64>().ok().map(|ns| ns / 1e9);
+    }
+    for v2 in [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+        format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+    ] {
+        if let Ok(stat) = std::fs::read_to_string(v2) {
+            let us = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+            return us.trim().parse::<f64>().ok().map(|us| us / 1e6);
+        }
+    }
+    None
+}
+
 /// Containers that live for the whole run (shared by the cases).
 static OWNED: Mutex<Vec<Container>> = Mutex::new(Vec::new());
 
@@ -153,6 +161,22 @@ pub fn shutdown() {
 /// A database server: admin DSNs, one per node (one for a single server).
 pub struct Server {
     pub urls: Vec<String>,
+    /// Its containers' ids, where the suite started it.
+    pub containers: Vec<String>,
+}
+
+impl Server {
+    /// CPU time its containers have used, in seconds; None for a server
+    /// given by DSN.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        if self.containers.is_empty() {
+            return None;
+        }
+        self.containers
+            .iter()
+            .map(|id| container_cpu_seconds(id))
+            .sum()
+    }
 }
 
 fn slot(target: Target) -> &'static OnceLock<Result<Server, String>> {
@@ -224,9 +248,13 @@ fn provide(target: Target) -> anyhow::Result<Server> {
                 urls.len()
             );
         }
-        return Ok(Server { urls });
+        return Ok(Server {
+            urls,
+            containers: Vec::new(),
+        });
     }
-    let (server, owned) = start_containers(target)?;
+    let (mut server, owned) = start_containers(target)?;
+    server.containers = owned.iter().map(Container::id).collect();
     OWNED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -343,7 +371,13 @@ fn launch(target: Target, name: &str) -> anyhow::Result<(Server, Vec<Container>)
         Target::Etcd | Target::Sqlite => bail!("{} needs no server", target.name()),
     };
     let c = start_ready(target, req, &url)?;
-    Ok((Server { urls: vec![url] }, vec![c]))
+    Ok((
+        Server {
+            urls: vec![url],
+            containers: Vec::new(),
+        },
+        vec![c],
+    ))
 }
 
 fn mysql_url(port: u16) -> String {
@@ -396,7 +430,13 @@ fn galera(name: &str) -> anyhow::Result<(Server, Vec<Container>)> {
         owned.push(c);
         urls.push(url);
     }
-    Ok((Server { urls }, owned))
+    Ok((
+        Server {
+            urls,
+            containers: Vec::new(),
+        },
+        owned,
+    ))
 }
 
 /// The port of a `scheme://user@127.0.0.1:PORT/...` URL.

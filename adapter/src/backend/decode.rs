@@ -115,6 +115,11 @@ pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<Ran
     if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
         out.kvs.sort_by(order);
     }
+    if super::sql::counted_by_rows(q) {
+        // One key: at most one row, and the fetch limit (0, or the
+        // client's limit + 1) keeps it.
+        out.count = i64::try_from(out.kvs.len()).unwrap_or(i64::MAX);
+    }
     // Live and history parts are each cut at the limit.
     if q.count_only {
         out.kvs.clear();

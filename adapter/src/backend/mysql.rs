@@ -142,6 +142,9 @@ fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     out
 }
 
+/// How long a pooled connection past `pool_min` may stay idle.
+const IDLE_CONNECTION_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct Mysql {
     /// The committer's connection: the pool's settings, and no autocommit.
     writer_opts: Opts,
@@ -182,7 +185,16 @@ impl Mysql {
         // connections are not reset on return: nothing changes their
         // session, an open transaction is rolled back by the pool (see
         // `fetch_primary`), and their prepared statements stay cached.
-        let pool_opts = base.pool_opts().clone().with_reset_connection(false);
+        let mut pool_opts = base.pool_opts().clone().with_reset_connection(false);
+        // With mysql_async's default idle time-to-live (0), a connection
+        // returned while `pool_min` (10) others are idle is closed: under
+        // more than 10 concurrent reads every read past the tenth opened a
+        // connection (handshake, session setup, statements prepared again)
+        // and closed it. Idle connections now stay, up to `pool_max`, for a
+        // minute.
+        if !url.contains("inactive_connection_ttl=") {
+            pool_opts = pool_opts.with_inactive_connection_ttl(IDLE_CONNECTION_TTL);
+        }
         let opts: Opts = OptsBuilder::from_opts(base)
             .setup(init.clone())
             .stmt_cache_size(256)

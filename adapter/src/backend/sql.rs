@@ -522,9 +522,10 @@ impl Statement {
         }
     }
 
-    /// The range's count when it is counted, else `zero`.
+    /// The range's count when it is counted (and not by its rows, see
+    /// [`counted_by_rows`]), else `zero`.
     fn total(&mut self, d: Dialect, q: &RangeQuery, parts: Parts, zero: &str) {
-        if q.count {
+        if q.count && !counted_by_rows(q) {
             self.push("(SELECT COUNT(*) FROM ");
             self.names(d, q, parts);
             self.push(" cnt)");
@@ -669,6 +670,21 @@ fn order_by(q: &RangeQuery, prefix: &str) -> String {
         // ties stay in key order.
         format!("{prefix}{col}{dir}, {prefix}name")
     }
+}
+
+/// Whether `q`'s count is the number of rows it reads, so the statement
+/// need not count: one key, read whole (etcd counts before revision
+/// filters, and a selector filters the count too). Most reads are such:
+/// kube-apiserver's GET and GuaranteedUpdate's read.
+pub fn counted_by_rows(q: &RangeQuery) -> bool {
+    q.count
+        && matches!(q.end, KeyEnd::Single)
+        && !q.count_only
+        && q.selector.is_none()
+        && q.min_mod_revision == 0
+        && q.max_mod_revision == 0
+        && q.min_create_revision == 0
+        && q.max_create_revision == 0
 }
 
 /// Whether [`range_order`] can order `q`'s rows: not by value when the
@@ -872,7 +888,27 @@ mod tests {
         let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Single, None);
         let s = range(MY, &q, None);
         assert!(!s.text.contains("etcdsql_history"));
-        assert_eq!(s.params, vec![Param::Bytes(b"a".to_vec()); 2]);
+        assert_eq!(s.params, vec![Param::Bytes(b"a".to_vec())]);
+    }
+
+    #[test]
+    fn one_key_is_counted_by_its_rows() {
+        let one = RangeQuery::all(b"a".to_vec(), KeyEnd::Single, Some(7));
+        let many = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
+        let filtered = RangeQuery {
+            min_mod_revision: 3,
+            ..one.clone()
+        };
+        let count_only = RangeQuery {
+            count_only: true,
+            ..one.clone()
+        };
+        for d in [PG, MY] {
+            assert!(!range(d, &one, None).text.contains(" cnt)"));
+            for q in [&many, &filtered, &count_only] {
+                assert!(range(d, q, None).text.contains(" cnt)"), "{q:?}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!   get), from many concurrent clients;
 //! - `update`: kube-apiserver's GuaranteedUpdate on a hot set of objects:
 //!   read, then Txn mod_revision == read → put, else get, retried on
-//!   conflict; contention is by design;
+//!   conflict; contention is by design. `create` and `update` note CPU
+//!   milliseconds per op: the server process's and, where the suite
+//!   started the database in containers, the database's;
 //! - `list`: paginated LIST of all objects, 500 per page, later pages at
 //!   the first page's revision, as kube-apiserver pages;
 //! - `watch`: event latency from put to each of many watchers on a prefix;
@@ -210,6 +212,37 @@ impl Under {
 
     fn peak_rss(&self) -> Option<u64> {
         self.process().map(|p| p.rss().1)
+    }
+
+    /// CPU seconds used so far by the server process, and by the database
+    /// where the suite started it in containers (None where not measured;
+    /// SQLite's is the server's).
+    fn cpu(&self) -> (Option<f64>, Option<f64>) {
+        let Some(s) = &self.started else {
+            return (None, None);
+        };
+        let db = match s.target {
+            Target::Etcd | Target::Sqlite => None,
+            t => etcdsql_integration::servers::server(t)
+                .ok()
+                .and_then(|d| d.cpu_seconds()),
+        };
+        (Some(s.server.cpu_seconds()), db)
+    }
+
+    /// `note`'s CPU part: milliseconds per op since `before` (from
+    /// [`Self::cpu`]).
+    fn cpu_note(&self, before: (Option<f64>, Option<f64>), ops: usize) -> String {
+        let after = self.cpu();
+        let per = |a: Option<f64>, b: Option<f64>| Some((a? - b?) * 1000.0 / ops as f64);
+        match (per(after.0, before.0), per(after.1, before.1)) {
+            (Some(s), Some(d)) => format!(
+                "; CPU ms/op: server {s:.3} + database {d:.3} = {:.3}",
+                s + d
+            ),
+            (Some(s), None) => format!("; CPU ms/op: server {s:.3}"),
+            _ => String::new(),
+        }
     }
 
     fn client(&self, i: usize) -> Client {
@@ -452,6 +485,7 @@ where
 }
 
 async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let cpu = u.cpu();
     let (secs, latencies, errors) = drive(
         u,
         args.create_clients,
@@ -473,7 +507,11 @@ async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
         latencies,
         errors,
         peak_rss: u.peak_rss(),
-        note: format!("{} objects in {secs:.1} s", args.create_objects),
+        note: format!(
+            "{} objects in {secs:.1} s{}",
+            args.create_objects,
+            u.cpu_note(cpu, args.create_objects)
+        ),
     })
 }
 
@@ -482,6 +520,7 @@ async fn update(u: &Under, args: &Args) -> anyhow::Result<Row> {
     preload(u, hot).await?;
     let conflicts = Arc::new(AtomicUsize::new(0));
     let c2 = conflicts.clone();
+    let cpu = u.cpu();
     let (secs, latencies, errors) = drive(
         u,
         args.update_clients,
@@ -534,9 +573,10 @@ async fn update(u: &Under, args: &Args) -> anyhow::Result<Row> {
         errors,
         peak_rss: u.peak_rss(),
         note: format!(
-            "{} updates of {hot} objects, {} conflicts retried",
+            "{} updates of {hot} objects, {} conflicts retried{}",
             args.update_ops,
-            conflicts.load(Ordering::Relaxed)
+            conflicts.load(Ordering::Relaxed),
+            u.cpu_note(cpu, args.update_ops)
         ),
     })
 }
