@@ -416,13 +416,35 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 /// Opens the database, waiting while it is unreachable. Refuses a schema
 /// this build does not know unless `auto_migrate`, which migrates it.
-pub async fn open_backend(dsn: &Dsn, auto_migrate: bool) -> anyhow::Result<Arc<dyn Backend>> {
+/// `behind_proxy`: the schema is read through a proxy tier, which may send
+/// the read to a standby that has not replayed a migration just made on
+/// the primary; pending versions are then looked at again for
+/// [`REPLAY_GRACE`] before the start is refused.
+pub async fn open_backend(
+    dsn: &Dsn,
+    auto_migrate: bool,
+    behind_proxy: bool,
+) -> anyhow::Result<Arc<dyn Backend>> {
     let mut delay = Duration::from_millis(200);
     let (dialect, endpoint) = dsn.schema();
+    let started = std::time::Instant::now();
     loop {
         match etcdsql_schema::status(dialect, &endpoint).await {
             Ok(status) => match status.refusal(&dsn.redacted()) {
                 None => break,
+                Some(why)
+                    if behind_proxy
+                        && !auto_migrate
+                        && !status.pending.is_empty()
+                        && !status
+                            .applied
+                            .iter()
+                            .any(|a| a.unknown || a.drifted || a.dirty)
+                        && started.elapsed() < REPLAY_GRACE =>
+                {
+                    tracing::warn!(%why, "schema behind; a standby replaying? reading again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 // Only pending versions are migrated; drift or a newer
                 // version always stops the start. An unfinished one may be
                 // another process migrating right now (MySQL's DDL is not
@@ -458,6 +480,10 @@ pub async fn open_backend(dsn: &Dsn, auto_migrate: bool) -> anyhow::Result<Arc<d
         }
     }
 }
+
+/// How long a start through a proxy tier waits for the schema it reads to
+/// show the versions this build needs (see [`open_backend`]).
+const REPLAY_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether a connection error means "try again later".
 fn unreachable(e: &sqlx::Error) -> bool {
@@ -535,7 +561,7 @@ impl App {
         let tasks = Tasks::new();
         let dsn = config.dsn()?;
         let auto_migrate = config.auto_migrate.unwrap_or(matches!(dsn, Dsn::Sqlite(_)));
-        let backend = open_backend(&dsn, auto_migrate).await?;
+        let backend = open_backend(&dsn, auto_migrate, config.proxy_tier).await?;
         let cluster_id = backend
             .cluster_id()
             .await

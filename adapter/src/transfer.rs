@@ -227,7 +227,7 @@ async fn import_file(args: &ImportArgs, dsn: &backend::Dsn, path: &Path) -> anyh
         );
     }
 
-    let backend = crate::server::open_backend(dsn, true).await?;
+    let backend = crate::server::open_backend(dsn, true, false).await?;
     let mut w = backend.writer().await?;
     let r = load(args, &backend, w.as_mut(), &reader, compact, size).await;
     match r {

@@ -101,8 +101,21 @@ pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>,
 /// answer, in `q`'s order and cut at its limit (a statement may leave both
 /// to this, see [`sql::Dialect::meta_apart`]).
 pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<RangeRows, DbError> {
-    let mut out = RangeRows::default();
+    let mut fold = RangeFold::default();
     for r in rows {
+        fold.add(r)?;
+    }
+    Ok(fold.finish(q))
+}
+
+/// [`decode_range`] one row at a time, for a driver that reads rows in
+/// place rather than as a list.
+#[derive(Default)]
+pub(crate) struct RangeFold(RangeRows);
+
+impl RangeFold {
+    pub(crate) fn add(&mut self, r: &impl Columns) -> Result<(), DbError> {
+        let out = &mut self.0;
         out.meta = Some(Meta {
             revision: r.int(0)?,
             compact_revision: r.int(1)?,
@@ -110,24 +123,29 @@ pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<Ran
         // A statement may return the count on one row and -1 on the others.
         out.count = out.count.max(r.int(2)?);
         out.kvs.extend(decode_kv(r, 3)?);
+        Ok(())
     }
-    let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);
-    if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
-        out.kvs.sort_by(order);
+
+    pub(crate) fn finish(self, q: &RangeQuery) -> RangeRows {
+        let mut out = self.0;
+        let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);
+        if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
+            out.kvs.sort_by(order);
+        }
+        if super::sql::counted_by_rows(q) {
+            // One key: at most one row, and the fetch limit (0, or the
+            // client's limit + 1) keeps it.
+            out.count = i64::try_from(out.kvs.len()).unwrap_or(i64::MAX);
+        }
+        // Live and history parts are each cut at the limit.
+        if q.count_only {
+            out.kvs.clear();
+        } else if q.fetch_limit > 0 {
+            out.kvs
+                .truncate(usize::try_from(q.fetch_limit).unwrap_or(usize::MAX));
+        }
+        out
     }
-    if super::sql::counted_by_rows(q) {
-        // One key: at most one row, and the fetch limit (0, or the
-        // client's limit + 1) keeps it.
-        out.count = i64::try_from(out.kvs.len()).unwrap_or(i64::MAX);
-    }
-    // Live and history parts are each cut at the limit.
-    if q.count_only {
-        out.kvs.clear();
-    } else if q.fetch_limit > 0 {
-        out.kvs
-            .truncate(usize::try_from(q.fetch_limit).unwrap_or(usize::MAX));
-    }
-    Ok(out)
 }
 
 /// Columns id, ttl, expires_at_ms.

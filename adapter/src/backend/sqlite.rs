@@ -4,7 +4,8 @@
 //! database's write lock, which also serialises several etcdsql processes
 //! sharing one file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +17,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, HistoryRow, Kind, LeaseRow, Meta, RangeQuery, RangeRows, Rows,
-    Selectable, Upsert, Writer, decode_kv, decode_lease, decode_meta, decode_range, first_bytes,
+    Backend, Columns, DbError, HistoryRow, Kind, LeaseRow, Meta, RangeFold, RangeQuery, RangeRows,
+    Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_meta, decode_range,
+    first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -89,9 +91,133 @@ impl Columns for SqliteRow {
     }
 }
 
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct SqliteBackend {
     options: SqliteConnectOptions,
     pool: SqlitePool,
+    readers: Arc<Readers>,
+}
+
+/// Connections that read ranges, on rusqlite rather than sqlx: sqlx copies
+/// every column of every row (`sqlite3_value_dup`, an allocation each) into
+/// its row type and hands rows over one at a time from its connection's
+/// thread; here a blocking task steps the statement and decodes each row
+/// in place. At most [`READERS`] run at once; idle ones are kept.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Ranges read at once on SQLite (each on its own connection).
+const READERS: usize = 8;
+
+impl Readers {
+    fn open(&self) -> Result<rusqlite::Connection, DbError> {
+        use rusqlite::OpenFlags;
+        let c = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(classify_rusqlite)?;
+        c.busy_timeout(BUSY_TIMEOUT).map_err(classify_rusqlite)?;
+        // Range statements differ by options (limit, revision, count).
+        c.set_prepared_statement_cache_capacity(64);
+        Ok(c)
+    }
+
+    /// Runs `f` on an idle connection (or a new one) on a blocking thread.
+    async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| DbError::Other(e.to_string()))?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = me.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => me.open()?,
+            };
+            let out = f(&conn);
+            me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            out
+        })
+        .await
+        .map_err(|e| DbError::Other(format!("range reader: {e}")))?
+    }
+}
+
+/// `s`'s rows folded as a range answer (see [`decode_range`]).
+fn read_range(
+    c: &rusqlite::Connection,
+    s: &Statement,
+    q: &RangeQuery,
+) -> Result<RangeRows, DbError> {
+    let mut stmt = c.prepare_cached(&s.text).map_err(classify_rusqlite)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(s.params.iter()))
+        .map_err(classify_rusqlite)?;
+    let mut fold = RangeFold::default();
+    while let Some(r) = rows.next().map_err(classify_rusqlite)? {
+        fold.add(&ReaderRow(r))?;
+    }
+    Ok(fold.finish(q))
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Param::Bytes(b) => ValueRef::Blob(b),
+            Param::Int(i) => ValueRef::Integer(*i),
+            Param::Text(t) => ValueRef::Text(t.as_bytes()),
+            Param::Null => ValueRef::Null,
+        }))
+    }
+}
+
+/// A row of a [`Readers`] statement, read in place.
+struct ReaderRow<'a>(&'a rusqlite::Row<'a>);
+
+impl Columns for ReaderRow<'_> {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        self.0.get(i).map_err(classify_rusqlite)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        use rusqlite::types::ValueRef;
+        match self.0.get_ref(i).map_err(classify_rusqlite)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+            v => Err(DbError::Other(format!(
+                "column {i}: {} where bytes were expected",
+                v.data_type()
+            ))),
+        }
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        self.0.get(i).map_err(classify_rusqlite)
+    }
+}
+
+fn classify_rusqlite(e: rusqlite::Error) -> DbError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => DbError::Retry(e.to_string()),
+            ErrorCode::TooBig => DbError::Rejected(e.to_string()),
+            _ => DbError::Other(e.to_string()),
+        },
+        _ => DbError::Other(e.to_string()),
+    }
 }
 
 impl SqliteBackend {
@@ -101,13 +227,22 @@ impl SqliteBackend {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        Ok(SqliteBackend { options, pool })
+        let readers = Arc::new(Readers {
+            path: path.to_path_buf(),
+            idle: Mutex::default(),
+            permits: tokio::sync::Semaphore::new(READERS),
+        });
+        Ok(SqliteBackend {
+            options,
+            pool,
+            readers,
+        })
     }
 }
 
@@ -151,6 +286,12 @@ impl Backend for SqliteBackend {
                 .pragma("temp_store", "MEMORY"),
             conn: None,
         }))
+    }
+
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q, None);
+        let q = q.clone();
+        self.readers.with(move |c| read_range(c, &s, &q)).await
     }
 
     async fn checkpoint(&self) -> Result<(), DbError> {
