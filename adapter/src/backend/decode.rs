@@ -111,11 +111,18 @@ pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<Ran
 /// [`decode_range`] one row at a time, for a driver that reads rows in
 /// place rather than as a list.
 #[derive(Default)]
-pub(crate) struct RangeFold(RangeRows);
+pub struct RangeFold {
+    out: RangeRows,
+    /// The first row's partitions_version (see [`sql::range`]).
+    pub parts_version: Option<i64>,
+}
 
 impl RangeFold {
-    pub(crate) fn add(&mut self, r: &impl Columns) -> Result<(), DbError> {
-        let out = &mut self.0;
+    pub fn add(&mut self, r: &impl Columns) -> Result<(), DbError> {
+        if self.parts_version.is_none() {
+            self.parts_version = Some(r.int(9)?);
+        }
+        let out = &mut self.out;
         out.meta = Some(Meta {
             revision: r.int(0)?,
             compact_revision: r.int(1)?,
@@ -126,8 +133,8 @@ impl RangeFold {
         Ok(())
     }
 
-    pub(crate) fn finish(self, q: &RangeQuery) -> RangeRows {
-        let mut out = self.0;
+    pub fn finish(self, q: &RangeQuery) -> RangeRows {
+        let mut out = self.out;
         let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);
         if super::sql::orderable(q) && !out.kvs.is_sorted_by(|a, b| order(a, b).is_le()) {
             out.kvs.sort_by(order);

@@ -156,29 +156,36 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Runs `s`, a range statement ([`sql::range`]), as [`Self::fetch`]
+    /// does, and folds its rows. A driver may fold them as they are read.
+    async fn fetch_range(&self, s: &sql::Statement) -> Result<RangeFold, DbError> {
+        let mut fold = RangeFold::default();
+        for r in &self.fetch(s).await? {
+            fold.add(r)?;
+        }
+        Ok(fold)
+    }
+
     /// One range statement; `meta` in the answer is read in the same
     /// snapshot. Reads only the partitions that can hold the range.
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let Some(p) = self.partitions() else {
-            return decode_range(q, &self.fetch(&sql::range(self.sql(), q, None)).await?);
+            let fold = self.fetch_range(&sql::range(self.sql(), q, None)).await?;
+            return Ok(fold.finish(q));
         };
         loop {
             let reg = p.get();
             let parts = parts_of(&reg, &q.key, &q.end);
-            let rows = self
-                .fetch(&sql::range(self.sql(), q, parts.as_deref()))
+            let fold = self
+                .fetch_range(&sql::range(self.sql(), q, parts.as_deref()))
                 .await?;
-            let seen = match rows.first() {
-                Some(r) => r.int(9)?,
-                None => reg.version,
-            };
-            if seen != reg.version {
+            if fold.parts_version.unwrap_or(reg.version) != reg.version {
                 self.reload_partitions().await?;
                 if parts.is_some() {
                     continue;
                 }
             }
-            return decode_range(q, &rows);
+            return Ok(fold.finish(q));
         }
     }
 

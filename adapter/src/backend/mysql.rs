@@ -15,8 +15,8 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
-    Partitions, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease,
-    decode_range, first_bytes, first_ints,
+    Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
+    decode_lease, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -36,6 +36,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     history_parts: false,
     json: sql::Json::MySql,
     meta_apart: true,
+    paren_parts: true,
 };
 
 /// Rows per multi-row statement, and bytes of values per statement (sent
@@ -112,6 +113,37 @@ impl Columns for Row {
     fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
         col(self, i)
     }
+}
+
+/// A row whose byte columns are moved out as they are read (each once, as
+/// the decoders do), not copied.
+struct Taking(std::cell::RefCell<Row>);
+
+impl Columns for Taking {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        col(&self.0.borrow(), i)
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        match self.0.borrow_mut().take_opt::<Option<Vec<u8>>, usize>(i) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(DbError::Other(format!("column {i}: {e}"))),
+            None => Err(DbError::Other(format!("column {i} missing or read twice"))),
+        }
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        col(&self.0.borrow(), i)
+    }
+}
+
+/// A range statement's rows, folded (see [`RangeFold`]).
+fn fold_range(rows: Vec<Row>) -> Result<RangeFold, DbError> {
+    let mut fold = RangeFold::default();
+    for r in rows {
+        fold.add(&Taking(std::cell::RefCell::new(r)))?;
+    }
+    Ok(fold)
 }
 
 fn col<T: FromValue>(row: &Row, i: usize) -> Result<T, DbError> {
@@ -294,6 +326,10 @@ impl Backend for Mysql {
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, params(&s.params)).await?;
         Ok(super::boxed(rows))
+    }
+
+    async fn fetch_range(&self, s: &Statement) -> Result<RangeFold, DbError> {
+        fold_range(self.query(&s.text, params(&s.params)).await?)
     }
 
     fn max_key_bytes(&self) -> Option<usize> {
@@ -774,7 +810,7 @@ impl Writer for MyWriter {
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let parts = super::parts_of(&self.partitions.get(), &q.key, &q.end);
         let s = sql::range(DIALECT, q, parts.as_deref());
-        decode_range(q, &self.exec(&s.text, params(&s.params)).await?)
+        Ok(fold_range(self.exec(&s.text, params(&s.params)).await?)?.finish(q))
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {

@@ -24,8 +24,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
-    Partitions, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease,
-    decode_range, first_bytes, first_ints,
+    Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
+    decode_lease, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -49,6 +49,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     history_parts: true,
     json: sql::Json::Postgres,
     meta_apart: false,
+    paren_parts: false,
 };
 
 const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
@@ -403,6 +404,14 @@ impl Backend for Postgres {
     async fn fetch(&self, s: &Statement) -> Result<Rows, DbError> {
         let rows = self.query(&s.text, &params(&s.params)).await?;
         Ok(super::boxed(rows))
+    }
+
+    async fn fetch_range(&self, s: &Statement) -> Result<RangeFold, DbError> {
+        let mut fold = RangeFold::default();
+        for r in &self.query(&s.text, &params(&s.params)).await? {
+            fold.add(r)?;
+        }
+        Ok(fold)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {

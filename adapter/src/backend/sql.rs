@@ -68,6 +68,13 @@ pub struct Dialect {
     /// table, on disk when the rows carry a BLOB; SQLite sorted a page of
     /// 500 rows three times in temporary B-trees, values and all.
     pub meta_apart: bool,
+    /// With [`Self::meta_apart`], each row part is a parenthesized query,
+    /// `UNION ALL (SELECT … ORDER BY … LIMIT n)` (MySQL), rather than a
+    /// derived table, `UNION ALL SELECT * FROM (…) a` (SQLite allows no
+    /// other): MariaDB writes a derived table's rows, values and all, to
+    /// a temporary table on disk (a BLOB column) before the union reads
+    /// them.
+    pub paren_parts: bool,
 }
 
 impl Dialect {
@@ -95,7 +102,7 @@ pub enum Json {
 pub type Parts<'a> = Option<&'a [String]>;
 
 /// Statement text with its parameters, in order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Statement {
     pub text: String,
     pub params: Vec<Param>,
@@ -553,9 +560,10 @@ impl Statement {
         self.push(")");
     }
 
-    /// `SELECT * FROM (SELECT … FROM etcdsql_live r …) a`: the live rows of
-    /// the range at `q.at` that pass its filters, in order and cut at
-    /// `limit`. With `meta` (see [`apart_range`]), each row starts with the
+    /// `SELECT * FROM (SELECT … FROM etcdsql_live r …) a` (with `meta` and
+    /// [`Dialect::paren_parts`], `(SELECT … FROM etcdsql_live r …)`): the
+    /// live rows of the range at `q.at` that pass its filters, in order and
+    /// cut at `limit`. With `meta` (see [`apart_range`]), each row starts with the
     /// revision row's two columns and a count of -1, ends with its
     /// partitions_version, and has no value when only keys are read; the
     /// join form reads values even then (it may sort a part by them).
@@ -581,7 +589,7 @@ impl Statement {
         self.revision_filters(q, "r.mod_revision", "r.create_revision");
         self.selector(d, q.selector.as_deref(), "r.", true);
         self.order_limit(q, limit);
-        self.push(") a");
+        self.part_close(d, meta, "a");
     }
 
     /// `SELECT * FROM (SELECT … FROM etcdsql_history …) b`: the version each
@@ -610,12 +618,16 @@ impl Statement {
         self.revision_filters(q, "p.revision", "p.create_revision");
         self.selector(d, q.selector.as_deref(), "p.", false);
         self.order_limit(q, limit);
-        self.push(") b");
+        self.part_close(d, meta, "b");
     }
 
     /// A part's columns up to its value's, from table alias `t`.
     fn part_head(&mut self, d: Dialect, q: &RangeQuery, t: &str, meta: bool) {
-        self.push("SELECT * FROM (SELECT ");
+        self.push(if meta && d.paren_parts {
+            "(SELECT "
+        } else {
+            "SELECT * FROM (SELECT "
+        });
         if meta {
             self.push("m.revision, m.compact_revision, -1, ");
         }
@@ -624,6 +636,15 @@ impl Statement {
             self.push(d.null_bytes);
         } else {
             self.push(t).push(".value");
+        }
+    }
+
+    /// Closes what [`Self::part_head`] opened: `)`, or `) alias` for a
+    /// derived table.
+    fn part_close(&mut self, d: Dialect, meta: bool, alias: &str) {
+        self.push(")");
+        if !(meta && d.paren_parts) {
+            self.push(" ").push(alias);
         }
     }
 
@@ -848,11 +869,23 @@ mod tests {
             let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), at);
             for d in [MY, sq] {
                 let t = range(d, &q, None).text;
-                assert!(t.starts_with("SELECT") && t.contains(" UNION ALL SELECT * FROM (SELECT"));
+                // MySQL's parts are parenthesized queries, SQLite's derived
+                // tables.
+                let part = if d.paren_parts {
+                    " UNION ALL (SELECT"
+                } else {
+                    " UNION ALL SELECT * FROM (SELECT"
+                };
+                let parts = 1 + usize::from(at.is_some());
+                assert!(
+                    t.starts_with("SELECT") && t.matches(part).count() == parts,
+                    "{t}"
+                );
                 assert!(!t.contains("LEFT JOIN"));
                 // A past revision adds the history part.
                 assert_eq!(t.contains("etcdsql_history"), at.is_some(), "{t}");
             }
+            assert!(MY.paren_parts && !sq.paren_parts);
             // PostgreSQL keeps the join.
             assert!(range(PG, &q, None).text.contains("LEFT JOIN"));
         }

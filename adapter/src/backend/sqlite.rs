@@ -38,6 +38,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     history_parts: false,
     json: sql::Json::Sqlite,
     meta_apart: true,
+    paren_parts: false,
 };
 
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY name";
@@ -154,12 +155,8 @@ impl Readers {
     }
 }
 
-/// `s`'s rows folded as a range answer (see [`decode_range`]).
-fn read_range(
-    c: &rusqlite::Connection,
-    s: &Statement,
-    q: &RangeQuery,
-) -> Result<RangeRows, DbError> {
+/// `s`'s rows folded as a range answer (see [`RangeFold`]).
+fn read_range(c: &rusqlite::Connection, s: &Statement) -> Result<RangeFold, DbError> {
     let mut stmt = c.prepare_cached(&s.text).map_err(classify_rusqlite)?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(s.params.iter()))
@@ -168,7 +165,7 @@ fn read_range(
     while let Some(r) = rows.next().map_err(classify_rusqlite)? {
         fold.add(&ReaderRow(r))?;
     }
-    Ok(fold.finish(q))
+    Ok(fold)
 }
 
 impl rusqlite::ToSql for Param {
@@ -288,10 +285,9 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let s = sql::range(DIALECT, q, None);
-        let q = q.clone();
-        self.readers.with(move |c| read_range(c, &s, &q)).await
+    async fn fetch_range(&self, s: &Statement) -> Result<RangeFold, DbError> {
+        let s = s.clone();
+        self.readers.with(move |c| read_range(c, &s)).await
     }
 
     async fn checkpoint(&self) -> Result<(), DbError> {
