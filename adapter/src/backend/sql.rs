@@ -759,8 +759,13 @@ pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     s.rows(d, q, limit, parts);
     s.push(" st");
     s.order_limit(q, limit);
-    s.push(") r ON 1=1 WHERE m.id = 1 ORDER BY ")
-        .push(&order_by(q, "r."));
+    s.push(") r ON 1=1 WHERE m.id = 1");
+    if !orderable(q) {
+        // Otherwise decode_range orders the rows: sorting a page, values
+        // and all, again after the join cost PostgreSQL about 0.3 ms per
+        // 500-row page.
+        s.push(" ORDER BY ").push(&order_by(q, "r."));
+    }
     s
 }
 
