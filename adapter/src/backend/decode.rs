@@ -101,11 +101,7 @@ pub(crate) fn decode_kv(r: &impl Columns, at: usize) -> Result<Option<KeyValue>,
 /// answer, in `q`'s order and cut at its limit (a statement may leave both
 /// to this, see [`sql::Dialect::meta_apart`]).
 pub(crate) fn decode_range<R: Columns>(q: &RangeQuery, rows: &[R]) -> Result<RangeRows, DbError> {
-    let mut fold = RangeFold::default();
-    for r in rows {
-        fold.add(r)?;
-    }
-    Ok(fold.finish(q))
+    Ok(RangeFold::of(rows)?.finish(q))
 }
 
 /// [`decode_range`] one row at a time, for a driver that reads rows in
@@ -118,6 +114,15 @@ pub struct RangeFold {
 }
 
 impl RangeFold {
+    /// A list of rows, folded.
+    pub fn of<R: Columns>(rows: &[R]) -> Result<Self, DbError> {
+        let mut fold = RangeFold::default();
+        for r in rows {
+            fold.add(r)?;
+        }
+        Ok(fold)
+    }
+
     pub fn add(&mut self, r: &impl Columns) -> Result<(), DbError> {
         if self.parts_version.is_none() {
             self.parts_version = Some(r.int(9)?);

@@ -159,11 +159,7 @@ pub trait Backend: Send + Sync {
     /// Runs `s`, a range statement ([`sql::range`]), as [`Self::fetch`]
     /// does, and folds its rows. A driver may fold them as they are read.
     async fn fetch_range(&self, s: &sql::Statement) -> Result<RangeFold, DbError> {
-        let mut fold = RangeFold::default();
-        for r in &self.fetch(s).await? {
-            fold.add(r)?;
-        }
-        Ok(fold)
+        RangeFold::of(&self.fetch(s).await?)
     }
 
     /// One range statement; `meta` in the answer is read in the same

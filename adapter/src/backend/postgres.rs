@@ -407,11 +407,8 @@ impl Backend for Postgres {
     }
 
     async fn fetch_range(&self, s: &Statement) -> Result<RangeFold, DbError> {
-        let mut fold = RangeFold::default();
-        for r in &self.query(&s.text, &params(&s.params)).await? {
-            fold.add(r)?;
-        }
-        Ok(fold)
+        // The driver's rows as they are, not boxed as `fetch` returns them.
+        RangeFold::of(&self.query(&s.text, &params(&s.params)).await?)
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {

@@ -623,7 +623,7 @@ impl Statement {
 
     /// A part's columns up to its value's, from table alias `t`.
     fn part_head(&mut self, d: Dialect, q: &RangeQuery, t: &str, meta: bool) {
-        self.push(if meta && d.paren_parts {
+        self.push(if parenthesized(d, meta) {
             "(SELECT "
         } else {
             "SELECT * FROM (SELECT "
@@ -643,7 +643,7 @@ impl Statement {
     /// derived table.
     fn part_close(&mut self, d: Dialect, meta: bool, alias: &str) {
         self.push(")");
-        if !(meta && d.paren_parts) {
+        if !parenthesized(d, meta) {
             self.push(" ").push(alias);
         }
     }
@@ -658,6 +658,12 @@ impl Statement {
             self.push(" ").push(from).push(" WHERE ");
         }
     }
+}
+
+/// Whether a range part is a parenthesized query rather than a derived
+/// table (see [`Dialect::paren_parts`]).
+fn parenthesized(d: Dialect, meta: bool) -> bool {
+    meta && d.paren_parts
 }
 
 /// `prefix (?, ?, …)` with `n` placeholders.
@@ -761,7 +767,7 @@ pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     s.order_limit(q, limit);
     s.push(") r ON 1=1 WHERE m.id = 1");
     if !orderable(q) {
-        // Otherwise decode_range orders the rows: sorting a page, values
+        // Otherwise RangeFold::finish orders the rows: sorting a page, values
         // and all, again after the join cost PostgreSQL about 0.3 ms per
         // 500-row page.
         s.push(" ORDER BY ").push(&order_by(q, "r."));
