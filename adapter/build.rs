@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ["proto"],
     )?;
     tonic_prost_build::configure()
+        .codec_path("crate::codec::ExactCodec")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -30,6 +30,7 @@ pub mod authority;
 pub mod autopart;
 pub mod backend;
 pub mod bbolt;
+pub mod codec;
 pub mod error;
 pub mod metrics;
 pub mod proto;

@@ -104,11 +104,16 @@ impl Known {
 
     /// Waits (at most [`SETTLE`]) for the batch in flight to finish.
     async fn settle(&mut self) {
-        let local = *self.local.borrow_and_update();
-        if local.busy {
-            let _ =
-                tokio::time::timeout(SETTLE, self.local.wait_for(|l| l.done > local.done)).await;
-        }
+        settle(&mut self.local).await;
+    }
+}
+
+/// Waits (at most [`SETTLE`]) for this process's batch in flight, if any,
+/// to finish.
+async fn settle(local: &mut watch::Receiver<Local>) {
+    let now = *local.borrow_and_update();
+    if now.busy {
+        let _ = tokio::time::timeout(SETTLE, local.wait_for(|l| l.done > now.done)).await;
     }
 }
 
@@ -167,6 +172,12 @@ impl Hub {
             revision: self.revision.subscribe(),
             local: self.local.subscribe(),
         }
+    }
+
+    /// Returns once this process's batch in flight, if any, has finished
+    /// (at most [`SETTLE`]): a read made then sees what that batch wrote.
+    pub async fn settled(&self) {
+        settle(&mut self.local.subscribe()).await;
     }
 
     /// Marks a batch of this process's committer in flight until dropped.

@@ -67,6 +67,7 @@ pub struct Store {
     /// Selector columns of written objects, and what selectors may name.
     catalog: Arc<Catalog>,
     committer: Committer,
+    hub: Arc<Hub>,
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
@@ -134,7 +135,8 @@ impl Store {
             auth,
         } = parts;
         let store = Arc::new(Store {
-            committer: Committer::spawn(tasks, backend.clone(), hub, catalog.clone()),
+            committer: Committer::spawn(tasks, backend.clone(), hub.clone(), catalog.clone()),
+            hub,
             catalog,
             backend,
             compaction,
@@ -246,6 +248,12 @@ impl Store {
             _ => None,
         };
         q.count = known.is_none();
+        if q.end == KeyEnd::Single && at.is_none() && !r.serializable {
+            // A key read before a compare-and-swap (GuaranteedUpdate):
+            // this process's batch in flight commits before the CAS is
+            // evaluated, so reading what it wrote saves a conflict.
+            self.hub.settled().await;
+        }
         let mut rows = self.route(r, &q).await?;
         let meta = rows
             .meta

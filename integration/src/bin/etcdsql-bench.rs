@@ -44,9 +44,12 @@
 //!   `KUBE_APISERVER`): an unmodified kube-apiserver on each target, driven
 //!   over its REST API by `--kube-clients` clients: ConfigMap creates,
 //!   custom-resource creates, PATCHes of `--kube-hot` hot ConfigMaps (the
-//!   apiserver's GuaranteedUpdate, retried inside it on conflict) and
-//!   paginated LISTs; with the etcd-API server's CPU time per 1,000
-//!   requests (the database's own CPU is not counted).
+//!   apiserver's GuaranteedUpdate, retried inside it on conflict), updates
+//!   of the same hot ConfigMaps read-modify-write from the client (GET,
+//!   then PUT with the read resourceVersion, both again on 409 Conflict, as
+//!   client-go's `RetryOnConflict`) and paginated LISTs; with the etcd-API
+//!   server's CPU time per 1,000 requests (the database's own CPU is not
+//!   counted).
 //!
 //! `--plot-dir DIR` also draws each table as PNG charts there.
 //!
@@ -150,10 +153,11 @@ struct Args {
     /// ConfigMaps, and custom resources, that `apiserver` creates.
     #[arg(long, default_value_t = 3000)]
     kube_objects: usize,
-    /// PATCHes `apiserver` makes to its hot objects.
+    /// PATCHes `apiserver` makes to its hot objects, and read-modify-write
+    /// updates (GET and PUT) after them.
     #[arg(long, default_value_t = 3000)]
     kube_updates: usize,
-    /// Hot objects the PATCHes go to.
+    /// Hot objects the PATCHes and updates go to.
     #[arg(long, default_value_t = 20)]
     kube_hot: usize,
     /// Full paginated LISTs (500 per page) of the ConfigMaps.
@@ -1412,6 +1416,90 @@ where
     gather(started, results)
 }
 
+/// `n` updates of the `hot` ConfigMaps `cm-0`… from the client, as a
+/// controller without a cache makes them: GET the object, PUT it back
+/// changed with the resourceVersion read, and on 409 Conflict both again.
+/// Answers (updates/s, sorted latencies of whole updates, errors,
+/// conflicts).
+async fn kube_read_modify_write(
+    conns: &mut [etcdsql_integration::kube::Conn],
+    n: usize,
+    hot: usize,
+) -> (f64, Vec<Duration>, usize, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let results = futures::future::join_all(conns.iter_mut().map(|c| {
+        let (next, conflicts) = (next.clone(), conflicts.clone());
+        async move {
+            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            'updates: loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return (lat, errors);
+                }
+                let k = i % hot;
+                let path = format!("/api/v1/namespaces/bench/configmaps/cm-{k}");
+                let t = Instant::now();
+                loop {
+                    let version = match c.request("GET", &path, None).await {
+                        Ok((200, body)) => resource_version(&body),
+                        other => {
+                            if errors == 0 {
+                                eprintln!("  GET {path}: {}", status_text(&other));
+                            }
+                            errors += 1;
+                            continue 'updates;
+                        }
+                    };
+                    let body = format!(
+                        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{k}","namespace":"bench","resourceVersion":"{version}","labels":{{"app":"a{}","parity":"{}"}}}},"data":{{"v":"{}","n":"{i}"}}}}"#,
+                        k % 50,
+                        ["even", "odd"][k % 2],
+                        "x".repeat(1024)
+                    );
+                    match c.request("PUT", &path, Some(body.into_bytes())).await {
+                        Ok((200, _)) => {
+                            lat.push(t.elapsed());
+                            continue 'updates;
+                        }
+                        Ok((409, _)) => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            if errors == 0 {
+                                eprintln!("  PUT {path}: {}", status_text(&other));
+                            }
+                            errors += 1;
+                            continue 'updates;
+                        }
+                    }
+                }
+            }
+        }
+    }))
+    .await;
+    let (rate, lat, errors) = gather(started, results);
+    (rate, lat, errors, conflicts.load(Ordering::Relaxed))
+}
+
+/// A request's outcome as text, for the first failure a client reports.
+fn status_text(r: &anyhow::Result<(u16, bytes::Bytes)>) -> String {
+    match r {
+        Ok((s, b)) => format!("{s} {}", String::from_utf8_lossy(b)),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// `metadata.resourceVersion` of an object answer ("" if absent).
+fn resource_version(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Some(at) = text.find(r#""resourceVersion":""#) else {
+        return String::new();
+    };
+    text[at + 19..].split('"').next().unwrap_or("").to_string()
+}
+
 /// The clients' latencies and errors since `started` as (requests/s, sorted
 /// latencies, errors).
 fn gather(started: Instant, results: Vec<(Vec<Duration>, usize)>) -> (f64, Vec<Duration>, usize) {
@@ -1433,6 +1521,7 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
         "ConfigMap creates",
         "custom-resource creates",
         "PATCH of hot ConfigMaps",
+        "GET+PUT of hot ConfigMaps",
         "LIST pages",
     ];
     let mut rows: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
@@ -1483,6 +1572,29 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             anyhow::ensure!(Instant::now() < deadline, "the CRD was not served in 60 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // One custom resource before the clock starts: the apiserver sets up
+        // the new resource's storage on first use, which stalled the first
+        // creates about 2 s on etcd and etcdsql alike.
+        let warm = Instant::now();
+        let (s, b) = conns[0]
+            .request(
+                "POST",
+                "/apis/bench.example.com/v1/namespaces/bench/widgets",
+                Some(
+                    br#"{"apiVersion":"bench.example.com/v1","kind":"Widget","metadata":{"name":"warm-up"},"spec":{}}"#
+                        .to_vec(),
+                ),
+            )
+            .await?;
+        anyhow::ensure!(
+            s == 201,
+            "first custom resource: {s} {}",
+            String::from_utf8_lossy(&b)
+        );
+        eprintln!(
+            "  first custom resource created in {:.0} ms",
+            ms(warm.elapsed())
+        );
         let server = u.process();
         let cpu = || server.map_or(0.0, |p| p.cpu_seconds());
         let n = args.kube_objects;
@@ -1527,6 +1639,12 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             .await,
         );
         cpus.push(cpu() - c0);
+        let c0 = cpu();
+        let (rate, latencies, errors, conflicts) =
+            kube_read_modify_write(&mut conns, args.kube_updates, hot).await;
+        measured.push((rate, latencies, errors));
+        cpus.push(cpu() - c0);
+        let mut conflicts = [None, None, None, Some(conflicts), None];
         // Paginated LISTs: each client walks whole lists, page by page.
         let c0 = cpu();
         let lists = Arc::new(AtomicUsize::new(0));
@@ -1571,17 +1689,26 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
         cpus.push(cpu() - c0);
         for (k, ((rate, latencies, errors), secs)) in measured.into_iter().zip(cpus).enumerate() {
             let ops = latencies.len().max(1) as f64;
+            let mut note = match conflicts[k].take() {
+                Some(c) => format!("{c} conflicts"),
+                None => String::new(),
+            };
+            if server.is_some() {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&format!(
+                    "server CPU {:.2} s per 1,000",
+                    secs / ops * 1000.0
+                ));
+            }
             rows[k].push(Row {
                 target: name.clone(),
                 rate,
                 errors,
                 latencies,
                 peak_rss: u.peak_rss(),
-                note: if server.is_some() {
-                    format!("server CPU {:.2} s per 1,000", secs / ops * 1000.0)
-                } else {
-                    String::new()
-                },
+                note,
             });
         }
         drop(conns);
@@ -1591,10 +1718,11 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
     for (kind, rows) in kinds.iter().zip(rows) {
         print_table(
             &format!(
-                "apiserver: {kind} through {} ({} clients; {} objects, {} PATCHes on {} objects, {} LISTs)",
+                "apiserver: {kind} through {} ({} clients; {} objects, {} PATCHes and {} updates on {} objects, {} LISTs)",
                 Apiserver::version(&bin),
                 args.kube_clients,
                 args.kube_objects,
+                args.kube_updates,
                 args.kube_updates,
                 args.kube_hot,
                 args.kube_lists
