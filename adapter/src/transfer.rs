@@ -366,7 +366,11 @@ async fn load(
         }
         for (key, kv) in live {
             match kv {
-                Some(kv) => flush.upserts.push(Upsert { kv, index: None }),
+                Some(kv) => flush.upserts.push(Upsert {
+                    kv,
+                    index: None,
+                    rows_held: None,
+                }),
                 None => flush.deletes.push(key),
             }
         }

@@ -502,18 +502,32 @@ pub async fn flush(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
 }
 
 /// The selector index follows the live rows: the rows of every written
-/// name go, the upserts' hashes come back.
+/// name go, the upserts' hashes come back. An upsert whose rows the table
+/// already holds (an update that kept the labels) touches none, and one of
+/// a name without rows (a create) deletes none.
 async fn labels(w: &mut dyn Writer, f: &Flush) -> Result<(), DbError> {
+    let changed: Vec<&Upsert> = f
+        .upserts
+        .iter()
+        .filter(|u| u.rows_held.as_deref() != Some(u.hashes()))
+        .collect();
     let names: Vec<&Vec<u8>> = f
         .deletes
         .iter()
-        .chain(f.upserts.iter().map(|u| &u.key))
+        .chain(
+            changed
+                .iter()
+                .filter(|u| u.rows_held.as_ref().is_none_or(|h| !h.is_empty()))
+                .map(|u| &u.key),
+        )
         .collect();
-    let rows: Vec<(i64, &Vec<u8>)> = f
-        .upserts
+    let rows: Vec<(i64, &Vec<u8>)> = changed
         .iter()
         .flat_map(|u| u.hashes().iter().map(move |h| (*h, &u.key)))
         .collect();
+    if names.is_empty() && rows.is_empty() {
+        return Ok(());
+    }
     w.replace_labels(&names, &rows).await
 }
 

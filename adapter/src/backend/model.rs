@@ -239,6 +239,10 @@ impl Indexed {
 pub struct Upsert {
     pub kv: KeyValue,
     pub index: Option<Arc<Indexed>>,
+    /// The `etcdsql_label` hashes the table already holds for the key
+    /// (none when it holds no row), where known: rows equal to the
+    /// upsert's are neither deleted nor written again.
+    pub rows_held: Option<Vec<i64>>,
 }
 
 impl std::ops::Deref for Upsert {

@@ -223,6 +223,9 @@ pub struct Catalog {
     /// Resources whose selectable fields this process's writes changed:
     /// their stored objects need their `fields` read again.
     changed: std::sync::Mutex<Vec<String>>,
+    /// Every live row has its `etcdsql_label` rows (rows from before schema
+    /// version 3 were indexed): see [`Self::label_rows_complete`].
+    rows_complete: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
@@ -241,6 +244,21 @@ impl Catalog {
                 c.push(resource);
             }
         }
+    }
+
+    /// Whether every live row's `etcdsql_label` rows are the hashes of its
+    /// value, so that a write keeping them may leave them alone. False
+    /// until this process saw the earlier rows indexed (a write to a row
+    /// still unindexed must write its rows).
+    pub fn label_rows_complete(&self) -> bool {
+        self.rows_complete
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The rows from before schema version 3 are indexed.
+    pub fn set_label_rows_complete(&self) {
+        self.rows_complete
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether a write of `key` can change the catalog (a CRD).

@@ -36,6 +36,7 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
         ))
         .await?;
     if first_ints(&done)?.first() == Some(&1) {
+        catalog.set_label_rows_complete();
         return Ok(0);
     }
     let indexed = pass(backend, catalog, None).await?;
@@ -45,6 +46,7 @@ pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbErro
             &[],
         ))
         .await?;
+    catalog.set_label_rows_complete();
     Ok(indexed)
 }
 

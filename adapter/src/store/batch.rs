@@ -19,8 +19,8 @@ use prost::Message;
 
 use super::ops::{self, View};
 use crate::backend::{
-    DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows, Upsert,
-    Writer,
+    DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows,
+    Selectable, Upsert, Writer,
 };
 use crate::error::Error;
 use crate::proto::etcdserverpb::request_op::Request;
@@ -29,7 +29,7 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::selector::Catalog;
+use crate::selector::{Catalog, hash};
 
 /// A request that goes through the committer, with the answer it gets.
 #[async_trait]
@@ -285,6 +285,11 @@ pub struct Batch<'w> {
     events: Option<Vec<EventRow>>,
     /// Set when the batch runs on [`Known`] instead of reading first.
     assumed: Option<Assumed>,
+    /// With a selector table (`etcdsql_label`) whose rows are complete: for
+    /// keys the batch wrote, the hashes the table holds for them as of the
+    /// batch's start or its last flush. A write that keeps them leaves the
+    /// rows alone. `None` when not tracked.
+    label_rows: Option<HashMap<Vec<u8>, Vec<i64>>>,
 }
 
 /// What a batch begun by [`Batch::begin_assuming`] took for granted.
@@ -467,7 +472,6 @@ impl<'w> Batch<'w> {
         assumed: Option<Assumed>,
     ) -> Batch<'w> {
         Batch {
-            w,
             catalog,
             nonce: nonce(),
             meta,
@@ -481,8 +485,29 @@ impl<'w> Batch<'w> {
             crd_writes: Vec::new(),
             start: meta.revision,
             events: Some(Vec::new()),
+            label_rows: (w.dialect().label_table() && catalog.label_rows_complete())
+                .then(HashMap::new),
+            w,
             assumed,
         }
+    }
+
+    /// Before the batch's first write of `key`: the label rows its stored
+    /// version has (none when absent), where tracked.
+    fn note_label_rows(&mut self, key: &[u8]) {
+        let Some(rows) = &mut self.label_rows else {
+            return;
+        };
+        if rows.contains_key(key) {
+            return;
+        }
+        let held = match self.cache.get(key) {
+            Some(None) => Vec::new(),
+            Some(Some(prev)) => Indexed::of(self.catalog, key, &prev.value)
+                .map_or_else(|| vec![hash::OPAQUE], |i| i.hashes.clone()),
+            None => return,
+        };
+        rows.insert(key.to_vec(), held);
     }
 
     /// A read the batch cannot make while assuming.
@@ -513,7 +538,15 @@ impl<'w> Batch<'w> {
                         // Written by an earlier flush of this batch.
                         None => Indexed::of(self.catalog, &kv.key, &kv.value),
                     };
-                    f.upserts.push(Upsert { kv, index });
+                    let rows_held = self
+                        .label_rows
+                        .as_ref()
+                        .and_then(|rows| rows.get(&key).cloned());
+                    f.upserts.push(Upsert {
+                        kv,
+                        index,
+                        rows_held,
+                    });
                 }
                 None => f.deletes.push(key),
             }
@@ -536,6 +569,14 @@ impl<'w> Batch<'w> {
         }
         if !f.is_empty() {
             crate::backend::flush(self.w, &f).await?;
+        }
+        if let Some(rows) = &mut self.label_rows {
+            for u in &f.upserts {
+                rows.insert(u.key.clone(), u.hashes().to_vec());
+            }
+            for key in f.deletes {
+                rows.insert(key, Vec::new());
+            }
         }
         Ok(())
     }
@@ -694,6 +735,7 @@ impl View for Batch<'_> {
     }
 
     async fn put(&mut self, kv: KeyValue, prev_revision: i64) -> Result<(), Error> {
+        self.note_label_rows(&kv.key);
         if let Some(events) = &mut self.events {
             let prev = match self.cache.get(&kv.key) {
                 _ if prev_revision == 0 => Some(None),
@@ -727,6 +769,7 @@ impl View for Batch<'_> {
     }
 
     async fn delete(&mut self, prev: &KeyValue) -> Result<(), Error> {
+        self.note_label_rows(&prev.key);
         if let Some(events) = &mut self.events {
             // A range delete reads its victims without values (keys only):
             // the previous version is whole only where the batch read it.

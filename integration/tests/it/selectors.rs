@@ -74,6 +74,8 @@ struct Obj {
     name: String,
     labels: Option<BTreeMap<String, String>>,
     color: Option<String>,
+    /// Changes the stored value, not what selectors see.
+    note: u32,
 }
 
 impl Obj {
@@ -88,6 +90,9 @@ impl Obj {
         let mut spec = serde_json::Map::new();
         if let Some(c) = &self.color {
             spec.insert("color".into(), c.clone().into());
+        }
+        if self.note > 0 {
+            spec.insert("note".into(), self.note.into());
         }
         serde_json::json!({
             "apiVersion": "example.com/v1",
@@ -115,6 +120,7 @@ fn random_obj(rng: &mut Rng, ns: &str, name: &str) -> Obj {
         name: name.into(),
         labels,
         color: rng.chance(70).then(|| rng.pick(COLORS).to_string()),
+        note: 0,
     }
 }
 
@@ -378,6 +384,45 @@ async fn property(target: Target) {
         .expect("delete");
         model.remove(k);
     }
+    // Rewrites that keep labels and fields (the selector rows stay as they
+    // are), some changed again after that; then deletes racing puts of the
+    // same keys from another connection (one batch may hold both): the
+    // selectors follow whichever version stands.
+    for (j, k) in names.iter().enumerate().filter(|(j, _)| j % 5 == 2) {
+        let Some(o) = model.get_mut(k) else { continue };
+        o.note += 1;
+        let value = o.value();
+        put(&mut c, k, value).await;
+        if j % 10 == 2 {
+            let o = random_obj(&mut rng, &o.ns.clone(), &o.name.clone());
+            put(&mut c, k, o.value()).await;
+            model.insert(k.clone(), o);
+        }
+    }
+    let mut other = kv(&p).await;
+    for k in names.iter().skip(3).step_by(16) {
+        let (ns, name) = k[PREFIX.len()..].split_once('/').expect("ns/name");
+        let o = random_obj(&mut rng, ns, name);
+        let delete = c.delete_range(etcdsql::proto::etcdserverpb::DeleteRangeRequest {
+            key: k.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        let (deleted, _) = tokio::join!(delete, put(&mut other, k, o.value()));
+        deleted.expect("delete");
+        let stands = c
+            .range(RangeRequest {
+                key: k.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if stands.kvs.is_empty() {
+            model.remove(k);
+        } else {
+            model.insert(k.clone(), o);
+        }
+    }
 
     let (mut checked, mut matched) = (0, 0);
     for i in 0..150 {
@@ -532,6 +577,7 @@ async fn watch(target: Target) {
         name: name.into(),
         labels: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
         color: None,
+        note: 0,
     };
     for (n, app) in [
         ("stays", "web"),
