@@ -27,6 +27,11 @@ const WINDOW: i64 = 1000;
 /// anyway (see [`Known::has`]).
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// Longest wait of a read for this process's batch in flight (see
+/// [`Hub::settled`]): a batch of hot-key writes commits in a few
+/// milliseconds; one held behind another process's lock is not waited for.
+const READ_SETTLE: Duration = Duration::from_millis(20);
+
 /// Bounds of the in-memory buffer; older events are read from the database.
 pub struct BufferLimits {
     pub events: usize,
@@ -104,16 +109,16 @@ impl Known {
 
     /// Waits (at most [`SETTLE`]) for the batch in flight to finish.
     async fn settle(&mut self) {
-        settle(&mut self.local).await;
+        settle(&mut self.local, SETTLE).await;
     }
 }
 
-/// Waits (at most [`SETTLE`]) for this process's batch in flight, if any,
-/// to finish.
-async fn settle(local: &mut watch::Receiver<Local>) {
+/// Waits (at most `limit`) for this process's batch in flight, if any, to
+/// finish.
+async fn settle(local: &mut watch::Receiver<Local>, limit: Duration) {
     let now = *local.borrow_and_update();
     if now.busy {
-        let _ = tokio::time::timeout(SETTLE, local.wait_for(|l| l.done > now.done)).await;
+        let _ = tokio::time::timeout(limit, local.wait_for(|l| l.done > now.done)).await;
     }
 }
 
@@ -175,9 +180,10 @@ impl Hub {
     }
 
     /// Returns once this process's batch in flight, if any, has finished
-    /// (at most [`SETTLE`]): a read made then sees what that batch wrote.
+    /// (at most [`READ_SETTLE`]): a read made then sees what that batch
+    /// wrote.
     pub async fn settled(&self) {
-        settle(&mut self.local.subscribe()).await;
+        settle(&mut self.local.subscribe(), READ_SETTLE).await;
     }
 
     /// Marks a batch of this process's committer in flight until dropped.
