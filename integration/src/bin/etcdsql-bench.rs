@@ -1396,15 +1396,9 @@ where
                 let t = Instant::now();
                 match c.request(method, &path, body).await {
                     Ok((s, _)) if s == want => lat.push(t.elapsed()),
-                    Ok((s, b)) => {
+                    other => {
                         if errors == 0 {
-                            eprintln!("  {method} {path}: {s} {}", String::from_utf8_lossy(&b));
-                        }
-                        errors += 1;
-                    }
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("  {method} {path}: {e:#}");
+                            eprintln!("  {method} {path}: {}", status_text(&other));
                         }
                         errors += 1;
                     }
@@ -1493,11 +1487,21 @@ fn status_text(r: &anyhow::Result<(u16, bytes::Bytes)>) -> String {
 
 /// `metadata.resourceVersion` of an object answer ("" if absent).
 fn resource_version(body: &[u8]) -> String {
+    string_member(body, "resourceVersion")
+}
+
+/// The first string member `name` in a JSON answer ("" if absent).
+fn string_member(body: &[u8], name: &str) -> String {
     let text = String::from_utf8_lossy(body);
-    let Some(at) = text.find(r#""resourceVersion":""#) else {
+    let head = format!(r#""{name}":""#);
+    let Some(at) = text.find(&head) else {
         return String::new();
     };
-    text[at + 19..].split('"').next().unwrap_or("").to_string()
+    text[at + head.len()..]
+        .split('"')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The clients' latencies and errors since `started` as (requests/s, sorted
@@ -1740,14 +1744,8 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
 
 /// `metadata.continue` of a list answer ("" at the end).
 fn continue_token(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let Some(at) = text.find(r#""continue":""#) else {
-        return String::new();
-    };
-    let rest = &text[at + 12..];
-    let token = rest.split('"').next().unwrap_or("");
     // Base64 with '=' padding: escaped for the query string.
-    token
+    string_member(body, "continue")
         .replace('=', "%3D")
         .replace('+', "%2B")
         .replace('/', "%2F")
