@@ -1,11 +1,12 @@
 //! Prometheus metrics and the `/metrics` endpoint (`--listen-metrics-urls`).
 //! Names carry the `etcdsql_` prefix and unit suffixes. A tower layer on
-//! the gRPC server times every RPC and opens a tracing span for it.
+//! the gRPC server times every RPC and opens a (debug) tracing span for it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -375,11 +376,11 @@ where
         {
             return Box::pin(async move { Ok(resp) });
         }
-        let method = method_label(req.uri().path());
-        let labels = grpc_labels(req.uri().path())
-            .filter(|_| method != "other")
-            .map(|(k, s, m)| (k, s.to_string(), m.to_string()));
-        let span = tracing::info_span!("rpc", method = %method);
+        let m = method(req.uri().path());
+        // At debug level: a span per request at info cost several percent
+        // of a put's CPU (formatted and stored by the log layer), and a
+        // failed request's log line names its method anyway.
+        let span = tracing::debug_span!("rpc", method = %m.label);
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(
@@ -388,32 +389,34 @@ where
                 if let Ok(r) = &mut resp {
                     crate::error::oversized_as_grpc_go(r.headers_mut());
                 }
-                // Errors travel as a trailers-only response: the status is a header.
+                // Errors travel as a trailers-only response: the status is a
+                // header; a response without one carries it in its trailers.
                 let code = match &resp {
                     Ok(r) => r
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
-                        .unwrap_or("0")
-                        .to_string(),
-                    Err(_) => "transport".to_string(),
+                        .unwrap_or("0"),
+                    Err(_) => "transport",
                 };
-                GRPC_SECONDS
-                    .with_label_values(&[method.as_str(), code.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                if let Some((kind, service, name)) = &labels {
-                    GRPC_HANDLED
-                        .with_label_values(&[
-                            *kind,
-                            service.as_str(),
-                            name.as_str(),
-                            code_name(&code),
-                        ])
-                        .inc();
-                }
-                if code != "0" {
+                let seconds = started.elapsed().as_secs_f64();
+                if code == "0" {
+                    m.ok_seconds.observe(seconds);
+                    if let Some(c) = &m.ok_handled {
+                        c.inc();
+                    }
+                } else {
+                    let code = code.to_string();
+                    GRPC_SECONDS
+                        .with_label_values(&[&*m.label, code.as_str()])
+                        .observe(seconds);
+                    if let Some((kind, service, name)) = &m.grpc {
+                        GRPC_HANDLED
+                            .with_label_values(&[kind, &**service, &**name, code_name(&code)])
+                            .inc();
+                    }
                     log_error(
-                        &method,
+                        &m.label,
                         &code,
                         resp.as_ref().ok().map(http::Response::headers),
                     );
@@ -423,6 +426,48 @@ where
             .instrument(span),
         )
     }
+}
+
+/// A method's labels, and its metrics for requests that succeed, looked up
+/// once per method rather than on every request.
+struct Method {
+    label: Arc<str>,
+    /// grpc-go's labels (type, service, method); `None` for "other".
+    grpc: Option<(&'static str, Box<str>, Box<str>)>,
+    ok_seconds: Histogram,
+    ok_handled: Option<IntCounter>,
+}
+
+static METHODS: LazyLock<RwLock<HashMap<Box<str>, Arc<Method>>>> = LazyLock::new(Default::default);
+
+/// The request path's [`Method`]. Paths labelled "other" are not kept.
+fn method(path: &str) -> Arc<Method> {
+    if let Some(m) = METHODS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(path)
+    {
+        return m.clone();
+    }
+    let label = method_label(path);
+    let grpc = grpc_labels(path)
+        .filter(|_| label != "other")
+        .map(|(k, s, m)| (k, Box::<str>::from(s), Box::<str>::from(m)));
+    let m = Arc::new(Method {
+        ok_seconds: GRPC_SECONDS.with_label_values(&[label.as_str(), "0"]),
+        ok_handled: grpc.as_ref().map(|(kind, service, name)| {
+            GRPC_HANDLED.with_label_values(&[kind, &**service, &**name, code_name("0")])
+        }),
+        grpc,
+        label: Arc::from(label),
+    });
+    if &*m.label != "other" {
+        METHODS
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Box::from(path), m.clone());
+    }
+    m
 }
 
 /// Each failed request once, with its gRPC code and message: server-side
