@@ -495,6 +495,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn methods_are_looked_up_once() {
+        let first = method("/etcdserverpb.KV/Txn");
+        let again = method("/etcdserverpb.KV/Txn");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(&*first.label, "etcdserverpb.KV/Txn");
+        let (kind, service, name) = first.grpc.as_ref().expect("grpc-go labels");
+        assert_eq!(
+            (*kind, &**service, &**name),
+            ("unary", "etcdserverpb.KV", "Txn")
+        );
+        first.ok_seconds.observe(0.001);
+        assert!(
+            GRPC_SECONDS
+                .with_label_values(&["etcdserverpb.KV/Txn", "0"])
+                .get_sample_count()
+                >= 1
+        );
+        let other = method("/evil/x");
+        assert_eq!(&*other.label, "other");
+        assert!(other.grpc.is_none());
+        assert!(
+            !METHODS
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key("/evil/x")
+        );
+    }
+
+    #[test]
     fn method_labels_are_bounded() {
         assert_eq!(
             method_label("/etcdserverpb.KV/Range"),
