@@ -406,18 +406,17 @@ where
                         c.inc();
                     }
                 } else {
-                    let code = code.to_string();
                     GRPC_SECONDS
-                        .with_label_values(&[&*m.label, code.as_str()])
+                        .with_label_values(&[&*m.label, code])
                         .observe(seconds);
                     if let Some((kind, service, name)) = &m.grpc {
                         GRPC_HANDLED
-                            .with_label_values(&[kind, &**service, &**name, code_name(&code)])
+                            .with_label_values(&[kind, &**service, &**name, code_name(code)])
                             .inc();
                     }
                     log_error(
                         &m.label,
-                        &code,
+                        code,
                         resp.as_ref().ok().map(http::Response::headers),
                     );
                 }
