@@ -8,10 +8,13 @@
 //! `p_default` for ''; `etcdsql_history` is RANGE (epoch) (no subpartitions:
 //! TiDB has none).
 
-/// Creates `part`'s live partition and its partition in each epoch.
+/// Creates `part`'s live partition and its partition in each epoch. Live
+/// pages keep a fifth free, so that updates stay heap-only (as migration 7
+/// sets the default partition).
 pub fn postgres_add(part: &str, epochs: &[i64]) -> Vec<String> {
     let mut out = vec![format!(
-        "CREATE TABLE IF NOT EXISTS etcdsql_live_{part} PARTITION OF etcdsql_live FOR VALUES IN ('{part}')"
+        "CREATE TABLE IF NOT EXISTS etcdsql_live_{part} PARTITION OF etcdsql_live FOR VALUES IN ('{part}') \
+         WITH (fillfactor = 80)"
     )];
     out.extend(epochs.iter().map(|e| postgres_epoch_part(*e, part)));
     out

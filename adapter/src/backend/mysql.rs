@@ -25,6 +25,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "NULL",
     no_index: "",
+    revision_index: true,
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
     update_limit: true,
     json_param: "",

@@ -38,6 +38,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     numbered: true,
     null_bytes: "NULL::bytea",
     no_index: "",
+    revision_index: false,
     names_hint: "",
     update_limit: false,
     json_param: "::text::jsonb",

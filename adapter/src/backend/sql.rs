@@ -40,6 +40,11 @@ pub struct Dialect {
     /// Put before a column, keeps the planner from using an index on it
     /// (SQLite's unary `+`); empty where the planner has statistics.
     pub no_index: &'static str,
+    /// `etcdsql_live` has a (name, mod_revision) index (MySQL), and a
+    /// range's names at a past revision are counted from it. Elsewhere an
+    /// update changes no indexed column (PostgreSQL's heap-only updates),
+    /// and they are counted from the names now and the history since.
+    pub revision_index: bool,
     /// After `etcdsql_live` where the names of a range are counted: makes
     /// the planner read the (name, mod_revision) index rather than the rows
     /// (MySQL's `FORCE INDEX`; InnoDB otherwise scans the clustered rows).
@@ -532,13 +537,46 @@ impl Statement {
     /// The range's count when it is counted (and not by its rows, see
     /// [`counted_by_rows`]), else `zero`.
     fn total(&mut self, d: Dialect, q: &RangeQuery, parts: Parts, zero: &str) {
-        if q.count && !counted_by_rows(q) {
+        if !q.count || counted_by_rows(q) {
+            self.push(zero);
+        } else if let Some(rev) = q.at.filter(|_| !d.revision_index) {
+            self.count_since(d, q, rev, parts);
+        } else {
             self.push("(SELECT COUNT(*) FROM ");
             self.names(d, q, parts);
             self.push(" cnt)");
-        } else {
-            self.push(zero);
         }
+    }
+
+    /// The range's count at `rev` without reading `mod_revision` from the
+    /// live rows: the names now, less those whose last change (not a
+    /// deletion) came after `rev`, plus those that existed at `rev` and
+    /// changed since. The last two come from the history after `rev`.
+    fn count_since(&mut self, d: Dialect, q: &RangeQuery, rev: i64, parts: Parts) {
+        let sel = q.selector.as_deref();
+        self.push("((SELECT COUNT(*) FROM etcdsql_live WHERE ");
+        self.key_predicate("name", &q.key, &q.end);
+        self.parts("part", parts);
+        self.selector(d, sel, "", true);
+        self.push(") - (SELECT COUNT(*) FROM etcdsql_history h WHERE h.revision > ")
+            .bind(Param::Int(rev))
+            .push(" AND ");
+        self.key_predicate(&format!("{}h.name", d.no_index), &q.key, &q.end);
+        self.history_parts(d, "h", parts);
+        self.push(
+            " AND h.deleted = 0 AND NOT EXISTS (SELECT 1 FROM etcdsql_history e \
+             WHERE e.name = h.name AND e.revision > h.revision",
+        );
+        self.history_parts(d, "e", parts);
+        self.push(")");
+        self.selector(d, sel, "h.", false);
+        self.push(
+            ") + (SELECT COUNT(*) FROM etcdsql_history f \
+             JOIN etcdsql_history p ON p.name = f.name AND p.revision = f.prev_revision WHERE ",
+        );
+        self.first_change_after(d, q, rev, parts);
+        self.selector(d, sel, "p.", false);
+        self.push("))");
     }
 
     /// `r.value`, or a NULL of its type where only keys are read.
@@ -840,6 +878,7 @@ mod tests {
     // The dialects as their databases' modules define them.
     const PG: Dialect = super::super::postgres::DIALECT;
     const MY: Dialect = super::super::mysql::DIALECT;
+    const SQ: Dialect = super::super::sqlite::DIALECT;
 
     fn kv(key: &str, value: &str, mod_revision: i64) -> KeyValue {
         KeyValue {
@@ -911,8 +950,9 @@ mod tests {
     fn placeholders_follow_the_dialect() {
         let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
         let pg = range(PG, &q, None);
-        assert_eq!(pg.params.len(), 14);
-        assert!(pg.text.contains("$14") && !pg.text.contains('?'));
+        let n = pg.params.len();
+        assert!(n > 2 && pg.text.contains(&format!("${n}")), "{}", pg.text);
+        assert!(!pg.text.contains(&format!("${}", n + 1)) && !pg.text.contains('?'));
         let my = range(MY, &q, None);
         assert_eq!(my.text.matches('?').count(), my.params.len());
         assert!(!my.text.contains('$'));
@@ -947,12 +987,30 @@ mod tests {
             count_only: true,
             ..one.clone()
         };
-        for d in [PG, MY] {
-            assert!(!range(d, &one, None).text.contains(" cnt)"));
+        // The names counted: a derived table, or the live rows now.
+        let counts =
+            |t: &str| t.contains(" cnt)") || t.contains("(SELECT COUNT(*) FROM etcdsql_live ");
+        for d in [PG, MY, SQ] {
+            assert!(!counts(&range(d, &one, None).text));
             for q in [&many, &filtered, &count_only] {
-                assert!(range(d, q, None).text.contains(" cnt)"), "{q:?}");
+                assert!(counts(&range(d, q, None).text), "{q:?}");
             }
         }
+    }
+
+    #[test]
+    fn counts_at_a_revision_read_no_live_revisions_without_their_index() {
+        let q = RangeQuery::all(b"a".to_vec(), KeyEnd::Before(b"b".to_vec()), Some(7));
+        let names_at = " AND mod_revision <= ";
+        assert!(range(MY, &q, None).text.contains(names_at));
+        for d in [PG, SQ] {
+            let t = range(d, &q, None).text;
+            assert!(!t.contains(names_at), "{t}");
+            assert!(t.contains("h.deleted = 0 AND NOT EXISTS"), "{t}");
+        }
+        // At the latest revision the live rows alone are counted.
+        let now = RangeQuery { at: None, ..q };
+        assert!(!range(PG, &now, None).text.contains("etcdsql_history"));
     }
 
     #[test]
@@ -964,7 +1022,9 @@ mod tests {
         );
         let parts = vec!["pods".to_string()];
         let pg = range(PG, &q, Some(&parts));
-        assert_eq!(pg.text.matches("part IN ('pods')").count(), 2 + 2 * 3);
+        // Live rows and count, the history part and count (f, p, e each),
+        // the count's changed names (h, e).
+        assert_eq!(pg.text.matches("part IN ('pods')").count(), 2 + 2 * 3 + 2);
         let my = range(MY, &q, Some(&parts));
         assert_eq!(my.text.matches("part IN ('pods')").count(), 2);
         assert!(range(MY, &q, None).text.contains("m.partitions_version"));

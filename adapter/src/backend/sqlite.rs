@@ -27,6 +27,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     numbered: false,
     null_bytes: "CAST(NULL AS BLOB)",
     no_index: "+",
+    revision_index: false,
     names_hint: "",
     update_limit: false,
     json_param: "",

@@ -880,9 +880,126 @@ async fn etcd_reference_meets_the_table(_target: Target) {
     }
 }
 
+/// Random puts, deletes and re-creations of 40 keys, some in one Txn, then
+/// ranges at past revisions (with limits, keys only, count only, over
+/// subranges): the keys and the count of each equal a model of every
+/// revision's state.
+async fn counts_at_past_revisions(target: Target) {
+    use std::collections::BTreeMap;
+    let started = Started::new(target, bin())
+        .await
+        .unwrap_or_else(|e| panic!("starting {}: {e:#}", target.name()));
+    let mut c = started.server.client().await.expect("client");
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let key = |i: u64| format!("c/{i:02}");
+    let mut live: BTreeMap<String, ()> = BTreeMap::new();
+    // The keys that stand after each revision.
+    let mut states: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for step in 0..400u64 {
+        let (k1, mut k2) = (key(next(40)), key(next(40)));
+        if k2 == k1 {
+            // A Txn may not name a key twice.
+            k2.push('x');
+        }
+        let rev = match next(10) {
+            0..=5 => {
+                live.insert(k1.clone(), ());
+                let r = c.put(k1, format!("v{step}"), None).await.expect("put");
+                r.header().expect("header").revision()
+            }
+            6..=7 => {
+                let r = c.delete(k1.clone(), None).await.expect("delete");
+                live.remove(&k1);
+                r.header().expect("header").revision()
+            }
+            _ => {
+                // Both in one revision: a delete and a put of another key
+                // (or a re-creation of the same one).
+                let t = Txn::new().and_then([
+                    TxnOp::delete(k1.clone(), None),
+                    TxnOp::put(k2.clone(), format!("t{step}"), None),
+                ]);
+                live.remove(&k1);
+                live.insert(k2, ());
+                let r = c.txn(t).await.expect("txn");
+                r.header().expect("header").revision()
+            }
+        };
+        states.insert(rev, live.keys().cloned().collect());
+    }
+    let revs: Vec<i64> = states.keys().copied().collect();
+    let mut checked = 0;
+    for _ in 0..120 {
+        let at = revs[usize::try_from(next(revs.len() as u64)).expect("index")];
+        let (a, b) = (next(40), next(40));
+        let (from, to) = (key(a.min(b)), key(a.max(b) + 1));
+        let want: Vec<&String> = states[&at]
+            .iter()
+            .filter(|k| **k >= from && **k < to)
+            .collect();
+        let opts = || GetOptions::new().with_range(to.clone()).with_revision(at);
+        let limit = i64::try_from(next(4)).expect("limit");
+        let variants = [
+            ("all", opts()),
+            ("limit", opts().with_limit(limit + 1)),
+            ("keys only", opts().with_keys_only().with_limit(limit + 2)),
+            ("count only", opts().with_count_only()),
+        ];
+        for (what, o) in variants {
+            let count_only = what == "count only";
+            let r = c.get(from.clone(), Some(o)).await.expect("get");
+            let ctx = format!("{what} [{from}, {to}) at {at} on {}", target.name());
+            assert_eq!(
+                r.count(),
+                i64::try_from(want.len()).unwrap(),
+                "count, {ctx}"
+            );
+            let got: Vec<String> = r
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect();
+            let shown = if count_only { 0 } else { want.len() };
+            let shown = match what {
+                "limit" => shown.min(usize::try_from(limit + 1).unwrap()),
+                "keys only" => shown.min(usize::try_from(limit + 2).unwrap()),
+                _ => shown,
+            };
+            let expect: Vec<String> = want.iter().take(shown).map(|k| (*k).clone()).collect();
+            assert_eq!(got, expect, "keys, {ctx}");
+            assert_eq!(r.more(), !count_only && shown < want.len(), "more, {ctx}");
+            checked += 1;
+        }
+    }
+    println!(
+        "counts at past revisions on {}: {checked} ranges over {} revisions equal to the model",
+        target.name(),
+        revs.len()
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("table", &Target::ETCDSQL, check),
+        case!(
+            "counts_at_past_revisions",
+            &[
+                Target::Etcd,
+                Target::Sqlite,
+                Target::Postgres,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Cockroach,
+                Target::Tidb
+            ],
+            counts_at_past_revisions
+        ),
         case!(
             "etcd_reference_meets_the_table",
             &[Target::Etcd],

@@ -73,14 +73,15 @@ async fn migrations(target: Target) {
             && stdout(&st).contains("pending  0003 selectors")
             && stdout(&st).contains("pending  0004 alarms")
             && stdout(&st).contains("pending  0005 auth")
-            && stdout(&st).contains("pending  0006 rowid tables"),
+            && stdout(&st).contains("pending  0006 rowid tables")
+            && stdout(&st).contains("pending  0007 hot updates"),
         "{}",
         stdout(&st)
     );
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 6: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 7: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -100,6 +101,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 4 (alarms)"), "{sql}");
     assert!(sql.contains("-- migration 5 (auth)"), "{sql}");
     assert!(sql.contains("-- migration 6 (rowid tables)"), "{sql}");
+    assert!(sql.contains("-- migration 7 (hot updates)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -121,7 +123,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        6
+        7
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -133,8 +135,8 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 6 (this etcdsql: 6)")
-            && text.contains("applied  0006 rowid tables"),
+        text.contains("schema version 7 (this etcdsql: 7)")
+            && text.contains("applied  0007 hot updates"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -159,13 +161,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (7, 'from the future', TRUE, {zero}, 0)"
+         VALUES (8, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 7"));
+    .unwrap_or_else(|_| panic!("recording version 8"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 7 (from the future), newer than this etcdsql knows (up to 6); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 8 (from the future), newer than this etcdsql knows (up to 7); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -177,7 +179,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 7")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 8")
         .await
         .unwrap();
 
