@@ -158,9 +158,9 @@ async fn roll(b: &dyn Backend, to: i64) -> Result<Option<i64>, DbError> {
 /// revision when it has not changed since `to`, and otherwise the previous
 /// revision of its first change after `to`. Both come from small sets (the
 /// live rows, through MySQL's revision index or PostgreSQL's heap, and the
-/// history after `to`), not from probing every row of the epoch. Moves whole revisions (the primary key's
-/// prefix): a superseded row moved along with a survivor of the same
-/// revision is deleted by [`purge_epoch0`].
+/// history after `to`), not from probing every row of the epoch. Moves
+/// whole revisions (the primary key's prefix): a superseded row moved along
+/// with a survivor of the same revision is deleted by [`purge_epoch0`].
 async fn move_survivors(b: &dyn Backend, e: i64, last: i64, to: i64) -> Result<u64, DbError> {
     let first = ints(
         b,

@@ -203,11 +203,7 @@ impl Statement {
     /// Conditions making `f` the first change after `rev` of a key in the
     /// range. Driven by the revision index: O(changes since `rev`).
     fn first_change_after(&mut self, d: Dialect, q: &RangeQuery, rev: i64, parts: Parts) {
-        self.push("f.revision > ")
-            .bind(Param::Int(rev))
-            .push(" AND ");
-        self.key_predicate(&format!("{}f.name", d.no_index), &q.key, &q.end);
-        self.history_parts(d, "f", parts);
+        self.change_after(d, q, rev, parts, "f");
         self.history_parts(d, "p", parts);
         self.push(
             " AND NOT EXISTS (SELECT 1 FROM etcdsql_history e \
@@ -216,6 +212,17 @@ impl Statement {
         self.bind(Param::Int(rev));
         self.history_parts(d, "e", parts);
         self.push(")");
+    }
+
+    /// History row `alias` is a change after `rev` of a key in the range,
+    /// found by the revision index (not the name's).
+    fn change_after(&mut self, d: Dialect, q: &RangeQuery, rev: i64, parts: Parts, alias: &str) {
+        self.push(alias)
+            .push(".revision > ")
+            .bind(Param::Int(rev))
+            .push(" AND ");
+        self.key_predicate(&format!("{}{alias}.name", d.no_index), &q.key, &q.end);
+        self.history_parts(d, alias, parts);
     }
 
     /// A derived table `(…)` of the names in the range at `q.at`.
@@ -558,11 +565,8 @@ impl Statement {
         self.key_predicate("name", &q.key, &q.end);
         self.parts("part", parts);
         self.selector(d, sel, "", true);
-        self.push(") - (SELECT COUNT(*) FROM etcdsql_history h WHERE h.revision > ")
-            .bind(Param::Int(rev))
-            .push(" AND ");
-        self.key_predicate(&format!("{}h.name", d.no_index), &q.key, &q.end);
-        self.history_parts(d, "h", parts);
+        self.push(") - (SELECT COUNT(*) FROM etcdsql_history h WHERE ");
+        self.change_after(d, q, rev, parts, "h");
         self.push(
             " AND h.deleted = 0 AND NOT EXISTS (SELECT 1 FROM etcdsql_history e \
              WHERE e.name = h.name AND e.revision > h.revision",

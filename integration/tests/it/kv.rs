@@ -885,7 +885,7 @@ async fn etcd_reference_meets_the_table(_target: Target) {
 /// subranges): the keys and the count of each equal a model of every
 /// revision's state.
 async fn counts_at_past_revisions(target: Target) {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     let started = Started::new(target, bin())
         .await
         .unwrap_or_else(|e| panic!("starting {}: {e:#}", target.name()));
@@ -898,7 +898,7 @@ async fn counts_at_past_revisions(target: Target) {
         seed % n
     };
     let key = |i: u64| format!("c/{i:02}");
-    let mut live: BTreeMap<String, ()> = BTreeMap::new();
+    let mut live: BTreeSet<String> = BTreeSet::new();
     // The keys that stand after each revision.
     let mut states: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for step in 0..400u64 {
@@ -909,7 +909,7 @@ async fn counts_at_past_revisions(target: Target) {
         }
         let rev = match next(10) {
             0..=5 => {
-                live.insert(k1.clone(), ());
+                live.insert(k1.clone());
                 let r = c.put(k1, format!("v{step}"), None).await.expect("put");
                 r.header().expect("header").revision()
             }
@@ -926,12 +926,12 @@ async fn counts_at_past_revisions(target: Target) {
                     TxnOp::put(k2.clone(), format!("t{step}"), None),
                 ]);
                 live.remove(&k1);
-                live.insert(k2, ());
+                live.insert(k2);
                 let r = c.txn(t).await.expect("txn");
                 r.header().expect("header").revision()
             }
         };
-        states.insert(rev, live.keys().cloned().collect());
+        states.insert(rev, live.iter().cloned().collect());
     }
     let revs: Vec<i64> = states.keys().copied().collect();
     let mut checked = 0;
@@ -944,15 +944,20 @@ async fn counts_at_past_revisions(target: Target) {
             .filter(|k| **k >= from && **k < to)
             .collect();
         let opts = || GetOptions::new().with_range(to.clone()).with_revision(at);
-        let limit = i64::try_from(next(4)).expect("limit");
+        let limit = usize::try_from(next(4)).expect("limit") + 1;
+        let lim = |n: usize| i64::try_from(n).expect("limit");
+        // Each read and how many of the keys it shows.
         let variants = [
-            ("all", opts()),
-            ("limit", opts().with_limit(limit + 1)),
-            ("keys only", opts().with_keys_only().with_limit(limit + 2)),
-            ("count only", opts().with_count_only()),
+            ("all", opts(), want.len()),
+            ("limit", opts().with_limit(lim(limit)), limit),
+            (
+                "keys only",
+                opts().with_keys_only().with_limit(lim(limit + 1)),
+                limit + 1,
+            ),
+            ("count only", opts().with_count_only(), 0),
         ];
-        for (what, o) in variants {
-            let count_only = what == "count only";
+        for (what, o, most) in variants {
             let r = c.get(from.clone(), Some(o)).await.expect("get");
             let ctx = format!("{what} [{from}, {to}) at {at} on {}", target.name());
             assert_eq!(
@@ -965,15 +970,14 @@ async fn counts_at_past_revisions(target: Target) {
                 .iter()
                 .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
                 .collect();
-            let shown = if count_only { 0 } else { want.len() };
-            let shown = match what {
-                "limit" => shown.min(usize::try_from(limit + 1).unwrap()),
-                "keys only" => shown.min(usize::try_from(limit + 2).unwrap()),
-                _ => shown,
-            };
+            let shown = most.min(want.len());
             let expect: Vec<String> = want.iter().take(shown).map(|k| (*k).clone()).collect();
             assert_eq!(got, expect, "keys, {ctx}");
-            assert_eq!(r.more(), !count_only && shown < want.len(), "more, {ctx}");
+            assert_eq!(
+                r.more(),
+                what != "count only" && shown < want.len(),
+                "more, {ctx}"
+            );
             checked += 1;
         }
     }
