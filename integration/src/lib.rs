@@ -120,6 +120,30 @@ fn which(bin: &str) -> Option<PathBuf> {
     })
 }
 
+/// Runs `start` (which binds ports from [`free_port`]) again, up to three
+/// times, where another process took a port between [`free_port`] and the
+/// server's bind: cases run in parallel.
+async fn on_free_ports<F, Fut>(start: F) -> anyhow::Result<Process>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Process>>,
+{
+    let mut tries = 0;
+    loop {
+        match start().await {
+            Err(e)
+                if tries < 2
+                    && format!("{e:#}")
+                        .to_lowercase()
+                        .contains("address already in use") =>
+            {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -373,21 +397,28 @@ impl Process {
     }
 
     pub async fn etcdsql_with(bin: &Path, dsn: &str, extra: &[&str]) -> anyhow::Result<Process> {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("etcdsql_log")));
-        let mut cmd = Command::new(bin);
-        cmd.args(["--endpoint", dsn, "--listen-client-urls"])
-            .arg(format!("http://127.0.0.1:{port}"))
-            .args(extra);
-        // Each case gets a fresh database; the schema cases test refusals.
-        if !extra.iter().any(|a| a.starts_with("--auto-migrate")) {
-            cmd.arg("--auto-migrate");
-        }
-        Self::launch(cmd, port, log, None).await
+        on_free_ports(|| async {
+            let port = free_port();
+            let log = std::env::temp_dir().join(format!("{}.log", unique_name("etcdsql_log")));
+            let mut cmd = Command::new(bin);
+            cmd.args(["--endpoint", dsn, "--listen-client-urls"])
+                .arg(format!("http://127.0.0.1:{port}"))
+                .args(extra);
+            // Each case gets a fresh database; the schema cases test refusals.
+            if !extra.iter().any(|a| a.starts_with("--auto-migrate")) {
+                cmd.arg("--auto-migrate");
+            }
+            Self::launch(cmd, port, log, None).await
+        })
+        .await
     }
 
     /// etcd 3.4 with a fresh data dir (fsync on, as shipped).
     pub async fn etcd() -> anyhow::Result<Process> {
+        on_free_ports(Self::etcd_once).await
+    }
+
+    async fn etcd_once() -> anyhow::Result<Process> {
         let (port, peer) = (free_port(), free_port());
         let dir = tempdir::Dir::new(&unique_name("etcd_it"))?;
         let client = format!("http://127.0.0.1:{port}");
