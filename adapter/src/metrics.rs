@@ -118,6 +118,13 @@ pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static WATCH_DELIVER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    plain_counter(
+        "etcdsql_watch_deliver_timeouts_total",
+        "Write answers sent before every watch stream of this process had queued their events.",
+    )
+});
+
 pub static WATCH_BACKLOG: LazyLock<Histogram> = LazyLock::new(|| {
     plain_histogram(
         "etcdsql_watch_backlog_revisions",
@@ -197,6 +204,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(WATCHERS.clone()))?;
     r.register(Box::new(WATCH_RESYNCS.clone()))?;
     r.register(Box::new(WATCH_BACKLOG.clone()))?;
+    r.register(Box::new(WATCH_DELIVER_TIMEOUTS.clone()))?;
     r.register(Box::new(WATCH_EVENTS.clone()))?;
     r.register(Box::new(HUB_REVISION.clone()))?;
     r.register(Box::new(REPLICA_LAG_SECONDS.clone()))?;

@@ -2,7 +2,9 @@
 //! order into a bounded buffer of recent events, and tells watchers how far
 //! it got. It wakes on this process's commits at once, on any process's
 //! commits where the database pushes them (PostgreSQL LISTEN/NOTIFY), and
-//! otherwise polls.
+//! otherwise polls. A write's answer waits (briefly) until this process's
+//! watch streams have queued its events, as etcd queues them on its
+//! watchers before it answers.
 //!
 //! Revisions are gapless and commit in order (the revision-row lock), so a
 //! read of revisions `(last, last + n]` that returns revision r has every
@@ -10,7 +12,8 @@
 //! behind the buffer read history from the database instead (never dropped).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -31,6 +34,10 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// [`Hub::settled`]): a batch of hot-key writes commits in a few
 /// milliseconds; one held behind another process's lock is not waited for.
 const READ_SETTLE: Duration = Duration::from_millis(20);
+
+/// Longest wait of a write's answer for this process's watch streams to
+/// queue its events (see [`Hub::delivered`]).
+const DELIVER_WAIT: Duration = Duration::from_millis(5);
 
 /// Bounds of the in-memory buffer; older events are read from the database.
 pub struct BufferLimits {
@@ -69,6 +76,93 @@ pub struct Hub {
     catalog: Arc<Catalog>,
     /// This process's committer: whether a batch is in flight.
     local: watch::Sender<Local>,
+    /// This process's watch streams, and how far each has queued events.
+    streams: Streams,
+}
+
+/// Where each watch stream has queued its events to.
+#[derive(Default)]
+struct Streams {
+    marks: Mutex<Vec<Weak<Mark>>>,
+    /// Woken when a stream's mark moves.
+    progress: Arc<Notify>,
+    /// Every stream had queued this revision's events (or was exempt).
+    delivered: AtomicI64,
+}
+
+impl Streams {
+    fn register(&self) -> Arc<Mark> {
+        let mark = Arc::new(Mark {
+            through: AtomicI64::new(Mark::EXEMPT),
+            progress: self.progress.clone(),
+        });
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.retain(|m| m.strong_count() > 0);
+        marks.push(Arc::downgrade(&mark));
+        mark
+    }
+
+    async fn delivered(&self, revision: i64) {
+        if self.delivered.load(Ordering::Acquire) >= revision {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + DELIVER_WAIT;
+        let behind = |m: &Mark| m.through.load(Ordering::Acquire) < revision;
+        // Armed before the first look, so no mark's move is missed.
+        let notified = self.progress.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let waiting: Vec<Arc<Mark>> = {
+            let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+            marks
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|m| behind(m))
+                .collect()
+        };
+        // A mark once passed is not looked at again (marks move forward or
+        // turn exempt): a wake-up costs one look, not one per stream.
+        let mut next = 0;
+        loop {
+            while waiting.get(next).is_some_and(|m| !behind(m)) {
+                next += 1;
+            }
+            if next == waiting.len() {
+                self.delivered.fetch_max(revision, Ordering::AcqRel);
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified.as_mut())
+                .await
+                .is_err()
+            {
+                crate::metrics::WATCH_DELIVER_TIMEOUTS.inc();
+                return;
+            }
+            notified.set(self.progress.notified());
+            notified.as_mut().enable();
+        }
+    }
+}
+
+/// A watch stream's mark: the revision through which it has queued every
+/// event for its watches, or [`Mark::EXEMPT`] while it has no watches or
+/// cannot keep up (its client reads slowly, or a watch reads history).
+pub struct Mark {
+    through: AtomicI64,
+    progress: Arc<Notify>,
+}
+
+impl Mark {
+    const EXEMPT: i64 = i64::MAX;
+
+    pub fn set(&self, revision: i64) {
+        self.through.store(revision, Ordering::Release);
+        self.progress.notify_waiters();
+    }
+
+    pub fn exempt(&self) {
+        self.set(Self::EXEMPT);
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -153,6 +247,7 @@ impl Hub {
             limits,
             catalog,
             local: watch::channel(Local::default()).0,
+            streams: Streams::default(),
         });
         if let Some(listen) = hub.backend.subscribe(hub.wake.clone(), hub.known()) {
             tasks.spawn("commit listener", listen);
@@ -194,6 +289,18 @@ impl Hub {
 
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()
+    }
+
+    /// Registers a watch stream; it starts exempt.
+    pub fn stream_mark(&self) -> Arc<Mark> {
+        self.streams.register()
+    }
+
+    /// Returns once every watch stream of this process has queued the
+    /// events up to `revision` (streams that are exempt excepted), or after
+    /// [`DELIVER_WAIT`].
+    pub async fn delivered(&self, revision: i64) {
+        self.streams.delivered(revision).await;
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -350,5 +457,66 @@ async fn tail(hub: std::sync::Weak<Hub>) {
             interval
         };
         let _ = tokio::time::timeout(backoff, wake.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elapsed(start: tokio::time::Instant) -> Duration {
+        tokio::time::Instant::now() - start
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_wait_for_streams_that_are_behind_and_only_for_them() {
+        let s = Arc::new(Streams::default());
+        // No streams, or only exempt ones: no wait.
+        let start = tokio::time::Instant::now();
+        s.delivered(5).await;
+        let exempt = s.register();
+        s.delivered(6).await;
+        assert_eq!(elapsed(start), Duration::ZERO);
+
+        // A stream at 6 holds up an answer for 7 until it queues 7.
+        let behind = s.register();
+        behind.set(6);
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move {
+                let start = tokio::time::Instant::now();
+                s.delivered(7).await;
+                elapsed(start)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "returned before the stream queued 7"
+        );
+        behind.set(7);
+        assert_eq!(waiting.await.unwrap(), Duration::from_millis(1));
+        // Known delivered: no second look at the streams.
+        behind.set(0);
+        let start = tokio::time::Instant::now();
+        s.delivered(7).await;
+        assert_eq!(elapsed(start), Duration::ZERO);
+
+        // A stream that never catches up delays an answer by DELIVER_WAIT at most.
+        let before = crate::metrics::WATCH_DELIVER_TIMEOUTS.get();
+        let start = tokio::time::Instant::now();
+        s.delivered(8).await;
+        assert_eq!(elapsed(start), DELIVER_WAIT);
+        assert!(crate::metrics::WATCH_DELIVER_TIMEOUTS.get() > before);
+
+        // A stream that goes away, or turns exempt, is not waited for.
+        drop(behind);
+        let start = tokio::time::Instant::now();
+        s.delivered(9).await;
+        assert_eq!(elapsed(start), Duration::ZERO);
+        exempt.set(9);
+        exempt.exempt();
+        s.delivered(10).await;
+        assert_eq!(elapsed(start), Duration::ZERO);
     }
 }

@@ -26,7 +26,7 @@ use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use crate::proto::mvccpb::{Event, event::EventType};
 use crate::selector::{Catalog, Selector};
-use crate::watch::{Hub, Slice};
+use crate::watch::{Hub, Mark, Slice};
 
 /// Events per response; a revision is never split unless it alone is larger.
 const MAX_EVENTS: usize = 1000;
@@ -93,6 +93,7 @@ impl Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_pending: false,
+            mark: self.hub.stream_mark(),
         };
         let mut stop = self.stop.clone();
         let interval = progress_interval(self.progress_interval);
@@ -170,6 +171,8 @@ struct WatchStream {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     progress_pending: bool,
+    /// How far this stream has queued events, for writes' answers to wait on.
+    mark: Arc<Mark>,
 }
 
 impl WatchStream {
@@ -178,8 +181,10 @@ impl WatchStream {
         let mut ticker = tokio::time::interval(progress_interval);
         ticker.tick().await;
         loop {
-            if self.deliver().await.is_err() {
-                return;
+            match self.deliver().await {
+                Ok(_) if self.watchers.is_empty() => self.mark.exempt(),
+                Ok(latest) => self.mark.set(latest),
+                Err(Gone) => return,
             }
             tokio::select! {
                 msg = input.next() => match msg {
@@ -206,6 +211,10 @@ impl WatchStream {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
+        if self.tx.capacity() == 0 {
+            // The client reads slowly: writes do not wait for this stream.
+            self.mark.exempt();
+        }
         self.tx.send(Ok(resp)).await.map_err(|_| Gone)
     }
 
@@ -219,7 +228,11 @@ impl WatchStream {
 
     async fn handle(&mut self, req: WatchRequest) -> Result<(), Gone> {
         match req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CreateRequest(c)) => {
+                // It reads the database; writes meanwhile do not wait.
+                self.mark.exempt();
+                self.create(c).await
+            }
             Some(RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
                     metrics::WATCHERS.dec();
@@ -362,8 +375,8 @@ impl WatchStream {
     }
 
     /// Brings every watch up to the hub's revision, then answers a pending
-    /// progress request.
-    async fn deliver(&mut self) -> Result<(), Gone> {
+    /// progress request. Returns the revision delivered through.
+    async fn deliver(&mut self) -> Result<i64, Gone> {
         let latest = self.hub.revision();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
@@ -407,7 +420,7 @@ impl WatchStream {
             self.progress_pending = false;
             self.send(self.response(-1, latest)).await?;
         }
-        Ok(())
+        Ok(latest)
     }
 
     /// One window of a lagging watch's events from the database. `None`
@@ -419,6 +432,7 @@ impl WatchStream {
         };
         let upto = latest.min(w.next - 1 + RESYNC_WINDOW);
         metrics::WATCH_RESYNCS.inc();
+        self.mark.exempt();
         let meta = self.hub.backend().meta().await;
         let rows = self.hub.read(w.next - 1, upto, &w.key, &w.end).await;
         match (meta, rows) {

@@ -94,6 +94,7 @@ type Jobs = [Box<dyn Pending>];
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Box<dyn Pending>>,
+    hub: Arc<Hub>,
 }
 
 impl Committer {
@@ -107,11 +108,16 @@ impl Committer {
     ) -> Committer {
         // Bounded: a full queue makes callers wait (backpressure).
         let (tx, rx) = mpsc::channel(16 * MAX_BATCH_OPS);
-        tasks.spawn_graceful("committer", |stop| run(backend, rx, hub, catalog, stop));
-        Committer { tx }
+        tasks.spawn_graceful("committer", {
+            let hub = hub.clone();
+            |stop| run(backend, rx, hub, catalog, stop)
+        });
+        Committer { tx, hub }
     }
 
-    /// Commits `op` in the next batch and returns its answer.
+    /// Commits `op` in the next batch and returns its answer once this
+    /// process's watch streams have queued its events (see
+    /// [`Hub::delivered`]).
     pub async fn submit<W: Write>(&self, op: W) -> Result<W::Out, Error> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -123,7 +129,9 @@ impl Committer {
             .send(Box::new(job))
             .await
             .map_err(|_| Error::Stopping)?;
-        rx.await.map_err(|_| Error::Stopping)?
+        let out = rx.await.map_err(|_| Error::Stopping)??;
+        self.hub.delivered(self.hub.revision()).await;
+        Ok(out)
     }
 }
 

@@ -21,7 +21,8 @@
 //!   started the database in containers, the database's;
 //! - `list`: paginated LIST of all objects, 500 per page, later pages at
 //!   the first page's revision, as kube-apiserver pages;
-//! - `watch`: event latency from put to each of many watchers on a prefix;
+//! - `watch`: event latency from put to each of many watchers on a prefix,
+//!   and when each event arrived relative to the put's answer;
 //! - `memory`: the server's RSS while it holds more and more keys;
 //! - `replicas` (not in the default set): LIST throughput with 0, 1 and 2
 //!   PostgreSQL hot standbys as `--read-endpoint`s, and the primary's share
@@ -697,6 +698,7 @@ async fn watch(u: &Under, args: &Args) -> anyhow::Result<Row> {
     for mut ws in streams {
         readers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(expected);
+            let mut seen = Vec::with_capacity(expected);
             while lat.len() < expected {
                 let Ok(Ok(Some(r))) =
                     tokio::time::timeout(Duration::from_secs(10), ws.message()).await
@@ -713,31 +715,60 @@ async fn watch(u: &Under, args: &Args) -> anyhow::Result<Row> {
                     lat.push(Duration::from_micros(
                         u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
                     ));
+                    if let Some(kv) = e.kv() {
+                        seen.push((kv.mod_revision(), now));
+                    }
                 }
             }
-            lat
+            (lat, seen)
         }));
     }
     let mut w = u.client(0);
     let mut errors = 0;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.watch_rate.max(1)));
+    // When each put's answer arrived, by revision.
+    let mut answered = std::collections::HashMap::new();
     for n in 0..expected {
         tick.tick().await;
-        if w.put(
-            format!("{prefix}k{}", n % 100),
-            now_micros().to_string(),
-            None,
-        )
-        .await
-        .is_err()
+        match w
+            .put(
+                format!("{prefix}k{}", n % 100),
+                now_micros().to_string(),
+                None,
+            )
+            .await
         {
-            errors += 1;
+            Ok(r) => {
+                let now = now_micros();
+                if let Some(h) = r.header() {
+                    answered.insert(h.revision(), now);
+                }
+            }
+            Err(_) => errors += 1,
         }
     }
     let mut latencies = Vec::new();
+    // Event arrival minus the put's answer, in µs: negative when the
+    // watcher had the event first.
+    let mut after_answer = Vec::new();
     for r in readers {
-        latencies.extend(r.await?);
+        let (lat, seen) = r.await?;
+        latencies.extend(lat);
+        for (rev, at) in seen {
+            if let Some(&answer) = answered.get(&rev) {
+                after_answer.push(
+                    i128::try_from(at).unwrap_or(i128::MAX) - i128::try_from(answer).unwrap_or(0),
+                );
+            }
+        }
     }
+    after_answer.sort_unstable();
+    let pick = |per_mille: usize| {
+        after_answer
+            .get((after_answer.len() * per_mille / 1000).min(after_answer.len().saturating_sub(1)))
+            .map_or(0.0, |&us| us as f64 / 1000.0)
+    };
+    let early = after_answer.iter().filter(|&&us| us <= 0).count();
     let want = (expected - errors) * args.watchers;
     let lost = want.saturating_sub(latencies.len());
     latencies.sort();
@@ -748,8 +779,12 @@ async fn watch(u: &Under, args: &Args) -> anyhow::Result<Row> {
         errors: errors + lost,
         peak_rss: u.peak_rss(),
         note: format!(
-            "{} watchers × {expected} puts at {}/s; latency put→event",
-            args.watchers, args.watch_rate
+            "{} watchers × {expected} puts at {}/s; latency put→event; event after the put's answer: p50 {:.2} ms, p90 {:.2} ms, {:.0}% before it",
+            args.watchers,
+            args.watch_rate,
+            pick(500),
+            pick(900),
+            100.0 * early as f64 / after_answer.len().max(1) as f64
         ),
     })
 }

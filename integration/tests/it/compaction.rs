@@ -92,9 +92,16 @@ async fn purges_history(target: Target) {
         assert!(!r.canceled(), "the watch was canceled: {r:?}");
         seen.extend(r.events().iter().map(|e| e.kv().unwrap().mod_revision()));
     }
+    let wrong = seen
+        .iter()
+        .copied()
+        .zip(2..)
+        .position(|(got, want)| got != want);
     assert!(
-        seen.iter().copied().eq(2..=compact_at + 1),
-        "the watch saw every revision once, in order"
+        wrong.is_none() && seen.len() == usize::try_from(compact_at).unwrap(),
+        "the watch saw every revision once, in order: {} events, first wrong at {wrong:?}: {:?}",
+        seen.len(),
+        &seen[wrong.unwrap_or(0).saturating_sub(3)..seen.len().min(wrong.unwrap_or(0) + 5)]
     );
     assert_eq!(db.count(history).await.unwrap(), live + 1);
     eprintln!(
