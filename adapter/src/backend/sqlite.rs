@@ -1,8 +1,8 @@
-//! SQLite, the embedded default, on sqlx: a WAL-mode file with
-//! `synchronous=FULL` (every commit is on disk before it is acknowledged), a
-//! pool of readers and one writer connection. `BEGIN IMMEDIATE` takes the
-//! database's write lock, which also serialises several etcdsql processes
-//! sharing one file.
+//! SQLite, the embedded default: a WAL-mode file with `synchronous=FULL`
+//! (every commit is on disk before it is acknowledged), a pool of sqlx
+//! connections, range readers and one writer connection on rusqlite.
+//! `BEGIN IMMEDIATE` takes the database's write lock, which also serialises
+//! several etcdsql processes sharing one file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
@@ -97,7 +97,6 @@ impl Columns for SqliteRow {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SqliteBackend {
-    options: SqliteConnectOptions,
     pool: SqlitePool,
     readers: Arc<Readers>,
 }
@@ -228,7 +227,7 @@ impl SqliteBackend {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(classify)?;
         let readers = Arc::new(Readers {
@@ -236,11 +235,7 @@ impl SqliteBackend {
             idle: Mutex::default(),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        Ok(SqliteBackend {
-            options,
-            pool,
-            readers,
-        })
+        Ok(SqliteBackend { pool, readers })
     }
 }
 
@@ -272,16 +267,7 @@ impl Backend for SqliteBackend {
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
         Ok(Box::new(SqliteWriter {
-            // SQLite's default page cache is 2 MiB: beyond that, every
-            // batch re-reads index pages with a pread each.
-            options: self
-                .options
-                .clone()
-                .pragma("cache_size", WRITER_CACHE)
-                .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
-                // A multi-row statement keeps a statement journal (to undo
-                // itself alone); on disk that was 8% of the writer's time.
-                .pragma("temp_store", "MEMORY"),
+            path: self.readers.path.clone(),
             conn: None,
         }))
     }
@@ -319,32 +305,141 @@ const WRITER_CACHE: &str = "-16384";
 /// copying the log, on every write's path.
 const WRITER_AUTOCHECKPOINT: &str = "16384";
 
+/// The write connection, on rusqlite. Statements run on the caller's task:
+/// against the page cache they take microseconds, and sqlx's handing of
+/// each statement to its connection thread and back cost two thread
+/// switches apiece, seven times a batch. BEGIN IMMEDIATE (which may wait for
+/// another connection's write lock) and COMMIT (which waits for the fsync)
+/// run on a blocking thread.
 struct SqliteWriter {
-    options: SqliteConnectOptions,
-    conn: Option<SqliteConnection>,
+    path: PathBuf,
+    conn: Option<rusqlite::Connection>,
+}
+
+/// A row read by the writer, its columns owned.
+struct OwnedRow(Vec<rusqlite::types::Value>);
+
+impl Columns for OwnedRow {
+    fn int(&self, i: usize) -> Result<i64, DbError> {
+        match self.0.get(i) {
+            Some(rusqlite::types::Value::Integer(v)) => Ok(*v),
+            v => Err(DbError::Other(format!(
+                "column {i}: {v:?} where an integer was expected"
+            ))),
+        }
+    }
+
+    fn bytes(&self, i: usize) -> Result<Option<Vec<u8>>, DbError> {
+        use rusqlite::types::Value;
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            Some(Value::Blob(b)) => Ok(Some(b.clone())),
+            Some(Value::Text(t)) => Ok(Some(t.clone().into_bytes())),
+            v => Err(DbError::Other(format!(
+                "column {i}: {v:?} where bytes were expected"
+            ))),
+        }
+    }
+
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self.0.get(i) {
+            Some(rusqlite::types::Value::Null) => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+}
+
+/// Opens the write connection with the pool's settings (WAL, `synchronous =
+/// FULL`, the busy timeout) and the committer's own.
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, DbError> {
+    use rusqlite::OpenFlags;
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(classify_rusqlite)?;
+    c.busy_timeout(BUSY_TIMEOUT).map_err(classify_rusqlite)?;
+    // Multi-row statements come in power-of-two sizes (row_chunks).
+    c.set_prepared_statement_cache_capacity(128);
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA cache_size = {WRITER_CACHE}; \
+         PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT}; \
+         PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(classify_rusqlite)?;
+    Ok(c)
+}
+
+/// `text`'s rows on `c`.
+fn fetch_on(c: &rusqlite::Connection, text: &str, p: &[Param]) -> Result<Vec<OwnedRow>, DbError> {
+    let mut stmt = c.prepare_cached(text).map_err(classify_rusqlite)?;
+    let n = stmt.column_count();
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(p.iter()))
+        .map_err(classify_rusqlite)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(classify_rusqlite)? {
+        let mut cols = Vec::with_capacity(n);
+        for i in 0..n {
+            cols.push(
+                r.get::<_, rusqlite::types::Value>(i)
+                    .map_err(classify_rusqlite)?,
+            );
+        }
+        out.push(OwnedRow(cols));
+    }
+    Ok(out)
+}
+
+/// Runs `text` on `c`; returns rows changed.
+fn exec_on(c: &rusqlite::Connection, text: &str, p: &[Param]) -> Result<u64, DbError> {
+    let mut stmt = c.prepare_cached(text).map_err(classify_rusqlite)?;
+    let n = stmt
+        .execute(rusqlite::params_from_iter(p.iter()))
+        .map_err(classify_rusqlite)?;
+    Ok(n as u64)
 }
 
 impl SqliteWriter {
-    fn conn(&mut self) -> Result<&mut SqliteConnection, DbError> {
+    fn conn(&mut self) -> Result<&rusqlite::Connection, DbError> {
         self.conn
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| DbError::Unavailable("no connection".into()))
     }
 
-    async fn fetch(
-        &mut self,
-        text: impl Into<String>,
-        p: &[Param],
-    ) -> Result<Vec<SqliteRow>, DbError> {
-        let q = query(text, p);
-        q.fetch_all(self.conn()?).await.map_err(classify)
+    fn fetch(&mut self, text: impl AsRef<str>, p: &[Param]) -> Result<Vec<OwnedRow>, DbError> {
+        fetch_on(self.conn()?, text.as_ref(), p)
     }
 
     /// One statement in the transaction; returns rows affected.
-    async fn exec(&mut self, text: impl Into<String>, p: &[Param]) -> Result<u64, DbError> {
-        let q = query(text, p);
-        let r = q.execute(self.conn()?).await.map_err(classify)?;
-        Ok(r.rows_affected())
+    fn exec(&mut self, text: impl AsRef<str>, p: &[Param]) -> Result<u64, DbError> {
+        exec_on(self.conn()?, text.as_ref(), p)
+    }
+
+    /// Runs `f` on the connection (opened first if need be) on a blocking
+    /// thread. A connection whose thread failed is dropped and reopened
+    /// next time.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let conn = self.conn.take();
+        let path = self.path.clone();
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let conn = match conn {
+                Some(c) => c,
+                None => open_writer(&path)?,
+            };
+            let out = f(&conn);
+            Ok::<_, DbError>((conn, out))
+        })
+        .await
+        .map_err(|e| DbError::Other(format!("sqlite writer: {e}")))??;
+        self.conn = Some(conn);
+        out
     }
 }
 
@@ -403,17 +498,15 @@ fn rows_text((head, tuple, tail): (&str, &str, &str), n: usize) -> String {
 #[async_trait]
 impl Writer for SqliteWriter {
     async fn begin(&mut self) -> Result<Meta, DbError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.options.connect().await.map_err(classify)?);
-        }
-        self.exec("BEGIN IMMEDIATE", &[]).await?;
-        let rows = self
-            .fetch(
+        self.blocking(|c| {
+            exec_on(c, "BEGIN IMMEDIATE", &[])?;
+            decode_meta(&fetch_on(
+                c,
                 "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
                 &[],
-            )
-            .await?;
-        decode_meta(&rows)
+            )?)
+        })
+        .await
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -425,7 +518,7 @@ impl Writer for SqliteWriter {
                 chunk.len(),
             );
             let p: Vec<Param> = chunk.iter().map(|k| Param::Bytes(k.clone())).collect();
-            for r in self.fetch(text, &p).await? {
+            for r in self.fetch(text, &p)? {
                 out.extend(decode_kv(&r, 0)?);
             }
         }
@@ -434,7 +527,7 @@ impl Writer for SqliteWriter {
 
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError> {
         let s = sql::range(DIALECT, q, None);
-        decode_range(q, &self.fetch(s.text, &s.params).await?)
+        decode_range(q, &self.fetch(s.text, &s.params)?)
     }
 
     async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
@@ -442,7 +535,7 @@ impl Writer for SqliteWriter {
         for chunk in row_chunks(ids) {
             let p: Vec<Param> = chunk.iter().map(|id| Param::Int(*id)).collect();
             let text = sql::in_list("SELECT id FROM etcdsql_lease WHERE id IN", chunk.len());
-            for r in self.fetch(text, &p).await? {
+            for r in self.fetch(text, &p)? {
                 out.push(r.int(0)?);
             }
         }
@@ -450,17 +543,15 @@ impl Writer for SqliteWriter {
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
-        let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)]).await?;
+        let rows = self.fetch(LEASE_KEYS, &[Param::Int(id)])?;
         first_bytes(&rows)
     }
 
     async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self
-            .fetch(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
-                &[Param::Int(id)],
-            )
-            .await?;
+        let rows = self.fetch(
+            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
+            &[Param::Int(id)],
+        )?;
         rows.first().map(decode_lease).transpose()
     }
 
@@ -479,8 +570,7 @@ impl Writer for SqliteWriter {
             self.exec(
                 sql::in_list("DELETE FROM etcdsql_live WHERE name IN", chunk.len()),
                 &p,
-            )
-            .await?;
+            )?;
         }
         Ok(())
     }
@@ -500,7 +590,7 @@ impl Writer for SqliteWriter {
                     Param::text_or_null(k.fields()),
                 ]);
             }
-            self.exec(rows_text(UPSERT_LIVE, chunk.len()), &p).await?;
+            self.exec(rows_text(UPSERT_LIVE, chunk.len()), &p)?;
         }
         Ok(())
     }
@@ -524,8 +614,7 @@ impl Writer for SqliteWriter {
                     Param::Int(batch),
                 ]);
             }
-            self.exec(rows_text(INSERT_HISTORY, chunk.len()), &p)
-                .await?;
+            self.exec(rows_text(INSERT_HISTORY, chunk.len()), &p)?;
         }
         Ok(())
     }
@@ -537,7 +626,7 @@ impl Writer for SqliteWriter {
                  ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl, expires_at_ms = excluded.expires_at_ms",
                 &[Param::Int(l.id), Param::Int(l.ttl), Param::Int(l.expires_at_ms)],
             )
-            .await?;
+            ?;
         }
         Ok(())
     }
@@ -548,31 +637,29 @@ impl Writer for SqliteWriter {
             self.exec(
                 sql::in_list("DELETE FROM etcdsql_lease WHERE id IN", chunk.len()),
                 &p,
-            )
-            .await?;
+            )?;
         }
         Ok(())
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
-        self.exec(s.text.clone(), &s.params).await
+        self.exec(&s.text, &s.params)
     }
 
     async fn rows(&mut self, s: &Statement) -> Result<Rows, DbError> {
-        Ok(super::boxed(self.fetch(s.text.clone(), &s.params).await?))
+        Ok(super::boxed(self.fetch(&s.text, &s.params)?))
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
         self.exec(
             "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",
             &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
-        )
-        .await?;
-        self.exec("COMMIT", &[]).await.map(drop)
+        )?;
+        self.blocking(|c| exec_on(c, "COMMIT", &[]).map(drop)).await
     }
 
     async fn rollback(&mut self) {
-        if self.exec("ROLLBACK", &[]).await.is_err() {
+        if self.exec("ROLLBACK", &[]).is_err() {
             self.conn = None;
         }
     }
