@@ -394,13 +394,16 @@ fn fetch_on(c: &rusqlite::Connection, text: &str, p: &[Param]) -> Result<Vec<Own
     Ok(out)
 }
 
-/// Runs `text` on `c`; returns rows changed.
+/// Runs `text` on `c` (rows it returns, if any, are passed over); returns
+/// rows changed.
 fn exec_on(c: &rusqlite::Connection, text: &str, p: &[Param]) -> Result<u64, DbError> {
     let mut stmt = c.prepare_cached(text).map_err(classify_rusqlite)?;
-    let n = stmt
-        .execute(rusqlite::params_from_iter(p.iter()))
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(p.iter()))
         .map_err(classify_rusqlite)?;
-    Ok(n as u64)
+    while rows.next().map_err(classify_rusqlite)?.is_some() {}
+    drop(rows);
+    Ok(if stmt.readonly() { 0 } else { c.changes() })
 }
 
 impl SqliteWriter {
