@@ -17,9 +17,9 @@ use sqlx::{AssertSqlSafe, Row, Sqlite};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Columns, DbError, HistoryRow, Kind, LeaseRow, Meta, RangeFold, RangeQuery, RangeRows,
-    Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_meta, decode_range,
-    first_bytes,
+    Backend, Columns, DbError, HistoryRow, KeyEnd, Kind, LeaseRow, Meta, RangeFold, RangeQuery,
+    RangeRows, Rows, Selectable, Upsert, Writer, decode_kv, decode_lease, decode_meta,
+    decode_range, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 
@@ -127,6 +127,26 @@ impl Readers {
         // Range statements differ by options (limit, revision, count).
         c.set_prepared_statement_cache_capacity(64);
         Ok(c)
+    }
+
+    /// Runs `f` on an idle connection (or a new one) on this thread: for
+    /// reads that take microseconds, where handing them to a blocking
+    /// thread and back costs more than the read.
+    fn inline<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let out = f(&conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        out
     }
 
     /// Runs `f` on an idle connection (or a new one) on a blocking thread.
@@ -275,6 +295,17 @@ impl Backend for SqliteBackend {
     async fn fetch_range(&self, s: &Statement) -> Result<RangeFold, DbError> {
         let s = s.clone();
         self.readers.with(move |c| read_range(c, &s)).await
+    }
+
+    async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
+        let s = sql::range(DIALECT, q, None);
+        let fold = if q.end == KeyEnd::Single {
+            // One key: an index lookup, read here.
+            self.readers.inline(|c| read_range(c, &s))?
+        } else {
+            self.readers.with(move |c| read_range(c, &s)).await?
+        };
+        Ok(fold.finish(q))
     }
 
     async fn checkpoint(&self) -> Result<(), DbError> {
