@@ -160,18 +160,9 @@ impl Readers {
             .await
             .map_err(|e| DbError::Other(e.to_string()))?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let idle = me.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let conn = match idle {
-                Some(c) => c,
-                None => me.open()?,
-            };
-            let out = f(&conn);
-            me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-            out
-        })
-        .await
-        .map_err(|e| DbError::Other(format!("range reader: {e}")))?
+        tokio::task::spawn_blocking(move || me.inline(f))
+            .await
+            .map_err(|e| DbError::Other(format!("range reader: {e}")))?
     }
 }
 
