@@ -262,10 +262,10 @@ fn target(name: &str) -> anyhow::Result<Target> {
         .ok_or_else(|| anyhow::anyhow!("unknown target {name}"))
 }
 
-/// The latency at `per_mille`/1000 of a sorted list (nearest rank).
-fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+/// The value at `per_mille`/1000 of a sorted list (nearest rank).
+fn percentile<T: Copy + Default>(sorted: &[T], per_mille: usize) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let rank = (per_mille * sorted.len()).div_ceil(1000);
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -763,11 +763,7 @@ async fn watch(u: &Under, args: &Args) -> anyhow::Result<Row> {
         }
     }
     after_answer.sort_unstable();
-    let pick = |per_mille: usize| {
-        after_answer
-            .get((after_answer.len() * per_mille / 1000).min(after_answer.len().saturating_sub(1)))
-            .map_or(0.0, |&us| us as f64 / 1000.0)
-    };
+    let pick = |per_mille| percentile(&after_answer, per_mille) as f64 / 1000.0;
     let early = after_answer.iter().filter(|&&us| us <= 0).count();
     let want = (expected - errors) * args.watchers;
     let lost = want.saturating_sub(latencies.len());
