@@ -419,7 +419,9 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 /// `behind_proxy`: the schema is read through a proxy tier, which may send
 /// the read to a standby that has not replayed a migration just made on
 /// the primary; pending versions are then looked at again for
-/// [`REPLAY_GRACE`] before the start is refused.
+/// [`REPLAY_GRACE`] before the start is refused. So is a version that did
+/// not finish (MySQL records one before its DDL runs): another process
+/// may be migrating, or a replica replaying that migration.
 pub async fn open_backend(
     dsn: &Dsn,
     auto_migrate: bool,
@@ -433,16 +435,11 @@ pub async fn open_backend(
             Ok(status) => match status.refusal(&dsn.redacted()) {
                 None => break,
                 Some(why)
-                    if behind_proxy
-                        && !auto_migrate
-                        && !status.pending.is_empty()
-                        && !status
-                            .applied
-                            .iter()
-                            .any(|a| a.unknown || a.drifted || a.dirty)
-                        && started.elapsed() < REPLAY_GRACE =>
+                    if !auto_migrate
+                        && started.elapsed() < REPLAY_GRACE
+                        && status.settling(behind_proxy) =>
                 {
-                    tracing::warn!(%why, "schema behind; a standby replaying? reading again");
+                    tracing::warn!(%why, "schema behind or mid-migration; reading again");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 // Only pending versions are migrated; drift or a newer

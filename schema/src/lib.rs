@@ -124,6 +124,16 @@ impl Status {
             .all(|a| !a.drifted && !a.unknown && !a.dirty)
     }
 
+    /// Whether this may be a migration still under way rather than a state
+    /// to refuse: a version that did not finish (another process may be
+    /// running it), or, when `replica_possible`, pending versions (a standby
+    /// may not have replayed them yet). Never for a newer or drifted schema.
+    pub fn settling(&self, replica_possible: bool) -> bool {
+        !self.applied.iter().any(|a| a.unknown || a.drifted)
+            && (self.applied.iter().any(|a| a.dirty)
+                || (replica_possible && !self.pending.is_empty()))
+    }
+
     /// Why the server must not start on this database, naming the command
     /// that fixes it; `None` when it may.
     pub fn refusal(&self, endpoint: &str) -> Option<String> {

@@ -183,6 +183,41 @@ async fn migrations(target: Target) {
         .await
         .unwrap();
 
+    // Unfinished: MySQL records a version before its DDL runs, so another
+    // process may be migrating (or a replica replaying it). A server
+    // without --auto-migrate waits for it to finish...
+    let set_success = |on: bool| {
+        format!(
+            "UPDATE _sqlx_migrations SET success = {} WHERE version = 2",
+            if on { "TRUE" } else { "FALSE" }
+        )
+    };
+    db.execute(&set_success(false)).await.unwrap();
+    let start = tokio::spawn({
+        let dsn = dsn.to_string();
+        async move { Process::etcdsql_with(bin(), &dsn, &["--auto-migrate=false"]).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!start.is_finished(), "started on an unfinished migration");
+    db.execute(&set_success(true)).await.unwrap();
+    let p = start
+        .await
+        .unwrap()
+        .expect("etcdsql once the migration finished");
+    let mut c = p.client().await.unwrap();
+    assert_eq!(
+        c.get("/registry/pods/ns/a", None).await.unwrap().kvs()[0].value(),
+        b"1"
+    );
+    drop(p);
+    // ...and refuses the start when it never does, naming what to do.
+    db.execute(&set_success(false)).await.unwrap();
+    assert!(
+        stderr(&refused_start(dsn)).contains("schema migration 2 (layout) did not finish"),
+        "unfinished migration not refused"
+    );
+    db.execute(&set_success(true)).await.unwrap();
+
     // Drift: a migration recorded with another text.
     db.execute(&format!(
         "UPDATE _sqlx_migrations SET checksum = {one} WHERE version = 2"
