@@ -46,11 +46,19 @@ pub trait Write: Send + Sync + 'static {
     /// Evaluates it in `b`. A returned error is either the request's own
     /// (nothing of it was applied) or a database error that aborts the batch.
     async fn apply(&self, b: &mut Batch<'_>) -> Result<Self::Out, Error>;
+    /// The store's revision after it, where its answer says (its header);
+    /// its events are at or below it.
+    fn revision(_out: &Self::Out) -> Option<i64> {
+        None
+    }
 }
 
 #[async_trait]
 impl Write for PutRequest {
     type Out = PutResponse;
+    fn revision(out: &PutResponse) -> Option<i64> {
+        out.header.as_ref().map(|h| h.revision)
+    }
     fn size(&self) -> usize {
         self.encoded_len()
     }
@@ -66,6 +74,9 @@ impl Write for PutRequest {
 #[async_trait]
 impl Write for DeleteRangeRequest {
     type Out = DeleteRangeResponse;
+    fn revision(out: &DeleteRangeResponse) -> Option<i64> {
+        out.header.as_ref().map(|h| h.revision)
+    }
     fn size(&self) -> usize {
         self.encoded_len()
     }
@@ -82,6 +93,9 @@ impl Write for DeleteRangeRequest {
 #[async_trait]
 impl Write for TxnRequest {
     type Out = TxnResponse;
+    fn revision(out: &TxnResponse) -> Option<i64> {
+        out.header.as_ref().map(|h| h.revision)
+    }
     fn size(&self) -> usize {
         self.encoded_len()
     }

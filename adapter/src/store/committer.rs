@@ -117,7 +117,8 @@ impl Committer {
 
     /// Commits `op` in the next batch and returns its answer once this
     /// process's watch streams have queued its events (see
-    /// [`Hub::delivered`]).
+    /// [`Hub::delivered`]): through its own revision where its answer
+    /// carries one, else through the hub's.
     pub async fn submit<W: Write>(&self, op: W) -> Result<W::Out, Error> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -130,7 +131,8 @@ impl Committer {
             .await
             .map_err(|_| Error::Stopping)?;
         let out = rx.await.map_err(|_| Error::Stopping)??;
-        self.hub.delivered(self.hub.revision()).await;
+        let revision = W::revision(&out).unwrap_or_else(|| self.hub.revision());
+        self.hub.delivered(revision).await;
         Ok(out)
     }
 }
