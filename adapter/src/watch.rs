@@ -83,7 +83,9 @@ pub struct Hub {
 /// Where each watch stream has queued its events to.
 #[derive(Default)]
 struct Streams {
-    marks: Mutex<Vec<Weak<Mark>>>,
+    /// Live streams' marks and ended ones', with how many were live when
+    /// ended ones were last dropped.
+    marks: Mutex<(Vec<Weak<Mark>>, usize)>,
     /// Woken when a stream's mark moves.
     progress: Arc<Notify>,
     /// Every stream had queued this revision's events (or was exempt).
@@ -96,8 +98,14 @@ impl Streams {
             through: AtomicI64::new(Mark::EXEMPT),
             progress: self.progress.clone(),
         });
-        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-        marks.retain(|m| m.strong_count() > 0);
+        let mut guard = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let (marks, live) = &mut *guard;
+        // Ended streams' marks are dropped once they may be half of them,
+        // so that opening n streams costs O(n), not O(n²).
+        if marks.len() >= 2 * *live + 64 {
+            marks.retain(|m| m.strong_count() > 0);
+            *live = marks.len();
+        }
         marks.push(Arc::downgrade(&mark));
         mark
     }
@@ -115,6 +123,7 @@ impl Streams {
         let waiting: Vec<Arc<Mark>> = {
             let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
             marks
+                .0
                 .iter()
                 .filter_map(Weak::upgrade)
                 .filter(|m| behind(m))
@@ -518,5 +527,26 @@ mod tests {
         exempt.exempt();
         s.delivered(10).await;
         assert_eq!(elapsed(start), Duration::ZERO);
+    }
+
+    #[test]
+    fn ended_streams_marks_are_dropped_as_streams_come_and_go() {
+        let s = Streams::default();
+        let kept: Vec<Arc<Mark>> = (0..100).map(|_| s.register()).collect();
+        for _ in 0..10_000 {
+            drop(s.register());
+        }
+        let (len, live) = {
+            let m = s.marks.lock().unwrap();
+            (
+                m.0.len(),
+                m.0.iter().filter(|m| m.strong_count() > 0).count(),
+            )
+        };
+        assert_eq!(live, kept.len());
+        assert!(
+            len <= 2 * kept.len() + 64,
+            "{len} marks kept for 100 streams"
+        );
     }
 }
