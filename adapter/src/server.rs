@@ -446,9 +446,7 @@ pub async fn open_backend(
                 // version always stops the start. An unfinished one may be
                 // another process migrating right now (MySQL's DDL is not
                 // transactional): migrate() looks again under the lock.
-                Some(why)
-                    if !auto_migrate || status.applied.iter().any(|a| a.unknown || a.drifted) =>
-                {
+                Some(why) if !auto_migrate || status.foreign() => {
                     bail!("{why}")
                 }
                 Some(_) => {

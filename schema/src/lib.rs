@@ -124,12 +124,19 @@ impl Status {
             .all(|a| !a.drifted && !a.unknown && !a.dirty)
     }
 
+    /// Whether a version was applied that this build did not write: newer
+    /// than it knows, or from a different text (drift). No migration fixes
+    /// that.
+    pub fn foreign(&self) -> bool {
+        self.applied.iter().any(|a| a.unknown || a.drifted)
+    }
+
     /// Whether this may be a migration still under way rather than a state
     /// to refuse: a version that did not finish (another process may be
     /// running it), or, when `replica_possible`, pending versions (a standby
     /// may not have replayed them yet). Never for a newer or drifted schema.
     pub fn settling(&self, replica_possible: bool) -> bool {
-        !self.applied.iter().any(|a| a.unknown || a.drifted)
+        !self.foreign()
             && (self.applied.iter().any(|a| a.dirty)
                 || (replica_possible && !self.pending.is_empty()))
     }

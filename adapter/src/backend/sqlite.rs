@@ -650,8 +650,7 @@ impl Writer for SqliteWriter {
                 "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) VALUES (?, ?, ?) \
                  ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl, expires_at_ms = excluded.expires_at_ms",
                 &[Param::Int(l.id), Param::Int(l.ttl), Param::Int(l.expires_at_ms)],
-            )
-            ?;
+            )?;
         }
         Ok(())
     }
