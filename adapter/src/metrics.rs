@@ -191,6 +191,14 @@ pub static FENCES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static GATHERED_READS: LazyLock<Histogram> = LazyLock::new(|| {
+    plain_histogram(
+        "etcdsql_gathered_read_keys",
+        "Single-key reads answered together by one statement, per statement, where they had waited for one.",
+        exponential_buckets(1.0, 2.0, 9).unwrap_or_default(),
+    )
+});
+
 /// Registers every metric with the default registry (once, at start).
 pub fn register() -> prometheus::Result<()> {
     let r = prometheus::default_registry();
@@ -212,6 +220,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(REPLICA_HEALTHY.clone()))?;
     r.register(Box::new(READS.clone()))?;
     r.register(Box::new(FENCES.clone()))?;
+    r.register(Box::new(GATHERED_READS.clone()))?;
     Ok(())
 }
 

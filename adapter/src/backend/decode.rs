@@ -138,6 +138,11 @@ impl RangeFold {
         Ok(())
     }
 
+    /// The rows as read, neither ordered nor cut.
+    pub fn into_rows(self) -> RangeRows {
+        self.out
+    }
+
     pub fn finish(self, q: &RangeQuery) -> RangeRows {
         let mut out = self.out;
         let order = |a: &KeyValue, b: &KeyValue| super::sql::range_order(q, a, b);

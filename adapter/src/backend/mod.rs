@@ -41,6 +41,7 @@ pub use model::*;
 pub use primary::*;
 pub use registry::*;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -182,6 +183,48 @@ pub trait Backend: Send + Sync {
                 }
             }
             return Ok(fold.finish(q));
+        }
+    }
+
+    /// The latest version of each of the single `keys` (`None` where it
+    /// does not exist), with the revision row it was read with: one
+    /// statement, and one snapshot, per partition the keys fall in.
+    async fn latest(&self, keys: &[Vec<u8>]) -> Result<Vec<(Meta, Option<KeyValue>)>, DbError> {
+        let Some(p) = self.partitions() else {
+            let fold = self
+                .fetch_range(&sql::latest(self.sql(), keys, None))
+                .await?;
+            let mut out = Vec::with_capacity(keys.len());
+            latest_of(fold.into_rows(), keys, |a| out.push(a))?;
+            return Ok(out);
+        };
+        'registry: loop {
+            let reg = p.get();
+            let mut groups: BTreeMap<Option<Vec<String>>, Vec<usize>> = BTreeMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                groups
+                    .entry(parts_of(&reg, k, &KeyEnd::Single))
+                    .or_default()
+                    .push(i);
+            }
+            let mut out = vec![None; keys.len()];
+            for (parts, at) in &groups {
+                let group: Vec<Vec<u8>> = at.iter().map(|&i| keys[i].clone()).collect();
+                let fold = self
+                    .fetch_range(&sql::latest(self.sql(), &group, parts.as_deref()))
+                    .await?;
+                if fold.parts_version.unwrap_or(reg.version) != reg.version {
+                    self.reload_partitions().await?;
+                    continue 'registry;
+                }
+                let mut next = at.iter();
+                latest_of(fold.into_rows(), &group, |a| {
+                    if let Some(&i) = next.next() {
+                        out[i] = Some(a);
+                    }
+                })?;
+            }
+            return Ok(out.into_iter().flatten().collect());
         }
     }
 
@@ -559,6 +602,29 @@ async fn replace_labels<W: Writer + ?Sized>(
         }
         w.execute(&sql::Statement::with_params(d, &text, &p))
             .await?;
+    }
+    Ok(())
+}
+
+/// [`Backend::latest`]'s answers from one statement's rows, one per key
+/// of `keys` in order, each given to `each`.
+fn latest_of(
+    rows: RangeRows,
+    keys: &[Vec<u8>],
+    mut each: impl FnMut((Meta, Option<KeyValue>)),
+) -> Result<(), DbError> {
+    let meta = rows
+        .meta
+        .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
+    let found: std::collections::HashMap<Vec<u8>, KeyValue> = rows
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.clone(), kv))
+        .collect();
+    for k in keys {
+        // A key asked for twice gets the same version.
+        let kv = found.get(k).cloned();
+        each((meta, kv));
     }
     Ok(())
 }

@@ -817,6 +817,32 @@ pub fn range(d: Dialect, q: &RangeQuery, parts: Parts) -> Statement {
     s
 }
 
+/// The latest versions of single `keys` (those that exist) with the
+/// revision row, in the columns of [`range`], as one statement: single-key
+/// reads gathered ([`crate::store`]'s read batches). The list of names is
+/// padded to a power of two by repeating the last, so that a dialect sees
+/// few distinct statements.
+pub fn latest(d: Dialect, keys: &[Vec<u8>], parts: Parts) -> Statement {
+    let mut s = Statement::new(d);
+    s.push(
+        "SELECT m.revision, m.compact_revision, 0, r.name, r.value, r.create_revision, \
+         r.mod_revision, r.version, r.lease, m.partitions_version \
+         FROM etcdsql_meta m LEFT JOIN etcdsql_live r ON r.name IN (",
+    );
+    let padded = keys.len().next_power_of_two();
+    for i in 0..padded {
+        if i > 0 {
+            s.push(", ");
+        }
+        let k = keys.get(i).or(keys.last()).cloned().unwrap_or_default();
+        s.bind(Param::Bytes(k));
+    }
+    s.push(")");
+    s.parts("r.part", parts);
+    s.push(" WHERE m.id = 1");
+    s
+}
+
 /// [`range`] for [`Dialect::meta_apart`]: the revision row and the count
 /// with NULLs for the rest, then the live rows and, at a past revision, the
 /// history rows (count -1), all read by the one statement. It starts with
@@ -1015,6 +1041,25 @@ mod tests {
         // At the latest revision the live rows alone are counted.
         let now = RangeQuery { at: None, ..q };
         assert!(!range(PG, &now, None).text.contains("etcdsql_history"));
+    }
+
+    #[test]
+    fn latest_pads_the_names_to_a_power_of_two_and_reads_the_parts() {
+        let keys: Vec<Vec<u8>> = [&b"/a"[..], b"/b", b"/c"].map(<[u8]>::to_vec).to_vec();
+        let parts = vec!["pods".to_string()];
+        let pg = latest(PG, &keys, Some(&parts));
+        assert!(
+            pg.text
+                .contains("r.name IN ($1, $2, $3, $4) AND r.part IN ('pods')")
+        );
+        assert!(matches!(&pg.params[3], Param::Bytes(k) if k == b"/c"));
+        let my = latest(MY, &keys[..1], None);
+        assert!(
+            my.text.contains("r.name IN (?) WHERE m.id = 1"),
+            "{}",
+            my.text
+        );
+        assert_eq!(latest(MY, &keys[..2], None).params.len(), 2);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod committer;
 mod counts;
 mod crc32c;
 pub mod ops;
+mod reads;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -48,6 +49,31 @@ const READ_RETRIES: u32 = 8;
 /// Attempts for a read on the primary whose connection broke.
 const READ_RECONNECTS: u32 = crate::backend::RECONNECTS;
 
+/// A read, run again on conflicts and, on the primary, on a broken
+/// connection (a replica's error sends the read elsewhere).
+async fn retried<T, F, Fut>(primary: bool, mut read: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let (mut conflicts, mut broken) = (0, 0);
+    loop {
+        match read().await {
+            Err(DbError::Retry(_)) if conflicts < READ_RETRIES => {
+                // 5 ms doubling: about 1.3 s in all, enough for the DDL
+                // of a compaction on Galera to pass.
+                tokio::time::sleep(Duration::from_millis(5 << conflicts)).await;
+                conflicts += 1;
+            }
+            Err(DbError::Unavailable(_)) if primary && broken < READ_RECONNECTS => {
+                broken += 1;
+                tokio::time::sleep(crate::backend::reconnect_delay(broken)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// How compaction removes obsolete history.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Compaction {
@@ -71,6 +97,8 @@ pub struct Store {
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
+    /// Single-key reads of the latest state, gathered.
+    reads: Arc<reads::Reads>,
     tasks: Tasks,
     alarms: Arc<alarms::Alarms>,
     auth: Arc<crate::auth::Auth>,
@@ -138,6 +166,7 @@ impl Store {
             committer: Committer::spawn(tasks, backend.clone(), hub.clone(), catalog.clone()),
             hub,
             catalog,
+            reads: reads::Reads::new(backend.clone()),
             backend,
             compaction,
             partitioner,
@@ -193,30 +222,14 @@ impl Store {
         Ok(rows)
     }
 
-    /// A Range on `backend`, retried on conflicts and, on the primary, on
-    /// a broken connection (a replica's error sends the read elsewhere).
+    /// A Range on `backend`, retried as [`retried`] says.
     async fn read(
         &self,
         backend: &dyn Backend,
         q: &RangeQuery,
         primary: bool,
     ) -> Result<RangeRows, Error> {
-        let (mut conflicts, mut broken) = (0, 0);
-        loop {
-            match backend.range(q).await {
-                Err(DbError::Retry(_)) if conflicts < READ_RETRIES => {
-                    // 5 ms doubling: about 1.3 s in all, enough for the DDL
-                    // of a compaction on Galera to pass.
-                    tokio::time::sleep(Duration::from_millis(5 << conflicts)).await;
-                    conflicts += 1;
-                }
-                Err(DbError::Unavailable(_)) if primary && broken < READ_RECONNECTS => {
-                    broken += 1;
-                    tokio::time::sleep(crate::backend::reconnect_delay(broken)).await;
-                }
-                r => return Ok(r?),
-            }
-        }
+        Ok(retried(primary, || backend.range(q)).await?)
     }
 
     pub async fn range(&self, r: &RangeRequest) -> Result<RangeResponse, Error> {
@@ -254,7 +267,18 @@ impl Store {
             // evaluated, so reading what it wrote saves a conflict.
             self.hub.settled().await;
         }
-        let mut rows = self.route(r, &q).await?;
+        let mut rows = if q.end == KeyEnd::Single
+            && at.is_none()
+            && q.selector.is_none()
+            && self.replicas.is_none()
+        {
+            let (meta, kv) = self.reads.get(&r.key).await?;
+            let mut rows = ops::single_key_rows(kv, &q);
+            rows.meta = Some(meta);
+            rows
+        } else {
+            self.route(r, &q).await?
+        };
         let meta = rows
             .meta
             .ok_or_else(|| Error::Internal("range statement returned no revision".into()))?;

@@ -116,7 +116,7 @@ pub fn range_response(r: &RangeRequest, rows: RangeRows, revision: i64) -> Range
 }
 
 /// A single-key range answered from a known version, as SQL would.
-fn single_key_rows(kv: Option<KeyValue>, q: &RangeQuery) -> RangeRows {
+pub(crate) fn single_key_rows(kv: Option<KeyValue>, q: &RangeQuery) -> RangeRows {
     let count = i64::from(kv.is_some());
     let keep = |kv: &KeyValue| {
         (q.min_mod_revision == 0 || kv.mod_revision >= q.min_mod_revision)

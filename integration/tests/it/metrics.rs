@@ -155,9 +155,141 @@ async fn assumed_batches(target: Target) {
     );
 }
 
+/// Single-key reads that wait for a free statement are answered together
+/// (`etcdsql_gathered_read_keys`), each as a read of its own: the key's
+/// latest version when the read was sent or a later one, absent keys
+/// absent, and no reader seeing the revision go back.
+async fn gathered_reads(target: Target) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+    const FIXED: usize = 40;
+    const HOT: usize = 8;
+    let db = TestDb::create(target).await.unwrap();
+    let pm = free_port();
+    let p = Process::etcdsql_with(
+        bin(),
+        &db.dsn,
+        &["--listen-metrics-urls", &format!("http://127.0.0.1:{pm}")],
+    )
+    .await
+    .unwrap();
+    let mut c = p.client().await.unwrap();
+    let mut fixed = Vec::new();
+    for i in 0..FIXED {
+        let r = c
+            .put(format!("/g/fixed/{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+        fixed.push(r.header().unwrap().revision());
+    }
+    let fixed = Arc::new(fixed);
+    // The highest value acknowledged for each hot key.
+    let acked: Arc<Vec<AtomicI64>> = Arc::new((0..HOT).map(|_| AtomicI64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (mut c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+        async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                for (j, a) in acked.iter().enumerate() {
+                    c.put(format!("/g/hot/{j}"), n.to_string(), None)
+                        .await
+                        .unwrap();
+                    a.store(n, Ordering::Release);
+                }
+            }
+            n
+        }
+    });
+    let readers: Vec<_> = (0..64)
+        .map(|r| {
+            let (mut c, fixed, acked) = (c.clone(), fixed.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut last = 0;
+                for step in 0..100usize {
+                    let pick = (r * 7 + step * 13) % (FIXED + HOT + 8);
+                    let (key, before) = if pick < FIXED {
+                        (format!("/g/fixed/{pick}"), 0)
+                    } else if pick < FIXED + HOT {
+                        let j = pick - FIXED;
+                        (format!("/g/hot/{j}"), acked[j].load(Ordering::Acquire))
+                    } else {
+                        (format!("/g/absent/{pick}"), 0)
+                    };
+                    let keys_only = step % 5 == 0;
+                    let opts = keys_only.then(|| etcd_client::GetOptions::new().with_keys_only());
+                    let got = c.get(key.as_str(), opts).await.unwrap();
+                    let rev = got.header().unwrap().revision();
+                    assert!(rev >= last, "{key}: revision {rev} after {last}");
+                    last = rev;
+                    let kv = got.kvs().first();
+                    if pick < FIXED {
+                        let kv = kv.unwrap_or_else(|| panic!("{key} missing"));
+                        assert_eq!(got.count(), 1);
+                        assert_eq!(kv.mod_revision(), fixed[pick], "{key}");
+                        let want = if keys_only {
+                            String::new()
+                        } else {
+                            format!("v{pick}")
+                        };
+                        assert_eq!(kv.value_str().unwrap(), want, "{key}");
+                        assert!(rev >= kv.mod_revision());
+                    } else if pick < FIXED + HOT {
+                        if before > 0 {
+                            let kv = kv.unwrap_or_else(|| panic!("{key} missing"));
+                            assert!(rev >= kv.mod_revision());
+                            if !keys_only {
+                                let n: i64 = kv.value_str().unwrap().parse().unwrap();
+                                assert!(
+                                    n >= before,
+                                    "{key}: read {n} after {before} was acknowledged"
+                                );
+                            }
+                        }
+                    } else {
+                        assert!(kv.is_none(), "{key} exists");
+                        assert_eq!(got.count(), 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    let rounds = writer.await.unwrap();
+    let gathered: u64 = scrape(pm)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("etcdsql_gathered_read_keys_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "gathered reads on {}: {gathered} statements for waiting reads; {rounds} write rounds",
+        target.name()
+    );
+    assert!(gathered > 0, "no reads were gathered");
+    c.put("/g/done", "1", None).await.unwrap();
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("endpoint", &[Target::Sqlite], metrics_endpoint),
+        case!(
+            "gathered_reads",
+            &[
+                Target::Sqlite,
+                Target::Postgres,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Tidb,
+                Target::Cockroach
+            ],
+            gathered_reads
+        ),
         case!(
             "assumed_batches",
             &[
