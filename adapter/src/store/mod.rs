@@ -166,7 +166,7 @@ impl Store {
             committer: Committer::spawn(tasks, backend.clone(), hub.clone(), catalog.clone()),
             hub,
             catalog,
-            reads: reads::Reads::new(backend.clone()),
+            reads: reads::Reads::new(backend.clone(), replicas.clone()),
             backend,
             compaction,
             partitioner,
@@ -270,7 +270,8 @@ impl Store {
         let mut rows = if q.end == KeyEnd::Single
             && at.is_none()
             && q.selector.is_none()
-            && self.replicas.is_none()
+            // Serializable reads on replicas need no fence.
+            && (self.replicas.is_none() || !r.serializable)
         {
             let (meta, kv) = self.reads.get(&r.key).await?;
             let mut rows = ops::single_key_rows(kv, &q);

@@ -3,7 +3,8 @@
 //! one free runs at once on its own task; reads that arrive while all run
 //! wait, and the next free one reads them all in one statement
 //! ([`Backend::latest`]). Each is linearizable: its statement starts after
-//! the read arrived and ends before it is answered.
+//! the read arrived (with replicas, on one that has reached the primary's
+//! revision read after that) and ends before it is answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::{Backend, DbError, Meta};
 use crate::proto::mvccpb::KeyValue;
+use crate::replicas::Replicas;
 
 /// Statements at a time.
 const RUNNING: usize = 4;
@@ -26,6 +28,9 @@ type Waiting = Vec<(Vec<u8>, oneshot::Sender<Result<Latest, DbError>>)>;
 
 pub struct Reads {
     backend: Arc<dyn Backend>,
+    /// With replicas, a statement reads on one that has reached the
+    /// primary's revision as of after its reads arrived (the fence).
+    replicas: Option<Arc<Replicas>>,
     state: Mutex<State>,
 }
 
@@ -92,9 +97,10 @@ async fn serve(slot: Slot, batch: Waiting) {
 }
 
 impl Reads {
-    pub fn new(backend: Arc<dyn Backend>) -> Arc<Reads> {
+    pub fn new(backend: Arc<dyn Backend>, replicas: Option<Arc<Replicas>>) -> Arc<Reads> {
         Arc::new(Reads {
             backend,
+            replicas,
             state: Mutex::default(),
         })
     }
@@ -104,7 +110,18 @@ impl Reads {
     }
 
     async fn read(&self, keys: &[Vec<u8>]) -> Result<Vec<Latest>, DbError> {
-        super::retried(true, || self.backend.latest(keys)).await
+        let Some(rs) = &self.replicas else {
+            return super::retried(true, || self.backend.latest(keys)).await;
+        };
+        let fence = rs.fence().await?;
+        rs.read("range", Some(fence), |b| async move {
+            let primary = Arc::ptr_eq(&b, rs.primary());
+            let found = super::retried(primary, || b.latest(keys)).await?;
+            // Each partition's statement has its own snapshot.
+            let at = found.iter().map(|(m, _)| m.revision).min().unwrap_or(0);
+            Ok((found, at))
+        })
+        .await
     }
 
     /// `key`'s latest version, read after this call began.

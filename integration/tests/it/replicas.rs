@@ -238,6 +238,32 @@ async fn run(target: Target, tier: Tier) {
         counted >= 100,
         "reads the replica itself counted: {counted}"
     );
+    // Many at once: those that wait are read together, on the replica too.
+    let before = served_by_replica(metrics_port).await;
+    for round in 0..4 {
+        let gets: Vec<_> = (0..64)
+            .map(|i| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let k = (i * 3 + round) % 100;
+                    let r = c.get(format!("/r/{k:03}"), None).await.unwrap();
+                    assert_eq!(r.kvs()[0].value_str().unwrap(), k.to_string());
+                })
+            })
+            .collect();
+        for g in gets {
+            g.await.unwrap();
+        }
+    }
+    let gathered = etcdsql_integration::metric_sum(
+        &scrape_metrics(metrics_port).await,
+        "etcdsql_gathered_read_keys_count",
+    );
+    assert!(gathered > 0.0, "no reads were gathered");
+    assert!(
+        served_by_replica(metrics_port).await > before,
+        "gathered reads did not go to the replica"
+    );
 
     // A second etcdsql process on the same endpoint: its watcher gets every
     // put made through the first, in order.
