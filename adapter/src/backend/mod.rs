@@ -190,22 +190,12 @@ pub trait Backend: Send + Sync {
     /// does not exist), with the revision row it was read with: one
     /// statement, and one snapshot, per partition the keys fall in.
     async fn latest(&self, keys: &[Vec<u8>]) -> Result<Vec<(Meta, Option<KeyValue>)>, DbError> {
-        let Some(p) = self.partitions() else {
-            let fold = self
-                .fetch_range(&sql::latest(self.sql(), keys, None))
-                .await?;
-            let mut out = Vec::with_capacity(keys.len());
-            latest_of(fold.into_rows(), keys, |a| out.push(a))?;
-            return Ok(out);
-        };
         'registry: loop {
-            let reg = p.get();
+            let reg = self.partitions().map(Partitions::get);
             let mut groups: BTreeMap<Option<Vec<String>>, Vec<usize>> = BTreeMap::new();
             for (i, k) in keys.iter().enumerate() {
-                groups
-                    .entry(parts_of(&reg, k, &KeyEnd::Single))
-                    .or_default()
-                    .push(i);
+                let parts = reg.as_ref().and_then(|r| parts_of(r, k, &KeyEnd::Single));
+                groups.entry(parts).or_default().push(i);
             }
             let mut out = vec![None; keys.len()];
             for (parts, at) in &groups {
@@ -213,16 +203,15 @@ pub trait Backend: Send + Sync {
                 let fold = self
                     .fetch_range(&sql::latest(self.sql(), &group, parts.as_deref()))
                     .await?;
-                if fold.parts_version.unwrap_or(reg.version) != reg.version {
+                if let Some(reg) = &reg
+                    && fold.parts_version.unwrap_or(reg.version) != reg.version
+                {
                     self.reload_partitions().await?;
                     continue 'registry;
                 }
-                let mut next = at.iter();
-                latest_of(fold.into_rows(), &group, |a| {
-                    if let Some(&i) = next.next() {
-                        out[i] = Some(a);
-                    }
-                })?;
+                for (&i, found) in at.iter().zip(latest_of(fold.into_rows(), &group)?) {
+                    out[i] = Some(found);
+                }
             }
             return Ok(out.into_iter().flatten().collect());
         }
@@ -607,12 +596,8 @@ async fn replace_labels<W: Writer + ?Sized>(
 }
 
 /// [`Backend::latest`]'s answers from one statement's rows, one per key
-/// of `keys` in order, each given to `each`.
-fn latest_of(
-    rows: RangeRows,
-    keys: &[Vec<u8>],
-    mut each: impl FnMut((Meta, Option<KeyValue>)),
-) -> Result<(), DbError> {
+/// of `keys`, in order.
+fn latest_of(rows: RangeRows, keys: &[Vec<u8>]) -> Result<Vec<(Meta, Option<KeyValue>)>, DbError> {
     let meta = rows
         .meta
         .ok_or_else(|| DbError::Other("etcdsql_meta has no row".into()))?;
@@ -621,12 +606,8 @@ fn latest_of(
         .into_iter()
         .map(|kv| (kv.key.clone(), kv))
         .collect();
-    for k in keys {
-        // A key asked for twice gets the same version.
-        let kv = found.get(k).cloned();
-        each((meta, kv));
-    }
-    Ok(())
+    // A key asked for twice gets the same version.
+    Ok(keys.iter().map(|k| (meta, found.get(k).cloned())).collect())
 }
 
 #[cfg(test)]
