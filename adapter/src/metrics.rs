@@ -108,6 +108,16 @@ pub static BATCH_PATH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static READ_AHEAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_read_ahead_keys_total",
+        "Keys of queued writes read while the batch before them committed: \
+         used (the next batch assumed them) or dropped (another write came \
+         between).",
+        &["result"],
+    )
+});
+
 pub static WATCHERS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("etcdsql_watchers", "Watches open on this process."));
 
@@ -209,6 +219,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(DB_ERRORS.clone()))?;
     r.register(Box::new(DB_RETRIES.clone()))?;
     r.register(Box::new(BATCH_PATH.clone()))?;
+    r.register(Box::new(READ_AHEAD.clone()))?;
     r.register(Box::new(WATCHERS.clone()))?;
     r.register(Box::new(WATCH_RESYNCS.clone()))?;
     r.register(Box::new(WATCH_BACKLOG.clone()))?;

@@ -20,7 +20,21 @@ begin() {
     ETCDSQL_BIN=target/release/etcdsql
   fi
 }
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Stops the processes in pids: SIGTERM, then SIGKILL to any still running
+# after 20 s (kube-apiserver 1.36 can outlive its store's stop).
+cleanup() {
+  local p alive
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 check() { checks=$((checks + 1)); echo "ok $checks - $*"; }
 
 # Waits up to 20 s for the etcd API on 127.0.0.1:$1; fails (returns 1) if

@@ -8,9 +8,10 @@
 //! the database must answer with the batch's changes in place), then the
 //! revision row is stored and the transaction commits.
 //!
-//! Where the database can check it with the writes (PostgreSQL), a batch
-//! may instead start from what the committer's last commit left
-//! ([`Known`]) and read nothing first ([`Batch::begin_assuming`]).
+//! Where the database can check it with the writes (PostgreSQL, MySQL), a
+//! batch may instead start from what the committer's last commit left, and
+//! what it read ahead while that commit ran ([`Known`]), and read nothing
+//! first ([`Batch::begin_assuming`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -325,6 +326,10 @@ pub struct Known {
     meta: Option<Meta>,
     keys: HashMap<Vec<u8>, Option<KeyValue>>,
     bytes: usize,
+    /// Every commit after this revision, up to `meta`, was one of the
+    /// committer's and left the keys it wrote in `keys`: a key read at a
+    /// revision from here on, and not in `keys`, is still as read.
+    since: i64,
     /// Batches to run reading first, after an assumption failed, and the
     /// next such pause (doubling while assumptions keep failing).
     pause: u32,
@@ -368,6 +373,8 @@ impl Known {
         if self.meta.map(|m| m.revision) != Some(c.start) {
             self.keys.clear();
             self.bytes = 0;
+            // The batch held the revision lock from `start`.
+            self.since = c.start;
         }
         for (k, v) in std::mem::take(&mut c.keys) {
             self.bytes += k.len() + v.as_ref().map_or(0, |kv| kv.value.len());
@@ -376,10 +383,64 @@ impl Known {
         if self.keys.len() > Self::MAX_KEYS || self.bytes > Self::MAX_BYTES {
             self.keys.clear();
             self.bytes = 0;
+            self.since = c.meta.revision;
         }
         self.meta = Some(c.meta);
     }
+
+    /// The revision row and the known versions of `keys`, for a batch
+    /// that assumes them.
+    pub fn assume(&self, keys: HashSet<Vec<u8>>) -> Option<Assuming> {
+        let meta = self.meta?;
+        let cache = keys
+            .into_iter()
+            .filter_map(|k| self.keys.get(&k).map(|v| (k, v.clone())))
+            .collect();
+        Some((meta, cache))
+    }
+
+    /// Of the keys a request names, those a batch assuming would have to
+    /// read: not known, and not expected absent. None while the next
+    /// batches cannot assume anyway.
+    pub fn unknown(&self, names: HashSet<Vec<u8>>, absent: &HashSet<Vec<u8>>) -> Vec<Vec<u8>> {
+        if self.meta.is_none() || self.pause > 0 {
+            return Vec::new();
+        }
+        names
+            .into_iter()
+            .filter(|k| !absent.contains(k) && !self.keys.contains_key(k))
+            .collect()
+    }
+
+    /// Takes keys read outside any transaction, each with the revision row
+    /// it was read with, where that read is still current: taken at or
+    /// after `since`, not after the last commit, and the key not written
+    /// since (known keys are newer). Answers how many it took.
+    pub fn read_ahead(&mut self, read: Vec<(Meta, Option<KeyValue>)>, keys: &[Vec<u8>]) -> usize {
+        let Some(meta) = self.meta else {
+            return 0;
+        };
+        let mut took = 0;
+        for ((at, kv), key) in read.into_iter().zip(keys) {
+            if at.revision < self.since
+                || at.revision > meta.revision
+                || self.keys.contains_key(key)
+                || self.keys.len() >= Self::MAX_KEYS
+                || self.bytes >= Self::MAX_BYTES
+            {
+                continue;
+            }
+            self.bytes += key.len() + kv.as_ref().map_or(0, |kv| kv.value.len());
+            self.keys.insert(key.clone(), kv);
+            took += 1;
+        }
+        took
+    }
 }
+
+/// What a batch assumes: the revision row, and the versions of keys
+/// (`None`: absent).
+pub type Assuming = (Meta, HashMap<Vec<u8>, Option<KeyValue>>);
 
 /// A committed batch: it took the store from `start` to `end`.
 pub struct Committed {
@@ -451,8 +512,9 @@ impl<'w> Batch<'w> {
         Ok(b)
     }
 
-    /// Begins without reading: `known` stands for the store, and a key
-    /// it does not have counts as absent if it is in `may_be_absent`;
+    /// Begins without reading: what [`Known::assume`] gave stands for the
+    /// store, and a key it does not have counts as absent if it is in
+    /// `may_be_absent`;
     /// anything else the batch would have to read (another key, a lease,
     /// a range) ends it with [`DbError::NeedsRead`] before anything is sent. The
     /// database checks both assumptions ahead of the writes, in the commit's
@@ -460,16 +522,10 @@ impl<'w> Batch<'w> {
     pub async fn begin_assuming(
         w: &'w mut dyn Writer,
         catalog: &'w Catalog,
-        known: &Known,
-        keys: HashSet<Vec<u8>>,
+        (meta, cache): Assuming,
         may_be_absent: HashSet<Vec<u8>>,
     ) -> Result<Batch<'w>, DbError> {
-        let meta = known.meta.ok_or(DbError::Stale)?;
         w.begin_assuming().await?;
-        let cache = keys
-            .into_iter()
-            .filter_map(|k| known.keys.get(&k).map(|v| (k, v.clone())))
-            .collect();
         let assumed = Assumed {
             meta,
             may_be_absent,

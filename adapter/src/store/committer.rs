@@ -5,17 +5,20 @@
 //! grows with the load (batch size × commit rate is the write throughput).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, CommitError, Committed, Known, Probe, Write};
 use crate::backend::sql::Param;
-use crate::backend::{Backend, DbError, Writer};
+use crate::backend::{Backend, DbError, Meta, Writer};
 use crate::error::Error;
 use crate::metrics;
+use crate::proto::mvccpb::KeyValue;
 use crate::selector::Catalog;
 use crate::tasks::{Stop, Tasks};
 use crate::watch::Hub;
@@ -145,43 +148,187 @@ async fn run(
     mut stop: Stop,
 ) {
     let mut writer: Option<Box<dyn Writer>> = None;
-    let mut known = Known::default();
+    // Locked only between awaits: the batch and the read-ahead that runs
+    // beside it are polled by this one task.
+    let known = Mutex::new(Known::default());
+    // Jobs taken while the batch before them ran, their keys read ahead.
+    let mut ahead: Vec<Box<dyn Pending>> = Vec::new();
+    let mut closed = false;
     loop {
-        let first = tokio::select! {
-            biased;
-            () = stop.stopped() => break,
-            job = rx.recv() => match job {
-                Some(job) => job,
-                None => break,
-            },
-        };
-        let mut bytes = first.size();
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(job) => {
-                    bytes += job.size();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+        let mut jobs = std::mem::take(&mut ahead);
+        if jobs.is_empty() {
+            if closed {
+                break;
+            }
+            let first = tokio::select! {
+                biased;
+                () = stop.stopped() => break,
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            jobs.push(first);
+        } else if stop.is_stopped() {
+            break;
+        }
+        let assumes = writer.as_ref().is_some_and(|w| w.assumes());
+        let mut reads = assumes && jobs.iter().any(|j| !unknown(&known, j.as_ref()).is_empty());
+        let mut bytes: usize = jobs.iter().map(|j| j.size()).sum();
+        // Queued behind: while the batch needs no read, a job that would
+        // make it read waits for the next one, and so does every job after
+        // it (arrival order); its keys are read while this batch runs.
+        let mut carried = Vec::new();
+        while jobs.len() + carried.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            let Ok(job) = rx.try_recv() else {
+                break;
+            };
+            bytes += job.size();
+            if !carried.is_empty()
+                || (!reads && assumes && !unknown(&known, job.as_ref()).is_empty())
+            {
+                carried.push(job);
+            } else {
+                reads |= assumes && !unknown(&known, job.as_ref()).is_empty();
+                jobs.push(job);
             }
         }
         let started = std::time::Instant::now();
-        execute(
+        let batch = execute(
             backend.as_ref(),
             &catalog,
             &hub,
             &mut writer,
-            &mut known,
+            &known,
             &mut jobs,
-        )
-        .await;
+        );
+        ahead = if assumes {
+            read_ahead(
+                backend.as_ref(),
+                &known,
+                &mut rx,
+                &mut closed,
+                carried,
+                batch,
+            )
+            .await
+        } else {
+            batch.await;
+            carried
+        };
         metrics::BATCH_SIZE.observe(jobs.len() as f64);
         metrics::BATCH_SECONDS.observe(started.elapsed().as_secs_f64());
         tracing::trace!(batch = jobs.len(), "committed batch");
     }
     // Requests still queued are answered "stopping" as they are dropped.
     rx.close();
+}
+
+fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The keys of `job` a batch assuming would have to read first.
+fn unknown(known: &Mutex<Known>, job: &dyn Pending) -> Vec<Vec<u8>> {
+    let (mut keys, mut leases, mut absent) = (HashSet::new(), HashSet::new(), HashSet::new());
+    job.names(&mut keys, &mut leases);
+    job.expects_absent(&mut absent);
+    lock(known).unknown(keys, &absent)
+}
+
+type Read<'a> = BoxFuture<'a, (Vec<Vec<u8>>, Result<Vec<(Meta, Option<KeyValue>)>, DbError>)>;
+
+/// Runs `batch` and meanwhile takes the jobs queued behind it (after
+/// `carried`), reading the keys a batch assuming would lack, one statement
+/// at a time outside any transaction. What was read goes to `known` where
+/// it is still current once the batch is done ([`Known::read_ahead`]), so
+/// the next batch needs no read of its own. Answers the jobs taken.
+async fn read_ahead<'a>(
+    backend: &'a dyn Backend,
+    known: &Mutex<Known>,
+    rx: &mut mpsc::Receiver<Box<dyn Pending>>,
+    closed: &mut bool,
+    carried: Vec<Box<dyn Pending>>,
+    batch: impl Future<Output = ()>,
+) -> Vec<Box<dyn Pending>> {
+    let read = |keys: Vec<Vec<u8>>| -> Option<Read<'a>> {
+        (!keys.is_empty()).then(|| {
+            async move {
+                let r = backend.latest(&keys).await;
+                (keys, r)
+            }
+            .boxed()
+        })
+    };
+    let keys_of = |jobs: &[Box<dyn Pending>]| -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = jobs
+            .iter()
+            .flat_map(|j| unknown(known, j.as_ref()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
+    let mut taken = carried;
+    let mut bytes: usize = taken.iter().map(|j| j.size()).sum();
+    let mut reading = read(keys_of(&taken));
+    let mut done = Vec::new();
+    tokio::pin!(batch);
+    loop {
+        let room = taken.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES && !*closed;
+        tokio::select! {
+            biased;
+            () = &mut batch => break,
+            r = async {
+                match reading.as_mut() {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            }, if reading.is_some() => {
+                done.push(r);
+                reading = None;
+            }
+            job = rx.recv(), if reading.is_none() && room => {
+                let Some(job) = job else {
+                    *closed = true;
+                    continue;
+                };
+                let from = taken.len();
+                bytes += job.size();
+                taken.push(job);
+                while taken.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                    let Ok(job) = rx.try_recv() else {
+                        break;
+                    };
+                    bytes += job.size();
+                    taken.push(job);
+                }
+                reading = read(keys_of(&taken[from..]));
+            }
+        }
+    }
+    if let Some(r) = reading {
+        done.push(r.await);
+    }
+    let mut k = lock(known);
+    for (keys, r) in done {
+        match r {
+            Ok(read) => {
+                let took = k.read_ahead(read, &keys);
+                metrics::READ_AHEAD
+                    .with_label_values(&["used"])
+                    .inc_by(took as u64);
+                metrics::READ_AHEAD
+                    .with_label_values(&["dropped"])
+                    .inc_by((keys.len() - took) as u64);
+            }
+            // The next batch reads what it lacks itself.
+            Err(e) => tracing::debug!(error = %e, "read-ahead failed"),
+        }
+    }
+    taken
 }
 
 /// A failed attempt; `after_commit_sent` marks failures whose outcome is
@@ -201,7 +348,7 @@ async fn execute(
     catalog: &Catalog,
     hub: &Hub,
     writer: &mut Option<Box<dyn Writer>>,
-    known: &mut Known,
+    known: &Mutex<Known>,
     jobs: &mut Jobs,
 ) {
     let _committing = hub.committing();
@@ -215,13 +362,13 @@ async fn execute(
         }
     };
     loop {
-        let assume = may_assume && known.usable();
+        let assume = may_assume && lock(known).usable();
         let failure = match attempt(backend, catalog, writer, known, assume, jobs).await {
             Ok(mut c) => {
                 metrics::BATCH_PATH
                     .with_label_values(&[if c.assumed { "assumed" } else { "read" }])
                     .inc();
-                known.absorb(&mut c);
+                lock(known).absorb(&mut c);
                 let published = c.end > c.start
                     && c.events
                         .is_some_and(|events| hub.publish(c.start, c.end, events));
@@ -237,7 +384,7 @@ async fn execute(
             DbError::Stale => {
                 // Another writer was first.
                 metrics::BATCH_PATH.with_label_values(&["stale"]).inc();
-                known.stale();
+                lock(known).stale();
                 may_assume = false;
                 continue;
             }
@@ -245,7 +392,7 @@ async fn execute(
                 may_assume = false;
                 continue;
             }
-            _ => known.forget(),
+            _ => lock(known).forget(),
         }
         let kind = metrics::kind(&failure.error);
         metrics::DB_ERRORS.with_label_values(&[kind]).inc();
@@ -350,7 +497,7 @@ async fn attempt(
     backend: &dyn Backend,
     catalog: &Catalog,
     writer: &mut Option<Box<dyn Writer>>,
-    known: &Known,
+    known: &Mutex<Known>,
     assume: bool,
     jobs: &mut Jobs,
 ) -> Result<Committed, Failure> {
@@ -372,7 +519,7 @@ async fn attempt(
 async fn run_batch(
     w: &mut dyn Writer,
     catalog: &Catalog,
-    known: &Known,
+    known: &Mutex<Known>,
     assume: bool,
     jobs: &mut Jobs,
 ) -> Result<Committed, Failure> {
@@ -392,7 +539,11 @@ async fn run_batch(
         for job in jobs.iter() {
             job.expects_absent(&mut absent);
         }
-        Batch::begin_assuming(w, catalog, known, keys, absent).await
+        let assumed = lock(known).assume(keys).ok_or(DbError::Stale);
+        match assumed {
+            Ok(assumed) => Batch::begin_assuming(w, catalog, assumed, absent).await,
+            Err(e) => Err(e),
+        }
     } else {
         Batch::begin(w, catalog, keys, leases).await
     }

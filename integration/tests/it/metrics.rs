@@ -67,6 +67,19 @@ async fn batches(port: u16, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// etcdsql on `db`, and the port of its metrics endpoint.
+async fn with_metrics(db: &TestDb) -> (Process, u16) {
+    let pm = free_port();
+    let p = Process::etcdsql_with(
+        bin(),
+        &db.dsn,
+        &["--listen-metrics-urls", &format!("http://127.0.0.1:{pm}")],
+    )
+    .await
+    .unwrap();
+    (p, pm)
+}
+
 /// A create: the key must be absent.
 async fn create(c: &mut Client, key: &str, value: &str) -> bool {
     let t = Txn::new()
@@ -166,14 +179,7 @@ async fn gathered_reads(target: Target) {
     const FIXED: usize = 40;
     const HOT: usize = 8;
     let db = TestDb::create(target).await.unwrap();
-    let pm = free_port();
-    let p = Process::etcdsql_with(
-        bin(),
-        &db.dsn,
-        &["--listen-metrics-urls", &format!("http://127.0.0.1:{pm}")],
-    )
-    .await
-    .unwrap();
+    let (p, pm) = with_metrics(&db).await;
     let mut c = p.client().await.unwrap();
     let mut fixed = Vec::new();
     for i in 0..FIXED {
@@ -271,6 +277,94 @@ async fn gathered_reads(target: Target) {
     c.put("/g/done", "1", None).await.unwrap();
 }
 
+/// Puts of keys the committer does not know, sent while a batch commits,
+/// have their keys read meanwhile (`etcdsql_read_ahead_keys_total`) and
+/// the next batch assumes them. Every put still sees its key's previous
+/// version, also while another process writes the same keys: for each
+/// key, the previous versions the puts answered are 1, 2, … n, with no
+/// gap and no repeat, and the key ends at version n + 1.
+async fn read_ahead(target: Target) {
+    use std::collections::BTreeMap;
+
+    const KEYS: usize = 200;
+    const CLIENTS: usize = 48;
+    const PUTS: usize = 40;
+    let db = TestDb::create(target).await.unwrap();
+    let (p, pm) = with_metrics(&db).await;
+    let q = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let (a, mut b) = (p.client().await.unwrap(), q.client().await.unwrap());
+    // Written by the other process, so that the first knows none of them.
+    let mut created = Vec::new();
+    for i in 0..KEYS {
+        let r = b.put(format!("/ra/{i}"), "0", None).await.unwrap();
+        created.push(r.header().unwrap().revision());
+    }
+    let run = |c: Client, client: usize| async move {
+        let mut c = c;
+        let mut seen = Vec::new();
+        for step in 0..PUTS {
+            let k = (client * 37 + step * 101 + step * step) % KEYS;
+            let r = c
+                .put(
+                    format!("/ra/{k}"),
+                    format!("{client}.{step}"),
+                    Some(etcd_client::PutOptions::new().with_prev_key()),
+                )
+                .await
+                .unwrap();
+            let prev = r
+                .prev_key()
+                .unwrap_or_else(|| panic!("/ra/{k}: no prev_kv"));
+            assert!(prev.mod_revision() < r.header().unwrap().revision());
+            seen.push((k, prev.version(), prev.create_revision()));
+        }
+        seen
+    };
+    // First the one process alone, then both at once.
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let mut tasks: Vec<_> = (0..CLIENTS)
+            .map(|i| tokio::spawn(run(a.clone(), round * CLIENTS + i)))
+            .collect();
+        if round == 1 {
+            tasks.extend((0..8).map(|i| tokio::spawn(run(b.clone(), 1000 + i))));
+        }
+        for t in tasks {
+            seen.extend(t.await.unwrap());
+        }
+        if round == 0 {
+            let used = etcdsql_integration::metric_sum(
+                &scrape(pm).await,
+                "etcdsql_read_ahead_keys_total{result=\"used\"}",
+            );
+            assert!(used > 0.0, "no keys were read ahead");
+            assert!(batches(pm, "assumed").await > 0, "no batch assumed");
+        }
+    }
+    let mut versions: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+    for (k, version, create) in seen {
+        assert_eq!(create, created[k], "/ra/{k}: create_revision");
+        versions.entry(k).or_default().push(version);
+    }
+    for (k, mut v) in versions {
+        v.sort_unstable();
+        let n = v.len() as i64;
+        assert_eq!(v, (1..=n).collect::<Vec<_>>(), "/ra/{k}: previous versions");
+        let got = b.get(format!("/ra/{k}"), None).await.unwrap();
+        assert_eq!(got.kvs()[0].version(), n + 1, "/ra/{k}: version");
+        assert_eq!(got.kvs()[0].create_revision(), created[k]);
+    }
+    let text = scrape(pm).await;
+    eprintln!(
+        "read ahead on {}: {} keys used, {} dropped; {} batches assumed, {} read first",
+        target.name(),
+        etcdsql_integration::metric_sum(&text, "etcdsql_read_ahead_keys_total{result=\"used\"}"),
+        etcdsql_integration::metric_sum(&text, "etcdsql_read_ahead_keys_total{result=\"dropped\"}"),
+        batches(pm, "assumed").await,
+        batches(pm, "read").await,
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("endpoint", &[Target::Sqlite], metrics_endpoint),
@@ -296,6 +390,17 @@ pub fn cases() -> Vec<Case> {
                 Target::Cockroach
             ],
             assumed_batches
+        ),
+        case!(
+            "read_ahead",
+            &[
+                Target::Postgres,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Tidb,
+                Target::Cockroach
+            ],
+            read_ahead
         ),
     ]
 }
