@@ -348,7 +348,7 @@ async fn read_ahead(target: Target) {
     }
     for (k, mut v) in versions {
         v.sort_unstable();
-        let n = v.len() as i64;
+        let n = i64::try_from(v.len()).unwrap();
         assert_eq!(v, (1..=n).collect::<Vec<_>>(), "/ra/{k}: previous versions");
         let got = b.get(format!("/ra/{k}"), None).await.unwrap();
         assert_eq!(got.kvs()[0].version(), n + 1, "/ra/{k}: version");
