@@ -118,6 +118,16 @@ pub static READ_AHEAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static RANGE_COUNTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_range_counts_total",
+        "Range counts of a whole range at the latest revision taken from an \
+         earlier count and the watch hub's events since (kept), or counted \
+         again by the database because the hub lacked some (counted).",
+        &["source"],
+    )
+});
+
 pub static WATCHERS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("etcdsql_watchers", "Watches open on this process."));
 
@@ -220,6 +230,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(DB_RETRIES.clone()))?;
     r.register(Box::new(BATCH_PATH.clone()))?;
     r.register(Box::new(READ_AHEAD.clone()))?;
+    r.register(Box::new(RANGE_COUNTS.clone()))?;
     r.register(Box::new(WATCHERS.clone()))?;
     r.register(Box::new(WATCH_RESYNCS.clone()))?;
     r.register(Box::new(WATCH_BACKLOG.clone()))?;

@@ -30,6 +30,7 @@ use crate::backend::{
     Backend, DbError, HistoryRow, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs,
 };
 use crate::error::Error;
+use crate::metrics;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
@@ -38,7 +39,7 @@ use crate::proto::mvccpb::KeyValue;
 use crate::replicas::Replicas;
 use crate::selector::{Catalog, Selector};
 use crate::tasks::Tasks;
-use crate::watch::Hub;
+use crate::watch::{self, Hub};
 use batch::{Compact, Compacted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
 use committer::Committer;
 use ops::View;
@@ -46,6 +47,13 @@ use ops::View;
 /// Attempts for a read that hit a transient conflict (SQLite busy, a
 /// statement Galera interrupted for replicated DDL).
 const READ_RETRIES: u32 = 8;
+/// How long a Range whose count comes from the watch hub waits for the hub
+/// to reach the revision it read at (another process's commit reaches it
+/// by notification or poll); then the database counts.
+const COUNT_WAIT: Duration = Duration::from_millis(10);
+/// Revisions of events a kept count is carried over at most; a count older
+/// than that is counted again by the database.
+const COUNT_SPAN: i64 = 10_000;
 /// Attempts for a read on the primary whose connection broke.
 const READ_RECONNECTS: u32 = crate::backend::RECONNECTS;
 
@@ -97,6 +105,7 @@ pub struct Store {
     /// One purge at a time per process; purges are idempotent across processes.
     purge: Arc<tokio::sync::Mutex<()>>,
     page_counts: counts::PageCounts,
+    range_counts: counts::RangeCounts,
     /// Single-key reads of the latest state, gathered.
     reads: Arc<reads::Reads>,
     tasks: Tasks,
@@ -173,6 +182,7 @@ impl Store {
             replicas,
             purge: Arc::default(),
             page_counts: counts::PageCounts::default(),
+            range_counts: counts::RangeCounts::default(),
             tasks: tasks.clone(),
             alarms,
             auth,
@@ -260,7 +270,17 @@ impl Store {
             Some(rev) if pageable => self.page_counts.take(&counts::scope(r), rev, &r.key),
             _ => None,
         };
-        q.count = known.is_none();
+        // A whole range at the latest revision whose count a previous
+        // Range left (see [`counts::RangeCounts`]).
+        let whole = at.is_none() && q.selector.is_none() && q.end != KeyEnd::Single;
+        let counted = if whole && known.is_none() {
+            self.range_counts
+                .get(&r.key, &r.range_end)
+                .filter(|&(rev, _)| self.hub.revision() - rev <= COUNT_SPAN)
+        } else {
+            None
+        };
+        q.count = known.is_none() && counted.is_none();
         if q.end == KeyEnd::Single && at.is_none() && !r.serializable {
             // A key read before a compare-and-swap (GuaranteedUpdate):
             // this process's batch in flight commits before the CAS is
@@ -280,9 +300,26 @@ impl Store {
         } else {
             self.route(r, &q).await?
         };
-        let meta = rows
-            .meta
-            .ok_or_else(|| Error::Internal("range statement returned no revision".into()))?;
+        let revision = |rows: &RangeRows| {
+            rows.meta
+                .ok_or_else(|| Error::Internal("range statement returned no revision".into()))
+        };
+        if let Some((from, count)) = counted {
+            let upto = revision(&rows)?.revision;
+            match self.count_since(&r.key, &q.end, from, count, upto).await {
+                Some(n) => rows.count = n,
+                None => {
+                    metrics::RANGE_COUNTS.with_label_values(&["counted"]).inc();
+                    q.count = true;
+                    rows = self.route(r, &q).await?;
+                }
+            }
+        }
+        let meta = revision(&rows)?;
+        if whole && known.is_none() {
+            self.range_counts
+                .put(&r.key, &r.range_end, meta.revision, rows.count);
+        }
         if let Some(rev) = at {
             if rev > meta.revision {
                 return Err(Error::FutureRev);
@@ -306,6 +343,36 @@ impl Store {
                 .put(&counts::scope(r), at.unwrap_or(meta.revision), next, rest);
         }
         Ok(resp)
+    }
+
+    /// The count of the range at `upto` from its count at `from`, by the
+    /// watch hub's events in between; None if the hub does not hold them
+    /// all (it has not reached `upto` soon enough, or dropped some).
+    async fn count_since(
+        &self,
+        key: &[u8],
+        end: &KeyEnd,
+        from: i64,
+        count: i64,
+        upto: i64,
+    ) -> Option<i64> {
+        if upto < from {
+            return None;
+        }
+        if self.hub.revision() < upto {
+            let mut hub = self.hub.subscribe();
+            tokio::time::timeout(COUNT_WAIT, hub.wait_for(|r| *r >= upto))
+                .await
+                .ok()?
+                .ok()?;
+        }
+        match self.hub.slice(from + 1, upto, usize::MAX) {
+            watch::Slice::Events(events) => {
+                metrics::RANGE_COUNTS.with_label_values(&["kept"]).inc();
+                Some(counts::advance(count, key, end, &events))
+            }
+            watch::Slice::Evicted => None,
+        }
     }
 
     /// With `--auto-partition`: the custom resources whose CRDs a write puts.
