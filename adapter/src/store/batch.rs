@@ -400,8 +400,8 @@ impl Known {
     }
 
     /// Of the keys a request names, those a batch assuming would have to
-    /// read: not known, and not expected absent. None while the next
-    /// batches cannot assume anyway.
+    /// read: not known, and not expected absent. None of them while the
+    /// next batches cannot assume anyway (nothing known, or paused).
     pub fn unknown(&self, names: HashSet<Vec<u8>>, absent: &HashSet<Vec<u8>>) -> Vec<Vec<u8>> {
         if self.meta.is_none() || self.pause > 0 {
             return Vec::new();

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Batch, CommitError, Committed, Known, Probe, Write};
+use super::lock;
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Meta, Writer};
 use crate::error::Error;
@@ -184,12 +185,11 @@ async fn run(
                 break;
             };
             bytes += job.size();
-            if !carried.is_empty()
-                || (!reads && assumes && !unknown(&known, job.as_ref()).is_empty())
-            {
+            let needs = assumes && !unknown(&known, job.as_ref()).is_empty();
+            if !carried.is_empty() || (!reads && needs) {
                 carried.push(job);
             } else {
-                reads |= assumes && !unknown(&known, job.as_ref()).is_empty();
+                reads |= needs;
                 jobs.push(job);
             }
         }
@@ -222,12 +222,6 @@ async fn run(
     }
     // Requests still queued are answered "stopping" as they are dropped.
     rx.close();
-}
-
-fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
-    known
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The keys of `job` a batch assuming would have to read first.

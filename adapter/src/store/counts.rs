@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use super::lock;
 use crate::backend::{EventRow, KeyEnd};
 use crate::proto::etcdserverpb::RangeRequest;
 
@@ -67,10 +68,6 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct PageCounts {

@@ -44,6 +44,11 @@ use batch::{Compact, Compacted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke
 use committer::Committer;
 use ops::View;
 
+/// A std mutex's guard; a poisoned mutex is taken as it is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Attempts for a read that hit a transient conflict (SQLite busy, a
 /// statement Galera interrupted for replicated DDL).
 const READ_RETRIES: u32 = 8;
@@ -270,10 +275,10 @@ impl Store {
             Some(rev) if pageable => self.page_counts.take(&counts::scope(r), rev, &r.key),
             _ => None,
         };
-        // A whole range at the latest revision whose count a previous
-        // Range left (see [`counts::RangeCounts`]).
+        // A whole range at the latest revision (so no page count) whose
+        // count a previous Range left (see [`counts::RangeCounts`]).
         let whole = at.is_none() && q.selector.is_none() && q.end != KeyEnd::Single;
-        let counted = if whole && known.is_none() {
+        let counted = if whole {
             self.range_counts
                 .get(&r.key, &r.range_end)
                 .filter(|&(rev, _)| self.hub.revision() - rev <= COUNT_SPAN)
@@ -316,7 +321,7 @@ impl Store {
             }
         }
         let meta = revision(&rows)?;
-        if whole && known.is_none() {
+        if whole {
             self.range_counts
                 .put(&r.key, &r.range_end, meta.revision, rows.count);
         }

@@ -106,7 +106,7 @@ impl Reads {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.state)
     }
 
     async fn read(&self, keys: &[Vec<u8>]) -> Result<Vec<Latest>, DbError> {
