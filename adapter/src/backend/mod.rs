@@ -415,10 +415,15 @@ pub trait Writer: Send {
     }
 
     /// Queues the check, ahead of the writes: the store is still at `meta`
-    /// (revision, compaction, partition registry, epoch) and none of
-    /// `absent` exists. When it fails, the commit fails with
-    /// [`DbError::Stale`] and nothing is written.
-    async fn check_assumed(&mut self, _meta: Meta, _absent: &[Vec<u8>]) -> Result<(), DbError> {
+    /// (revision, compaction, partition registry, epoch), none of
+    /// `absent` exists and every one of `leases` does. When it fails, the
+    /// commit fails with [`DbError::Stale`] and nothing is written.
+    async fn check_assumed(
+        &mut self,
+        _meta: Meta,
+        _absent: &[Vec<u8>],
+        _leases: &[i64],
+    ) -> Result<(), DbError> {
         Err(DbError::Other("check_assumed is not supported".into()))
     }
 

@@ -713,7 +713,8 @@ macro_rules! second_meta_row {
 }
 
 /// [`Writer::check_assumed`]'s statement up to the names: a duplicate key
-/// unless the revision row is as assumed and none of the names exists. It
+/// unless the revision row is as assumed, none of the names exists and
+/// all of the leases do. It
 /// runs after LOCK_META, so every other writer has committed or not started.
 const CHECK_ASSUMED: &str = concat!(
     second_meta_row!(),
@@ -749,7 +750,12 @@ impl Writer for MyWriter {
         Ok(())
     }
 
-    async fn check_assumed(&mut self, meta: Meta, absent: &[Vec<u8>]) -> Result<(), DbError> {
+    async fn check_assumed(
+        &mut self,
+        meta: Meta,
+        absent: &[Vec<u8>],
+        leases: &[i64],
+    ) -> Result<(), DbError> {
         self.locked = meta;
         let version = self.partitions.get().version;
         let q = &mut self.queued;
@@ -764,6 +770,11 @@ impl Writer for MyWriter {
             q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name IN (");
             hex_list(q, chunk.iter().map(Vec::as_slice));
             q.push_str("))");
+        }
+        if !leases.is_empty() {
+            q.push_str(" AND (SELECT COUNT(*) FROM etcdsql_lease WHERE id IN (");
+            join_ints(q, leases.iter().copied());
+            let _ = write!(q, ")) = {}", leases.len());
         }
         q.push_str(");");
         self.check_at = Some(self.queued_n);

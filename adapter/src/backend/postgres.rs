@@ -83,8 +83,9 @@ const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 /// the comment keeps it on the primary.
 const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
     AND m.partitions_version = $3 AND m.epoch = $4 \
-    AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) THEN 1 ELSE 0 END) \
-    FROM etcdsql_meta m WHERE m.id = 1";
+    AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) \
+    AND (SELECT count(*) FROM etcdsql_lease WHERE id = ANY($6)) = cardinality($6::int8[]) \
+    THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1";
 const LEASES_EXIST: &str = "SELECT id FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
@@ -780,7 +781,12 @@ impl Writer for PgWriter {
         self.push(super::LOCK_META, Vec::new()).await
     }
 
-    async fn check_assumed(&mut self, meta: Meta, absent: &[Vec<u8>]) -> Result<(), DbError> {
+    async fn check_assumed(
+        &mut self,
+        meta: Meta,
+        absent: &[Vec<u8>],
+        leases: &[i64],
+    ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
         self.push(
@@ -791,6 +797,7 @@ impl Writer for PgWriter {
                 Box::new(version),
                 Box::new(self.epoch),
                 Box::new(absent.to_vec()),
+                Box::new(leases.to_vec()),
             ],
         )
         .await

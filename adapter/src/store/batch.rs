@@ -42,6 +42,11 @@ pub trait Write: Send + Sync + 'static {
     }
     /// The keys and leases it will certainly read (prefetched per batch).
     fn names(&self, _keys: &mut HashSet<Vec<u8>>, _leases: &mut HashSet<i64>) {}
+    /// It reads or changes lease rows, not only whether its leases exist:
+    /// its batch reads first.
+    fn lease_rows(&self) -> bool {
+        false
+    }
     /// Keys it expects to be absent (see [`Batch::begin_assuming`]).
     fn expects_absent(&self, _keys: &mut HashSet<Vec<u8>>) {}
     /// Evaluates it in `b`. A returned error is either the request's own
@@ -157,6 +162,9 @@ pub struct LeaseGrant {
 #[async_trait]
 impl Write for LeaseGrant {
     type Out = (i64, i64);
+    fn lease_rows(&self) -> bool {
+        true
+    }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         if self.id != 0 {
             leases.insert(self.id);
@@ -182,6 +190,9 @@ pub struct LeaseRevoke(pub i64);
 #[async_trait]
 impl Write for LeaseRevoke {
     type Out = i64;
+    fn lease_rows(&self) -> bool {
+        true
+    }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.0);
     }
@@ -202,6 +213,9 @@ pub struct LeaseRenew {
 #[async_trait]
 impl Write for LeaseRenew {
     type Out = (i64, i64);
+    fn lease_rows(&self) -> bool {
+        true
+    }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.id);
     }
@@ -223,6 +237,9 @@ pub struct LeaseExpire {
 #[async_trait]
 impl Write for LeaseExpire {
     type Out = Option<i64>;
+    fn lease_rows(&self) -> bool {
+        true
+    }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.id);
     }
@@ -315,6 +332,8 @@ struct Assumed {
     may_be_absent: HashSet<Vec<u8>>,
     /// Those it did take as absent.
     absent: Vec<Vec<u8>>,
+    /// The leases its requests name, taken as existing.
+    leases: Vec<i64>,
 }
 
 /// What the committer knows of the store after its last commit: the
@@ -326,6 +345,9 @@ pub struct Known {
     meta: Option<Meta>,
     keys: HashMap<Vec<u8>, Option<KeyValue>>,
     bytes: usize,
+    /// Leases seen to exist. Only a hint: another process may revoke a
+    /// lease without a new revision, so a batch assuming checks them.
+    leases: HashSet<i64>,
     /// Every commit after this revision, up to `meta`, was one of the
     /// committer's and left the keys it wrote in `keys`: a key read at a
     /// revision from here on, and not in `keys`, is still as read.
@@ -339,6 +361,7 @@ pub struct Known {
 impl Known {
     const MAX_KEYS: usize = 16_384;
     const MAX_BYTES: usize = 16 << 20;
+    const MAX_LEASES: usize = 16_384;
 
     /// Whether the next batch may assume; counts a paused batch.
     pub fn usable(&mut self) -> bool {
@@ -354,6 +377,7 @@ impl Known {
         self.meta = None;
         self.keys.clear();
         self.bytes = 0;
+        self.leases.clear();
     }
 
     /// An assumption failed: forget, and read first for a while.
@@ -373,8 +397,19 @@ impl Known {
         if self.meta.map(|m| m.revision) != Some(c.start) {
             self.keys.clear();
             self.bytes = 0;
+            self.leases.clear();
             // The batch held the revision lock from `start`.
             self.since = c.start;
+        }
+        for (id, exists) in std::mem::take(&mut c.leases) {
+            if exists {
+                self.leases.insert(id);
+            } else {
+                self.leases.remove(&id);
+            }
+        }
+        if self.leases.len() > Self::MAX_LEASES {
+            self.leases.clear();
         }
         for (k, v) in std::mem::take(&mut c.keys) {
             self.bytes += k.len() + v.as_ref().map_or(0, |kv| kv.value.len());
@@ -388,28 +423,42 @@ impl Known {
         self.meta = Some(c.meta);
     }
 
-    /// The revision row and the known versions of `keys`, for a batch
-    /// that assumes them.
-    pub fn assume(&self, keys: HashSet<Vec<u8>>) -> Option<Assuming> {
+    /// Whether all of `leases` were seen to exist.
+    pub fn knows_leases(&self, leases: &HashSet<i64>) -> bool {
+        leases.is_subset(&self.leases)
+    }
+
+    /// The revision row, the known versions of `keys` and `leases`, for a
+    /// batch that assumes them.
+    pub fn assume(&self, keys: HashSet<Vec<u8>>, leases: &HashSet<i64>) -> Option<Assuming> {
         let meta = self.meta?;
         let cache = keys
             .into_iter()
             .filter_map(|k| self.keys.get(&k).map(|v| (k, v.clone())))
             .collect();
-        Some((meta, cache))
+        Some((meta, cache, leases.iter().copied().collect()))
     }
 
-    /// Of the keys a request names, those a batch assuming would have to
-    /// read: not known, and not expected absent. None of them while the
-    /// next batches cannot assume anyway (nothing known, or paused).
-    pub fn unknown(&self, names: HashSet<Vec<u8>>, absent: &HashSet<Vec<u8>>) -> Vec<Vec<u8>> {
+    /// What a request lacks for a batch assuming: the keys it names that
+    /// are not known and not expected absent (a read ahead can fetch
+    /// them), and whether it needs a read regardless (lease rows, or
+    /// leases not seen to exist). Nothing while the next batches cannot
+    /// assume anyway (nothing known, or paused).
+    pub fn unknown(
+        &self,
+        names: HashSet<Vec<u8>>,
+        absent: &HashSet<Vec<u8>>,
+        leases: &HashSet<i64>,
+        lease_rows: bool,
+    ) -> (Vec<Vec<u8>>, bool) {
         if self.meta.is_none() || self.pause > 0 {
-            return Vec::new();
+            return (Vec::new(), false);
         }
-        names
+        let keys = names
             .into_iter()
             .filter(|k| !absent.contains(k) && !self.keys.contains_key(k))
-            .collect()
+            .collect();
+        (keys, lease_rows || !self.knows_leases(leases))
     }
 
     /// Takes keys read outside any transaction, each with the revision row
@@ -438,9 +487,9 @@ impl Known {
     }
 }
 
-/// What a batch assumes: the revision row, and the versions of keys
-/// (`None`: absent).
-pub type Assuming = (Meta, HashMap<Vec<u8>, Option<KeyValue>>);
+/// What a batch assumes: the revision row, the versions of keys (`None`:
+/// absent), and leases that exist.
+pub type Assuming = (Meta, HashMap<Vec<u8>, Option<KeyValue>>, Vec<i64>);
 
 /// A committed batch: it took the store from `start` to `end`.
 pub struct Committed {
@@ -452,6 +501,8 @@ pub struct Committed {
     pub meta: Meta,
     /// The latest versions of the keys it read or wrote, as it left them.
     pub keys: HashMap<Vec<u8>, Option<KeyValue>>,
+    /// Whether the leases it read or wrote exist, as it left them.
+    pub leases: HashMap<i64, bool>,
     /// It ran on [`Known`] (one round trip).
     pub assumed: bool,
 }
@@ -513,25 +564,28 @@ impl<'w> Batch<'w> {
     }
 
     /// Begins without reading: what [`Known::assume`] gave stands for the
-    /// store, and a key it does not have counts as absent if it is in
-    /// `may_be_absent`;
-    /// anything else the batch would have to read (another key, a lease,
-    /// a range) ends it with [`DbError::NeedsRead`] before anything is sent. The
-    /// database checks both assumptions ahead of the writes, in the commit's
-    /// round trip.
+    /// store (its leases exist), and a key it does not have counts as
+    /// absent if it is in `may_be_absent`; anything else the batch would
+    /// have to read (another key, another lease, a lease row, a range)
+    /// ends it with [`DbError::NeedsRead`] before anything is sent. The
+    /// database checks these assumptions ahead of the writes, in the
+    /// commit's round trip.
     pub async fn begin_assuming(
         w: &'w mut dyn Writer,
         catalog: &'w Catalog,
-        (meta, cache): Assuming,
+        (meta, cache, leases): Assuming,
         may_be_absent: HashSet<Vec<u8>>,
     ) -> Result<Batch<'w>, DbError> {
         w.begin_assuming().await?;
-        let assumed = Assumed {
+        let mut b = Batch::new(w, catalog, meta, cache, None);
+        b.leases = leases.iter().map(|&id| (id, true)).collect();
+        b.assumed = Some(Assumed {
             meta,
             may_be_absent,
             absent: Vec::new(),
-        };
-        Ok(Batch::new(w, catalog, meta, cache, Some(assumed)))
+            leases,
+        });
+        Ok(b)
     }
 
     fn new(
@@ -661,7 +715,7 @@ impl<'w> Batch<'w> {
         };
         if let Some(a) = &self.assumed {
             self.w
-                .check_assumed(a.meta, &a.absent)
+                .check_assumed(a.meta, &a.absent, &a.leases)
                 .await
                 .map_err(before)?;
         }
@@ -684,6 +738,7 @@ impl<'w> Batch<'w> {
             events: self.events.take(),
             meta: self.meta,
             keys: std::mem::take(&mut self.cache),
+            leases: std::mem::take(&mut self.leases),
             assumed: self.assumed.is_some(),
         })
     }
@@ -868,5 +923,57 @@ impl View for Batch<'_> {
         self.cache.insert(prev.key.clone(), None);
         self.dirty.insert(prev.key.clone(), None);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(start: i64, end: i64, leases: &[(i64, bool)]) -> Committed {
+        Committed {
+            start,
+            end,
+            events: None,
+            meta: Meta {
+                revision: end,
+                compact_revision: -1,
+            },
+            keys: HashMap::new(),
+            leases: leases.iter().copied().collect(),
+            assumed: false,
+        }
+    }
+
+    #[test]
+    fn leases_seen_to_exist() {
+        let mut k = Known::default();
+        let (none, absent) = (HashSet::new(), HashSet::new());
+        k.absorb(&mut committed(1, 2, &[(7, true), (8, true), (9, false)]));
+        assert!(k.knows_leases(&[7, 8].into()));
+        assert!(!k.knows_leases(&[7, 9].into()));
+        assert_eq!(
+            k.unknown(none.clone(), &absent, &[7].into(), false),
+            (vec![], false)
+        );
+        assert_eq!(
+            k.unknown(none.clone(), &absent, &[9].into(), false),
+            (vec![], true)
+        );
+        assert_eq!(
+            k.unknown(none.clone(), &absent, &[7].into(), true),
+            (vec![], true)
+        );
+        // Revoked by its own batch.
+        k.absorb(&mut committed(2, 3, &[(8, false)]));
+        assert!(!k.knows_leases(&[8].into()));
+        let (_, _, leases) = k.assume(none.clone(), &[7].into()).unwrap();
+        assert_eq!(leases, [7]);
+        // Another writer came between: nothing seen before holds.
+        k.absorb(&mut committed(5, 6, &[]));
+        assert!(!k.knows_leases(&[7].into()));
+        k.absorb(&mut committed(6, 6, &[(7, true)]));
+        k.forget();
+        assert!(!k.knows_leases(&[7].into()));
     }
 }

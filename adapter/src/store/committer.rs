@@ -44,6 +44,7 @@ struct Job<W: Write> {
 trait Pending: Send {
     fn size(&self) -> usize;
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>);
+    fn lease_rows(&self) -> bool;
     fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>);
     /// Evaluates the request in `b` and keeps its own outcome; a database
     /// error aborts the batch and is returned instead.
@@ -60,6 +61,10 @@ impl<W: Write> Pending for Job<W> {
 
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         self.op.names(keys, leases);
+    }
+
+    fn lease_rows(&self) -> bool {
+        self.op.lease_rows()
     }
 
     fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>) {
@@ -174,7 +179,7 @@ async fn run(
             break;
         }
         let assumes = writer.as_ref().is_some_and(|w| w.assumes());
-        let mut reads = assumes && jobs.iter().any(|j| !unknown(&known, j.as_ref()).is_empty());
+        let mut reads = assumes && jobs.iter().any(|j| needs_read(&known, j.as_ref()));
         let mut bytes: usize = jobs.iter().map(|j| j.size()).sum();
         // Queued behind: while the batch needs no read, a job that would
         // make it read waits for the next one, and so does every job after
@@ -185,7 +190,7 @@ async fn run(
                 break;
             };
             bytes += job.size();
-            let needs = assumes && !unknown(&known, job.as_ref()).is_empty();
+            let needs = assumes && needs_read(&known, job.as_ref());
             if !carried.is_empty() || (!reads && needs) {
                 carried.push(job);
             } else {
@@ -224,12 +229,19 @@ async fn run(
     rx.close();
 }
 
-/// The keys of `job` a batch assuming would have to read first.
-fn unknown(known: &Mutex<Known>, job: &dyn Pending) -> Vec<Vec<u8>> {
+/// What `job` lacks for a batch assuming: keys to read first, and whether
+/// it needs a read regardless ([`Known::unknown`]).
+fn unknown(known: &Mutex<Known>, job: &dyn Pending) -> (Vec<Vec<u8>>, bool) {
     let (mut keys, mut leases, mut absent) = (HashSet::new(), HashSet::new(), HashSet::new());
     job.names(&mut keys, &mut leases);
     job.expects_absent(&mut absent);
-    lock(known).unknown(keys, &absent)
+    lock(known).unknown(keys, &absent, &leases, job.lease_rows())
+}
+
+/// Whether a batch with `job` would read first.
+fn needs_read(known: &Mutex<Known>, job: &dyn Pending) -> bool {
+    let (keys, regardless) = unknown(known, job);
+    regardless || !keys.is_empty()
 }
 
 type Read<'a> = BoxFuture<'a, (Vec<Vec<u8>>, Result<Vec<(Meta, Option<KeyValue>)>, DbError>)>;
@@ -259,7 +271,7 @@ async fn read_ahead<'a>(
     let keys_of = |jobs: &[Box<dyn Pending>]| -> Vec<Vec<u8>> {
         let mut keys: Vec<Vec<u8>> = jobs
             .iter()
-            .flat_map(|j| unknown(known, j.as_ref()))
+            .flat_map(|j| unknown(known, j.as_ref()).0)
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -526,14 +538,18 @@ async fn run_batch(
     for job in jobs.iter() {
         job.names(&mut keys, &mut leases);
     }
-    // Without leases to check, a batch may run on what this process last
-    // wrote, in one round trip.
-    let mut batch = if assume && leases.is_empty() && w.assumes() {
+    // A batch may run on what this process last wrote, in one round trip,
+    // unless it reads lease rows or names a lease not seen to exist.
+    let assume = assume
+        && w.assumes()
+        && !jobs.iter().any(|j| j.lease_rows())
+        && lock(known).knows_leases(&leases);
+    let mut batch = if assume {
         let mut absent = HashSet::new();
         for job in jobs.iter() {
             job.expects_absent(&mut absent);
         }
-        let assumed = lock(known).assume(keys).ok_or(DbError::Stale);
+        let assumed = lock(known).assume(keys, &leases).ok_or(DbError::Stale);
         match assumed {
             Ok(assumed) => Batch::begin_assuming(w, catalog, assumed, absent).await,
             Err(e) => Err(e),

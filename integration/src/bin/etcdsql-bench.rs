@@ -14,6 +14,9 @@
 //! - `create`: custom-resource-like JSON objects (1 to 4 KiB, with labels)
 //!   created by kube-apiserver's create Txn (mod_revision == 0 → put, else
 //!   get), from many concurrent clients;
+//! - `events` (not in the default set): Events as kube-apiserver creates
+//!   them, the create Txn with a lease (one lease for many events, as the
+//!   apiserver reuses one for a minute), from `--event-clients` clients;
 //! - `update`: kube-apiserver's GuaranteedUpdate on a hot set of objects:
 //!   read, then Txn mod_revision == read → put, else get, retried on
 //!   conflict; contention is by design. `create` and `update` note CPU
@@ -81,7 +84,8 @@ struct Args {
     /// An etcd v3 endpoint to drive as well (host:port).
     #[arg(long)]
     endpoint: Option<String>,
-    /// Comma-separated: create, update, list, watch, memory, compact.
+    /// Comma-separated: create, events, update, list, watch, memory, compact,
+    /// replicas, replica-lag, selectors, apiserver.
     #[arg(
         long,
         default_value = "create,update,list,watch,memory,compact",
@@ -97,6 +101,12 @@ struct Args {
     /// Concurrent clients of `create`.
     #[arg(long, default_value_t = 3600)]
     create_clients: usize,
+    /// Events `events` creates.
+    #[arg(long, default_value_t = 30_000)]
+    event_objects: usize,
+    /// Concurrent clients of `events`.
+    #[arg(long, default_value_t = 256)]
+    event_clients: usize,
     /// Objects in the hot set of `update`.
     #[arg(long, default_value_t = 100)]
     update_objects: usize,
@@ -516,6 +526,48 @@ async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
             "{} objects in {secs:.1} s{}",
             args.create_objects,
             u.cpu_note(cpu, args.create_objects)
+        ),
+    })
+}
+
+async fn events(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let lease = u.client(0).lease_grant(3600, None).await?.id();
+    let cpu = u.cpu();
+    let (secs, latencies, errors) = drive(
+        u,
+        args.event_clients,
+        args.event_objects,
+        "events",
+        move |mut c, n| async move {
+            let key = format!("/registry/events/ns-{}/pod-{n:08}.{n:x}", n % 100);
+            let value = format!(
+                r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"pod-{n:08}.{n:x}","namespace":"ns-{}"}},"involvedObject":{{"kind":"Pod","name":"pod-{n:08}"}},"reason":"Scheduled","message":"Successfully assigned ns-{}/pod-{n:08} to node-{}","type":"Normal","count":1}}"#,
+                n % 100,
+                n % 100,
+                n % 50
+            );
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value,
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            matches!(c.txn(txn).await, Ok(r) if r.succeeded())
+        },
+    )
+    .await;
+    Ok(Row {
+        target: u.name.clone(),
+        rate: args.event_objects as f64 / secs,
+        latencies,
+        errors,
+        peak_rss: u.peak_rss(),
+        note: format!(
+            "{} events in {secs:.1} s{}",
+            args.event_objects,
+            u.cpu_note(cpu, args.event_objects)
         ),
     })
 }
@@ -1350,6 +1402,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             let row = match workload.as_str() {
                 "create" => create(&u, args).await?,
                 "update" => update(&u, args).await?,
+                "events" => events(&u, args).await?,
                 "list" => list(&u, args).await?,
                 "watch" => watch(&u, args).await?,
                 "memory" => memory(&u, args).await?,
@@ -1364,6 +1417,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                     args.create_objects, args.create_clients
                 ),
                 "objects",
+            ),
+            "events" => (
+                format!(
+                    "events: {} Events created with a lease (create Txn), {} concurrent clients",
+                    args.event_objects, args.event_clients
+                ),
+                "events",
             ),
             "update" => (
                 format!(

@@ -365,6 +365,122 @@ async fn read_ahead(target: Target) {
     );
 }
 
+/// Puts with a lease the committer has seen to exist assume it (one round
+/// trip), and the database checks it at the commit: a lease revoked by
+/// another process, with keys or without (no new revision), fails the put
+/// with etcd's error and the put writes nothing.
+async fn lease_puts(target: Target) {
+    use etcd_client::PutOptions;
+
+    let db = TestDb::create(target).await.unwrap();
+    let (p, pm) = with_metrics(&db).await;
+    let q = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let (mut a, mut b) = (p.client().await.unwrap(), q.client().await.unwrap());
+    let held = a.lease_grant(600, None).await.unwrap().id();
+    // Keys the committer then knows, first without the lease.
+    for i in 0..5 {
+        a.put(format!("/lp/{i}"), "v", None).await.unwrap();
+    }
+    let before = batches(pm, "assumed").await;
+    for i in 0..20 {
+        let key = format!("/lp/{}", i % 5);
+        a.put(key, i.to_string(), Some(PutOptions::new().with_lease(held)))
+            .await
+            .unwrap();
+    }
+    let assumed = batches(pm, "assumed").await - before;
+    assert!(assumed >= 15, "{assumed} of 20 puts with a lease assumed");
+    let ttl = a
+        .lease_time_to_live(
+            held,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys().len(), 5, "keys attached to the lease");
+
+    let not_found = |e: etcd_client::Error, what: &str| match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(s.code(), tonic::Code::NotFound, "{what}: {s:?}");
+            assert_eq!(
+                s.message(),
+                "etcdserver: requested lease not found",
+                "{what}"
+            );
+        }
+        e => panic!("{what}: {e:?}"),
+    };
+    // Revoked elsewhere while it holds no key: the revision stays.
+    let empty = a.lease_grant(600, None).await.unwrap().id();
+    a.put("/lp/seen", "v", None).await.unwrap();
+    let rev = b
+        .get("/lp/seen", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    b.lease_revoke(empty).await.unwrap();
+    let stale = batches(pm, "stale").await;
+    // A key it knows, so that the put assumes.
+    let e = a
+        .put("/lp/seen", "x", Some(PutOptions::new().with_lease(empty)))
+        .await
+        .unwrap_err();
+    not_found(e, "a put with a lease revoked elsewhere");
+    let seen = a.get("/lp/seen", None).await.unwrap();
+    assert_eq!(seen.kvs()[0].value(), b"v", "the failed put wrote /lp/seen");
+    assert_eq!(seen.kvs()[0].lease(), 0);
+    assert_eq!(
+        seen.header().unwrap().revision(),
+        rev,
+        "a failed put changed the revision"
+    );
+    assert!(
+        batches(pm, "stale").await > stale,
+        "the put did not assume the lease"
+    );
+    eprintln!("lease puts on {}: {assumed} of 20 assumed", target.name());
+    // Revoked elsewhere with its keys: they are gone, and a put fails.
+    b.lease_revoke(held).await.unwrap();
+    let e = a
+        .put("/lp/y", "v", Some(PutOptions::new().with_lease(held)))
+        .await
+        .unwrap_err();
+    not_found(e, "a put with a lease revoked with its keys");
+    let left = a
+        .get("/lp/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let names: Vec<&[u8]> = left.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(names, [b"/lp/seen".as_slice()], "keys left under /lp/");
+    // A lease granted elsewhere is read once, then assumed.
+    let other = b.lease_grant(600, None).await.unwrap().id();
+    let before = batches(pm, "assumed").await;
+    for i in 0..5 {
+        a.put(
+            "/lp/seen",
+            i.to_string(),
+            Some(PutOptions::new().with_lease(other)),
+        )
+        .await
+        .unwrap();
+    }
+    let assumed = batches(pm, "assumed").await - before;
+    assert!(
+        assumed >= 3,
+        "{assumed} of 5 puts with another's lease assumed"
+    );
+    let ttl = b
+        .lease_time_to_live(
+            other,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys(), [b"/lp/seen".to_vec()]);
+}
+
 /// Reads all of /rc/ (keys only), checks its count is the keys it
 /// answered, and answers its revision.
 async fn counted_exactly(c: &mut Client) -> i64 {
@@ -510,6 +626,7 @@ pub fn cases() -> Vec<Case> {
         case!("gathered_reads", EVERY, gathered_reads),
         case!("assumed_batches", SERVERS, assumed_batches),
         case!("read_ahead", SERVERS, read_ahead),
+        case!("lease_puts", SERVERS, lease_puts),
         case!("range_counts", EVERY, range_counts),
     ]
 }

@@ -492,11 +492,17 @@ async fn run(target: Target, tier: Tier) {
                     break (n - b) as f64;
                 }
             }
-            let log = pool.as_ref().map(|p| p.log()).unwrap_or_default();
-            assert!(
-                Instant::now() < deadline,
-                "the replica never served reads again\n{log}"
-            );
+            if Instant::now() > deadline {
+                // The proxy's log first: the reason must end the output.
+                let log = pool.as_ref().map(|p| p.log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{}\nthe replica never served reads again within 90 s of its restart \
+                     (counted there: {base:?} at first)",
+                    tail.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     } else {
