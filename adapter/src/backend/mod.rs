@@ -373,8 +373,8 @@ pub struct Began {
     pub meta: Meta,
     /// The keys' latest versions (missing keys are absent).
     pub kvs: Vec<KeyValue>,
-    /// The leases that exist.
-    pub leases: Vec<i64>,
+    /// The leases that exist, with their TTLs.
+    pub leases: Vec<(i64, i64)>,
 }
 
 /// One write transaction at a time on a dedicated connection.
@@ -384,7 +384,8 @@ pub trait Writer: Send {
     async fn begin(&mut self) -> Result<Meta, DbError>;
 
     /// [`begin`](Writer::begin), then the latest versions of `keys` and
-    /// which of `leases` exist; a database may send them together.
+    /// which of `leases` exist (with their TTLs); a database may send them
+    /// together.
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
         let meta = self.begin().await?;
         let kvs = if keys.is_empty() {
@@ -395,7 +396,7 @@ pub trait Writer: Send {
         let leases = if leases.is_empty() {
             Vec::new()
         } else {
-            self.leases_exist(leases).await?
+            self.lease_ttls(leases).await?
         };
         Ok(Began { meta, kvs, leases })
     }
@@ -416,13 +417,14 @@ pub trait Writer: Send {
 
     /// Queues the check, ahead of the writes: the store is still at `meta`
     /// (revision, compaction, partition registry, epoch), none of
-    /// `absent` exists and every one of `leases` does. When it fails, the
-    /// commit fails with [`DbError::Stale`] and nothing is written.
+    /// `absent` exists and every one of `leases` (id, TTL) does. When it
+    /// fails, the commit fails with [`DbError::Stale`] and nothing is
+    /// written.
     async fn check_assumed(
         &mut self,
         _meta: Meta,
         _absent: &[Vec<u8>],
-        _leases: &[i64],
+        _leases: &[(i64, i64)],
     ) -> Result<(), DbError> {
         Err(DbError::Other("check_assumed is not supported".into()))
     }
@@ -443,8 +445,8 @@ pub trait Writer: Send {
     /// A range inside the transaction; sees what was flushed before.
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError>;
 
-    /// Which of these lease ids exist.
-    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError>;
+    /// Which of these lease ids exist, with their TTLs.
+    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError>;
 
     /// Keys attached to a lease (sees what was flushed before).
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;

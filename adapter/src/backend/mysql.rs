@@ -16,7 +16,7 @@ use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
     Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
-    decode_lease, first_bytes, first_ints,
+    decode_lease, first_bytes, lease_ttls,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -640,7 +640,7 @@ fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
 }
 
 fn leases_text(out: &mut String, ids: &[i64]) {
-    out.push_str("SELECT id FROM etcdsql_lease WHERE id IN (");
+    out.push_str("SELECT id, ttl FROM etcdsql_lease WHERE id IN (");
     join_ints(out, ids.iter().copied());
     out.push_str(");");
 }
@@ -754,7 +754,7 @@ impl Writer for MyWriter {
         &mut self,
         meta: Meta,
         absent: &[Vec<u8>],
-        leases: &[i64],
+        leases: &[(i64, i64)],
     ) -> Result<(), DbError> {
         self.locked = meta;
         let version = self.partitions.get().version;
@@ -772,8 +772,11 @@ impl Writer for MyWriter {
             q.push_str("))");
         }
         if !leases.is_empty() {
-            q.push_str(" AND (SELECT COUNT(*) FROM etcdsql_lease WHERE id IN (");
-            join_ints(q, leases.iter().copied());
+            q.push_str(" AND (SELECT COUNT(*) FROM etcdsql_lease WHERE (id, ttl) IN (");
+            for (i, (id, ttl)) in leases.iter().enumerate() {
+                let sep = if i > 0 { ", " } else { "" };
+                let _ = write!(q, "{sep}({id}, {ttl})");
+            }
             let _ = write!(q, ")) = {}", leases.len());
         }
         q.push_str(");");
@@ -800,7 +803,7 @@ impl Writer for MyWriter {
             }
         }
         let leases = match sets.get(2 + gets) {
-            Some((rows, _)) if !leases.is_empty() => first_ints(rows)?,
+            Some((rows, _)) if !leases.is_empty() => lease_ttls(rows)?,
             _ => Vec::new(),
         };
         Ok(Began { meta, kvs, leases })
@@ -825,7 +828,7 @@ impl Writer for MyWriter {
         Ok(fold_range(self.exec(&s.text, params(&s.params)).await?)?.finish(q))
     }
 
-    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -833,7 +836,7 @@ impl Writer for MyWriter {
         let mut text = String::new();
         leases_text(&mut text, ids);
         let sets = self.run(&text, 1).await?;
-        first_ints(sets.first().map_or(&[][..], |s| &s.0[..]))
+        lease_ttls(sets.first().map_or(&[][..], |s| &s.0[..]))
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {

@@ -25,7 +25,7 @@ use super::sql::{self, Dialect, Param, Statement};
 use super::{
     Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
     Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
-    decode_lease, decode_range, first_bytes, first_ints,
+    decode_lease, decode_range, first_bytes, first_ints, lease_ttls,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -84,9 +84,10 @@ const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
     AND m.partitions_version = $3 AND m.epoch = $4 \
     AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) \
-    AND (SELECT count(*) FROM etcdsql_lease WHERE id = ANY($6)) = cardinality($6::int8[]) \
+    AND (SELECT count(*) FROM etcdsql_lease l JOIN unnest($6::int8[], $7::int8[]) AS a (id, ttl) \
+    ON l.id = a.id AND l.ttl = a.ttl) = cardinality($6::int8[]) \
     THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1";
-const LEASES_EXIST: &str = "SELECT id FROM etcdsql_lease WHERE id = ANY($1)";
+const LEASE_TTLS: &str = "SELECT id, ttl FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
 /// Every commit notifies this channel; watch hubs in all processes listen.
@@ -785,7 +786,7 @@ impl Writer for PgWriter {
         &mut self,
         meta: Meta,
         absent: &[Vec<u8>],
-        leases: &[i64],
+        leases: &[(i64, i64)],
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
@@ -797,7 +798,8 @@ impl Writer for PgWriter {
                 Box::new(version),
                 Box::new(self.epoch),
                 Box::new(absent.to_vec()),
-                Box::new(leases.to_vec()),
+                Box::new(leases.iter().map(|l| l.0).collect::<Vec<i64>>()),
+                Box::new(leases.iter().map(|l| l.1).collect::<Vec<i64>>()),
             ],
         )
         .await
@@ -808,7 +810,7 @@ impl Writer for PgWriter {
         self.open = true;
         let lock = self.prepared(super::LOCK_META).await?;
         let get = self.prepared(GET).await?;
-        let exist = self.prepared(LEASES_EXIST).await?;
+        let exist = self.prepared(LEASE_TTLS).await?;
         let client = self.client()?;
         let (keys_param, leases_param): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
             ([&keys], [&leases]);
@@ -853,7 +855,7 @@ impl Writer for PgWriter {
         Ok(Began {
             meta: locked.meta,
             kvs,
-            leases: first_ints(&found)?,
+            leases: lease_ttls(&found)?,
         })
     }
 
@@ -873,9 +875,9 @@ impl Writer for PgWriter {
         decode_range(q, &rows)
     }
 
-    async fn leases_exist(&mut self, ids: &[i64]) -> Result<Vec<i64>, DbError> {
-        let rows = self.query(LEASES_EXIST, &[&ids]).await?;
-        first_ints(&rows)
+    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
+        let rows = self.query(LEASE_TTLS, &[&ids]).await?;
+        lease_ttls(&rows)
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {

@@ -213,16 +213,14 @@ pub struct LeaseRenew {
 #[async_trait]
 impl Write for LeaseRenew {
     type Out = (i64, i64);
-    fn lease_rows(&self) -> bool {
-        true
-    }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.id);
     }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<(i64, i64), Error> {
-        let row = b.lease_row(self.id).await?.ok_or(Error::LeaseNotFound)?;
-        b.set_lease(self.id, Some(lease_row(self.id, row.ttl, self.now_ms)));
-        Ok((row.ttl, b.meta.revision))
+        // Only the TTL: the new expiry does not depend on the old.
+        let ttl = b.lease_ttl(self.id).await?.ok_or(Error::LeaseNotFound)?;
+        b.set_lease(self.id, Some(lease_row(self.id, ttl, self.now_ms)));
+        Ok((ttl, b.meta.revision))
     }
 }
 
@@ -304,8 +302,9 @@ pub struct Batch<'w> {
     /// Live-table changes not yet written.
     dirty: BTreeMap<Vec<u8>, Option<KeyValue>>,
     history: Vec<HistoryRow>,
-    /// Leases known to exist (or not), and rows not yet written.
-    leases: HashMap<i64, bool>,
+    /// Leases known to exist, with their TTLs (`None`: known absent), and
+    /// rows not yet written.
+    leases: HashMap<i64, Option<i64>>,
     dirty_leases: BTreeMap<i64, Option<LeaseRow>>,
     /// CRD writes, for the catalog once the batch committed (a batch
     /// rolled back must not change what selectors may name).
@@ -332,8 +331,8 @@ struct Assumed {
     may_be_absent: HashSet<Vec<u8>>,
     /// Those it did take as absent.
     absent: Vec<Vec<u8>>,
-    /// The leases its requests name, taken as existing.
-    leases: Vec<i64>,
+    /// The leases its requests name, taken as existing with these TTLs.
+    leases: Vec<(i64, i64)>,
 }
 
 /// What the committer knows of the store after its last commit: the
@@ -345,9 +344,10 @@ pub struct Known {
     meta: Option<Meta>,
     keys: HashMap<Vec<u8>, Option<KeyValue>>,
     bytes: usize,
-    /// Leases seen to exist. Only a hint: another process may revoke a
-    /// lease without a new revision, so a batch assuming checks them.
-    leases: HashSet<i64>,
+    /// Leases seen to exist, with their TTLs. Only a hint: another process
+    /// may revoke a lease (and grant its id again) without a new revision,
+    /// so a batch assuming checks them.
+    leases: HashMap<i64, i64>,
     /// Every commit after this revision, up to `meta`, was one of the
     /// committer's and left the keys it wrote in `keys`: a key read at a
     /// revision from here on, and not in `keys`, is still as read.
@@ -401,12 +401,11 @@ impl Known {
             // The batch held the revision lock from `start`.
             self.since = c.start;
         }
-        for (id, exists) in std::mem::take(&mut c.leases) {
-            if exists {
-                self.leases.insert(id);
-            } else {
-                self.leases.remove(&id);
-            }
+        for (id, ttl) in std::mem::take(&mut c.leases) {
+            match ttl {
+                Some(ttl) => self.leases.insert(id, ttl),
+                None => self.leases.remove(&id),
+            };
         }
         if self.leases.len() > Self::MAX_LEASES {
             self.leases.clear();
@@ -425,7 +424,7 @@ impl Known {
 
     /// Whether all of `leases` were seen to exist.
     pub fn knows_leases(&self, leases: &HashSet<i64>) -> bool {
-        leases.is_subset(&self.leases)
+        leases.iter().all(|id| self.leases.contains_key(id))
     }
 
     /// The revision row, the known versions of `keys` and `leases`, for a
@@ -436,7 +435,11 @@ impl Known {
             .into_iter()
             .filter_map(|k| self.keys.get(&k).map(|v| (k, v.clone())))
             .collect();
-        Some((meta, cache, leases.iter().copied().collect()))
+        let leases = leases
+            .iter()
+            .filter_map(|id| self.leases.get(id).map(|&ttl| (*id, ttl)))
+            .collect();
+        Some((meta, cache, leases))
     }
 
     /// What a request lacks for a batch assuming: the keys it names that
@@ -488,8 +491,8 @@ impl Known {
 }
 
 /// What a batch assumes: the revision row, the versions of keys (`None`:
-/// absent), and leases that exist.
-pub type Assuming = (Meta, HashMap<Vec<u8>, Option<KeyValue>>, Vec<i64>);
+/// absent), and leases that exist, with their TTLs.
+pub type Assuming = (Meta, HashMap<Vec<u8>, Option<KeyValue>>, Vec<(i64, i64)>);
 
 /// A committed batch: it took the store from `start` to `end`.
 pub struct Committed {
@@ -501,8 +504,9 @@ pub struct Committed {
     pub meta: Meta,
     /// The latest versions of the keys it read or wrote, as it left them.
     pub keys: HashMap<Vec<u8>, Option<KeyValue>>,
-    /// Whether the leases it read or wrote exist, as it left them.
-    pub leases: HashMap<i64, bool>,
+    /// The leases it read or wrote, as it left them: their TTLs, `None`
+    /// where absent.
+    pub leases: HashMap<i64, Option<i64>>,
     /// It ran on [`Known`] (one round trip).
     pub assumed: bool,
 }
@@ -555,11 +559,12 @@ impl<'w> Batch<'w> {
         for k in keys {
             b.cache.entry(k).or_insert(None);
         }
-        // Only existence matters inside a batch; renewals re-read the row.
-        let found: HashSet<i64> = began.leases.into_iter().collect();
+        // Existence and TTL are what a batch needs; expiries read the row.
         for id in ids {
-            b.leases.insert(id, found.contains(&id));
+            b.leases.insert(id, None);
         }
+        b.leases
+            .extend(began.leases.into_iter().map(|(id, ttl)| (id, Some(ttl))));
         Ok(b)
     }
 
@@ -578,7 +583,7 @@ impl<'w> Batch<'w> {
     ) -> Result<Batch<'w>, DbError> {
         w.begin_assuming().await?;
         let mut b = Batch::new(w, catalog, meta, cache, None);
-        b.leases = leases.iter().map(|&id| (id, true)).collect();
+        b.leases = leases.iter().map(|&(id, ttl)| (id, Some(ttl))).collect();
         b.assumed = Some(Assumed {
             meta,
             may_be_absent,
@@ -772,15 +777,25 @@ impl<'w> Batch<'w> {
         if let Some(row) = self.dirty_leases.get(&id) {
             return Ok(*row);
         }
-        if self.leases.get(&id) == Some(&false) {
+        if self.leases.get(&id) == Some(&None) {
             return Ok(None);
         }
         self.must_read()?;
-        Ok(self.w.lease_row(id).await?)
+        let row = self.w.lease_row(id).await?;
+        self.leases.insert(id, row.map(|r| r.ttl));
+        Ok(row)
+    }
+
+    /// The lease's TTL, None if it does not exist.
+    async fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, Error> {
+        if let Some(ttl) = self.leases.get(&id) {
+            return Ok(*ttl);
+        }
+        Ok(self.lease_row(id).await?.map(|r| r.ttl))
     }
 
     fn set_lease(&mut self, id: i64, row: Option<LeaseRow>) {
-        self.leases.insert(id, row.is_some());
+        self.leases.insert(id, row.map(|r| r.ttl));
         self.dirty_leases.insert(id, row);
     }
 
@@ -850,13 +865,7 @@ impl View for Batch<'_> {
     }
 
     async fn lease_exists(&mut self, id: i64) -> Result<bool, Error> {
-        if let Some(exists) = self.leases.get(&id) {
-            return Ok(*exists);
-        }
-        self.must_read()?;
-        let exists = !self.w.leases_exist(&[id]).await?.is_empty();
-        self.leases.insert(id, exists);
-        Ok(exists)
+        Ok(self.lease_ttl(id).await?.is_some())
     }
 
     async fn put(&mut self, kv: KeyValue, prev_revision: i64) -> Result<(), Error> {
@@ -930,7 +939,7 @@ impl View for Batch<'_> {
 mod tests {
     use super::*;
 
-    fn committed(start: i64, end: i64, leases: &[(i64, bool)]) -> Committed {
+    fn committed(start: i64, end: i64, leases: &[(i64, Option<i64>)]) -> Committed {
         Committed {
             start,
             end,
@@ -949,7 +958,11 @@ mod tests {
     fn leases_seen_to_exist() {
         let mut k = Known::default();
         let (none, absent) = (HashSet::new(), HashSet::new());
-        k.absorb(&mut committed(1, 2, &[(7, true), (8, true), (9, false)]));
+        k.absorb(&mut committed(
+            1,
+            2,
+            &[(7, Some(60)), (8, Some(5)), (9, None)],
+        ));
         assert!(k.knows_leases(&[7, 8].into()));
         assert!(!k.knows_leases(&[7, 9].into()));
         assert_eq!(
@@ -964,15 +977,15 @@ mod tests {
             k.unknown(none.clone(), &absent, &[7].into(), true),
             (vec![], true)
         );
-        // Revoked by its own batch.
-        k.absorb(&mut committed(2, 3, &[(8, false)]));
+        // Revoked by its own batch; another renewed with a new TTL.
+        k.absorb(&mut committed(2, 3, &[(8, None), (7, Some(30))]));
         assert!(!k.knows_leases(&[8].into()));
         let (_, _, leases) = k.assume(none.clone(), &[7].into()).unwrap();
-        assert_eq!(leases, [7]);
+        assert_eq!(leases, [(7, 30)]);
         // Another writer came between: nothing seen before holds.
         k.absorb(&mut committed(5, 6, &[]));
         assert!(!k.knows_leases(&[7].into()));
-        k.absorb(&mut committed(6, 6, &[(7, true)]));
+        k.absorb(&mut committed(6, 6, &[(7, Some(30))]));
         k.forget();
         assert!(!k.knows_leases(&[7].into()));
     }

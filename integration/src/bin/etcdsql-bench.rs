@@ -17,6 +17,9 @@
 //! - `events` (not in the default set): Events as kube-apiserver creates
 //!   them, the create Txn with a lease (one lease for many events, as the
 //!   apiserver reuses one for a minute), from `--event-clients` clients;
+//! - `keepalive` (not in the default set): lease keep-alives, each client
+//!   renewing its own lease over its LeaseKeepAlive stream
+//!   (`--event-clients` clients, `--event-objects` renewals in all);
 //! - `update`: kube-apiserver's GuaranteedUpdate on a hot set of objects:
 //!   read, then Txn mod_revision == read → put, else get, retried on
 //!   conflict; contention is by design. `create` and `update` note CPU
@@ -84,8 +87,8 @@ struct Args {
     /// An etcd v3 endpoint to drive as well (host:port).
     #[arg(long)]
     endpoint: Option<String>,
-    /// Comma-separated: create, events, update, list, watch, memory, compact,
-    /// replicas, replica-lag, selectors, apiserver.
+    /// Comma-separated: create, events, keepalive, update, list, watch,
+    /// memory, compact, replicas, replica-lag, selectors, apiserver.
     #[arg(
         long,
         default_value = "create,update,list,watch,memory,compact",
@@ -101,10 +104,10 @@ struct Args {
     /// Concurrent clients of `create`.
     #[arg(long, default_value_t = 3600)]
     create_clients: usize,
-    /// Events `events` creates.
+    /// Events `events` creates (renewals of `keepalive`).
     #[arg(long, default_value_t = 30_000)]
     event_objects: usize,
-    /// Concurrent clients of `events`.
+    /// Concurrent clients of `events` (and of `keepalive`).
     #[arg(long, default_value_t = 256)]
     event_clients: usize,
     /// Objects in the hot set of `update`.
@@ -566,6 +569,45 @@ async fn events(u: &Under, args: &Args) -> anyhow::Result<Row> {
         peak_rss: u.peak_rss(),
         note: format!(
             "{} events in {secs:.1} s{}",
+            args.event_objects,
+            u.cpu_note(cpu, args.event_objects)
+        ),
+    })
+}
+
+async fn keepalive(u: &Under, args: &Args) -> anyhow::Result<Row> {
+    let clients = args.event_clients;
+    let mut streams = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let mut c = u.client(i);
+        let id = c.lease_grant(600, None).await?.id();
+        streams.push(tokio::sync::Mutex::new(c.lease_keep_alive(id).await?));
+    }
+    let streams = Arc::new(streams);
+    let cpu = u.cpu();
+    let (secs, latencies, errors) =
+        drive(u, clients, args.event_objects, "keepalive", move |_, n| {
+            let streams = streams.clone();
+            async move {
+                // Each client task takes ops in turn; a stream has one
+                // renewal in flight at a time.
+                let mut s = streams[n % streams.len()].lock().await;
+                let (keeper, acks) = &mut *s;
+                if keeper.keep_alive().await.is_err() {
+                    return false;
+                }
+                matches!(acks.message().await, Ok(Some(r)) if r.ttl() == 600)
+            }
+        })
+        .await;
+    Ok(Row {
+        target: u.name.clone(),
+        rate: args.event_objects as f64 / secs,
+        latencies,
+        errors,
+        peak_rss: u.peak_rss(),
+        note: format!(
+            "{} renewals of {clients} leases in {secs:.1} s{}",
             args.event_objects,
             u.cpu_note(cpu, args.event_objects)
         ),
@@ -1403,6 +1445,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 "create" => create(&u, args).await?,
                 "update" => update(&u, args).await?,
                 "events" => events(&u, args).await?,
+                "keepalive" => keepalive(&u, args).await?,
                 "list" => list(&u, args).await?,
                 "watch" => watch(&u, args).await?,
                 "memory" => memory(&u, args).await?,
@@ -1424,6 +1467,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                     args.event_objects, args.event_clients
                 ),
                 "events",
+            ),
+            "keepalive" => (
+                format!(
+                    "keepalive: {} lease renewals, {} clients each renewing its own lease",
+                    args.event_objects, args.event_clients
+                ),
+                "renewals",
             ),
             "update" => (
                 format!(

@@ -365,10 +365,10 @@ async fn read_ahead(target: Target) {
     );
 }
 
-/// Puts with a lease the committer has seen to exist assume it (one round
-/// trip), and the database checks it at the commit: a lease revoked by
-/// another process, with keys or without (no new revision), fails the put
-/// with etcd's error and the put writes nothing.
+/// Puts and keep-alives with a lease the committer has seen to exist
+/// assume it (one round trip), and the database checks it at the commit: a
+/// lease revoked by another process, with keys or without (no new
+/// revision), fails the put with etcd's error and the put writes nothing.
 async fn lease_puts(target: Target) {
     use etcd_client::PutOptions;
 
@@ -479,6 +479,37 @@ async fn lease_puts(target: Target) {
         .await
         .unwrap();
     assert_eq!(ttl.keys(), [b"/lp/seen".to_vec()]);
+
+    // Keep-alives assume the lease and its TTL too, and answer the TTL the
+    // lease has: revoked elsewhere and granted again under its id with
+    // another TTL (no key, so no new revision), then revoked for good.
+    let kept = a.lease_grant(60, None).await.unwrap().id();
+    let (mut keeper, mut acks) = a.lease_keep_alive(kept).await.unwrap();
+    let mut ack = async || {
+        keeper.keep_alive().await.unwrap();
+        acks.message()
+            .await
+            .unwrap()
+            .expect("keep-alive answer")
+            .ttl()
+    };
+    let before = batches(pm, "assumed").await;
+    for _ in 0..10 {
+        assert_eq!(ack().await, 60);
+    }
+    let assumed = batches(pm, "assumed").await - before;
+    assert!(assumed >= 8, "{assumed} of 10 keep-alives assumed");
+    b.lease_revoke(kept).await.unwrap();
+    b.lease_grant(
+        30,
+        Some(etcd_client::LeaseGrantOptions::new().with_id(kept)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ack().await, 30, "the TTL of the lease granted again");
+    assert_eq!(ack().await, 30);
+    b.lease_revoke(kept).await.unwrap();
+    assert_eq!(ack().await, 0, "a revoked lease's keep-alive");
 }
 
 /// Reads all of /rc/ (keys only), checks its count is the keys it
