@@ -84,8 +84,8 @@ const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
     AND m.partitions_version = $3 AND m.epoch = $4 \
     AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) \
-    AND (SELECT count(*) FROM etcdsql_lease l JOIN unnest($6::int8[], $7::int8[]) AS a (id, ttl) \
-    ON l.id = a.id AND l.ttl = a.ttl) = cardinality($6::int8[]) \
+    AND (SELECT count(*) FROM etcdsql_lease \
+    WHERE id = ANY($6) AND (id::text || ' ' || ttl::text) = ANY($7)) = $8 \
     THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1";
 const LEASE_TTLS: &str = "SELECT id, ttl FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
@@ -799,7 +799,14 @@ impl Writer for PgWriter {
                 Box::new(self.epoch),
                 Box::new(absent.to_vec()),
                 Box::new(leases.iter().map(|l| l.0).collect::<Vec<i64>>()),
-                Box::new(leases.iter().map(|l| l.1).collect::<Vec<i64>>()),
+                // And as "id ttl": plain operators match the pairs.
+                Box::new(
+                    leases
+                        .iter()
+                        .map(|(id, ttl)| format!("{id} {ttl}"))
+                        .collect::<Vec<String>>(),
+                ),
+                Box::new(i64::try_from(leases.len()).unwrap_or(i64::MAX)),
             ],
         )
         .await
