@@ -464,7 +464,12 @@ pub async fn open_backend(
         }
     }
     loop {
-        match backend::open(dsn).await {
+        let opened = if behind_proxy {
+            backend::open_balanced(dsn).await
+        } else {
+            backend::open(dsn).await
+        };
+        match opened {
             Ok(b) => return Ok(b),
             Err(DbError::Unavailable(why)) => {
                 tracing::warn!(%why, "database unavailable; retrying");

@@ -78,6 +78,16 @@ pub async fn open(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
     })
 }
 
+/// The balanced side of a proxy tier at `dsn` (see
+/// [`postgres::Postgres::open_balanced`]); MySQL proxies (ProxySQL) route
+/// each statement by itself.
+pub async fn open_balanced(dsn: &Dsn) -> Result<Arc<dyn Backend>, DbError> {
+    Ok(match dsn {
+        Dsn::Postgres(url) => Arc::new(postgres::Postgres::open_balanced(url).await?),
+        _ => open(dsn).await?,
+    })
+}
+
 /// The primary's side of a proxy tier at `dsn` (see
 /// [`postgres::Postgres::open_primary_side`]); MySQL proxies route each
 /// statement by itself.

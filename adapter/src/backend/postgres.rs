@@ -232,7 +232,16 @@ async fn connect_writer(config: &tokio_postgres::Config) -> Result<Client, DbErr
 
 impl Postgres {
     pub async fn open(url: &str) -> Result<Self, DbError> {
-        Self::open_with(url, None).await
+        Self::open_with(url, None, None).await
+    }
+
+    /// The balanced side of a proxy tier: a pooled connection is replaced
+    /// once [`BALANCED_MAX_AGE`] old. A proxy balances a session over the
+    /// servers it had when the session began (Pgpool-II, PgCat in session
+    /// mode), so without new sessions a standby back from a restart would
+    /// get no reads.
+    pub async fn open_balanced(url: &str) -> Result<Self, DbError> {
+        Self::open_with(url, None, Some(BALANCED_MAX_AGE)).await
     }
 
     /// The primary's side of a proxy tier: every pooled connection starts
@@ -242,10 +251,14 @@ impl Postgres {
     /// those to every node, and after a standby's restart its sessions
     /// failed with "there is already a transaction in progress".)
     pub async fn open_primary_side(url: &str) -> Result<Self, DbError> {
-        Self::open_with(url, Some("BEGIN; COMMIT")).await
+        Self::open_with(url, Some("BEGIN; COMMIT"), None).await
     }
 
-    async fn open_with(url: &str, first: Option<&'static str>) -> Result<Self, DbError> {
+    async fn open_with(
+        url: &str,
+        first: Option<&'static str>,
+        max_age: Option<Duration>,
+    ) -> Result<Self, DbError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| DbError::Other(format!("invalid postgres endpoint: {e}")))?;
@@ -269,6 +282,16 @@ impl Postgres {
                         .await
                         .map_err(deadpool_postgres::HookError::Backend)
                 })
+            }));
+        }
+        if let Some(max_age) = max_age {
+            pool = pool.pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+                // A refused connection is dropped and another one taken.
+                if metrics.age() < max_age {
+                    Ok(())
+                } else {
+                    Err(deadpool_postgres::HookError::Message("old".into()))
+                }
             }));
         }
         let pool = pool.build().map_err(|e| DbError::Other(e.to_string()))?;
@@ -596,6 +619,10 @@ struct PgWriter {
     /// BEGIN goes out first with the next round trip.
     begin_pending: bool,
 }
+
+/// How long a pooled connection of a proxy tier's balanced side lives
+/// (see [`Postgres::open_balanced`]).
+const BALANCED_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Writes queued before they are sent without waiting for the commit.
 const MAX_QUEUED: usize = 16;
