@@ -190,11 +190,6 @@ pub fn first_ints(rows: &[impl Columns]) -> Result<Vec<i64>, DbError> {
     rows.iter().map(|r| r.int(0)).collect()
 }
 
-/// Columns id, ttl of lease rows.
-pub(crate) fn lease_ttls(rows: &[impl Columns]) -> Result<Vec<(i64, i64)>, DbError> {
-    rows.iter().map(|r| Ok((r.int(0)?, r.int(1)?))).collect()
-}
-
 /// The first column of every row, as bytes (NULLs skipped).
 pub(crate) fn first_bytes(rows: &[impl Columns]) -> Result<Vec<Vec<u8>>, DbError> {
     let mut out = Vec::with_capacity(rows.len());

@@ -373,8 +373,8 @@ pub struct Began {
     pub meta: Meta,
     /// The keys' latest versions (missing keys are absent).
     pub kvs: Vec<KeyValue>,
-    /// The leases that exist, with their TTLs.
-    pub leases: Vec<(i64, i64)>,
+    /// The rows of the leases that exist.
+    pub leases: Vec<LeaseRow>,
 }
 
 /// One write transaction at a time on a dedicated connection.
@@ -384,8 +384,7 @@ pub trait Writer: Send {
     async fn begin(&mut self) -> Result<Meta, DbError>;
 
     /// [`begin`](Writer::begin), then the latest versions of `keys` and
-    /// which of `leases` exist (with their TTLs); a database may send them
-    /// together.
+    /// the rows of `leases` that exist; a database may send them together.
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
         let meta = self.begin().await?;
         let kvs = if keys.is_empty() {
@@ -396,7 +395,7 @@ pub trait Writer: Send {
         let leases = if leases.is_empty() {
             Vec::new()
         } else {
-            self.lease_ttls(leases).await?
+            self.leases(leases).await?
         };
         Ok(Began { meta, kvs, leases })
     }
@@ -417,14 +416,14 @@ pub trait Writer: Send {
 
     /// Queues the check, ahead of the writes: the store is still at `meta`
     /// (revision, compaction, partition registry, epoch), none of
-    /// `absent` exists and every one of `leases` (id, TTL) does. When it
+    /// `absent` exists and every one of `leases` does as assumed. When it
     /// fails, the commit fails with [`DbError::Stale`] and nothing is
     /// written.
     async fn check_assumed(
         &mut self,
         _meta: Meta,
         _absent: &[Vec<u8>],
-        _leases: &[(i64, i64)],
+        _leases: &AssumedLeases,
     ) -> Result<(), DbError> {
         Err(DbError::Other("check_assumed is not supported".into()))
     }
@@ -445,8 +444,8 @@ pub trait Writer: Send {
     /// A range inside the transaction; sees what was flushed before.
     async fn range(&mut self, q: &RangeQuery) -> Result<RangeRows, DbError>;
 
-    /// Which of these lease ids exist, with their TTLs.
-    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError>;
+    /// The rows of these leases, where they exist.
+    async fn leases(&mut self, ids: &[i64]) -> Result<Vec<LeaseRow>, DbError>;
 
     /// Keys attached to a lease (sees what was flushed before).
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;

@@ -331,3 +331,13 @@ mod tests {
         assert_eq!(KeyEnd::from_range_end(&[0]), KeyEnd::Unbounded);
     }
 }
+
+/// Leases a batch took for granted (see `Writer::check_assumed`): each of
+/// `ttls` exists with that TTL, and none of `unexpired` had expired at
+/// `now_ms`.
+#[derive(Debug, Default)]
+pub struct AssumedLeases {
+    pub ttls: Vec<(i64, i64)>,
+    pub unexpired: Vec<i64>,
+    pub now_ms: i64,
+}

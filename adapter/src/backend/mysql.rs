@@ -14,9 +14,9 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Row, Value};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
-    Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
-    decode_lease, first_bytes, lease_ttls,
+    AssumedLeases, Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta,
+    PartitionInfo, Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer,
+    decode_kv, decode_lease, first_bytes,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -640,7 +640,7 @@ fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
 }
 
 fn leases_text(out: &mut String, ids: &[i64]) {
-    out.push_str("SELECT id, ttl FROM etcdsql_lease WHERE id IN (");
+    out.push_str("SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id IN (");
     join_ints(out, ids.iter().copied());
     out.push_str(");");
 }
@@ -754,7 +754,7 @@ impl Writer for MyWriter {
         &mut self,
         meta: Meta,
         absent: &[Vec<u8>],
-        leases: &[(i64, i64)],
+        leases: &AssumedLeases,
     ) -> Result<(), DbError> {
         self.locked = meta;
         let version = self.partitions.get().version;
@@ -771,13 +771,18 @@ impl Writer for MyWriter {
             hex_list(q, chunk.iter().map(Vec::as_slice));
             q.push_str("))");
         }
-        if !leases.is_empty() {
+        if !leases.ttls.is_empty() {
             q.push_str(" AND (SELECT COUNT(*) FROM etcdsql_lease WHERE (id, ttl) IN (");
-            for (i, (id, ttl)) in leases.iter().enumerate() {
+            for (i, (id, ttl)) in leases.ttls.iter().enumerate() {
                 let sep = if i > 0 { ", " } else { "" };
                 let _ = write!(q, "{sep}({id}, {ttl})");
             }
-            let _ = write!(q, ")) = {}", leases.len());
+            let _ = write!(q, ")) = {}", leases.ttls.len());
+        }
+        if !leases.unexpired.is_empty() {
+            q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_lease WHERE id IN (");
+            join_ints(q, leases.unexpired.iter().copied());
+            let _ = write!(q, ") AND expires_at_ms <= {})", leases.now_ms);
         }
         q.push_str(");");
         self.check_at = Some(self.queued_n);
@@ -803,7 +808,9 @@ impl Writer for MyWriter {
             }
         }
         let leases = match sets.get(2 + gets) {
-            Some((rows, _)) if !leases.is_empty() => lease_ttls(rows)?,
+            Some((rows, _)) if !leases.is_empty() => {
+                rows.iter().map(decode_lease).collect::<Result<_, _>>()?
+            }
             _ => Vec::new(),
         };
         Ok(Began { meta, kvs, leases })
@@ -828,7 +835,7 @@ impl Writer for MyWriter {
         Ok(fold_range(self.exec(&s.text, params(&s.params)).await?)?.finish(q))
     }
 
-    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
+    async fn leases(&mut self, ids: &[i64]) -> Result<Vec<LeaseRow>, DbError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -836,7 +843,11 @@ impl Writer for MyWriter {
         let mut text = String::new();
         leases_text(&mut text, ids);
         let sets = self.run(&text, 1).await?;
-        lease_ttls(sets.first().map_or(&[][..], |s| &s.0[..]))
+        sets.first()
+            .map_or(&[][..], |s| &s.0[..])
+            .iter()
+            .map(decode_lease)
+            .collect()
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {

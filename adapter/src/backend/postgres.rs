@@ -23,9 +23,9 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
-    Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta, PartitionInfo,
-    Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer, decode_kv,
-    decode_lease, decode_range, first_bytes, first_ints, lease_ttls,
+    AssumedLeases, Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta,
+    PartitionInfo, Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer,
+    decode_kv, decode_lease, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -86,8 +86,9 @@ const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revisio
     AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY($5)) \
     AND (SELECT count(*) FROM etcdsql_lease \
     WHERE id = ANY($6) AND (id::text || ' ' || ttl::text) = ANY($7)) = $8 \
+    AND NOT EXISTS (SELECT 1 FROM etcdsql_lease WHERE id = ANY($9) AND expires_at_ms <= $10) \
     THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1";
-const LEASE_TTLS: &str = "SELECT id, ttl FROM etcdsql_lease WHERE id = ANY($1)";
+const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
 /// Every commit notifies this channel; watch hubs in all processes listen.
@@ -813,7 +814,7 @@ impl Writer for PgWriter {
         &mut self,
         meta: Meta,
         absent: &[Vec<u8>],
-        leases: &[(i64, i64)],
+        leases: &AssumedLeases,
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
@@ -825,15 +826,18 @@ impl Writer for PgWriter {
                 Box::new(version),
                 Box::new(self.epoch),
                 Box::new(absent.to_vec()),
-                Box::new(leases.iter().map(|l| l.0).collect::<Vec<i64>>()),
+                Box::new(leases.ttls.iter().map(|l| l.0).collect::<Vec<i64>>()),
                 // And as "id ttl": plain operators match the pairs.
                 Box::new(
                     leases
+                        .ttls
                         .iter()
                         .map(|(id, ttl)| format!("{id} {ttl}"))
                         .collect::<Vec<String>>(),
                 ),
-                Box::new(i64::try_from(leases.len()).unwrap_or(i64::MAX)),
+                Box::new(i64::try_from(leases.ttls.len()).unwrap_or(i64::MAX)),
+                Box::new(leases.unexpired.clone()),
+                Box::new(leases.now_ms),
             ],
         )
         .await
@@ -844,7 +848,7 @@ impl Writer for PgWriter {
         self.open = true;
         let lock = self.prepared(super::LOCK_META).await?;
         let get = self.prepared(GET).await?;
-        let exist = self.prepared(LEASE_TTLS).await?;
+        let exist = self.prepared(LEASES).await?;
         let client = self.client()?;
         let (keys_param, leases_param): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
             ([&keys], [&leases]);
@@ -889,7 +893,7 @@ impl Writer for PgWriter {
         Ok(Began {
             meta: locked.meta,
             kvs,
-            leases: lease_ttls(&found)?,
+            leases: found.iter().map(decode_lease).collect::<Result<_, _>>()?,
         })
     }
 
@@ -909,9 +913,9 @@ impl Writer for PgWriter {
         decode_range(q, &rows)
     }
 
-    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
-        let rows = self.query(LEASE_TTLS, &[&ids]).await?;
-        lease_ttls(&rows)
+    async fn leases(&mut self, ids: &[i64]) -> Result<Vec<LeaseRow>, DbError> {
+        let rows = self.query(LEASES, &[&ids]).await?;
+        rows.iter().map(decode_lease).collect()
     }
 
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {

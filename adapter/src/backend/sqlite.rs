@@ -555,13 +555,16 @@ impl Writer for SqliteWriter {
         decode_range(q, &self.fetch(s.text, &s.params)?)
     }
 
-    async fn lease_ttls(&mut self, ids: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
+    async fn leases(&mut self, ids: &[i64]) -> Result<Vec<LeaseRow>, DbError> {
         let mut out = Vec::new();
         for chunk in row_chunks(ids) {
             let p: Vec<Param> = chunk.iter().map(|id| Param::Int(*id)).collect();
-            let text = sql::in_list("SELECT id, ttl FROM etcdsql_lease WHERE id IN", chunk.len());
+            let text = sql::in_list(
+                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id IN",
+                chunk.len(),
+            );
             for r in self.fetch(text, &p)? {
-                out.push((r.int(0)?, r.int(1)?));
+                out.push(decode_lease(&r)?);
             }
         }
         Ok(out)

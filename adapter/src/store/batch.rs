@@ -20,8 +20,8 @@ use prost::Message;
 
 use super::ops::{self, View};
 use crate::backend::{
-    DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery, RangeRows,
-    Selectable, Upsert, Writer,
+    AssumedLeases, DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery,
+    RangeRows, Selectable, Upsert, Writer,
 };
 use crate::error::Error;
 use crate::proto::etcdserverpb::request_op::Request;
@@ -217,8 +217,12 @@ impl Write for LeaseRenew {
         leases.insert(self.id);
     }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<(i64, i64), Error> {
-        // Only the TTL: the new expiry does not depend on the old.
-        let ttl = b.lease_ttl(self.id).await?.ok_or(Error::LeaseNotFound)?;
+        // As etcd: an expired lease is not renewed, even before it is
+        // revoked. The new expiry does not depend on the old.
+        let ttl = b
+            .unexpired_ttl(self.id, self.now_ms)
+            .await?
+            .ok_or(Error::LeaseNotFound)?;
         b.set_lease(self.id, Some(lease_row(self.id, ttl, self.now_ms)));
         Ok((ttl, b.meta.revision))
     }
@@ -302,9 +306,10 @@ pub struct Batch<'w> {
     /// Live-table changes not yet written.
     dirty: BTreeMap<Vec<u8>, Option<KeyValue>>,
     history: Vec<HistoryRow>,
-    /// Leases known to exist, with their TTLs (`None`: known absent), and
-    /// rows not yet written.
+    /// Leases known to exist, with their TTLs (`None`: known absent), when
+    /// they expire where that is known, and rows not yet written.
     leases: HashMap<i64, Option<i64>>,
+    expiries: HashMap<i64, i64>,
     dirty_leases: BTreeMap<i64, Option<LeaseRow>>,
     /// CRD writes, for the catalog once the batch committed (a batch
     /// rolled back must not change what selectors may name).
@@ -331,8 +336,9 @@ struct Assumed {
     may_be_absent: HashSet<Vec<u8>>,
     /// Those it did take as absent.
     absent: Vec<Vec<u8>>,
-    /// The leases its requests name, taken as existing with these TTLs.
-    leases: Vec<(i64, i64)>,
+    /// The leases its requests name, taken as existing with these TTLs,
+    /// and those renewals took as not expired.
+    leases: AssumedLeases,
 }
 
 /// What the committer knows of the store after its last commit: the
@@ -559,12 +565,13 @@ impl<'w> Batch<'w> {
         for k in keys {
             b.cache.entry(k).or_insert(None);
         }
-        // Existence and TTL are what a batch needs; expiries read the row.
         for id in ids {
             b.leases.insert(id, None);
         }
-        b.leases
-            .extend(began.leases.into_iter().map(|(id, ttl)| (id, Some(ttl))));
+        for row in began.leases {
+            b.leases.insert(row.id, Some(row.ttl));
+            b.expiries.insert(row.id, row.expires_at_ms);
+        }
         Ok(b)
     }
 
@@ -588,7 +595,10 @@ impl<'w> Batch<'w> {
             meta,
             may_be_absent,
             absent: Vec::new(),
-            leases,
+            leases: AssumedLeases {
+                ttls: leases,
+                ..AssumedLeases::default()
+            },
         });
         Ok(b)
     }
@@ -610,6 +620,7 @@ impl<'w> Batch<'w> {
             history: Vec::new(),
             probe: None,
             leases: HashMap::new(),
+            expiries: HashMap::new(),
             dirty_leases: BTreeMap::new(),
             crd_writes: Vec::new(),
             start: meta.revision,
@@ -783,7 +794,37 @@ impl<'w> Batch<'w> {
         self.must_read()?;
         let row = self.w.lease_row(id).await?;
         self.leases.insert(id, row.map(|r| r.ttl));
+        if let Some(r) = row {
+            self.expiries.insert(id, r.expires_at_ms);
+        }
         Ok(row)
+    }
+
+    /// The lease's TTL if it exists and had not expired at `now_ms`. A
+    /// batch assuming takes that for granted and has the database check it.
+    async fn unexpired_ttl(&mut self, id: i64, now_ms: i64) -> Result<Option<i64>, Error> {
+        let live = |r: LeaseRow| (r.expires_at_ms > now_ms).then_some(r.ttl);
+        if let Some(row) = self.dirty_leases.get(&id) {
+            return Ok(row.and_then(live));
+        }
+        match (
+            self.leases.get(&id),
+            self.expiries.get(&id),
+            &mut self.assumed,
+        ) {
+            (Some(None), _, _) => Ok(None),
+            (Some(Some(ttl)), Some(&expires_at_ms), _) => Ok(live(LeaseRow {
+                id,
+                ttl: *ttl,
+                expires_at_ms,
+            })),
+            (Some(Some(ttl)), None, Some(a)) => {
+                a.leases.unexpired.push(id);
+                a.leases.now_ms = a.leases.now_ms.max(now_ms);
+                Ok(Some(*ttl))
+            }
+            _ => Ok(self.lease_row(id).await?.and_then(live)),
+        }
     }
 
     /// The lease's TTL, None if it does not exist.
@@ -796,6 +837,10 @@ impl<'w> Batch<'w> {
 
     fn set_lease(&mut self, id: i64, row: Option<LeaseRow>) {
         self.leases.insert(id, row.map(|r| r.ttl));
+        match row {
+            Some(r) => self.expiries.insert(id, r.expires_at_ms),
+            None => self.expiries.remove(&id),
+        };
         self.dirty_leases.insert(id, row);
     }
 

@@ -368,7 +368,8 @@ async fn read_ahead(target: Target) {
 /// Puts and keep-alives with a lease the committer has seen to exist
 /// assume it (one round trip), and the database checks it at the commit: a
 /// lease revoked by another process, with keys or without (no new
-/// revision), fails the put with etcd's error and the put writes nothing.
+/// revision), fails the put with etcd's error and the put writes nothing;
+/// a keep-alive answers the lease's TTL now, and 0 once it has expired.
 async fn lease_puts(target: Target) {
     use etcd_client::PutOptions;
 
@@ -510,6 +511,42 @@ async fn lease_puts(target: Target) {
     assert_eq!(ack().await, 30);
     b.lease_revoke(kept).await.unwrap();
     assert_eq!(ack().await, 0, "a revoked lease's keep-alive");
+
+    // As etcd: an expired lease is not renewed, even before it is revoked
+    // (each process looks for expired leases every 500 ms). Its expiry set
+    // in the past behind the processes' backs, no new revision: the
+    // keep-alive that follows answers TTL 0, and the lease and its key go.
+    let late = a.lease_grant(60, None).await.unwrap().id();
+    a.put("/lp/late", "v", Some(PutOptions::new().with_lease(late)))
+        .await
+        .unwrap();
+    let (mut keeper, mut acks) = a.lease_keep_alive(late).await.unwrap();
+    let mut ack = async || {
+        keeper.keep_alive().await.unwrap();
+        acks.message()
+            .await
+            .unwrap()
+            .expect("keep-alive answer")
+            .ttl()
+    };
+    assert_eq!(ack().await, 60);
+    etcdsql_integration::admin_sql(
+        target,
+        &db.dsn,
+        &format!("UPDATE etcdsql_lease SET expires_at_ms = 1 WHERE id = {late}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ack().await, 0, "an expired lease's keep-alive");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.get("/lp/late", None).await.unwrap().kvs().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired lease's key stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ack().await, 0, "the revoked lease's keep-alive");
 }
 
 /// Reads all of /rc/ (keys only), checks its count is the keys it
