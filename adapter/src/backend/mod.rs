@@ -451,7 +451,9 @@ pub trait Writer: Send {
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError>;
 
     /// A lease's row, if it exists.
-    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError>;
+    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
+        Ok(self.leases(&[id]).await?.pop())
+    }
 
     // A batch's changes become these statements, one kind each; [`flush`]
     // runs them in its order. Each database writes them its own way

@@ -713,9 +713,9 @@ macro_rules! second_meta_row {
 }
 
 /// [`Writer::check_assumed`]'s statement up to the names: a duplicate key
-/// unless the revision row is as assumed, none of the names exists and
-/// all of the leases do. It
-/// runs after LOCK_META, so every other writer has committed or not started.
+/// unless the revision row is as assumed, none of the names exists and the
+/// leases are as assumed. It runs after LOCK_META, so every other writer
+/// has committed or not started.
 const CHECK_ASSUMED: &str = concat!(
     second_meta_row!(),
     "etcdsql_meta m WHERE m.id = 1 AND NOT ("
@@ -855,16 +855,6 @@ impl Writer for MyWriter {
             .exec(LEASE_KEYS, Params::Positional(vec![Value::Int(id)]))
             .await?;
         first_bytes(&rows)
-    }
-
-    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self
-            .exec(
-                "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
-                Params::Positional(vec![Value::Int(id)]),
-            )
-            .await?;
-        rows.first().map(decode_lease).transpose()
     }
 
     fn registry(&self) -> Option<Arc<Registry>> {

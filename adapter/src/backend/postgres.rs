@@ -90,7 +90,6 @@ const CHECK_ASSUMED: &str = "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revisio
     THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1";
 const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
-const LEASE_ROW: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = $1";
 /// Every commit notifies this channel; watch hubs in all processes listen.
 const CHANNEL: &str = "etcdsql_commit";
 
@@ -921,11 +920,6 @@ impl Writer for PgWriter {
     async fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let rows = self.query(LEASE_KEYS, &[&id]).await?;
         first_bytes(&rows)
-    }
-
-    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self.query(LEASE_ROW, &[&id]).await?;
-        rows.first().map(decode_lease).transpose()
     }
 
     fn registry(&self) -> Option<Arc<Registry>> {

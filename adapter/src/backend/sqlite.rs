@@ -575,14 +575,6 @@ impl Writer for SqliteWriter {
         first_bytes(&rows)
     }
 
-    async fn lease_row(&mut self, id: i64) -> Result<Option<LeaseRow>, DbError> {
-        let rows = self.fetch(
-            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ?",
-            &[Param::Int(id)],
-        )?;
-        rows.first().map(decode_lease).transpose()
-    }
-
     fn dialect(&self) -> Dialect {
         DIALECT
     }

@@ -502,41 +502,56 @@ where
     (started.elapsed().as_secs_f64(), latencies, errors)
 }
 
+/// kube-apiserver's create: put if absent, else get. Answers whether it
+/// created the key.
+async fn create_once(
+    c: &mut Client,
+    key: &str,
+    value: Vec<u8>,
+    options: Option<etcd_client::PutOptions>,
+) -> bool {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, value, options)])
+        .or_else([TxnOp::get(key, None)]);
+    matches!(c.txn(txn).await, Ok(r) if r.succeeded())
+}
+
+/// The row of a workload `drive` ran: `ops` in `secs`, CPU since `cpu`.
+fn timed_row(
+    u: &Under,
+    cpu: (Option<f64>, Option<f64>),
+    ops: usize,
+    (secs, latencies, errors): (f64, Vec<Duration>, usize),
+    what: &str,
+) -> Row {
+    Row {
+        target: u.name.clone(),
+        rate: ops as f64 / secs,
+        latencies,
+        errors,
+        peak_rss: u.peak_rss(),
+        note: format!("{ops} {what} in {secs:.1} s{}", u.cpu_note(cpu, ops)),
+    }
+}
+
 async fn create(u: &Under, args: &Args) -> anyhow::Result<Row> {
     let cpu = u.cpu();
-    let (secs, latencies, errors) = drive(
+    let driven = drive(
         u,
         args.create_clients,
         args.create_objects,
         "create",
-        |mut c, n| async move {
-            let key = object_key(n);
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), object(n, 1), None)])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            matches!(c.txn(txn).await, Ok(r) if r.succeeded())
-        },
+        |mut c, n| async move { create_once(&mut c, &object_key(n), object(n, 1), None).await },
     )
     .await;
-    Ok(Row {
-        target: u.name.clone(),
-        rate: args.create_objects as f64 / secs,
-        latencies,
-        errors,
-        peak_rss: u.peak_rss(),
-        note: format!(
-            "{} objects in {secs:.1} s{}",
-            args.create_objects,
-            u.cpu_note(cpu, args.create_objects)
-        ),
-    })
+    Ok(timed_row(u, cpu, args.create_objects, driven, "objects"))
 }
 
 async fn events(u: &Under, args: &Args) -> anyhow::Result<Row> {
     let lease = u.client(0).lease_grant(3600, None).await?.id();
     let cpu = u.cpu();
-    let (secs, latencies, errors) = drive(
+    let driven = drive(
         u,
         args.event_clients,
         args.event_objects,
@@ -549,30 +564,12 @@ async fn events(u: &Under, args: &Args) -> anyhow::Result<Row> {
                 n % 100,
                 n % 50
             );
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(etcd_client::PutOptions::new().with_lease(lease)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            matches!(c.txn(txn).await, Ok(r) if r.succeeded())
+            let lease = Some(etcd_client::PutOptions::new().with_lease(lease));
+            create_once(&mut c, &key, value.into_bytes(), lease).await
         },
     )
     .await;
-    Ok(Row {
-        target: u.name.clone(),
-        rate: args.event_objects as f64 / secs,
-        latencies,
-        errors,
-        peak_rss: u.peak_rss(),
-        note: format!(
-            "{} events in {secs:.1} s{}",
-            args.event_objects,
-            u.cpu_note(cpu, args.event_objects)
-        ),
-    })
+    Ok(timed_row(u, cpu, args.event_objects, driven, "events"))
 }
 
 async fn keepalive(u: &Under, args: &Args) -> anyhow::Result<Row> {
@@ -585,33 +582,22 @@ async fn keepalive(u: &Under, args: &Args) -> anyhow::Result<Row> {
     }
     let streams = Arc::new(streams);
     let cpu = u.cpu();
-    let (secs, latencies, errors) =
-        drive(u, clients, args.event_objects, "keepalive", move |_, n| {
-            let streams = streams.clone();
-            async move {
-                // Each client task takes ops in turn; a stream has one
-                // renewal in flight at a time.
-                let mut s = streams[n % streams.len()].lock().await;
-                let (keeper, acks) = &mut *s;
-                if keeper.keep_alive().await.is_err() {
-                    return false;
-                }
-                matches!(acks.message().await, Ok(Some(r)) if r.ttl() == 600)
+    let driven = drive(u, clients, args.event_objects, "keepalive", move |_, n| {
+        let streams = streams.clone();
+        async move {
+            // Each client task takes ops in turn; a stream has one
+            // renewal in flight at a time.
+            let mut s = streams[n % streams.len()].lock().await;
+            let (keeper, acks) = &mut *s;
+            if keeper.keep_alive().await.is_err() {
+                return false;
             }
-        })
-        .await;
-    Ok(Row {
-        target: u.name.clone(),
-        rate: args.event_objects as f64 / secs,
-        latencies,
-        errors,
-        peak_rss: u.peak_rss(),
-        note: format!(
-            "{} renewals of {clients} leases in {secs:.1} s{}",
-            args.event_objects,
-            u.cpu_note(cpu, args.event_objects)
-        ),
+            matches!(acks.message().await, Ok(Some(r)) if r.ttl() == 600)
+        }
     })
+    .await;
+    let what = format!("renewals of {clients} leases");
+    Ok(timed_row(u, cpu, args.event_objects, driven, &what))
 }
 
 async fn update(u: &Under, args: &Args) -> anyhow::Result<Row> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcd_client::{EventType, PutOptions, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb};
 
-use crate::{Case, bin, case};
+use crate::{Case, Renewals, bin, case};
 
 async fn expiry_across_processes(target: Target) {
     let db = TestDb::create(target).await.expect("database");
@@ -47,16 +47,14 @@ async fn expiry_across_processes(target: Target) {
         .unwrap();
     assert!(ws.message().await.unwrap().unwrap().created());
 
-    let (mut keeper, mut acks) = cb.lease_keep_alive(kept).await.unwrap();
+    let mut renewals = Renewals::start(&mut cb, kept).await;
     let mut deletes = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while tokio::time::Instant::now() < deadline {
         tokio::select! {
             _ = tick.tick() => {
-                keeper.keep_alive().await.unwrap();
-                let ack = acks.message().await.unwrap().unwrap();
-                assert_eq!(ack.ttl(), 2, "a kept-alive lease is renewed to its TTL");
+                assert_eq!(renewals.ttl().await, 2, "a kept-alive lease is renewed to its TTL");
             }
             m = ws.message() => {
                 for e in m.unwrap().unwrap().events() {

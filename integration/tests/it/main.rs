@@ -52,6 +52,27 @@ pub fn bin() -> &'static Path {
 
 type CaseFn = fn(Target) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A lease kept alive over its LeaseKeepAlive stream, one renewal at a time.
+pub struct Renewals(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+impl Renewals {
+    pub async fn start(c: &mut etcd_client::Client, lease: i64) -> Renewals {
+        let (keeper, acks) = c.lease_keep_alive(lease).await.unwrap();
+        Renewals(keeper, acks)
+    }
+
+    /// Renews the lease; answers the TTL the server answered (0: no lease).
+    pub async fn ttl(&mut self) -> i64 {
+        self.0.keep_alive().await.unwrap();
+        self.1
+            .message()
+            .await
+            .unwrap()
+            .expect("keep-alive answer")
+            .ttl()
+    }
+}
+
 /// One test case and the targets it runs against.
 pub struct Case {
     name: &'static str,

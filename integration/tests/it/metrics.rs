@@ -3,7 +3,7 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics as scrape};
 
-use crate::{Case, bin, case};
+use crate::{Case, Renewals, bin, case};
 
 async fn metrics_endpoint(target: Target) {
     let db = TestDb::create(target).await.unwrap();
@@ -485,18 +485,10 @@ async fn lease_puts(target: Target) {
     // lease has: revoked elsewhere and granted again under its id with
     // another TTL (no key, so no new revision), then revoked for good.
     let kept = a.lease_grant(60, None).await.unwrap().id();
-    let (mut keeper, mut acks) = a.lease_keep_alive(kept).await.unwrap();
-    let mut ack = async || {
-        keeper.keep_alive().await.unwrap();
-        acks.message()
-            .await
-            .unwrap()
-            .expect("keep-alive answer")
-            .ttl()
-    };
+    let mut renewals = Renewals::start(&mut a, kept).await;
     let before = batches(pm, "assumed").await;
     for _ in 0..10 {
-        assert_eq!(ack().await, 60);
+        assert_eq!(renewals.ttl().await, 60);
     }
     let assumed = batches(pm, "assumed").await - before;
     assert!(assumed >= 8, "{assumed} of 10 keep-alives assumed");
@@ -507,10 +499,14 @@ async fn lease_puts(target: Target) {
     )
     .await
     .unwrap();
-    assert_eq!(ack().await, 30, "the TTL of the lease granted again");
-    assert_eq!(ack().await, 30);
+    assert_eq!(
+        renewals.ttl().await,
+        30,
+        "the TTL of the lease granted again"
+    );
+    assert_eq!(renewals.ttl().await, 30);
     b.lease_revoke(kept).await.unwrap();
-    assert_eq!(ack().await, 0, "a revoked lease's keep-alive");
+    assert_eq!(renewals.ttl().await, 0, "a revoked lease's keep-alive");
 
     // As etcd: an expired lease is not renewed, even before it is revoked
     // (each process looks for expired leases every 500 ms). Its expiry set
@@ -520,16 +516,8 @@ async fn lease_puts(target: Target) {
     a.put("/lp/late", "v", Some(PutOptions::new().with_lease(late)))
         .await
         .unwrap();
-    let (mut keeper, mut acks) = a.lease_keep_alive(late).await.unwrap();
-    let mut ack = async || {
-        keeper.keep_alive().await.unwrap();
-        acks.message()
-            .await
-            .unwrap()
-            .expect("keep-alive answer")
-            .ttl()
-    };
-    assert_eq!(ack().await, 60);
+    let mut renewals = Renewals::start(&mut a, late).await;
+    assert_eq!(renewals.ttl().await, 60);
     etcdsql_integration::admin_sql(
         target,
         &db.dsn,
@@ -537,7 +525,7 @@ async fn lease_puts(target: Target) {
     )
     .await
     .unwrap();
-    assert_eq!(ack().await, 0, "an expired lease's keep-alive");
+    assert_eq!(renewals.ttl().await, 0, "an expired lease's keep-alive");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !a.get("/lp/late", None).await.unwrap().kvs().is_empty() {
         assert!(
@@ -546,7 +534,7 @@ async fn lease_puts(target: Target) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(ack().await, 0, "the revoked lease's keep-alive");
+    assert_eq!(renewals.ttl().await, 0, "the revoked lease's keep-alive");
 }
 
 /// Reads all of /rc/ (keys only), checks its count is the keys it
