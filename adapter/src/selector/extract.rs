@@ -226,6 +226,9 @@ pub struct Catalog {
     /// Every live row has its `etcdsql_label` rows (rows from before schema
     /// version 3 were indexed): see [`Self::label_rows_complete`].
     rows_complete: std::sync::atomic::AtomicBool,
+    /// Counts changes of `crds`: an extraction made at one generation holds
+    /// while the generation is unchanged.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -261,6 +264,13 @@ impl Catalog {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// The current generation: read it before an extraction, and that
+    /// extraction is what [`Self::extract`] answers for as long as the
+    /// generation stays the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether a write of `key` can change the catalog (a CRD).
     pub fn concerns(key: &[u8]) -> bool {
         key.starts_with(CRD_PREFIX)
@@ -285,7 +295,14 @@ impl Catalog {
             _ => crds.remove(&resource),
         };
         let after = crds.get(&resource);
-        (before.as_ref() != after).then_some(resource)
+        let changed = before.as_ref() != after;
+        if changed {
+            // Under the write lock: whoever reads the new generation then
+            // extracts with the new fields.
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        changed.then_some(resource)
     }
 
     fn custom(&self, resource: &str) -> Vec<String> {

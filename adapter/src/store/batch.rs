@@ -14,6 +14,7 @@
 //! first ([`Batch::begin_assuming`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use prost::Message;
@@ -31,6 +32,61 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::selector::{Catalog, hash};
+
+/// A put's selector columns, extracted on the request's task so that the
+/// committer's serial loop need not: they stand for `value` at `key` while
+/// the catalog's generation is still `generation`.
+pub struct Extracted {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    generation: u64,
+    index: Option<Arc<Indexed>>,
+}
+
+impl Extracted {
+    /// The columns of every put in `ops` that sets a value (nested Txns
+    /// included, both branches).
+    pub fn of_ops(catalog: &Catalog, ops: &[RequestOp], out: &mut Vec<Arc<Extracted>>) {
+        for op in ops {
+            match &op.request {
+                Some(Request::RequestPut(p)) => Self::of_put(catalog, p, out),
+                Some(Request::RequestTxn(t)) => {
+                    Self::of_ops(catalog, &t.success, out);
+                    Self::of_ops(catalog, &t.failure, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The columns of `p`'s value, unless it keeps the stored one.
+    pub fn of_put(catalog: &Catalog, p: &PutRequest, out: &mut Vec<Arc<Extracted>>) {
+        if p.ignore_value {
+            return;
+        }
+        let generation = catalog.generation();
+        out.push(Arc::new(Extracted {
+            index: Indexed::of(catalog, &p.key, &p.value),
+            key: p.key.clone(),
+            value: p.value.clone(),
+            generation,
+        }));
+    }
+}
+
+/// The selector columns of `value` written at `key`: as offered, if they
+/// were extracted from that value under the current catalog.
+fn index_of(
+    offered: &HashMap<Vec<u8>, Arc<Extracted>>,
+    catalog: &Catalog,
+    key: &[u8],
+    value: &[u8],
+) -> Option<Arc<Indexed>> {
+    match offered.get(key) {
+        Some(e) if e.value == value && e.generation == catalog.generation() => e.index.clone(),
+        _ => Indexed::of(catalog, key, value),
+    }
+}
 
 /// A request that goes through the committer, with the answer it gets.
 #[async_trait]
@@ -326,6 +382,15 @@ pub struct Batch<'w> {
     /// batch's start or its last flush. A write that keeps them leaves the
     /// rows alone. `None` when not tracked.
     label_rows: Option<HashMap<Vec<u8>, Vec<i64>>>,
+    /// Selector columns the requests' tasks extracted, by key (the last
+    /// offered for a key).
+    extracted: HashMap<Vec<u8>, Arc<Extracted>>,
+    /// The catalog's generation when the batch began.
+    generation: u64,
+    /// From [`Known::held_rows`]: the label rows of keys as this
+    /// committer's earlier batches wrote them, with their versions' mod
+    /// revisions.
+    held: HashMap<Vec<u8>, (i64, Vec<i64>)>,
 }
 
 /// What a batch begun by [`Batch::begin_assuming`] took for granted.
@@ -362,6 +427,12 @@ pub struct Known {
     /// next such pause (doubling while assumptions keep failing).
     pause: u32,
     next_pause: u32,
+    /// The `etcdsql_label` rows committed batches wrote for versions of
+    /// keys (mod revision, rows), under catalog generation
+    /// `held_generation`. A committed version's mod revision names it for
+    /// good, so these stay true when other writers come between.
+    held: HashMap<Vec<u8>, (i64, Vec<i64>)>,
+    held_generation: u64,
 }
 
 impl Known {
@@ -426,6 +497,31 @@ impl Known {
             self.since = c.meta.revision;
         }
         self.meta = Some(c.meta);
+        if c.generation != self.held_generation {
+            self.held.clear();
+            self.held_generation = c.generation;
+        }
+        for (revision, key, rows) in std::mem::take(&mut c.label_rows) {
+            self.held.insert(key, (revision, rows));
+        }
+        if self.held.len() > Self::MAX_KEYS {
+            self.held.clear();
+        }
+    }
+
+    /// What [`Self::held`] has for `keys`, for a batch at catalog
+    /// `generation`.
+    pub fn held_rows(
+        &self,
+        keys: &HashSet<Vec<u8>>,
+        generation: u64,
+    ) -> HashMap<Vec<u8>, (i64, Vec<i64>)> {
+        if self.held.is_empty() || generation != self.held_generation {
+            return HashMap::new();
+        }
+        keys.iter()
+            .filter_map(|k| self.held.get(k).map(|v| (k.clone(), v.clone())))
+            .collect()
     }
 
     /// Whether all of `leases` were seen to exist.
@@ -515,6 +611,10 @@ pub struct Committed {
     pub leases: HashMap<i64, Option<i64>>,
     /// It ran on [`Known`] (one round trip).
     pub assumed: bool,
+    /// The label rows it left for keys it wrote (mod revision, key, rows),
+    /// where tracked; computed under catalog `generation`.
+    pub label_rows: Vec<(i64, Vec<u8>, Vec<i64>)>,
+    pub generation: u64,
 }
 
 fn requests_names(reqs: &[RequestOp], keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
@@ -627,9 +727,31 @@ impl<'w> Batch<'w> {
             events: Some(Vec::new()),
             label_rows: (w.dialect().label_table() && catalog.label_rows_complete())
                 .then(HashMap::new),
+            extracted: HashMap::new(),
+            generation: catalog.generation(),
+            held: HashMap::new(),
             w,
             assumed,
         }
+    }
+
+    /// Label rows the committer knows the table holds (see
+    /// [`Known::held_rows`]), as of catalog `generation`.
+    pub fn hold(&mut self, held: HashMap<Vec<u8>, (i64, Vec<i64>)>, generation: u64) {
+        if generation == self.generation {
+            self.held = held;
+        }
+    }
+
+    /// Selector columns extracted for the next request's puts.
+    pub fn offer(&mut self, extracted: &[Arc<Extracted>]) {
+        for e in extracted {
+            self.extracted.insert(e.key.clone(), e.clone());
+        }
+    }
+
+    fn index_of(&self, key: &[u8], value: &[u8]) -> Option<Arc<Indexed>> {
+        index_of(&self.extracted, self.catalog, key, value)
     }
 
     /// Before the batch's first write of `key`: the label rows its stored
@@ -643,8 +765,18 @@ impl<'w> Batch<'w> {
         }
         let held = match self.cache.get(key) {
             Some(None) => Vec::new(),
-            Some(Some(prev)) => Indexed::of(self.catalog, key, &prev.value)
-                .map_or_else(|| vec![hash::OPAQUE], |i| i.hashes.clone()),
+            // A version this committer wrote, under the same catalog: its
+            // rows as written, without reading its value again.
+            Some(Some(prev)) => match self.held.remove(key) {
+                Some((revision, rows))
+                    if revision == prev.mod_revision
+                        && self.generation == self.catalog.generation() =>
+                {
+                    rows
+                }
+                _ => Indexed::of(self.catalog, key, &prev.value)
+                    .map_or_else(|| vec![hash::OPAQUE], |i| i.hashes.clone()),
+            },
             None => return,
         };
         rows.insert(key.to_vec(), held);
@@ -664,19 +796,21 @@ impl<'w> Batch<'w> {
         // Each put's selector columns, computed once for its history row
         // and, for the key's last put, its live row.
         let mut latest = HashMap::new();
-        for h in &mut self.history {
+        let mut history = std::mem::take(&mut self.history);
+        for h in &mut history {
             if !h.deleted {
-                h.index = Indexed::of(self.catalog, &h.key, &h.value);
+                h.index = self.index_of(&h.key, &h.value);
                 latest.insert(h.key.clone(), h.index.clone());
             }
         }
+        self.history = history;
         for (key, kv) in std::mem::take(&mut self.dirty) {
             match kv {
                 Some(kv) => {
                     let index = match latest.remove(&key) {
                         Some(index) => index,
                         // Written by an earlier flush of this batch.
-                        None => Indexed::of(self.catalog, &kv.key, &kv.value),
+                        None => self.index_of(&kv.key, &kv.value),
                     };
                     let rows_held = self
                         .label_rows
@@ -748,6 +882,16 @@ impl<'w> Batch<'w> {
         for (key, value) in &crd_writes {
             self.catalog.observe_write(key, value.as_deref());
         }
+        // Label rows of the versions it wrote, while the catalog is the
+        // one they were computed under.
+        let mut label_rows = Vec::new();
+        if self.generation == self.catalog.generation() {
+            for (key, rows) in self.label_rows.take().unwrap_or_default() {
+                if let Some(Some(kv)) = self.cache.get(&key) {
+                    label_rows.push((kv.mod_revision, key, rows));
+                }
+            }
+        }
         Ok(Committed {
             start: self.start,
             end: self.meta.revision,
@@ -756,6 +900,8 @@ impl<'w> Batch<'w> {
             keys: std::mem::take(&mut self.cache),
             leases: std::mem::take(&mut self.leases),
             assumed: self.assumed.is_some(),
+            label_rows,
+            generation: self.generation,
         })
     }
 
@@ -996,7 +1142,64 @@ mod tests {
             keys: HashMap::new(),
             leases: leases.iter().copied().collect(),
             assumed: false,
+            label_rows: Vec::new(),
+            generation: 0,
         }
+    }
+
+    #[test]
+    fn extractions_offered_stand_for_their_value_and_catalog() {
+        let catalog = Catalog::default();
+        let key = b"/registry/g.io/xs/ns/a".to_vec();
+        let value = br#"{"kind":"X","metadata":{"name":"a","labels":{"l":"1"}},"spec":{"a":"v"}}"#;
+        let put = |v: &[u8]| PutRequest {
+            key: key.clone(),
+            value: v.to_vec(),
+            ..Default::default()
+        };
+        let offer = |catalog: &Catalog, v: &[u8]| {
+            let mut out = Vec::new();
+            Extracted::of_put(catalog, &put(v), &mut out);
+            out.into_iter()
+                .map(|e| (e.key.clone(), e))
+                .collect::<HashMap<_, _>>()
+        };
+        let offered = offer(&catalog, value);
+        let used = index_of(&offered, &catalog, &key, value).expect("an object");
+        assert!(Arc::ptr_eq(&used, offered[&key].index.as_ref().unwrap()));
+        // Another value of the key is extracted again.
+        let other = br#"{"kind":"X","metadata":{"name":"a","labels":{"l":"2"}}}"#;
+        let again = index_of(&offered, &catalog, &key, other).expect("an object");
+        assert!(again.labels.contains("\"2\""), "{}", again.labels);
+        // A CRD that makes spec.a selectable outdates the extraction.
+        catalog.observe(
+            b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
+            Some(
+                br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
+                "versions":[{"name":"v1","storage":true}]}}"#,
+            ),
+        );
+        let fresh = index_of(&offered, &catalog, &key, value).expect("an object");
+        assert!(
+            !offered[&key]
+                .index
+                .as_ref()
+                .unwrap()
+                .fields
+                .contains("spec.a")
+        );
+        assert!(fresh.fields.contains(r#""spec.a":"v""#), "{}", fresh.fields);
+        // The same CRD again changes nothing: a new extraction holds.
+        let offered = offer(&catalog, value);
+        catalog.observe(
+            b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
+            Some(
+                br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
+                "versions":[{"name":"v1","storage":true}]}}"#,
+            ),
+        );
+        let kept = index_of(&offered, &catalog, &key, value).expect("an object");
+        assert!(Arc::ptr_eq(&kept, offered[&key].index.as_ref().unwrap()));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{Batch, CommitError, Committed, Known, Probe, Write};
+use super::batch::{Batch, CommitError, Committed, Extracted, Known, Probe, Write};
 use super::lock;
 use crate::backend::sql::Param;
 use crate::backend::{Backend, DbError, Meta, Writer};
@@ -35,6 +35,8 @@ const MAX_CONNECT_RETRIES: u32 = crate::backend::RECONNECTS;
 /// A submitted request, its answer once evaluated, and where it goes.
 struct Job<W: Write> {
     op: W,
+    /// Selector columns of its puts, extracted by the caller.
+    extracted: Vec<Arc<Extracted>>,
     outcome: Option<Result<W::Out, Error>>,
     reply: Option<oneshot::Sender<Result<W::Out, Error>>>,
 }
@@ -72,6 +74,7 @@ impl<W: Write> Pending for Job<W> {
     }
 
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError> {
+        b.offer(&self.extracted);
         match b.apply(&self.op).await {
             Err(Error::Db(e)) => Err(e),
             r => {
@@ -129,9 +132,19 @@ impl Committer {
     /// [`Hub::delivered`]): through its own revision where its answer
     /// carries one, else through the hub's.
     pub async fn submit<W: Write>(&self, op: W) -> Result<W::Out, Error> {
+        self.submit_extracted(op, Vec::new()).await
+    }
+
+    /// [`Self::submit`], with the selector columns of `op`'s puts.
+    pub async fn submit_extracted<W: Write>(
+        &self,
+        op: W,
+        extracted: Vec<Arc<Extracted>>,
+    ) -> Result<W::Out, Error> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             op,
+            extracted,
             outcome: None,
             reply: Some(reply),
         };
@@ -540,6 +553,8 @@ async fn run_batch(
     }
     // A batch may run on what this process last wrote, in one round trip,
     // unless it reads lease rows or names a lease not seen to exist.
+    let generation = catalog.generation();
+    let held = lock(known).held_rows(&keys, generation);
     let assume = assume
         && w.assumes()
         && !jobs.iter().any(|j| j.lease_rows())
@@ -558,6 +573,7 @@ async fn run_batch(
         Batch::begin(w, catalog, keys, leases).await
     }
     .map_err(before)?;
+    batch.hold(held, generation);
     for job in jobs.iter_mut() {
         job.apply(&mut batch).await.map_err(before)?;
     }

@@ -40,7 +40,7 @@ use crate::replicas::Replicas;
 use crate::selector::{Catalog, Selector};
 use crate::tasks::Tasks;
 use crate::watch::{self, Hub};
-use batch::{Compact, Compacted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
+use batch::{Compact, Compacted, Extracted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
 use committer::Committer;
 use ops::View;
 
@@ -414,7 +414,9 @@ impl Store {
     pub async fn put(&self, p: PutRequest) -> Result<PutResponse, Error> {
         self.alarms.check_space(alarms::put_cost(&p)).await?;
         let crds = self.crds([p.key.as_slice()]);
-        let r = self.committer.submit(p).await?;
+        let mut extracted = Vec::new();
+        Extracted::of_put(&self.catalog, &p, &mut extracted);
+        let r = self.committer.submit_extracted(p, extracted).await?;
         self.partition(crds);
         Ok(r)
     }
@@ -438,7 +440,10 @@ impl Store {
             return ops::txn(&mut view, &t, false).await;
         }
         let [on_success, on_failure] = [&t.success, &t.failure].map(|ops| self.crds(put_keys(ops)));
-        let r = self.committer.submit(t).await?;
+        let mut extracted = Vec::new();
+        Extracted::of_ops(&self.catalog, &t.success, &mut extracted);
+        Extracted::of_ops(&self.catalog, &t.failure, &mut extracted);
+        let r = self.committer.submit_extracted(t, extracted).await?;
         self.partition(if r.succeeded { on_success } else { on_failure });
         Ok(r)
     }

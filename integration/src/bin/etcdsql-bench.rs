@@ -1393,7 +1393,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
         .cloned()
         .collect();
-    if args.endpoint.is_some() {
+    // `--targets endpoint` names it too; it runs once.
+    if args.endpoint.is_some() && !targets.iter().any(|t| t == "endpoint") {
         targets.push("endpoint".to_string());
     }
     println!(

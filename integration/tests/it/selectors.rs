@@ -26,6 +26,7 @@ pub fn cases() -> Vec<Case> {
         case!("protobuf", &Target::ETCDSQL, protobuf),
         case!("backfill", &Target::ETCDSQL, backfill),
         case!("crd_change", &Target::ETCDSQL, crd_change),
+        case!("two_writers", &Target::ETCDSQL, two_writers),
         case!("statistics", &[Target::Postgres], statistics),
     ]
 }
@@ -954,6 +955,67 @@ async fn crd_change(target: Target) {
         objs.len(),
         want.len()
     );
+}
+
+/// Two processes write one object in turns, its label changing and coming
+/// back: each answers a label selector by the latest version, whichever
+/// process wrote it. (A process that skipped a write of the label rows it
+/// wrote for an earlier version would still find the other's label.)
+async fn two_writers(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let a = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql a");
+    let b = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql b");
+    let (mut ca, mut cb) = (kv(&a).await, kv(&b).await);
+    // Objects, each with its own pair of label values (a pair whose two
+    // hashes fell together could not show a stale row).
+    let objects = 8;
+    let key = |i: usize| format!("{PREFIX}ns0/w{i}");
+    let value = |i: usize, app: &str, n: usize| {
+        format!(
+            r#"{{"apiVersion":"example.com/v1","kind":"Widget","metadata":{{"name":"w{i}","namespace":"ns0","labels":{{"app":"{app}-{i}"}}}},"spec":{{"n":{n}}}}}"#
+        )
+        .into_bytes()
+    };
+    // Writers in turn (a writes twice running now and then, so that it
+    // updates a version of its own too) and the label each writes.
+    let turns = [
+        ("a", "x"),
+        ("b", "y"),
+        ("a", "x"),
+        ("a", "x"),
+        ("b", "x"),
+        ("a", "y"),
+        ("b", "y"),
+        ("a", "y"),
+        ("b", "x"),
+        ("a", "x"),
+    ];
+    for (n, (writer, app)) in turns.into_iter().enumerate() {
+        let c = if writer == "a" { &mut ca } else { &mut cb };
+        for i in 0..objects {
+            put(c, &key(i), value(i, app, n)).await;
+        }
+        let other = if app == "x" { "y" } else { "x" };
+        for (reader, c) in [("a", &mut ca), ("b", &mut cb)] {
+            for i in 0..objects {
+                for (sel, want) in [(app, vec![key(i)]), (other, Vec::new())] {
+                    let q = Query {
+                        prefix: PREFIX,
+                        labels: &format!("app={sel}-{i}"),
+                        fields: "",
+                        revision: 0,
+                        limit: 0,
+                        count_only: false,
+                    };
+                    assert_eq!(
+                        keys(&range(c, &q, b"").await),
+                        want,
+                        "write {n} by {writer} (app={app}-{i}), read by {reader} with app={sel}-{i}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// PostgreSQL: a freshly loaded partition is analysed by etcdsql within
