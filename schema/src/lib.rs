@@ -31,13 +31,13 @@ fn sources(d: Dialect) -> &'static [(&'static str, &'static str)] {
     }
     match d {
         Dialect::Sqlite => {
-            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql")
+            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql")
         }
         Dialect::Postgres => {
-            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql")
+            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql")
         }
         Dialect::Mysql => {
-            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql")
+            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql")
         }
     }
 }

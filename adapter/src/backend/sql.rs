@@ -279,7 +279,7 @@ impl Statement {
     /// the keys that may match it (unreadable values included).
     fn label_candidates(&mut self, sel: &Selector, name: &str) {
         use crate::selector::hash;
-        let mut sets: Vec<Vec<i64>> = Vec::new();
+        let mut sets: Vec<Vec<hash::Hash>> = Vec::new();
         for r in &sel.labels {
             match &r.op {
                 LabelOp::In(vals) => {
@@ -299,11 +299,14 @@ impl Statement {
         for set in sets {
             // Integers from our own hash: inlined, as the planner estimates
             // literals best.
-            let list: Vec<String> = set
-                .iter()
-                .chain([&hash::OPAQUE])
-                .map(i64::to_string)
-                .collect();
+            let mut ints: Vec<i64> = set.iter().map(|h| h.stored()).collect();
+            if sel.legacy_hashes {
+                ints.extend(set.iter().map(|h| h.legacy()));
+            }
+            ints.push(hash::OPAQUE);
+            ints.sort_unstable();
+            ints.dedup();
+            let list: Vec<String> = ints.iter().map(i64::to_string).collect();
             self.push(" AND ")
                 .push(name)
                 .push(" IN (SELECT name FROM etcdsql_label WHERE h IN (")

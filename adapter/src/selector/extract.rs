@@ -229,6 +229,9 @@ pub struct Catalog {
     /// Counts changes of `crds`: an extraction made at one generation holds
     /// while the generation is unchanged.
     generation: std::sync::atomic::AtomicU64,
+    /// Cleared once this process saw `etcdsql_label` hold only rows hashed
+    /// as from schema version 8 (see [`super::hash::Hash::legacy`]).
+    hashes_current: std::sync::atomic::AtomicBool,
 }
 
 impl Catalog {
@@ -256,6 +259,20 @@ impl Catalog {
     pub fn label_rows_complete(&self) -> bool {
         self.rows_complete
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether selectors must look for legacy hashes too (until this process
+    /// saw the table's rows hashed again).
+    pub fn legacy_hashes(&self) -> bool {
+        !self
+            .hashes_current
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every `etcdsql_label` row is hashed as from schema version 8.
+    pub fn set_hashes_current(&self) {
+        self.hashes_current
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The rows from before schema version 3 are indexed.

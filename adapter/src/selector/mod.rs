@@ -34,6 +34,9 @@ use crate::proto::mvccpb::KeyValue;
 pub struct Selector {
     pub labels: Vec<LabelReq>,
     pub fields: Vec<FieldReq>,
+    /// `etcdsql_label` may still hold rows hashed as before schema version
+    /// 8: candidates are looked for under both hashes.
+    pub legacy_hashes: bool,
 }
 
 impl Selector {
@@ -64,7 +67,13 @@ impl Selector {
                 ));
             }
         }
-        Ok((!labels.is_empty() || !fields.is_empty()).then_some(Selector { labels, fields }))
+        Ok(
+            (!labels.is_empty() || !fields.is_empty()).then(|| Selector {
+                labels,
+                fields,
+                legacy_hashes: catalog.legacy_hashes(),
+            }),
+        )
     }
 
     /// Whether an object matches; `None` (unreadable) always does.
@@ -105,7 +114,29 @@ pub mod hash {
     /// every selector.
     pub const OPAQUE: i64 = 0;
 
-    fn fnv(parts: &[&[u8]]) -> i64 {
+    /// The one value schema versions before 8 stored for every hash with
+    /// its top bit set (half of them: nearly every object had such a row,
+    /// so a term hashed there narrowed nothing). Stored hashes are above it.
+    pub const LEGACY_BUCKET: i64 = 1;
+
+    /// A hash as FNV-1a 64 gives it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Hash(u64);
+
+    impl Hash {
+        /// As stored from schema version 8 on: its top 63 bits, above
+        /// [`OPAQUE`] and [`LEGACY_BUCKET`].
+        pub fn stored(self) -> i64 {
+            i64::try_from(self.0 >> 1).unwrap_or(i64::MAX).max(2)
+        }
+
+        /// As schema versions before 8 stored it.
+        pub fn legacy(self) -> i64 {
+            i64::from_ne_bytes(self.0.to_ne_bytes()).max(LEGACY_BUCKET)
+        }
+    }
+
+    fn fnv(parts: &[&[u8]]) -> Hash {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for (i, p) in parts.iter().enumerate() {
             if i > 0 {
@@ -118,22 +149,21 @@ pub mod hash {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         }
-        // Never OPAQUE.
-        i64::from_ne_bytes(h.to_ne_bytes()).max(1)
+        Hash(h)
     }
 
     /// Label `key` with `value`.
-    pub fn label(key: &str, value: &str) -> i64 {
+    pub fn label(key: &str, value: &str) -> Hash {
         fnv(&[b"l", key.as_bytes(), value.as_bytes()])
     }
 
     /// Label `key`, any value.
-    pub fn has_label(key: &str) -> i64 {
+    pub fn has_label(key: &str) -> Hash {
         fnv(&[b"e", key.as_bytes()])
     }
 
     /// Field `name` with `value`.
-    pub fn field(name: &str, value: &str) -> i64 {
+    pub fn field(name: &str, value: &str) -> Hash {
         fnv(&[b"f", name.as_bytes(), value.as_bytes()])
     }
 
@@ -145,12 +175,12 @@ pub mod hash {
         };
         let mut out = Vec::with_capacity(2 * o.labels.len() + o.fields.len());
         for (k, v) in &o.labels {
-            out.push(label(k, v));
-            out.push(has_label(k));
+            out.push(label(k, v).stored());
+            out.push(has_label(k).stored());
         }
         for (f, v) in &o.fields {
             if !f.starts_with("metadata.") {
-                out.push(field(f, v));
+                out.push(field(f, v).stored());
             }
         }
         out.sort_unstable();
@@ -213,6 +243,26 @@ mod tests {
             err.starts_with("invalid label selector \"a in b\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn stored_hashes_spread_over_63_bits() {
+        let stored: Vec<i64> = (0..4096)
+            .map(|i| hash::label("app", &format!("v{i}")).stored())
+            .collect();
+        assert!(stored.iter().all(|h| *h > hash::LEGACY_BUCKET));
+        // Before version 8 about half fell into the one bucket.
+        let legacy = (0..4096)
+            .filter(|i| hash::label("app", &format!("v{i}")).legacy() == hash::LEGACY_BUCKET)
+            .count();
+        assert!(legacy > 1500, "{legacy} of 4096 in the legacy bucket");
+        let mut distinct = stored.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), stored.len());
+        // Both halves of the range are used.
+        assert!(stored.iter().any(|h| *h > i64::MAX / 2));
+        assert!(stored.iter().any(|h| *h < i64::MAX / 2));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! ([`load_catalog`]), and, in the background:
 //! - [`run`]: rows written before schema version 3, once, by the first
 //!   server to start (`etcdsql_meta.selectors_indexed` records that it is
-//!   done; a database created at version 3 starts with it set);
+//!   done; a database created at version 3 starts with it set); then
+//!   `etcdsql_label` rows hashed as before version 8, hashed again
+//!   (`etcdsql_meta.label_hashes` is 2 once done);
 //! - [`resource`]: a custom resource's objects after a write of its CRD
 //!   changed the selectable fields.
 
@@ -26,28 +28,60 @@ pub async fn load_catalog(backend: &dyn Backend) -> Result<Catalog, DbError> {
 /// Rows read per step.
 const STEP: i64 = 500;
 
-/// Indexes the live rows that have no selector columns yet. Returns the
-/// rows indexed.
+/// Indexes the live rows that have no selector columns yet, then hashes
+/// label rows from before schema version 8 again. Returns the rows
+/// indexed or hashed again.
 pub async fn run(backend: &dyn Backend, catalog: &Catalog) -> Result<u64, DbError> {
-    let done = backend
-        .fetch(&backend.statement(
-            "SELECT selectors_indexed FROM etcdsql_meta WHERE id = 1",
+    let flag = |column: &str| {
+        backend.statement(
+            &format!("SELECT {column} FROM etcdsql_meta WHERE id = 1"),
             &[],
-        ))
-        .await?;
-    if first_ints(&done)?.first() == Some(&1) {
-        catalog.set_label_rows_complete();
-        return Ok(0);
+        )
+    };
+    let mut done = 0;
+    if first_ints(&backend.fetch(&flag("selectors_indexed")).await?)?.first() != Some(&1) {
+        done += pass(backend, catalog, Rows::Unindexed).await?;
+        backend
+            .execute(&backend.statement(
+                "UPDATE etcdsql_meta SET selectors_indexed = 1 WHERE id = 1",
+                &[],
+            ))
+            .await?;
     }
-    let indexed = pass(backend, catalog, None).await?;
-    backend
-        .execute(&backend.statement(
-            "UPDATE etcdsql_meta SET selectors_indexed = 1 WHERE id = 1",
-            &[],
-        ))
-        .await?;
     catalog.set_label_rows_complete();
-    Ok(indexed)
+    if backend.sql().label_table()
+        && first_ints(&backend.fetch(&flag("label_hashes")).await?)?.first() != Some(&2)
+    {
+        done += pass(backend, catalog, Rows::All).await?;
+        // Every live row has its rows hashed anew (a write meanwhile wrote
+        // its own), and no new hash is 1.
+        backend
+            .execute(&backend.statement(
+                &format!(
+                    "DELETE FROM etcdsql_label WHERE h = {}",
+                    hash::LEGACY_BUCKET
+                ),
+                &[],
+            ))
+            .await?;
+        backend
+            .execute(
+                &backend.statement("UPDATE etcdsql_meta SET label_hashes = 2 WHERE id = 1", &[]),
+            )
+            .await?;
+    }
+    catalog.set_hashes_current();
+    Ok(done)
+}
+
+/// Which live rows a [`pass`] reads.
+enum Rows {
+    /// Those without selector columns; it writes their columns and rows.
+    Unindexed,
+    /// Those in `[lo, hi)`; it writes their columns and rows.
+    Range(Vec<u8>, Vec<u8>),
+    /// All; it writes their label rows only.
+    All,
 }
 
 /// Reads the labels and fields of every object of `resource` again.
@@ -59,25 +93,16 @@ pub async fn resource(
 ) -> Result<u64, DbError> {
     let start = etcdsql_partitions::prefix_of(resource);
     let end = etcdsql_partitions::prefix_end(&start).unwrap_or_default();
-    pass(backend, catalog, Some((start, end))).await
+    pass(backend, catalog, Rows::Range(start, end)).await
 }
 
-/// One pass over the live rows in `range`, or over those without columns.
-/// Concurrent writes win: a row is updated only at the version that was
-/// read, and an `etcdsql_label` row too many only adds a candidate.
-async fn pass(
-    backend: &dyn Backend,
-    catalog: &Catalog,
-    range: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<u64, DbError> {
+/// One pass over live rows. Concurrent writes win: a row is updated only
+/// at the version that was read, and an `etcdsql_label` row too many only
+/// adds a candidate.
+async fn pass(backend: &dyn Backend, catalog: &Catalog, rows: Rows) -> Result<u64, DbError> {
     let d = backend.sql();
     let jsonb = d.json_param;
-    // Where the label table exists (not with PostgreSQL's GIN index).
-    let insert_label = format!(
-        "{} INTO etcdsql_label (h, name) VALUES (?, ?){}",
-        d.insert_or_ignore, d.insert_or_ignore_tail
-    );
-    let only_null = if range.is_none() {
+    let only_null = if matches!(rows, Rows::Unindexed) {
         " AND labels IS NULL"
     } else {
         ""
@@ -86,17 +111,23 @@ async fn pass(
         "UPDATE etcdsql_live SET labels = ?{jsonb}, fields = ?{jsonb} \
          WHERE name = ? AND mod_revision = ?{only_null}"
     );
+    let columns = !matches!(rows, Rows::All);
     // Each step reads the rows after the last one it read (`after`).
-    let (select, bounds) = match range {
-        None => (
+    let (select, bounds) = match rows {
+        Rows::Unindexed => (
             "SELECT name, value, mod_revision FROM etcdsql_live \
              WHERE labels IS NULL AND name > ? ORDER BY name LIMIT ?",
             Vec::new(),
         ),
-        Some((lo, hi)) => (
+        Rows::Range(lo, hi) => (
             "SELECT name, value, mod_revision FROM etcdsql_live \
              WHERE name > ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
             vec![Param::Bytes(lo), Param::Bytes(hi)],
+        ),
+        Rows::All => (
+            "SELECT name, value, mod_revision FROM etcdsql_live \
+             WHERE name > ? ORDER BY name LIMIT ?",
+            Vec::new(),
         ),
     };
     let (mut after, mut updated) = (Vec::new(), 0u64);
@@ -118,18 +149,24 @@ async fn pass(
                 let hashes = index
                     .as_deref()
                     .map_or(vec![hash::OPAQUE], |i| i.hashes.clone());
-                for h in hashes {
-                    backend
-                        .execute(
-                            &backend.statement(
-                                &insert_label,
-                                &[Param::Int(h), Param::Bytes(name.clone())],
-                            ),
-                        )
-                        .await?;
+                let text = format!(
+                    "{} INTO etcdsql_label (h, name) VALUES {}{}",
+                    d.insert_or_ignore,
+                    vec!["(?, ?)"; hashes.len()].join(", "),
+                    d.insert_or_ignore_tail
+                );
+                let params: Vec<Param> = hashes
+                    .iter()
+                    .flat_map(|h| [Param::Int(*h), Param::Bytes(name.clone())])
+                    .collect();
+                if !hashes.is_empty() {
+                    backend.execute(&backend.statement(&text, &params)).await?;
+                }
+                if !columns {
+                    updated += 1;
                 }
             }
-            if let Some(i) = index {
+            if let (Some(i), true) = (index, columns) {
                 updated += backend
                     .execute(&backend.statement(
                         &update,

@@ -154,6 +154,9 @@ struct Args {
     /// Objects `selectors` lists (1% match its selector).
     #[arg(long, default_value_t = 100_000)]
     selector_objects: usize,
+    /// The bucket (0–99) `selectors` selects: `bucket=b-<N>`.
+    #[arg(long, default_value_t = 7)]
+    selector_bucket: u32,
     /// Also draw each table as PNG charts in this directory: throughput
     /// per target (`*-throughput.png`) and latency CDFs (`*-latency.png`).
     #[arg(long)]
@@ -1207,8 +1210,13 @@ async fn compact_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
 
 /// The label selector of `selectors` and the client-side test for it (a
 /// substring of the JSON: cheaper than the decoding kube-apiserver does).
-const BUCKET_SELECTOR: &str = "bucket=b-7";
-const BUCKET_LABEL: &[u8] = br#""bucket":"b-7""#;
+fn bucket(args: &Args) -> (String, Vec<u8>) {
+    let b = args.selector_bucket;
+    (
+        format!("bucket=b-{b}"),
+        format!(r#""bucket":"b-{b}""#).into_bytes(),
+    )
+}
 
 /// One paginated LIST (500 per page, later pages at the first page's
 /// revision) with `selector`, or of everything filtered here when it is
@@ -1217,6 +1225,7 @@ const BUCKET_LABEL: &[u8] = br#""bucket":"b-7""#;
 async fn selector_list(
     kv: &mut etcdsql::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
     selector: &str,
+    label: &[u8],
     mut rss: impl FnMut(),
 ) -> anyhow::Result<(f64, usize, usize, usize)> {
     let end = format!("{}0", &PREFIX[..PREFIX.len() - 1]).into_bytes();
@@ -1244,11 +1253,7 @@ async fn selector_list(
         matched += r
             .kvs
             .iter()
-            .filter(|kv| {
-                kv.value
-                    .windows(BUCKET_LABEL.len())
-                    .any(|w| w == BUCKET_LABEL)
-            })
+            .filter(|kv| kv.value.windows(label.len()).any(|w| w == label))
             .count();
         match r.kvs.last() {
             Some(last) if r.more => {
@@ -1265,10 +1270,11 @@ async fn selector_list(
 async fn selector_median(
     kv: &mut etcdsql::proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
     selector: &str,
+    label: &[u8],
 ) -> anyhow::Result<(f64, usize, usize, usize)> {
     let mut runs = Vec::new();
     for _ in 0..3 {
-        runs.push(selector_list(kv, selector, || {}).await?);
+        runs.push(selector_list(kv, selector, label, || {}).await?);
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(runs[1])
@@ -1277,9 +1283,10 @@ async fn selector_median(
 async fn selectors_table(targets: &[String], args: &Args) -> anyhow::Result<()> {
     let n = args.selector_objects;
     let small = n / 10;
+    let (selector, label) = bucket(args);
     println!(
         "\n### selectors: LIST of {n} objects (1–4 KiB JSON) with a label selector matching 1% \
-         (`{BUCKET_SELECTOR}`), pages of 500, median of 3; the selector timed after ANALYZE \
+         (`{selector}`), pages of 500, median of 3; the selector timed after ANALYZE \
          (and right after the bulk load, before it)\n"
     );
     println!(
@@ -1308,7 +1315,7 @@ async fn selectors_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
                 let before = u.process().map_or(0, |p| p.rss().0);
                 let mut peak = before;
                 for _ in 0..3 {
-                    selector_list(&mut kv, BUCKET_SELECTOR, || {
+                    selector_list(&mut kv, &selector, &label, || {
                         peak = peak.max(u.process().map_or(0, |p| p.rss().0));
                     })
                     .await?;
@@ -1316,12 +1323,12 @@ async fn selectors_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
                 peak_at.push(format!("{} → {}", mib(before), mib(peak)));
             }
         }
-        let (all_s, all_matched, all_moved, _) = selector_median(&mut kv, "").await?;
+        let (all_s, all_matched, all_moved, _) = selector_median(&mut kv, "", &label).await?;
         let (sel, speedup) = if pushdown {
             // Right after the bulk load the planner has no statistics for it
             // yet (PostgreSQL then reads the whole range): timed as is, then
             // after ANALYZE, as autovacuum's next pass would leave it.
-            let (fresh, ..) = selector_median(&mut kv, BUCKET_SELECTOR).await?;
+            let (fresh, ..) = selector_median(&mut kv, &selector, &label).await?;
             let analyzed = match u.started.as_ref().and_then(|s| s.db.as_ref()) {
                 Some(db) => {
                     let sql = if db.target == Target::Mariadb || db.target == Target::Galera {
@@ -1334,7 +1341,7 @@ async fn selectors_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
                 }
                 None => false,
             };
-            let (s, matched, moved, _) = selector_median(&mut kv, BUCKET_SELECTOR).await?;
+            let (s, matched, moved, _) = selector_median(&mut kv, &selector, &label).await?;
             anyhow::ensure!(
                 matched == all_matched && moved == matched,
                 "{name}: the selector returned {moved} objects, {matched} matching; the client filter found {all_matched}"

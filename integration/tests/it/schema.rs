@@ -81,7 +81,7 @@ async fn migrations(target: Target) {
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 7: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 8: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -102,6 +102,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 5 (auth)"), "{sql}");
     assert!(sql.contains("-- migration 6 (rowid tables)"), "{sql}");
     assert!(sql.contains("-- migration 7 (hot updates)"), "{sql}");
+    assert!(sql.contains("-- migration 8 (label hashes)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -123,7 +124,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        7
+        8
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -135,8 +136,8 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 7 (this etcdsql: 7)")
-            && text.contains("applied  0007 hot updates"),
+        text.contains("schema version 8 (this etcdsql: 8)")
+            && text.contains("applied  0008 label hashes"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -161,13 +162,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (8, 'from the future', TRUE, {zero}, 0)"
+         VALUES (9, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 8"));
+    .unwrap_or_else(|_| panic!("recording version 9"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 8 (from the future), newer than this etcdsql knows (up to 7); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 9 (from the future), newer than this etcdsql knows (up to 8); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -179,7 +180,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 8")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 9")
         .await
         .unwrap();
 

@@ -27,6 +27,16 @@ pub fn cases() -> Vec<Case> {
         case!("backfill", &Target::ETCDSQL, backfill),
         case!("crd_change", &Target::ETCDSQL, crd_change),
         case!("two_writers", &Target::ETCDSQL, two_writers),
+        case!(
+            "rehash",
+            &[
+                Target::Sqlite,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Tidb
+            ],
+            rehash
+        ),
         case!("statistics", &[Target::Postgres], statistics),
     ]
 }
@@ -881,6 +891,146 @@ async fn backfill(target: Target) {
         "selector backfill on {}: {} earlier rows indexed at start, selectors exact again",
         target.name(),
         objs.len()
+    );
+}
+
+/// How etcdsql before schema version 8 stored a label row's hash: FNV-1a
+/// 64 over a tag, the name and the value (separated by 0xff), as a signed
+/// integer, and 1 for every negative one.
+fn legacy_hash(parts: &[&str]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, p) in parts.iter().enumerate() {
+        let sep: &[u8] = if i > 0 { &[0xff] } else { &[] };
+        for b in sep.iter().chain(p.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    i64::from_ne_bytes(h.to_ne_bytes()).max(1)
+}
+
+async fn answers(c: &mut KvClient<Channel>, objs: &[Obj], reqs: &[Req], when: &str) {
+    let (labels, fields) = selector_strings(reqs);
+    let want: Vec<String> = objs
+        .iter()
+        .filter(|o| reqs.iter().all(|r| r.matches(o)))
+        .map(Obj::key)
+        .collect();
+    let q = Query {
+        prefix: PREFIX,
+        labels: &labels,
+        fields: &fields,
+        revision: 0,
+        limit: 0,
+        count_only: false,
+    };
+    assert_eq!(
+        keys(&range(c, &q, b"").await),
+        want,
+        "{when}: {labels:?} {fields:?}"
+    );
+}
+
+/// A database whose label rows an etcdsql before schema version 8 wrote
+/// (half of all hashes stored as 1): selectors stay exact while the next
+/// server hashes them again, and after; the rows of value 1 are gone.
+async fn rehash(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let mut rng = Rng(23);
+    let objs: Vec<Obj> = (0..80)
+        .map(|i| random_obj(&mut rng, "ns0", &format!("w{i:02}")))
+        .collect();
+    {
+        let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+        let mut c = kv(&p).await;
+        put(&mut c, CRD_KEY, crd()).await;
+        for o in &objs {
+            put(&mut c, &o.key(), o.value()).await;
+        }
+    }
+    // The label rows as the older etcdsql wrote them (label terms; no
+    // field rows, so no positive field term is asked before the pass).
+    db.execute("DELETE FROM etcdsql_label")
+        .await
+        .expect("clearing labels");
+    let ignore = if target == Target::Sqlite {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT IGNORE"
+    };
+    let mut legacy_bucket = 0;
+    for o in &objs {
+        let hashes: Vec<i64> = match &o.labels {
+            None => vec![0],
+            Some(labels) => labels
+                .iter()
+                .flat_map(|(k, v)| [legacy_hash(&["l", k, v]), legacy_hash(&["e", k])])
+                .collect(),
+        };
+        legacy_bucket += usize::from(hashes.contains(&1));
+        let name: String = o.key().bytes().map(|b| format!("{b:02x}")).collect();
+        for h in hashes {
+            db.execute(&format!(
+                "{ignore} INTO etcdsql_label (h, name) VALUES ({h}, X'{name}')"
+            ))
+            .await
+            .expect("legacy row");
+        }
+    }
+    assert!(
+        legacy_bucket > 20,
+        "{legacy_bucket} objects with a row of 1"
+    );
+    db.execute("UPDATE etcdsql_meta SET label_hashes = 1")
+        .await
+        .expect("flag");
+    let p = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("etcdsql again");
+    let mut c = kv(&p).await;
+    let selectors: Vec<Vec<Req>> = (0..40).map(|_| random_selector(&mut rng)).collect();
+    // Right away: whichever of the two states the server is in.
+    for reqs in &selectors {
+        let labels_only: Vec<Req> = reqs
+            .iter()
+            .filter(|r| matches!(r, Req::Label(..)))
+            .cloned()
+            .collect();
+        answers(&mut c, &objs, &labels_only, "during the pass").await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db
+        .count("SELECT COUNT(*) FROM etcdsql_meta WHERE label_hashes = 2")
+        .await
+        .expect("flag")
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hashing again did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM etcdsql_label WHERE h = 1")
+            .await
+            .expect("count"),
+        0
+    );
+    // A server started now looks for the new hashes only.
+    drop(p);
+    let p = Process::etcdsql(bin(), &db.dsn)
+        .await
+        .expect("etcdsql a third time");
+    let mut c = kv(&p).await;
+    for reqs in &selectors {
+        answers(&mut c, &objs, reqs, "after the pass").await;
+    }
+    println!(
+        "label rows of {} objects hashed again on {} ({legacy_bucket} had a row of 1); {} selectors exact",
+        objs.len(),
+        target.name(),
+        selectors.len()
     );
 }
 
