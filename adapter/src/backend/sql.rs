@@ -275,8 +275,9 @@ impl Statement {
         self.push("))");
     }
 
-    /// ` AND name IN (…)` from `etcdsql_label` for each positive term:
-    /// the keys that may match it (unreadable values included).
+    /// ` AND name IN (…)` from `etcdsql_label` for each positive term with
+    /// rows there ([`crate::selector::hash::of`]): the keys that may match
+    /// it (unreadable values included).
     fn label_candidates(&mut self, sel: &Selector, name: &str) {
         use crate::selector::hash;
         let mut sets: Vec<Vec<hash::Hash>> = Vec::new();
@@ -285,14 +286,16 @@ impl Statement {
                 LabelOp::In(vals) => {
                     sets.push(vals.iter().map(|v| hash::label(&r.key, v)).collect());
                 }
-                LabelOp::Exists | LabelOp::Gt(_) | LabelOp::Lt(_) => {
-                    sets.push(vec![hash::has_label(&r.key)]);
-                }
-                LabelOp::NotIn(_) | LabelOp::DoesNotExist => {}
+                // No rows for these (see `hash::of`).
+                LabelOp::Exists
+                | LabelOp::Gt(_)
+                | LabelOp::Lt(_)
+                | LabelOp::NotIn(_)
+                | LabelOp::DoesNotExist => {}
             }
         }
         for r in &sel.fields {
-            if !r.negated && !r.field.starts_with("metadata.") {
+            if !r.negated && !r.value.is_empty() && !r.field.starts_with("metadata.") {
                 sets.push(vec![hash::field(&r.field, &r.value)]);
             }
         }

@@ -157,29 +157,28 @@ pub mod hash {
         fnv(&[b"l", key.as_bytes(), value.as_bytes()])
     }
 
-    /// Label `key`, any value.
-    pub fn has_label(key: &str) -> Hash {
-        fnv(&[b"e", key.as_bytes()])
-    }
-
     /// Field `name` with `value`.
     pub fn field(name: &str, value: &str) -> Hash {
         fnv(&[b"f", name.as_bytes(), value.as_bytes()])
     }
 
-    /// Every hash of an object (`None`: unreadable). `metadata.*` fields are
-    /// left out: the key range already narrows by namespace and name.
+    /// Every hash of an object (`None`: unreadable): each label with its
+    /// value, and each field with a value. Left out, as the terms they
+    /// would serve are rare next to the rows they cost on every write (a
+    /// term without rows is answered from the key range and the JSON
+    /// columns): a label's presence (`key`, `>`, `<`), fields whose value
+    /// is empty (`spec.nodeName=`), and `metadata.*` fields (the key range
+    /// already narrows by namespace and name).
     pub fn of(obj: Option<&super::Object>) -> Vec<i64> {
         let Some(o) = obj else {
             return vec![OPAQUE];
         };
-        let mut out = Vec::with_capacity(2 * o.labels.len() + o.fields.len());
+        let mut out = Vec::with_capacity(o.labels.len() + o.fields.len());
         for (k, v) in &o.labels {
             out.push(label(k, v).stored());
-            out.push(has_label(k).stored());
         }
         for (f, v) in &o.fields {
-            if !f.starts_with("metadata.") {
+            if !v.is_empty() && !f.starts_with("metadata.") {
                 out.push(field(f, v).stored());
             }
         }
