@@ -1164,6 +1164,15 @@ mod tests {
                 .map(|e| (e.key.clone(), e))
                 .collect::<HashMap<_, _>>()
         };
+        let spec_a_selectable = |catalog: &Catalog| {
+            catalog.observe(
+                b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
+                Some(
+                    br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
+                    "versions":[{"name":"v1","storage":true}]}}"#,
+                ),
+            );
+        };
         let offered = offer(&catalog, value);
         let used = index_of(&offered, &catalog, &key, value).expect("an object");
         assert!(Arc::ptr_eq(&used, offered[&key].index.as_ref().unwrap()));
@@ -1172,13 +1181,7 @@ mod tests {
         let again = index_of(&offered, &catalog, &key, other).expect("an object");
         assert!(again.labels.contains("\"2\""), "{}", again.labels);
         // A CRD that makes spec.a selectable outdates the extraction.
-        catalog.observe(
-            b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
-            Some(
-                br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
-                "versions":[{"name":"v1","storage":true}]}}"#,
-            ),
-        );
+        spec_a_selectable(&catalog);
         let fresh = index_of(&offered, &catalog, &key, value).expect("an object");
         assert!(
             !offered[&key]
@@ -1191,13 +1194,7 @@ mod tests {
         assert!(fresh.fields.contains(r#""spec.a":"v""#), "{}", fresh.fields);
         // The same CRD again changes nothing: a new extraction holds.
         let offered = offer(&catalog, value);
-        catalog.observe(
-            b"/registry/apiextensions.k8s.io/customresourcedefinitions/xs.g.io",
-            Some(
-                br#"{"spec":{"group":"g.io","names":{"plural":"xs"},"selectableFields":[{"jsonPath":".spec.a"}],
-                "versions":[{"name":"v1","storage":true}]}}"#,
-            ),
-        );
+        spec_a_selectable(&catalog);
         let kept = index_of(&offered, &catalog, &key, value).expect("an object");
         assert!(Arc::ptr_eq(&kept, offered[&key].index.as_ref().unwrap()));
     }

@@ -909,6 +909,19 @@ fn legacy_hash(parts: &[&str]) -> i64 {
     i64::from_ne_bytes(h.to_ne_bytes()).max(1)
 }
 
+/// The keys under `PREFIX` the selectors select, at the latest revision.
+async fn selected(c: &mut KvClient<Channel>, labels: &str, fields: &str) -> Vec<String> {
+    let q = Query {
+        prefix: PREFIX,
+        labels,
+        fields,
+        revision: 0,
+        limit: 0,
+        count_only: false,
+    };
+    keys(&range(c, &q, b"").await)
+}
+
 async fn answers(c: &mut KvClient<Channel>, objs: &[Obj], reqs: &[Req], when: &str) {
     let (labels, fields) = selector_strings(reqs);
     let want: Vec<String> = objs
@@ -916,16 +929,8 @@ async fn answers(c: &mut KvClient<Channel>, objs: &[Obj], reqs: &[Req], when: &s
         .filter(|o| reqs.iter().all(|r| r.matches(o)))
         .map(Obj::key)
         .collect();
-    let q = Query {
-        prefix: PREFIX,
-        labels: &labels,
-        fields: &fields,
-        revision: 0,
-        limit: 0,
-        count_only: false,
-    };
     assert_eq!(
-        keys(&range(c, &q, b"").await),
+        selected(c, &labels, &fields).await,
         want,
         "{when}: {labels:?} {fields:?}"
     );
@@ -1149,16 +1154,8 @@ async fn two_writers(target: Target) {
         for (reader, c) in [("a", &mut ca), ("b", &mut cb)] {
             for i in 0..objects {
                 for (sel, want) in [(app, vec![key(i)]), (other, Vec::new())] {
-                    let q = Query {
-                        prefix: PREFIX,
-                        labels: &format!("app={sel}-{i}"),
-                        fields: "",
-                        revision: 0,
-                        limit: 0,
-                        count_only: false,
-                    };
                     assert_eq!(
-                        keys(&range(c, &q, b"").await),
+                        selected(c, &format!("app={sel}-{i}"), "").await,
                         want,
                         "write {n} by {writer} (app={app}-{i}), read by {reader} with app={sel}-{i}"
                     );
