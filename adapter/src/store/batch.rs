@@ -1200,6 +1200,30 @@ mod tests {
     }
 
     #[test]
+    fn label_rows_held_by_version_and_catalog() {
+        let mut k = Known::default();
+        let mut c = committed(1, 2, &[]);
+        c.label_rows = vec![(2, b"a".to_vec(), vec![5, 9])];
+        k.absorb(&mut c);
+        let keys: HashSet<Vec<u8>> = [b"a".to_vec(), b"b".to_vec()].into();
+        let held = k.held_rows(&keys, 0);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[b"a".as_slice()], (2, vec![5, 9]));
+        // Another writer between: still the rows of the version at 2.
+        k.stale();
+        assert_eq!(k.held_rows(&keys, 0).len(), 1);
+        // Another catalog: nothing, and a commit under it starts afresh.
+        assert!(k.held_rows(&keys, 1).is_empty());
+        let mut c = committed(5, 6, &[]);
+        c.generation = 1;
+        c.label_rows = vec![(6, b"b".to_vec(), vec![7])];
+        k.absorb(&mut c);
+        let held = k.held_rows(&keys, 1);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[b"b".as_slice()], (6, vec![7]));
+    }
+
+    #[test]
     fn leases_seen_to_exist() {
         let mut k = Known::default();
         let (none, absent) = (HashSet::new(), HashSet::new());
