@@ -375,7 +375,7 @@ mod tests {
         };
         assert_eq!(versions(Dialect::Sqlite), versions(Dialect::Postgres));
         assert_eq!(versions(Dialect::Mysql), versions(Dialect::Postgres));
-        assert_eq!(latest(Dialect::Mysql), 7);
+        assert_eq!(latest(Dialect::Mysql), 8);
     }
 
     #[test]
