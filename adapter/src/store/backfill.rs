@@ -28,6 +28,10 @@ pub async fn load_catalog(backend: &dyn Backend) -> Result<Catalog, DbError> {
 /// Rows read per step.
 const STEP: i64 = 500;
 
+/// `etcdsql_label` rows per INSERT (2 parameters a row; SQLite allows
+/// 32766 in a statement).
+const LABEL_ROWS: usize = 4000;
+
 /// Indexes the live rows that have no selector columns yet, then hashes
 /// label rows from before schema version 8 again. Returns the rows
 /// indexed or hashed again.
@@ -139,45 +143,56 @@ async fn pass(backend: &dyn Backend, catalog: &Catalog, rows: Rows) -> Result<u6
         if rows.is_empty() {
             break;
         }
+        let mut read = Vec::with_capacity(rows.len());
         for r in &rows {
             let name = r.bytes(0)?.unwrap_or_default();
             let value = r.bytes(1)?.unwrap_or_default();
             let index = Indexed::of(catalog, &name, &value);
-            if d.label_table() {
-                // Before the columns: a crash in between leaves the row to
-                // the next pass.
-                let hashes = index
-                    .as_deref()
-                    .map_or(vec![hash::OPAQUE], |i| i.hashes.clone());
+            read.push((name, index, r.int(2)?));
+        }
+        if d.label_table() {
+            // The step's rows, before its columns: a crash in between
+            // leaves the rows to the next pass.
+            let pairs: Vec<(i64, &Vec<u8>)> = read
+                .iter()
+                .flat_map(|(name, index, _)| {
+                    let hashes = index
+                        .as_deref()
+                        .map_or(vec![hash::OPAQUE], |i| i.hashes.clone());
+                    hashes.into_iter().map(move |h| (h, name))
+                })
+                .collect();
+            for chunk in pairs.chunks(LABEL_ROWS) {
                 let text = format!(
                     "{} INTO etcdsql_label (h, name) VALUES {}{}",
                     d.insert_or_ignore,
-                    vec!["(?, ?)"; hashes.len()].join(", "),
+                    vec!["(?, ?)"; chunk.len()].join(", "),
                     d.insert_or_ignore_tail
                 );
-                let params: Vec<Param> = hashes
+                let params: Vec<Param> = chunk
                     .iter()
-                    .flat_map(|h| [Param::Int(*h), Param::Bytes(name.clone())])
+                    .flat_map(|(h, name)| [Param::Int(*h), Param::Bytes((*name).clone())])
                     .collect();
-                if !hashes.is_empty() {
-                    backend.execute(&backend.statement(&text, &params)).await?;
-                }
-                if !columns {
-                    updated += 1;
-                }
+                backend.execute(&backend.statement(&text, &params)).await?;
             }
-            if let (Some(i), true) = (index, columns) {
-                updated += backend
-                    .execute(&backend.statement(
-                        &update,
-                        &[
-                            Param::Text(i.labels.clone()),
-                            Param::Text(i.fields.clone()),
-                            Param::Bytes(name.clone()),
-                            Param::Int(r.int(2)?),
-                        ],
-                    ))
-                    .await?;
+        }
+        for (name, index, revision) in read {
+            match index {
+                Some(i) if columns => {
+                    updated += backend
+                        .execute(&backend.statement(
+                            &update,
+                            &[
+                                Param::Text(i.labels.clone()),
+                                Param::Text(i.fields.clone()),
+                                Param::Bytes(name.clone()),
+                                Param::Int(revision),
+                            ],
+                        ))
+                        .await?;
+                }
+                _ if !columns => updated += 1,
+                _ => {}
             }
             after = name;
         }
