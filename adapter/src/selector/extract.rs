@@ -229,7 +229,7 @@ pub struct Catalog {
     /// Counts changes of `crds`: an extraction made at one generation holds
     /// while the generation is unchanged.
     generation: std::sync::atomic::AtomicU64,
-    /// Cleared once this process saw `etcdsql_label` hold only rows hashed
+    /// Set once this process saw `etcdsql_label` hold only rows hashed
     /// as from schema version 8 (see [`super::hash::Hash::legacy`]).
     hashes_current: std::sync::atomic::AtomicBool,
 }

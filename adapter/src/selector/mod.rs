@@ -107,8 +107,9 @@ impl Selector {
 
 /// Rows of `etcdsql_label` (MySQL, SQLite): hashes of what positive
 /// selector terms look for. FNV-1a 64 over a tag, the name and the value:
-/// stable across processes and releases. A collision only adds a
-/// candidate; the JSON columns decide.
+/// the same in every process; how it is stored changed at schema version
+/// 8 ([`hash::Hash`]). A collision only adds a candidate; the JSON columns
+/// decide.
 pub mod hash {
     /// A value that is not a readable Kubernetes object: a candidate for
     /// every selector.
