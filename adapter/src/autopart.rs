@@ -11,7 +11,7 @@ use anyhow::Context;
 use etcdsql_partitions::{self as plan, State};
 
 use crate::backend::Backend;
-use crate::proto::etcdserverpb::{RequestOp, request_op};
+use crate::proto::etcdserverpb::{PutRequest, RequestOp, request_op};
 use crate::tasks::Tasks;
 
 /// Where kube-apiserver keeps CustomResourceDefinitions; the name of each
@@ -133,13 +133,18 @@ impl Partitioner {
 /// The keys a Txn branch puts. Of a nested Txn both branches: which one ran
 /// is not worth finding out, and partitioning a resource early is harmless.
 pub fn put_keys(ops: &[RequestOp]) -> Vec<&[u8]> {
+    puts(ops).into_iter().map(|p| p.key.as_slice()).collect()
+}
+
+/// The puts of a Txn branch, of a nested Txn both branches.
+pub fn puts(ops: &[RequestOp]) -> Vec<&PutRequest> {
     let mut out = Vec::new();
     for op in ops {
         match &op.request {
-            Some(request_op::Request::RequestPut(p)) => out.push(p.key.as_slice()),
+            Some(request_op::Request::RequestPut(p)) => out.push(p),
             Some(request_op::Request::RequestTxn(t)) => {
-                out.extend(put_keys(&t.success));
-                out.extend(put_keys(&t.failure));
+                out.extend(puts(&t.success));
+                out.extend(puts(&t.failure));
             }
             _ => {}
         }

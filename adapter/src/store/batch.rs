@@ -44,21 +44,6 @@ pub struct Extracted {
 }
 
 impl Extracted {
-    /// The columns of every put in `ops` that sets a value (nested Txns
-    /// included, both branches).
-    pub fn of_ops(catalog: &Catalog, ops: &[RequestOp], out: &mut Vec<Arc<Extracted>>) {
-        for op in ops {
-            match &op.request {
-                Some(Request::RequestPut(p)) => Self::of_put(catalog, p, out),
-                Some(Request::RequestTxn(t)) => {
-                    Self::of_ops(catalog, &t.success, out);
-                    Self::of_ops(catalog, &t.failure, out);
-                }
-                _ => {}
-            }
-        }
-    }
-
     /// The columns of `p`'s value, unless it keeps the stored one.
     pub fn of_put(catalog: &Catalog, p: &PutRequest, out: &mut Vec<Arc<Extracted>>) {
         if p.ignore_value {
@@ -750,10 +735,6 @@ impl<'w> Batch<'w> {
         }
     }
 
-    fn index_of(&self, key: &[u8], value: &[u8]) -> Option<Arc<Indexed>> {
-        index_of(&self.extracted, self.catalog, key, value)
-    }
-
     /// Before the batch's first write of `key`: the label rows its stored
     /// version has (none when absent), where tracked.
     fn note_label_rows(&mut self, key: &[u8]) {
@@ -796,21 +777,19 @@ impl<'w> Batch<'w> {
         // Each put's selector columns, computed once for its history row
         // and, for the key's last put, its live row.
         let mut latest = HashMap::new();
-        let mut history = std::mem::take(&mut self.history);
-        for h in &mut history {
+        for h in &mut self.history {
             if !h.deleted {
-                h.index = self.index_of(&h.key, &h.value);
+                h.index = index_of(&self.extracted, self.catalog, &h.key, &h.value);
                 latest.insert(h.key.clone(), h.index.clone());
             }
         }
-        self.history = history;
         for (key, kv) in std::mem::take(&mut self.dirty) {
             match kv {
                 Some(kv) => {
                     let index = match latest.remove(&key) {
                         Some(index) => index,
                         // Written by an earlier flush of this batch.
-                        None => self.index_of(&kv.key, &kv.value),
+                        None => index_of(&self.extracted, self.catalog, &kv.key, &kv.value),
                     };
                     let rows_held = self
                         .label_rows

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::autopart::{Partitioner, put_keys};
+use crate::autopart::{Partitioner, put_keys, puts};
 use crate::backend::sql::Param;
 use crate::backend::{
     Backend, DbError, HistoryRow, KeyEnd, LeaseRow, Meta, RangeQuery, RangeRows, epochs,
@@ -441,8 +441,12 @@ impl Store {
         }
         let [on_success, on_failure] = [&t.success, &t.failure].map(|ops| self.crds(put_keys(ops)));
         let mut extracted = Vec::new();
-        Extracted::of_ops(&self.catalog, &t.success, &mut extracted);
-        Extracted::of_ops(&self.catalog, &t.failure, &mut extracted);
+        for p in [&t.success, &t.failure]
+            .into_iter()
+            .flat_map(|ops| puts(ops))
+        {
+            Extracted::of_put(&self.catalog, p, &mut extracted);
+        }
         let r = self.committer.submit_extracted(t, extracted).await?;
         self.partition(if r.succeeded { on_success } else { on_failure });
         Ok(r)
