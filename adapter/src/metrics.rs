@@ -118,6 +118,16 @@ pub static READ_AHEAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static DURABLE_WAITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "etcdsql_durable_waits_total",
+        "Reads that saw a commit not yet durable (MySQL without binary log) and \
+         waited: for this process's COMMIT in flight (commit), or for a commit \
+         of their own (sync).",
+        &["how"],
+    )
+});
+
 pub static RANGE_COUNTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "etcdsql_range_counts_total",
@@ -230,6 +240,7 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(DB_RETRIES.clone()))?;
     r.register(Box::new(BATCH_PATH.clone()))?;
     r.register(Box::new(READ_AHEAD.clone()))?;
+    r.register(Box::new(DURABLE_WAITS.clone()))?;
     r.register(Box::new(RANGE_COUNTS.clone()))?;
     r.register(Box::new(WATCHERS.clone()))?;
     r.register(Box::new(WATCH_RESYNCS.clone()))?;

@@ -157,6 +157,13 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Returns once `revision`, which a read saw, cannot be taken back by a
+    /// crash of the database. Reads call it before they answer. Nothing to
+    /// do where a commit is durable before other sessions see it.
+    async fn durable(&self, _revision: i64) -> Result<(), DbError> {
+        Ok(())
+    }
+
     /// Runs `s`, a range statement ([`sql::range`]), as [`Self::fetch`]
     /// does, and folds its rows. A driver may fold them as they are read.
     async fn fetch_range(&self, s: &sql::Statement) -> Result<RangeFold, DbError> {
@@ -166,30 +173,46 @@ pub trait Backend: Send + Sync {
     /// One range statement; `meta` in the answer is read in the same
     /// snapshot. Reads only the partitions that can hold the range.
     async fn range(&self, q: &RangeQuery) -> Result<RangeRows, DbError> {
-        let Some(p) = self.partitions() else {
-            let fold = self.fetch_range(&sql::range(self.sql(), q, None)).await?;
-            return Ok(fold.finish(q));
-        };
-        loop {
-            let reg = p.get();
-            let parts = parts_of(&reg, &q.key, &q.end);
-            let fold = self
-                .fetch_range(&sql::range(self.sql(), q, parts.as_deref()))
-                .await?;
-            if fold.parts_version.unwrap_or(reg.version) != reg.version {
-                self.reload_partitions().await?;
-                if parts.is_some() {
-                    continue;
+        let rows = match self.partitions() {
+            None => self
+                .fetch_range(&sql::range(self.sql(), q, None))
+                .await?
+                .finish(q),
+            Some(p) => loop {
+                let reg = p.get();
+                let parts = parts_of(&reg, &q.key, &q.end);
+                let fold = self
+                    .fetch_range(&sql::range(self.sql(), q, parts.as_deref()))
+                    .await?;
+                if fold.parts_version.unwrap_or(reg.version) != reg.version {
+                    self.reload_partitions().await?;
+                    if parts.is_some() {
+                        continue;
+                    }
                 }
-            }
-            return Ok(fold.finish(q));
-        }
+                break fold.finish(q);
+            },
+        };
+        self.durable(rows.meta.map_or(0, |m| m.revision)).await?;
+        Ok(rows)
     }
 
     /// The latest version of each of the single `keys` (`None` where it
     /// does not exist), with the revision row it was read with: one
     /// statement, and one snapshot, per partition the keys fall in.
     async fn latest(&self, keys: &[Vec<u8>]) -> Result<Vec<(Meta, Option<KeyValue>)>, DbError> {
+        let out = self.latest_unchecked(keys).await?;
+        let seen = out.iter().map(|(m, _)| m.revision).max().unwrap_or(0);
+        self.durable(seen).await?;
+        Ok(out)
+    }
+
+    /// [`Self::latest`] without waiting for [`Self::durable`]: for what a
+    /// write transaction checks again before it commits (read-ahead).
+    async fn latest_unchecked(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<(Meta, Option<KeyValue>)>, DbError> {
         'registry: loop {
             let reg = self.partitions().map(Partitions::get);
             let mut groups: BTreeMap<Option<Vec<String>>, Vec<usize>> = BTreeMap::new();
@@ -223,7 +246,9 @@ pub trait Backend: Send + Sync {
             "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
             &[],
         );
-        decode_meta(&self.fetch(&s).await?)
+        let meta = decode_meta(&self.fetch(&s).await?)?;
+        self.durable(meta.revision).await?;
+        Ok(meta)
     }
 
     /// The cluster id chosen when the schema was created.
@@ -273,35 +298,41 @@ pub trait Backend: Send + Sync {
         upto: i64,
         range: Option<(&[u8], &KeyEnd)>,
     ) -> Result<Vec<EventRow>, DbError> {
-        let d = self.sql();
-        let (Some(p), Some((key, end)), true) = (self.partitions(), range, d.history_parts) else {
-            return decode_events(
-                &self
-                    .fetch(&sql::history(d, after, upto, range, None))
-                    .await?,
-            );
+        let events = 'read: {
+            let d = self.sql();
+            let (Some(p), Some((key, end)), true) = (self.partitions(), range, d.history_parts)
+            else {
+                break 'read decode_events(
+                    &self
+                        .fetch(&sql::history(d, after, upto, range, None))
+                        .await?,
+                )?;
+            };
+            loop {
+                let reg = p.get();
+                let parts = parts_of(&reg, key, end);
+                let rows = self
+                    .fetch(&sql::history(d, after, upto, range, parts.as_deref()))
+                    .await?;
+                if parts.is_none() {
+                    break 'read decode_events(&rows)?;
+                }
+                // Versions only grow: unchanged after the read means unchanged in it.
+                let version = self
+                    .fetch(&self.statement(
+                        "SELECT partitions_version FROM etcdsql_meta WHERE id = 1",
+                        &[],
+                    ))
+                    .await?;
+                if first_ints(&version)?.first() == Some(&reg.version) {
+                    break 'read decode_events(&rows)?;
+                }
+                self.reload_partitions().await?;
+            }
         };
-        loop {
-            let reg = p.get();
-            let parts = parts_of(&reg, key, end);
-            let rows = self
-                .fetch(&sql::history(d, after, upto, range, parts.as_deref()))
-                .await?;
-            if parts.is_none() {
-                return decode_events(&rows);
-            }
-            // Versions only grow: unchanged after the read means unchanged in it.
-            let version = self
-                .fetch(&self.statement(
-                    "SELECT partitions_version FROM etcdsql_meta WHERE id = 1",
-                    &[],
-                ))
-                .await?;
-            if first_ints(&version)?.first() == Some(&reg.version) {
-                return decode_events(&rows);
-            }
-            self.reload_partitions().await?;
-        }
+        self.durable(events.iter().map(|e| e.revision).max().unwrap_or(0))
+            .await?;
+        Ok(events)
     }
 
     /// `text` with each `?` bound to the next of `params`, in this

@@ -7,6 +7,8 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
@@ -183,7 +185,166 @@ pub struct Mysql {
     writer_opts: Opts,
     pool: Pool,
     partitions: Arc<Partitions>,
+    durability: Arc<Durability>,
 }
+
+/// How long a read that saw a revision of this process's COMMIT in flight
+/// waits for it before committing for itself (see [`Durability`]).
+const COMMIT_WAIT: Duration = Duration::from_millis(500);
+
+/// Without a binary log, InnoDB shows a commit to other sessions before it
+/// flushes the commit's redo: a crash then takes back a revision that
+/// readers and watchers already saw, and the next write reuses it. A read
+/// here answers only once what it saw is flushed. InnoDB flushes its redo
+/// in order, so a flushed commit covers every commit visible when its
+/// transaction wrote: a batch of this process that took a later revision,
+/// or a change committed for the purpose in `etcdsql_sync`.
+///
+/// With a binary log (two-phase commit) and on Galera (replicated before
+/// it is shown) and TiDB, a commit is durable before it is visible.
+#[derive(Default)]
+struct Durability {
+    /// Whether this database needs it: a writable primary without binlog.
+    on: AtomicBool,
+    /// Revisions up to here are durable.
+    durable: AtomicI64,
+    /// The revision of this process's COMMIT in flight (0: none).
+    committing: AtomicI64,
+    /// A COMMIT ended (or a sync did): waiters look again.
+    ended: tokio::sync::Notify,
+    /// The highest revision a read asked for.
+    wanted: AtomicI64,
+    /// One sync at a time; the others find theirs covered.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl Durability {
+    /// Whether a server of this version and these settings needs it (and
+    /// a warning where the settings can lose acknowledged writes).
+    async fn needed(conn: &mut Conn, galera: bool) -> Result<bool, DbError> {
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(classify)?;
+        if galera || version.is_some_and(|v| v.contains("TiDB")) {
+            return Ok(false);
+        }
+        type Settings = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Settings> = match conn
+            .query_first(
+                "SELECT @@log_bin, @@read_only, @@sync_binlog, @@innodb_flush_log_at_trx_commit",
+            )
+            .await
+        {
+            Ok(row) => row,
+            Err(mysql_async::Error::Server(e)) => {
+                tracing::warn!(error = %e.message, "cannot read the database's log settings; \
+                    reads will make what they saw durable first");
+                return Ok(true);
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        let Some((log_bin, read_only, sync_binlog, flush)) = row else {
+            return Ok(true);
+        };
+        if flush != Some(1) {
+            tracing::warn!(
+                innodb_flush_log_at_trx_commit = flush,
+                "the database does not flush its log at each commit: a crash of its machine can \
+                 lose acknowledged writes (set innodb_flush_log_at_trx_commit = 1)"
+            );
+        }
+        if log_bin == Some(1) && sync_binlog == Some(0) {
+            tracing::warn!(
+                "the database writes its binary log without syncing it: a crash of its machine \
+                 can lose acknowledged writes (set sync_binlog = 1)"
+            );
+        }
+        let on = log_bin == Some(0) && read_only == Some(0);
+        if on {
+            tracing::info!(
+                "the database has no binary log, so a commit is visible before it is durable: \
+                 reads wait until what they saw is flushed (enable log_bin to avoid the wait)"
+            );
+        }
+        Ok(on)
+    }
+
+    /// A COMMIT of revision `revision` goes out.
+    fn sending(&self, revision: i64) {
+        self.committing.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The COMMIT of `revision` ended; `ok`: it is durable, and so is every
+    /// revision before it.
+    fn ended(&self, revision: i64, ok: bool) {
+        let _ = self
+            .committing
+            .compare_exchange(revision, 0, Ordering::AcqRel, Ordering::Acquire);
+        if ok {
+            self.durable.fetch_max(revision, Ordering::AcqRel);
+        }
+        self.ended.notify_waiters();
+    }
+
+    fn covers(&self, revision: i64) -> bool {
+        !self.on.load(Ordering::Relaxed) || self.durable.load(Ordering::Acquire) >= revision
+    }
+
+    /// Returns once `revision`, which a read saw, is durable.
+    async fn certify(&self, pool: &Pool, revision: i64) -> Result<(), DbError> {
+        if self.covers(revision) {
+            return Ok(());
+        }
+        // A COMMIT of this process in flight covers it: it ends soon.
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
+        let mut waited = false;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.covers(revision) {
+                if waited {
+                    crate::metrics::DURABLE_WAITS
+                        .with_label_values(&["commit"])
+                        .inc();
+                }
+                return Ok(());
+            }
+            if self.committing.load(Ordering::Acquire) < revision
+                || tokio::time::timeout_at(deadline, ended).await.is_err()
+            {
+                break;
+            }
+            waited = true;
+        }
+        self.wanted.fetch_max(revision, Ordering::AcqRel);
+        let _one = self.syncing.lock().await;
+        if self.covers(revision) {
+            return Ok(());
+        }
+        // Every revision asked for so far was visible before this runs.
+        let covered = self.wanted.load(Ordering::Acquire);
+        let mut conn = pool.get_conn().await.map_err(classify)?;
+        match conn.query_drop(SYNC).await {
+            Ok(()) => {}
+            // A read-only server holds what replication brought, durable
+            // where it was written.
+            Err(mysql_async::Error::Server(e)) if e.code == 1290 || e.code == 1836 => {}
+            Err(e) => return Err(classify(e)),
+        }
+        crate::metrics::DURABLE_WAITS
+            .with_label_values(&["sync"])
+            .inc();
+        self.durable.fetch_max(covered, Ordering::AcqRel);
+        self.ended.notify_waiters();
+        Ok(())
+    }
+}
+
+/// A change, and so a redo record and a flush at its commit (autocommit).
+const SYNC: &str =
+    "INSERT INTO etcdsql_sync (id, n) VALUES (1, 1) ON DUPLICATE KEY UPDATE n = n + 1";
 
 impl Mysql {
     pub async fn open(url: &str) -> Result<Self, DbError> {
@@ -201,6 +362,12 @@ impl Mysql {
             .query_first("SHOW VARIABLES LIKE 'wsrep_on'")
             .await
             .map_err(classify)?;
+        let galera = galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
+        let durability = Durability::default();
+        durability.on.store(
+            Durability::needed(&mut conn, galera).await?,
+            Ordering::Relaxed,
+        );
         let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
         // No statement of the committer commits by itself: if the server
         // ends a batch's transaction behind its back (Galera aborts a
@@ -208,7 +375,7 @@ impl Mysql {
         // after that open a new transaction, which `commit` refuses, rather
         // than committing one by one.
         let writer_init = "SET SESSION autocommit = 0".to_string();
-        if galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON")) {
+        if galera {
             init.push("SET SESSION wsrep_sync_wait = 1".to_string());
         }
         // Session settings go in `setup`, which also runs after a
@@ -243,6 +410,7 @@ impl Mysql {
             writer_opts,
             pool,
             partitions: Arc::default(),
+            durability: Arc::new(durability),
         };
         my.reload_partitions().await?;
         Ok(my)
@@ -333,6 +501,10 @@ impl Backend for Mysql {
         fold_range(self.query(&s.text, params(&s.params)).await?)
     }
 
+    async fn durable(&self, revision: i64) -> Result<(), DbError> {
+        self.durability.certify(&self.pool, revision).await
+    }
+
     fn max_key_bytes(&self) -> Option<usize> {
         Some(3000)
     }
@@ -351,6 +523,8 @@ impl Backend for Mysql {
             check_at: None,
             open: false,
             epoch: 0,
+            durability: self.durability.clone(),
+            pool: self.pool.clone(),
         }))
     }
 
@@ -475,6 +649,9 @@ struct MyWriter {
     check_at: Option<usize>,
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
+    durability: Arc<Durability>,
+    /// The reads' pool, for [`Durability::certify`].
+    pool: Pool,
 }
 
 impl MyWriter {
@@ -1017,8 +1194,24 @@ impl Writer for MyWriter {
         }
         text.push_str("COMMIT");
         n += 1;
-        self.run_guarded(&text, n, &sentinels).await?;
+        let d = self.durability.clone();
+        if meta.revision > before.revision {
+            d.sending(meta.revision);
+        }
+        let sent = self.run_guarded(&text, n, &sentinels).await;
+        if meta.revision > before.revision {
+            d.ended(meta.revision, sent.is_ok());
+        }
+        sent?;
         self.open = false;
+        if meta == before {
+            // Nothing changed the revision row, so the COMMIT may have
+            // flushed nothing: what the batch read must be made durable.
+            self.durability.certify(&self.pool, before.revision).await?;
+        } else if meta.revision == before.revision {
+            // A compaction: the row changed, so the flush covers it.
+            d.ended(meta.revision, true);
+        }
         Ok(())
     }
 

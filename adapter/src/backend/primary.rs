@@ -31,6 +31,10 @@ impl Backend for Primary {
         self.0.fetch_primary(s).await
     }
 
+    async fn durable(&self, revision: i64) -> Result<(), DbError> {
+        self.0.durable(revision).await
+    }
+
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
         self.0.writer().await
     }

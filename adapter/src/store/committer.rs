@@ -275,7 +275,7 @@ async fn read_ahead<'a>(
     let read = |keys: Vec<Vec<u8>>| -> Option<Read<'a>> {
         (!keys.is_empty()).then(|| {
             async move {
-                let r = backend.latest(&keys).await;
+                let r = backend.latest_unchecked(&keys).await;
                 (keys, r)
             }
             .boxed()
@@ -617,5 +617,9 @@ async fn committed(
     }
     .await;
     w.rollback().await;
+    // Found committed, it may not be durable yet (see `Backend::durable`).
+    if let Ok(true) = r {
+        backend.durable(probe.revision).await?;
+    }
     r
 }

@@ -461,6 +461,74 @@ async fn connection_lost_during_commit(target: Target) {
     );
 }
 
+/// Without a binary log, MariaDB shows a commit to other sessions before
+/// it is flushed, and a crash takes it back (the next write reuses its
+/// revision). A process that did not write a revision it read commits to
+/// `etcdsql_sync` before it answers; the writer itself needs nothing.
+/// Galera (replicated before shown), TiDB and MariaDB with a binary log
+/// need no such commit.
+async fn durable_before_read(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let needs = target == Target::Mariadb && db.count("SELECT @@log_bin").await.unwrap() == 0;
+    let dsn_b = db.dsns.get(1).unwrap_or(&db.dsn).clone();
+    let (pa, pb) = (
+        etcdsql_integration::free_port(),
+        etcdsql_integration::free_port(),
+    );
+    let metrics = |port: u16| format!("http://127.0.0.1:{port}");
+    let a = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &metrics(pa)])
+        .await
+        .expect("etcdsql a");
+    let b = Process::etcdsql_with(bin(), &dsn_b, &["--listen-metrics-urls", &metrics(pb)])
+        .await
+        .expect("etcdsql b");
+    let (mut ca, mut cb) = (a.client().await.unwrap(), b.client().await.unwrap());
+    let syncs = |port: u16| async move {
+        let text = etcdsql_integration::scrape_metrics(port).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("etcdsql_durable_waits_total{how=\"sync\"} "))
+            .map_or(0.0, |n| n.parse::<f64>().unwrap())
+    };
+    let n0 = db
+        .count("SELECT n FROM etcdsql_sync WHERE id = 1")
+        .await
+        .unwrap();
+    let (b0, a0) = (syncs(pb).await, syncs(pa).await);
+    const WRITES: i32 = 10;
+    for i in 0..WRITES {
+        let put = ca.put("/durable/k", format!("v{i}"), None).await.unwrap();
+        let got = cb.get("/durable/k", None).await.unwrap();
+        let rev = put.header().unwrap().revision();
+        assert!(got.header().unwrap().revision() >= rev);
+        assert_eq!(got.kvs()[0].value(), format!("v{i}").as_bytes());
+    }
+    let (b1, a1) = (syncs(pb).await, syncs(pa).await);
+    let n1 = db
+        .count("SELECT n FROM etcdsql_sync WHERE id = 1")
+        .await
+        .unwrap();
+    eprintln!(
+        "durable before read on {} (binary log {}): {WRITES} puts through a, each read \
+         through b: b committed {} syncs, a {}; etcdsql_sync.n {n0} -> {n1}",
+        target.name(),
+        if needs { "off" } else { "on, or not needed" },
+        b1 - b0,
+        a1 - a0
+    );
+    if needs {
+        // Each put is a revision b had not seen durable: at least one sync.
+        assert!(b1 - b0 >= f64::from(WRITES), "b synced {} times", b1 - b0);
+        assert!(n1 - n0 >= i64::from(WRITES), "etcdsql_sync.n {n0} -> {n1}");
+        assert_eq!(a1 - a0, 0.0, "the writer synced for its own writes");
+    } else {
+        assert_eq!(
+            (b1 - b0, a1 - a0, n1 - n0),
+            (0.0, 0.0, 0),
+            "no sync needed here"
+        );
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!(
@@ -478,6 +546,11 @@ pub fn cases() -> Vec<Case> {
             "sigterm_with_watches",
             &[Target::Sqlite, Target::Postgres, Target::Mariadb],
             sigterm_with_watches
+        ),
+        case!(
+            "durable_before_read",
+            &[Target::Mariadb, Target::Galera, Target::Tidb],
+            durable_before_read
         ),
         case!(
             "garbage_on_the_grpc_port",

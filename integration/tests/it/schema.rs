@@ -81,7 +81,7 @@ async fn migrations(target: Target) {
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 8: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 9: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -103,6 +103,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 6 (rowid tables)"), "{sql}");
     assert!(sql.contains("-- migration 7 (hot updates)"), "{sql}");
     assert!(sql.contains("-- migration 8 (label hashes)"), "{sql}");
+    assert!(sql.contains("-- migration 9 (sync)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -124,7 +125,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        8
+        9
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -136,8 +137,7 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 8 (this etcdsql: 8)")
-            && text.contains("applied  0008 label hashes"),
+        text.contains("schema version 9 (this etcdsql: 9)") && text.contains("applied  0009 sync"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -162,13 +162,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (9, 'from the future', TRUE, {zero}, 0)"
+         VALUES (10, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 9"));
+    .unwrap_or_else(|_| panic!("recording version 10"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 9 (from the future), newer than this etcdsql knows (up to 8); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 10 (from the future), newer than this etcdsql knows (up to 9); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -180,7 +180,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 9")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 10")
         .await
         .unwrap();
 
