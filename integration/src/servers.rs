@@ -540,6 +540,25 @@ pub fn mariadb_with_replica() -> anyhow::Result<(String, String, Vec<Container>)
     Ok((primary_url, replica_url, vec![primary, replica]))
 }
 
+/// A MariaDB server of its own (no binary log) with `dir/slow_log.so`
+/// preloaded: while `dir/on` exists, each write and sync of its redo log
+/// first sleeps (integration/faults/slow_log.c). Its admin URL and container.
+pub fn mariadb_slow_log(dir: &std::path::Path) -> anyhow::Result<(String, Container)> {
+    let (name, var) = image(Target::Mariadb);
+    ensure_image(Target::Mariadb, &name, var)?;
+    let port = free_port();
+    let url = mysql_url(port);
+    let req = mariadb_request(&name, port, &[])
+        .with_mount(testcontainers::core::Mount::bind_mount(
+            dir.to_string_lossy().into_owned(),
+            "/slow",
+        ))
+        .with_env_var("LD_PRELOAD", "/slow/slow_log.so")
+        .with_env_var("SLOW_LOG_TRIGGER", "/slow/on");
+    let c = start_ready(Target::Mariadb, req, &url)?;
+    Ok((url, c))
+}
+
 /// Starts a container and waits until its server at `url` is ready.
 fn start_ready(
     target: Target,

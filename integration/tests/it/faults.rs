@@ -461,6 +461,179 @@ async fn connection_lost_during_commit(target: Target) {
     );
 }
 
+/// A MariaDB without binary log whose redo log writes the case can hold
+/// back (integration/faults/slow_log.c, preloaded): a put through process
+/// a commits, visible and not yet durable; process b reads and watches the
+/// key meanwhile; the database and a are killed (-9) and the database
+/// restarts without that commit; b writes again, taking its revision.
+/// Whatever b answered before the crash, read or event, must be what the
+/// store holds at that revision afterwards.
+async fn visible_before_durable(target: Target) {
+    const KEY: &str = "/crash/k";
+    let dir = std::env::temp_dir().join(format!("etcdsql-slow-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let so = dir.join("slow_log.so");
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../integration/faults/slow_log.c"
+    );
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .args([src, "-ldl"])
+        .status()
+        .expect("cc");
+    assert!(built.success(), "building {src}");
+    let d = dir.clone();
+    let (url, container) = tokio::task::spawn_blocking(move || servers::mariadb_slow_log(&d))
+        .await
+        .unwrap()
+        .expect("MariaDB with the slow log");
+    let db = TestDb::create_on(target, &[url]).await.expect("database");
+    let mut a = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql a");
+    let b = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql b");
+    let mut ca = a.client().await.unwrap();
+    let mut cb = b.client().await.unwrap();
+    let r0 = ca
+        .put(KEY, "v0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let seen: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let mut stream = cb
+        .watch(KEY, Some(WatchOptions::new().with_start_revision(r0 + 1)))
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let s2 = seen.clone();
+    let watching = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => {
+                    for e in m.events() {
+                        let kv = e.kv().unwrap();
+                        let value = String::from_utf8_lossy(kv.value()).into_owned();
+                        s2.lock().await.push((kv.mod_revision(), value));
+                    }
+                }
+                end => panic!("b's watch stream ended: {end:?}"),
+            }
+        }
+    });
+    let meta = "SELECT revision FROM etcdsql_meta WHERE id = 1";
+
+    std::fs::write(dir.join("on"), b"").unwrap();
+    let mut ca2 = ca.clone();
+    let put = tokio::spawn(async move { ca2.put(KEY, "v1", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shown = db.count(meta).await.unwrap();
+    assert_eq!(
+        shown,
+        r0 + 1,
+        "the database did not show the put before its redo log was written"
+    );
+    let read = tokio::time::timeout(Duration::from_secs(1), cb.get(KEY, None)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.kill();
+    std::fs::remove_file(dir.join("on")).unwrap();
+    container.restart_now().expect("restarting the database");
+    put.abort();
+
+    // Back up, without the commit.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        match db.count(meta).await {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("the database did not come back: {e:#}"),
+        }
+    };
+    assert_eq!(
+        after, r0,
+        "the database kept the put: the crash took back nothing, so the case shows nothing"
+    );
+    let r2 = loop {
+        match cb.put(KEY, "v2", None).await {
+            Ok(r) => break r.header().unwrap().revision(),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("b cannot write after the restart: {e}"),
+        }
+    };
+    assert_eq!(r2, r0 + 1, "the next write takes the revision back");
+
+    // The state at a revision, as the store holds it now.
+    let at = |rev: i64| {
+        let mut c = cb.clone();
+        async move {
+            let r = c
+                .get(KEY, Some(GetOptions::new().with_revision(rev)))
+                .await
+                .unwrap();
+            r.kvs().first().map(|kv| {
+                (
+                    kv.mod_revision(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+        }
+    };
+    let mut problems = Vec::new();
+    let answered = match read {
+        Ok(Ok(r)) => {
+            let h = r.header().unwrap().revision();
+            let got = r.kvs().first().map(|kv| {
+                (
+                    kv.mod_revision(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            });
+            let held = at(h).await;
+            if got != held {
+                problems.push(format!(
+                    "b answered {got:?} at revision {h} before the crash; the store holds {held:?} there"
+                ));
+            }
+            format!("{got:?} at {h}")
+        }
+        Ok(Err(e)) => format!("error {e}"),
+        Err(_) => "nothing within 1 s".to_string(),
+    };
+    let wait = Instant::now() + Duration::from_secs(10);
+    while !seen.lock().await.iter().any(|(r, _)| *r >= r2) && Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = seen.lock().await.clone();
+    assert!(!watching.is_finished(), "b's watch stream ended");
+    watching.abort();
+    if !events.iter().any(|(r, _)| *r == r2) {
+        problems.push(format!("b's watcher never got the put at {r2}"));
+    }
+    for (rev, value) in &events {
+        let held = at(*rev).await;
+        if held.as_ref() != Some(&(*rev, value.clone())) {
+            problems.push(format!(
+                "b's watcher got {value:?} at revision {rev}; the store holds {held:?} there"
+            ));
+        }
+    }
+    eprintln!(
+        "visible before durable on {}: the database showed revision {shown} and lost it; \
+         b's read meanwhile: {answered}; b's watcher: {events:?}",
+        target.name()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// Without a binary log, MariaDB shows a commit to other sessions before
 /// it is flushed, and a crash takes it back (the next write reuses its
 /// revision). A process that did not write a revision it read commits to
@@ -546,6 +719,11 @@ pub fn cases() -> Vec<Case> {
             "sigterm_with_watches",
             &[Target::Sqlite, Target::Postgres, Target::Mariadb],
             sigterm_with_watches
+        ),
+        case!(
+            "visible_before_durable",
+            &[Target::Mariadb],
+            visible_before_durable
         ),
         case!(
             "durable_before_read",
