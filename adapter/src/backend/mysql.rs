@@ -264,7 +264,7 @@ impl Durability {
         if on {
             tracing::info!(
                 "the database has no binary log, so a commit is visible before it is durable: \
-                 reads wait until what they saw is flushed (enable log_bin to avoid the wait)"
+                 reads make sure what they saw is flushed before they answer"
             );
         }
         Ok(on)
