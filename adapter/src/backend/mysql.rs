@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -202,10 +202,11 @@ const COMMIT_WAIT: Duration = Duration::from_millis(500);
 ///
 /// With a binary log (two-phase commit) and on Galera (replicated before
 /// it is shown) and TiDB, a commit is durable before it is visible.
-#[derive(Default)]
 struct Durability {
     /// Whether this database needs it: a writable primary without binlog.
-    on: AtomicBool,
+    on: bool,
+    /// The reads' pool, where a sync commits.
+    pool: Pool,
     /// Revisions up to here are durable.
     durable: AtomicI64,
     /// The revision of this process's COMMIT in flight (0: none).
@@ -219,6 +220,18 @@ struct Durability {
 }
 
 impl Durability {
+    fn new(on: bool, pool: Pool) -> Durability {
+        Durability {
+            on,
+            pool,
+            durable: AtomicI64::default(),
+            committing: AtomicI64::default(),
+            ended: tokio::sync::Notify::new(),
+            wanted: AtomicI64::default(),
+            syncing: tokio::sync::Mutex::default(),
+        }
+    }
+
     /// Whether a server of this version and these settings needs it (and
     /// a warning where the settings can lose acknowledged writes).
     async fn needed(conn: &mut Conn, galera: bool) -> Result<bool, DbError> {
@@ -288,11 +301,11 @@ impl Durability {
     }
 
     fn covers(&self, revision: i64) -> bool {
-        !self.on.load(Ordering::Relaxed) || self.durable.load(Ordering::Acquire) >= revision
+        !self.on || self.durable.load(Ordering::Acquire) >= revision
     }
 
     /// Returns once `revision`, which a read saw, is durable.
-    async fn certify(&self, pool: &Pool, revision: i64) -> Result<(), DbError> {
+    async fn certify(&self, revision: i64) -> Result<(), DbError> {
         if self.covers(revision) {
             return Ok(());
         }
@@ -325,7 +338,7 @@ impl Durability {
         }
         // Every revision asked for so far was visible before this runs.
         let covered = self.wanted.load(Ordering::Acquire);
-        let mut conn = pool.get_conn().await.map_err(classify)?;
+        let mut conn = self.pool.get_conn().await.map_err(classify)?;
         match conn.query_drop(SYNC).await {
             Ok(()) => {}
             // A read-only server holds what replication brought, durable
@@ -363,11 +376,7 @@ impl Mysql {
             .await
             .map_err(classify)?;
         let galera = galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
-        let durability = Durability::default();
-        durability.on.store(
-            Durability::needed(&mut conn, galera).await?,
-            Ordering::Relaxed,
-        );
+        let durable_first = Durability::needed(&mut conn, galera).await?;
         let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
         // No statement of the committer commits by itself: if the server
         // ends a batch's transaction behind its back (Galera aborts a
@@ -408,9 +417,9 @@ impl Mysql {
         let pool = Pool::new(opts.clone());
         let my = Mysql {
             writer_opts,
+            durability: Arc::new(Durability::new(durable_first, pool.clone())),
             pool,
             partitions: Arc::default(),
-            durability: Arc::new(durability),
         };
         my.reload_partitions().await?;
         Ok(my)
@@ -502,7 +511,7 @@ impl Backend for Mysql {
     }
 
     async fn durable(&self, revision: i64) -> Result<(), DbError> {
-        self.durability.certify(&self.pool, revision).await
+        self.durability.certify(revision).await
     }
 
     fn max_key_bytes(&self) -> Option<usize> {
@@ -524,7 +533,6 @@ impl Backend for Mysql {
             open: false,
             epoch: 0,
             durability: self.durability.clone(),
-            pool: self.pool.clone(),
         }))
     }
 
@@ -650,8 +658,6 @@ struct MyWriter {
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
     durability: Arc<Durability>,
-    /// The reads' pool, for [`Durability::certify`].
-    pool: Pool,
 }
 
 impl MyWriter {
@@ -1194,23 +1200,22 @@ impl Writer for MyWriter {
         }
         text.push_str("COMMIT");
         n += 1;
+        // Where the revision row changes, the COMMIT's flush covers every
+        // revision up to `meta`'s; otherwise it may flush nothing, and what
+        // the batch read must be made durable.
+        let changes = meta != before;
         let d = self.durability.clone();
-        if meta.revision > before.revision {
+        if changes {
             d.sending(meta.revision);
         }
         let sent = self.run_guarded(&text, n, &sentinels).await;
-        if meta.revision > before.revision {
+        if changes {
             d.ended(meta.revision, sent.is_ok());
         }
         sent?;
         self.open = false;
-        if meta == before {
-            // Nothing changed the revision row, so the COMMIT may have
-            // flushed nothing: what the batch read must be made durable.
-            self.durability.certify(&self.pool, before.revision).await?;
-        } else if meta.revision == before.revision {
-            // A compaction: the row changed, so the flush covers it.
-            d.ended(meta.revision, true);
+        if !changes {
+            d.certify(before.revision).await?;
         }
         Ok(())
     }
