@@ -31,6 +31,7 @@ pub mod autopart;
 pub mod backend;
 pub mod bbolt;
 pub mod codec;
+pub mod cork;
 pub mod error;
 pub mod metrics;
 pub mod proto;

@@ -15,6 +15,7 @@ use tokio_stream::StreamExt;
 use crate::authority::Lenient;
 use crate::autopart::{Partitioner, PartitionsFile};
 use crate::backend::{self, Backend, DbError, Dsn};
+use crate::cork::Corked;
 use crate::metrics::{self, RpcLayer};
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -382,7 +383,7 @@ async fn handshakes(
     mut connections: TcpIncoming,
     acceptor: tokio_rustls::TlsAcceptor,
     tx: tokio::sync::mpsc::Sender<
-        std::io::Result<Lenient<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+        std::io::Result<Corked<Lenient<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>>,
     >,
 ) {
     while let Some(c) = connections.next().await {
@@ -397,7 +398,7 @@ async fn handshakes(
         tokio::spawn(async move {
             match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(c)).await {
                 Ok(Ok(s)) => {
-                    let _ = tx.send(Ok(Lenient::new(s))).await;
+                    let _ = tx.send(Ok(Corked::new(Lenient::new(s)))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(timeout = ?TLS_HANDSHAKE, "TLS handshake timed out"),
@@ -822,7 +823,7 @@ impl App {
                 let connections = tokio_stream::wrappers::ReceiverStream::new(rx);
                 tokio::spawn(router.serve_with_incoming_shutdown(connections, stop))
             } else {
-                let connections = connections.map(|c| c.map(Lenient::new));
+                let connections = connections.map(|c| c.map(|c| Corked::new(Lenient::new(c))));
                 tokio::spawn(router.serve_with_incoming_shutdown(connections, stop))
             });
         }
