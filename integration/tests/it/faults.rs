@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{GetOptions, WatchOptions};
+use etcd_client::{GetOptions, KeyValue, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb, servers};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -514,9 +514,7 @@ async fn visible_before_durable(target: Target) {
             match stream.message().await {
                 Ok(Some(m)) => {
                     for e in m.events() {
-                        let kv = e.kv().unwrap();
-                        let value = String::from_utf8_lossy(kv.value()).into_owned();
-                        s2.lock().await.push((kv.mod_revision(), value));
+                        s2.lock().await.push(rev_value(e.kv().unwrap()));
                     }
                 }
                 end => panic!("b's watch stream ended: {end:?}"),
@@ -547,8 +545,7 @@ async fn visible_before_durable(target: Target) {
     let after = loop {
         match db.count(meta).await {
             Ok(n) => break n,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => panic!("the database did not come back: {e:#}"),
@@ -561,8 +558,7 @@ async fn visible_before_durable(target: Target) {
     let r2 = loop {
         match cb.put(KEY, "v2", None).await {
             Ok(r) => break r.header().unwrap().revision(),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => panic!("b cannot write after the restart: {e}"),
@@ -578,24 +574,14 @@ async fn visible_before_durable(target: Target) {
                 .get(KEY, Some(GetOptions::new().with_revision(rev)))
                 .await
                 .unwrap();
-            r.kvs().first().map(|kv| {
-                (
-                    kv.mod_revision(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
+            r.kvs().first().map(rev_value)
         }
     };
     let mut problems = Vec::new();
     let answered = match read {
         Ok(Ok(r)) => {
             let h = r.header().unwrap().revision();
-            let got = r.kvs().first().map(|kv| {
-                (
-                    kv.mod_revision(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            });
+            let got = r.kvs().first().map(rev_value);
             let held = at(h).await;
             if got != held {
                 problems.push(format!(
@@ -632,6 +618,14 @@ async fn visible_before_durable(target: Target) {
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A key's mod revision and value, as text.
+fn rev_value(kv: &KeyValue) -> (i64, String) {
+    (
+        kv.mod_revision(),
+        String::from_utf8_lossy(kv.value()).into_owned(),
+    )
 }
 
 /// Without a binary log, MariaDB shows a commit to other sessions before
