@@ -5,6 +5,7 @@
 //! every earlier commit (`wsrep_sync_wait`), and a certification failure
 //! surfaces as a deadlock that the committer retries.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,6 +30,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     no_index: "",
     revision_index: true,
     names_hint: " FORCE INDEX (etcdsql_live_revision)",
+    by_names_hint: " USE INDEX (PRIMARY)",
     update_limit: true,
     json_param: "",
     insert_or_ignore: "INSERT IGNORE",
@@ -58,6 +60,9 @@ const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = ? ORDER BY
 /// which keeps one round trip well below the 16 MiB default
 /// `max_allowed_packet` (a row counts twice, as hexadecimal).
 const QUEUE_BYTES: usize = 4 << 20;
+/// Bytes of values a transaction holds in session variables (they stay on
+/// the server until the next transaction sets them again).
+const SHARED_BYTES: usize = 4 << 20;
 
 fn classify(e: mysql_async::Error) -> DbError {
     use mysql_async::Error as E;
@@ -533,6 +538,9 @@ impl Backend for Mysql {
             open: false,
             epoch: 0,
             durability: self.durability.clone(),
+            shared: HashMap::new(),
+            shared_n: 0,
+            shared_bytes: 0,
         }))
     }
 
@@ -658,6 +666,14 @@ struct MyWriter {
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
     durability: Arc<Durability>,
+    /// Values of this transaction's live upserts held in session variables
+    /// (`@e0`, `@e1`, …), by mod revision and key: the history row of the
+    /// same revision and key has the same value and names the variable
+    /// instead of sending the value again.
+    shared: HashMap<i64, Vec<(Vec<u8>, usize)>>,
+    /// Variables set, and their bytes (at most SHARED_BYTES).
+    shared_n: usize,
+    shared_bytes: usize,
 }
 
 impl MyWriter {
@@ -781,6 +797,9 @@ impl MyWriter {
         self.queued.clear();
         self.queued_n = 0;
         self.check_at = None;
+        self.shared.clear();
+        self.shared_n = 0;
+        self.shared_bytes = 0;
         std::mem::take(&mut self.open)
     }
 
@@ -814,7 +833,7 @@ fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
     for chunk in &parts {
         out.push_str(
             "SELECT name, value, create_revision, mod_revision, version, lease \
-             FROM etcdsql_live WHERE name IN (",
+             FROM etcdsql_live USE INDEX (PRIMARY) WHERE name IN (",
         );
         hex_list(out, chunk.iter().map(Vec::as_slice));
         out.push_str(");");
@@ -861,6 +880,8 @@ fn hex(out: &mut String, head: &str, b: &[u8]) {
 /// A value written inline.
 enum Lit<'a> {
     Bytes(&'a [u8]),
+    /// The session variable `@e{n}`.
+    Var(usize),
     Int(i64),
     /// Text, or NULL.
     Text(Option<&'a str>),
@@ -875,6 +896,9 @@ fn tuple(out: &mut String, first: bool, values: &[Lit]) {
         }
         match v {
             Lit::Bytes(b) => hex(out, "X'", b),
+            Lit::Var(n) => {
+                let _ = write!(out, "@e{n}");
+            }
             Lit::Int(n) => {
                 let _ = write!(out, "{n}");
             }
@@ -950,7 +974,9 @@ impl Writer for MyWriter {
             meta.revision, meta.compact_revision, self.epoch
         );
         for chunk in chunks(absent, Vec::len) {
-            q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name IN (");
+            q.push_str(
+                " AND NOT EXISTS (SELECT 1 FROM etcdsql_live USE INDEX (PRIMARY) WHERE name IN (",
+            );
             hex_list(q, chunk.iter().map(Vec::as_slice));
             q.push_str("))");
         }
@@ -1080,15 +1106,38 @@ impl Writer for MyWriter {
     async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
         let reg = self.partitions.get();
         for chunk in chunks(rows, |k| k.key.len() + k.value.len()) {
+            // Values the history rows will name: set first, in one SET.
+            let mut vars = Vec::with_capacity(chunk.len());
+            let mut set = false;
+            for k in chunk.iter() {
+                let var = (self.shared_bytes + k.value.len() <= SHARED_BYTES).then(|| {
+                    let n = self.shared_n;
+                    self.shared_n += 1;
+                    self.shared_bytes += k.value.len();
+                    let at = self.shared.entry(k.mod_revision).or_default();
+                    at.push((k.key.clone(), n));
+                    let q = &mut self.queued;
+                    q.push_str(if set { ", " } else { "SET " });
+                    set = true;
+                    let _ = write!(q, "@e{n} = ");
+                    hex(q, "X'", &k.value);
+                    n
+                });
+                vars.push(var);
+            }
+            if set {
+                self.queued.push(';');
+                self.queued_n += 1;
+            }
             let q = &mut self.queued;
             q.push_str(
                 "INSERT INTO etcdsql_live (name, value, create_revision, mod_revision, version, \
                  lease, part, labels, fields) VALUES ",
             );
-            for (i, k) in chunk.iter().enumerate() {
+            for (i, (k, var)) in chunk.iter().zip(&vars).enumerate() {
                 let values = [
                     Lit::Bytes(&k.key),
-                    Lit::Bytes(&k.value),
+                    var.map_or(Lit::Bytes(&k.value), Lit::Var),
                     Lit::Int(k.create_revision),
                     Lit::Int(k.mod_revision),
                     Lit::Int(k.version),
@@ -1119,11 +1168,20 @@ impl Writer for MyWriter {
                  lease, deleted, prev_revision, epoch, labels, fields, batch) VALUES ",
             );
             for (i, h) in chunk.iter().enumerate() {
+                // A put's row has its live upsert's value; etcd's Txn
+                // rejects a key changed twice in one revision.
+                let var = match h.deleted {
+                    false => self
+                        .shared
+                        .get(&h.revision)
+                        .and_then(|at| at.iter().find(|(key, _)| *key == h.key).map(|(_, n)| *n)),
+                    true => None,
+                };
                 let values = [
                     Lit::Int(h.revision),
                     Lit::Int(i64::from(h.sub)),
                     Lit::Bytes(&h.key),
-                    Lit::Bytes(&h.value),
+                    var.map_or(Lit::Bytes(&h.value), Lit::Var),
                     Lit::Int(h.create_revision),
                     Lit::Int(h.version),
                     Lit::Int(h.lease),

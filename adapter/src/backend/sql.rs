@@ -49,6 +49,11 @@ pub struct Dialect {
     /// the planner read the (name, mod_revision) index rather than the rows
     /// (MySQL's `FORCE INDEX`; InnoDB otherwise scans the clustered rows).
     pub names_hint: &'static str,
+    /// After `etcdsql_live` where rows are looked up by a list of names:
+    /// keeps the planner to the primary key (MySQL's `USE INDEX`; it
+    /// otherwise estimates the list on the (name, mod_revision) index too,
+    /// which cost a quarter of such a lookup).
+    pub by_names_hint: &'static str,
     /// History rows carry `part` too (PostgreSQL partitions history by
     /// epoch, then part; MySQL by epoch only).
     pub history_parts: bool,
@@ -833,8 +838,10 @@ pub fn latest(d: Dialect, keys: &[Vec<u8>], parts: Parts) -> Statement {
     s.push(
         "SELECT m.revision, m.compact_revision, 0, r.name, r.value, r.create_revision, \
          r.mod_revision, r.version, r.lease, m.partitions_version \
-         FROM etcdsql_meta m LEFT JOIN etcdsql_live r ON r.name IN (",
+         FROM etcdsql_meta m LEFT JOIN etcdsql_live r",
     );
+    s.push(d.by_names_hint);
+    s.push(" ON r.name IN (");
     let padded = keys.len().next_power_of_two();
     for i in 0..padded {
         if i > 0 {

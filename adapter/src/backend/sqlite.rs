@@ -29,6 +29,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     no_index: "+",
     revision_index: false,
     names_hint: "",
+    by_names_hint: "",
     update_limit: false,
     json_param: "",
     insert_or_ignore: "INSERT OR IGNORE",
