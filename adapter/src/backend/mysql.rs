@@ -1117,6 +1117,12 @@ impl Writer for MyWriter {
                     let at = self.shared.entry(k.mod_revision).or_default();
                     at.push((k.key.clone(), n));
                     let q = &mut self.queued;
+                    if q.is_empty() {
+                        // A text starts with anything but SET: proxies
+                        // (ProxySQL) parse a leading SET as the session's.
+                        q.push_str("DO 0;");
+                        self.queued_n += 1;
+                    }
                     q.push_str(if set { ", " } else { "SET " });
                     set = true;
                     let _ = write!(q, "@e{n} = ");
