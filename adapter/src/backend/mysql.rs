@@ -1310,6 +1310,87 @@ impl Writer for MyWriter {
 mod tests {
     use super::*;
 
+    /// A writer that has sent nothing: its queued text can be read.
+    fn writer() -> MyWriter {
+        let opts = Opts::from_url("mysql://root@127.0.0.1:9/none").expect("url");
+        MyWriter {
+            opts: opts.clone(),
+            conn: None,
+            partitions: Arc::default(),
+            epoch: 1,
+            locked: Meta {
+                revision: 0,
+                compact_revision: 0,
+            },
+            queued: String::new(),
+            queued_n: 0,
+            check_at: None,
+            open: false,
+            durability: Arc::new(Durability::new(false, Pool::new(opts))),
+            shared: HashMap::new(),
+            shared_n: 0,
+            shared_bytes: 0,
+        }
+    }
+
+    fn kv(key: &[u8], value: &[u8], revision: i64) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn upsert(kv: KeyValue) -> Upsert {
+        Upsert {
+            kv,
+            index: None,
+            rows_held: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_is_sent_once() {
+        let mut w = writer();
+        let (a, b) = (kv(b"a", b"va", 5), kv(b"b", b"vb", 6));
+        w.upsert_live(&[upsert(a.clone()), upsert(b.clone())])
+            .await
+            .expect("queued");
+        let mut deleted = HistoryRow::put(&kv(b"c", b"", 7), 7, 0, 3);
+        deleted.deleted = true;
+        let history = [
+            HistoryRow::put(&a, 5, 0, 0),
+            HistoryRow::put(&b, 6, 0, 0),
+            // Same key, another revision: not the upsert's value.
+            HistoryRow::put(&kv(b"a", b"old", 4), 4, 0, 0),
+            deleted,
+        ];
+        w.insert_history(&history, 9).await.expect("queued");
+        let text = &w.queued;
+        // Nothing was sent: a text must not start with the SET.
+        assert!(
+            text.starts_with("DO 0;SET @e0 = X'7661', @e1 = X'7662';"),
+            "{text}"
+        );
+        assert_eq!(text.matches("X'7661'").count(), 1, "{text}");
+        assert_eq!(text.matches("X'7662'").count(), 1, "{text}");
+        let (live, hist) = text
+            .split_once("INSERT INTO etcdsql_history")
+            .expect("history");
+        assert!(live.contains("(X'61', @e0, 5, 5,") && live.contains("(X'62', @e1, 6, 6,"));
+        assert!(hist.contains("(5, 0, X'61', @e0,") && hist.contains("(6, 0, X'62', @e1,"));
+        assert!(hist.contains("(4, 0, X'61', X'6F6C64',"), "{hist}");
+        assert!(hist.contains("(7, 0, X'63', X'',"), "{hist}");
+        assert_eq!(w.queued_n, 4, "DO, SET and the two INSERTs");
+        // A new transaction starts without variables.
+        w.reset();
+        w.insert_history(&history[..1], 9).await.expect("queued");
+        assert!(w.queued.contains("X'7661'") && !w.queued.contains('@'));
+    }
+
     #[test]
     fn chunks_respect_rows_and_bytes() {
         let small = vec![1u8; 1000];
