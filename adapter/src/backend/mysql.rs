@@ -524,24 +524,11 @@ impl Backend for Mysql {
     }
 
     async fn writer(&self) -> Result<Box<dyn Writer>, DbError> {
-        Ok(Box::new(MyWriter {
-            opts: self.writer_opts.clone(),
-            conn: None,
-            locked: Meta {
-                revision: 0,
-                compact_revision: 0,
-            },
-            partitions: self.partitions.clone(),
-            queued: String::new(),
-            queued_n: 0,
-            check_at: None,
-            open: false,
-            epoch: 0,
-            durability: self.durability.clone(),
-            shared: HashMap::new(),
-            shared_n: 0,
-            shared_bytes: 0,
-        }))
+        Ok(Box::new(MyWriter::new(
+            self.writer_opts.clone(),
+            self.partitions.clone(),
+            self.durability.clone(),
+        )))
     }
 
     async fn create_epoch_partition(&self, epoch: i64) -> Result<(), DbError> {
@@ -666,17 +653,67 @@ struct MyWriter {
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
     durability: Arc<Durability>,
-    /// Values of this transaction's live upserts held in session variables
-    /// (`@e0`, `@e1`, …), by mod revision and key: the history row of the
-    /// same revision and key has the same value and names the variable
-    /// instead of sending the value again.
-    shared: HashMap<i64, Vec<(Vec<u8>, usize)>>,
+    shared: Shared,
+}
+
+/// Values of a transaction's live upserts held in session variables (`@e0`,
+/// `@e1`, …): the history row of the same revision and key has the same
+/// value and names the variable instead of sending the value again.
+#[derive(Default)]
+struct Shared {
+    /// Variable numbers by mod revision and key.
+    by_revision: HashMap<i64, Vec<(Vec<u8>, usize)>>,
     /// Variables set, and their bytes (at most SHARED_BYTES).
-    shared_n: usize,
-    shared_bytes: usize,
+    n: usize,
+    bytes: usize,
+}
+
+impl Shared {
+    /// A variable for `k`'s value, if there is room: its number.
+    fn add(&mut self, k: &Upsert) -> Option<usize> {
+        if self.bytes + k.value.len() > SHARED_BYTES {
+            return None;
+        }
+        let n = self.n;
+        self.n += 1;
+        self.bytes += k.value.len();
+        let at = self.by_revision.entry(k.mod_revision).or_default();
+        at.push((k.key.clone(), n));
+        Some(n)
+    }
+
+    /// The variable holding `h`'s value, if its live upsert set one. A
+    /// put's row has its upsert's value; etcd's Txn rejects a key changed
+    /// twice in one revision.
+    fn of(&self, h: &HistoryRow) -> Option<usize> {
+        if h.deleted {
+            return None;
+        }
+        let at = self.by_revision.get(&h.revision)?;
+        at.iter().find(|(key, _)| *key == h.key).map(|(_, n)| *n)
+    }
 }
 
 impl MyWriter {
+    fn new(opts: Opts, partitions: Arc<Partitions>, durability: Arc<Durability>) -> Self {
+        MyWriter {
+            opts,
+            conn: None,
+            locked: Meta {
+                revision: 0,
+                compact_revision: 0,
+            },
+            partitions,
+            queued: String::new(),
+            queued_n: 0,
+            check_at: None,
+            open: false,
+            epoch: 0,
+            durability,
+            shared: Shared::default(),
+        }
+    }
+
     /// Queues `head name IN (…)` over `names`, in chunks (`head` ends with
     /// WHERE or AND).
     fn delete_names(&mut self, head: &str, names: &[&Vec<u8>]) {
@@ -797,9 +834,7 @@ impl MyWriter {
         self.queued.clear();
         self.queued_n = 0;
         self.check_at = None;
-        self.shared.clear();
-        self.shared_n = 0;
-        self.shared_bytes = 0;
+        self.shared = Shared::default();
         std::mem::take(&mut self.open)
     }
 
@@ -833,8 +868,10 @@ fn get_text(out: &mut String, keys: &[Vec<u8>]) -> usize {
     for chunk in &parts {
         out.push_str(
             "SELECT name, value, create_revision, mod_revision, version, lease \
-             FROM etcdsql_live USE INDEX (PRIMARY) WHERE name IN (",
+             FROM etcdsql_live",
         );
+        out.push_str(DIALECT.by_names_hint);
+        out.push_str(" WHERE name IN (");
         hex_list(out, chunk.iter().map(Vec::as_slice));
         out.push_str(");");
     }
@@ -974,9 +1011,9 @@ impl Writer for MyWriter {
             meta.revision, meta.compact_revision, self.epoch
         );
         for chunk in chunks(absent, Vec::len) {
-            q.push_str(
-                " AND NOT EXISTS (SELECT 1 FROM etcdsql_live USE INDEX (PRIMARY) WHERE name IN (",
-            );
+            q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_live");
+            q.push_str(DIALECT.by_names_hint);
+            q.push_str(" WHERE name IN (");
             hex_list(q, chunk.iter().map(Vec::as_slice));
             q.push_str("))");
         }
@@ -1107,29 +1144,21 @@ impl Writer for MyWriter {
         let reg = self.partitions.get();
         for chunk in chunks(rows, |k| k.key.len() + k.value.len()) {
             // Values the history rows will name: set first, in one SET.
-            let mut vars = Vec::with_capacity(chunk.len());
+            let vars: Vec<Option<usize>> = chunk.iter().map(|k| self.shared.add(k)).collect();
             let mut set = false;
-            for k in chunk.iter() {
-                let var = (self.shared_bytes + k.value.len() <= SHARED_BYTES).then(|| {
-                    let n = self.shared_n;
-                    self.shared_n += 1;
-                    self.shared_bytes += k.value.len();
-                    let at = self.shared.entry(k.mod_revision).or_default();
-                    at.push((k.key.clone(), n));
-                    let q = &mut self.queued;
-                    if q.is_empty() {
-                        // A text starts with anything but SET: proxies
-                        // (ProxySQL) parse a leading SET as the session's.
-                        q.push_str("DO 0;");
-                        self.queued_n += 1;
-                    }
-                    q.push_str(if set { ", " } else { "SET " });
-                    set = true;
-                    let _ = write!(q, "@e{n} = ");
-                    hex(q, "X'", &k.value);
-                    n
-                });
-                vars.push(var);
+            for (k, n) in chunk.iter().zip(&vars) {
+                let Some(n) = n else { continue };
+                let q = &mut self.queued;
+                if q.is_empty() {
+                    // A text starts with anything but SET: proxies
+                    // (ProxySQL) parse a leading SET as the session's.
+                    q.push_str("DO 0;");
+                    self.queued_n += 1;
+                }
+                q.push_str(if set { ", " } else { "SET " });
+                set = true;
+                let _ = write!(q, "@e{n} = ");
+                hex(q, "X'", &k.value);
             }
             if set {
                 self.queued.push(';');
@@ -1174,15 +1203,7 @@ impl Writer for MyWriter {
                  lease, deleted, prev_revision, epoch, labels, fields, batch) VALUES ",
             );
             for (i, h) in chunk.iter().enumerate() {
-                // A put's row has its live upsert's value; etcd's Txn
-                // rejects a key changed twice in one revision.
-                let var = match h.deleted {
-                    false => self
-                        .shared
-                        .get(&h.revision)
-                        .and_then(|at| at.iter().find(|(key, _)| *key == h.key).map(|(_, n)| *n)),
-                    true => None,
-                };
+                let var = self.shared.of(h);
                 let values = [
                     Lit::Int(h.revision),
                     Lit::Int(i64::from(h.sub)),
@@ -1313,24 +1334,10 @@ mod tests {
     /// A writer that has sent nothing: its queued text can be read.
     fn writer() -> MyWriter {
         let opts = Opts::from_url("mysql://root@127.0.0.1:9/none").expect("url");
-        MyWriter {
-            opts: opts.clone(),
-            conn: None,
-            partitions: Arc::default(),
-            epoch: 1,
-            locked: Meta {
-                revision: 0,
-                compact_revision: 0,
-            },
-            queued: String::new(),
-            queued_n: 0,
-            check_at: None,
-            open: false,
-            durability: Arc::new(Durability::new(false, Pool::new(opts))),
-            shared: HashMap::new(),
-            shared_n: 0,
-            shared_bytes: 0,
-        }
+        let durability = Arc::new(Durability::new(false, Pool::new(opts.clone())));
+        let mut w = MyWriter::new(opts, Arc::default(), durability);
+        w.epoch = 1;
+        w
     }
 
     fn kv(key: &[u8], value: &[u8], revision: i64) -> KeyValue {
