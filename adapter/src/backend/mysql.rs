@@ -188,6 +188,9 @@ const IDLE_CONNECTION_TTL: std::time::Duration = std::time::Duration::from_secs(
 pub struct Mysql {
     /// The committer's connection: the pool's settings, and no autocommit.
     writer_opts: Opts,
+    /// The server runs compound statements outside stored programs
+    /// (MariaDB's `BEGIN NOT ATOMIC`; see [`MyWriter::compound`]).
+    compound: bool,
     pool: Pool,
     partitions: Arc<Partitions>,
     durability: Arc<Durability>,
@@ -382,6 +385,13 @@ impl Mysql {
             .map_err(classify)?;
         let galera = galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
         let durable_first = Durability::needed(&mut conn, galera).await?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(classify)?;
+        // MariaDB from 10.1; not MySQL or TiDB, nor a proxy (ProxySQL
+        // answers with a version of its own).
+        let compound = version.is_some_and(|v| v.contains("MariaDB"));
         let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
         // No statement of the committer commits by itself: if the server
         // ends a batch's transaction behind its back (Galera aborts a
@@ -422,6 +432,7 @@ impl Mysql {
         let pool = Pool::new(opts.clone());
         let my = Mysql {
             writer_opts,
+            compound,
             durability: Arc::new(Durability::new(durable_first, pool.clone())),
             pool,
             partitions: Arc::default(),
@@ -528,6 +539,7 @@ impl Backend for Mysql {
             self.writer_opts.clone(),
             self.partitions.clone(),
             self.durability.clone(),
+            self.compound,
         )))
     }
 
@@ -654,6 +666,14 @@ struct MyWriter {
     open: bool,
     durability: Arc<Durability>,
     shared: Shared,
+    /// Texts without rows to read back go as one compound statement
+    /// (`BEGIN NOT ATOMIC … END`). MariaDB answers each statement of a
+    /// multi-statement text in a packet of its own, and flushes it: ten
+    /// `send()`s for a one-put batch, and as many wake-ups of this
+    /// connection. A compound statement is answered once. Its sentinels
+    /// cannot be told apart by their place in the text: the revision-row
+    /// guard raises an error of its own ([`GUARD_SIGNAL`]) instead.
+    compound: bool,
 }
 
 /// Values of a transaction's live upserts held in session variables (`@e0`,
@@ -695,8 +715,14 @@ impl Shared {
 }
 
 impl MyWriter {
-    fn new(opts: Opts, partitions: Arc<Partitions>, durability: Arc<Durability>) -> Self {
+    fn new(
+        opts: Opts,
+        partitions: Arc<Partitions>,
+        durability: Arc<Durability>,
+        compound: bool,
+    ) -> Self {
         MyWriter {
+            compound,
             opts,
             conn: None,
             locked: Meta {
@@ -796,7 +822,41 @@ impl MyWriter {
         let text = std::mem::take(&mut self.queued);
         let n = std::mem::take(&mut self.queued_n);
         let sentinels = self.take_check();
-        self.run_guarded(&text, n, &sentinels).await.map(drop)
+        let compound = self.compound && text.len() <= COMPOUND_BYTES;
+        self.run_writes(text, n, &sentinels, compound).await
+    }
+
+    /// Runs queued writes, `n` statements of `text` with no rows to read
+    /// back: as one compound statement if `compound`.
+    async fn run_writes(
+        &mut self,
+        mut text: String,
+        n: usize,
+        sentinels: &[Sentinel],
+        compound: bool,
+    ) -> Result<(), DbError> {
+        if !compound {
+            return self.run_guarded(&text, n, sentinels).await.map(drop);
+        }
+        if !text.ends_with(';') {
+            text.push(';');
+        }
+        text.insert_str(0, "BEGIN NOT ATOMIC ");
+        text.push_str(" END");
+        self.open = true;
+        match Self::run_on(self.conn()?, &text, 1).await {
+            Ok(_) => Ok(()),
+            Err((_, e)) => match (&e, sentinels.first()) {
+                // The duplicate key of a sentinel: CHECK_ASSUMED's.
+                (mysql_async::Error::Server(s), Some((_, means))) if s.code == 1062 => Err(means()),
+                (mysql_async::Error::Server(s), _)
+                    if s.code == ER_SIGNAL_EXCEPTION && s.message == GUARD_MESSAGE =>
+                {
+                    Err(lost_lock())
+                }
+                _ => self.check(Err(e)),
+            },
+        }
     }
 
     /// The queued CHECK_ASSUMED as a sentinel, once.
@@ -970,6 +1030,46 @@ const CHECK_ASSUMED: &str = concat!(
 /// locked (see [`MyWriter::commit`]).
 const GUARD_UPDATED: &str = concat!(second_meta_row!(), "DUAL WHERE ROW_COUNT() <> 1;");
 
+macro_rules! guard_message {
+    () => {
+        "etcdsql: the revision row changed"
+    };
+}
+
+/// The guard of a compound statement ([`MyWriter::compound`]): the same
+/// test as GUARD_UPDATED, with an error of its own.
+const GUARD_SIGNAL: &str = concat!(
+    "IF ROW_COUNT() <> 1 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '",
+    guard_message!(),
+    "'; END IF;"
+);
+const GUARD_MESSAGE: &str = guard_message!();
+
+/// The longest text sent as a compound statement. Per row, MariaDB spends
+/// more on a compound statement than on the same statements sent apart
+/// (mariadbd's CPU per text, 100 rows with their label rows: 3.5–3.7 ms
+/// apart, 3.8–4.2 ms compound; 10 rows: 0.70–0.75 and 0.65–0.70 ms), and
+/// the packets it saves are few next to a large batch's rows.
+const COMPOUND_BYTES: usize = 64 << 10;
+
+/// MySQL's error for an unhandled `SIGNAL SQLSTATE '45000'`.
+const ER_SIGNAL_EXCEPTION: u16 = 1644;
+
+/// A compound statement's BEGIN and revision-row lock, which keeps the
+/// row in session variables rather than sending it.
+const LOCK_META_COMPOUND: &str = "START TRANSACTION;\
+    SELECT revision, compact_revision, partitions_version, epoch \
+    INTO @etcdsql_r, @etcdsql_c, @etcdsql_p, @etcdsql_e FROM etcdsql_meta WHERE id = 1 FOR UPDATE;";
+
+/// What the guard's failure means.
+fn lost_lock() -> DbError {
+    DbError::Retry(
+        "the revision row is no longer the one this transaction locked \
+         (the transaction lost its lock)"
+            .into(),
+    )
+}
+
 /// Appends BEGIN and the revision-row lock, two statements.
 fn begin_text(out: &mut String) {
     out.push_str("BEGIN;");
@@ -989,7 +1089,12 @@ impl Writer for MyWriter {
 
     async fn begin_assuming(&mut self) -> Result<(), DbError> {
         self.connect().await?;
-        begin_text(&mut self.queued);
+        if self.compound {
+            // Nothing is read back: the lock's row goes to variables.
+            self.queued.push_str(LOCK_META_COMPOUND);
+        } else {
+            begin_text(&mut self.queued);
+        }
         self.queued_n = 2;
         Ok(())
     }
@@ -1271,16 +1376,14 @@ impl Writer for MyWriter {
         );
         n += 1;
         let mut sentinels = self.take_check();
+        let compound = self.compound && text.len() + GUARD_SIGNAL.len() <= COMPOUND_BYTES;
         if meta != before {
-            let lost: fn() -> DbError = || {
-                DbError::Retry(
-                    "the revision row is no longer the one this transaction locked \
-                     (the transaction lost its lock)"
-                        .into(),
-                )
-            };
-            text.push_str(GUARD_UPDATED);
-            sentinels.push((n, lost));
+            if compound {
+                text.push_str(GUARD_SIGNAL);
+            } else {
+                text.push_str(GUARD_UPDATED);
+                sentinels.push((n, lost_lock));
+            }
             n += 1;
         }
         text.push_str("COMMIT");
@@ -1293,7 +1396,7 @@ impl Writer for MyWriter {
         if changes {
             d.sending(meta.revision);
         }
-        let sent = self.run_guarded(&text, n, &sentinels).await;
+        let sent = self.run_writes(text, n, &sentinels, compound).await;
         if changes {
             d.ended(meta.revision, sent.is_ok());
         }
@@ -1335,7 +1438,7 @@ mod tests {
     fn writer() -> MyWriter {
         let opts = Opts::from_url("mysql://root@127.0.0.1:9/none").expect("url");
         let durability = Arc::new(Durability::new(false, Pool::new(opts.clone())));
-        let mut w = MyWriter::new(opts, Arc::default(), durability);
+        let mut w = MyWriter::new(opts, Arc::default(), durability, false);
         w.epoch = 1;
         w
     }
