@@ -396,6 +396,32 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection, DbError> {
     Ok(c)
 }
 
+const READ_META: &str = "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1";
+
+fn read_meta(c: &rusqlite::Connection) -> Result<Meta, DbError> {
+    decode_meta(&fetch_on(c, READ_META, &[])?)
+}
+
+/// `BEGIN IMMEDIATE` and the revision row, or `None` where another
+/// connection holds the write lock (nothing begun).
+fn begin_unless_busy(c: &rusqlite::Connection) -> Result<Option<Meta>, DbError> {
+    c.busy_timeout(Duration::ZERO).map_err(classify_rusqlite)?;
+    let begun = c.execute_batch("BEGIN IMMEDIATE");
+    c.busy_timeout(BUSY_TIMEOUT).map_err(classify_rusqlite)?;
+    match begun {
+        Ok(()) => read_meta(c).map(Some),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(classify_rusqlite(e)),
+    }
+}
+
 /// `text`'s rows on `c`.
 fn fetch_on(c: &rusqlite::Connection, text: &str, p: &[Param]) -> Result<Vec<OwnedRow>, DbError> {
     let mut stmt = c.prepare_cached(text).map_err(classify_rusqlite)?;
@@ -524,13 +550,18 @@ fn rows_text((head, tuple, tail): (&str, &str, &str), n: usize) -> String {
 #[async_trait]
 impl Writer for SqliteWriter {
     async fn begin(&mut self) -> Result<Meta, DbError> {
+        // The write lock is taken on this task where nobody holds it: a
+        // blocking thread and back cost more than the BEGIN. Only another
+        // process sharing the file makes it wait, and that wait runs on a
+        // blocking thread.
+        if let Some(c) = &self.conn
+            && let Some(meta) = begin_unless_busy(c)?
+        {
+            return Ok(meta);
+        }
         self.blocking(|c| {
             exec_on(c, "BEGIN IMMEDIATE", &[])?;
-            decode_meta(&fetch_on(
-                c,
-                "SELECT revision, compact_revision FROM etcdsql_meta WHERE id = 1",
-                &[],
-            )?)
+            read_meta(c)
         })
         .await
     }
