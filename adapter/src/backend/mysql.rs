@@ -242,12 +242,8 @@ impl Durability {
 
     /// Whether a server of this version and these settings needs it (and
     /// a warning where the settings can lose acknowledged writes).
-    async fn needed(conn: &mut Conn, galera: bool) -> Result<bool, DbError> {
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(classify)?;
-        if galera || version.is_some_and(|v| v.contains("TiDB")) {
+    async fn needed(conn: &mut Conn, galera: bool, version: &str) -> Result<bool, DbError> {
+        if galera || version.contains("TiDB") {
             return Ok(false);
         }
         type Settings = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
@@ -384,14 +380,15 @@ impl Mysql {
             .await
             .map_err(classify)?;
         let galera = galera.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON"));
-        let durable_first = Durability::needed(&mut conn, galera).await?;
-        let version: Option<String> = conn
+        let version: String = conn
             .query_first("SELECT VERSION()")
             .await
-            .map_err(classify)?;
+            .map_err(classify)?
+            .unwrap_or_default();
+        let durable_first = Durability::needed(&mut conn, galera, &version).await?;
         // MariaDB from 10.1; not MySQL or TiDB, nor a proxy (ProxySQL
         // answers with a version of its own).
-        let compound = version.is_some_and(|v| v.contains("MariaDB"));
+        let compound = version.contains("MariaDB");
         let mut init = vec!["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string()];
         // No statement of the committer commits by itself: if the server
         // ends a batch's transaction behind its back (Galera aborts a
