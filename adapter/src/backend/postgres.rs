@@ -79,41 +79,67 @@ const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
     SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) \
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
 const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
-/// [`Writer::check_assumed`]'s statement: divides by zero unless the
-/// revision row is as assumed, none of `names` exists, and the leases are
-/// as assumed. It runs after LOCK_META, so every other writer has
-/// committed or not started. Behind a proxy tier the comment keeps it on
-/// the primary. The text has only the terms a batch needs: the writer's
-/// connection plans each statement for its parameters, and the lease
-/// terms' subqueries cost more to plan than to run (93 µs a batch in all).
-fn check_assumed_text(names: bool, ttls: bool, unexpired: bool) -> String {
+/// [`Writer::check_assumed`]'s statement and its parameters: divides by
+/// zero unless the revision row is `meta`, `version` and `epoch`, none of
+/// `absent` exists, and the leases are as assumed. It runs after
+/// LOCK_META, so every other writer has committed or not started. Behind a
+/// proxy tier the comment keeps it on the primary. The text has only the
+/// terms a batch needs: the writer's connection plans each statement for
+/// its parameters, and the lease terms' subqueries cost more to plan than
+/// to run (93 µs a batch in all).
+fn check_assumed(
+    meta: Meta,
+    version: i64,
+    epoch: i64,
+    absent: &[Vec<u8>],
+    leases: &AssumedLeases,
+) -> (String, Vec<Owned>) {
     let mut t = String::from(
         "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
          AND m.partitions_version = $3 AND m.epoch = $4",
     );
-    let mut n = 4;
-    let mut next = || {
-        n += 1;
-        n
+    let mut params: Vec<Owned> = vec![
+        Box::new(meta.revision),
+        Box::new(meta.compact_revision),
+        Box::new(version),
+        Box::new(epoch),
+    ];
+    // The placeholder of the next parameter.
+    let mut bind = |p: Owned| {
+        params.push(p);
+        params.len()
     };
-    if names {
-        let a = next();
+    if !absent.is_empty() {
+        let names = bind(Box::new(absent.to_vec()));
         let _ = write!(
             t,
-            " AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY(${a}))"
+            " AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY(${names}))"
         );
     }
-    if ttls {
+    if !leases.ttls.is_empty() {
+        let ids = bind(Box::new(
+            leases.ttls.iter().map(|l| l.0).collect::<Vec<i64>>(),
+        ));
         // Each lease as "id ttl" too: plain operators match the pairs.
-        let (ids, pairs, count) = (next(), next(), next());
+        let pairs = bind(Box::new(
+            leases
+                .ttls
+                .iter()
+                .map(|(id, ttl)| format!("{id} {ttl}"))
+                .collect::<Vec<String>>(),
+        ));
+        let count = bind(Box::new(
+            i64::try_from(leases.ttls.len()).unwrap_or(i64::MAX),
+        ));
         let _ = write!(
             t,
             " AND (SELECT count(*) FROM etcdsql_lease WHERE id = ANY(${ids}) \
              AND (id::text || ' ' || ttl::text) = ANY(${pairs})) = ${count}"
         );
     }
-    if unexpired {
-        let (ids, now) = (next(), next());
+    if !leases.unexpired.is_empty() {
+        let ids = bind(Box::new(leases.unexpired.clone()));
+        let now = bind(Box::new(leases.now_ms));
         let _ = write!(
             t,
             " AND NOT EXISTS (SELECT 1 FROM etcdsql_lease WHERE id = ANY(${ids}) \
@@ -121,7 +147,7 @@ fn check_assumed_text(names: bool, ttls: bool, unexpired: bool) -> String {
         );
     }
     t.push_str(" THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1");
-    t
+    (t, params)
 }
 const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
@@ -893,39 +919,7 @@ impl Writer for PgWriter {
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
-        let mut params: Vec<Owned> = vec![
-            Box::new(meta.revision),
-            Box::new(meta.compact_revision),
-            Box::new(version),
-            Box::new(self.epoch),
-        ];
-        if !absent.is_empty() {
-            params.push(Box::new(absent.to_vec()));
-        }
-        if !leases.ttls.is_empty() {
-            params.push(Box::new(
-                leases.ttls.iter().map(|l| l.0).collect::<Vec<i64>>(),
-            ));
-            params.push(Box::new(
-                leases
-                    .ttls
-                    .iter()
-                    .map(|(id, ttl)| format!("{id} {ttl}"))
-                    .collect::<Vec<String>>(),
-            ));
-            params.push(Box::new(
-                i64::try_from(leases.ttls.len()).unwrap_or(i64::MAX),
-            ));
-        }
-        if !leases.unexpired.is_empty() {
-            params.push(Box::new(leases.unexpired.clone()));
-            params.push(Box::new(leases.now_ms));
-        }
-        let text = check_assumed_text(
-            !absent.is_empty(),
-            !leases.ttls.is_empty(),
-            !leases.unexpired.is_empty(),
-        );
+        let (text, params) = check_assumed(meta, version, self.epoch, absent, leases);
         self.push(&text, params).await
     }
 
@@ -1148,15 +1142,29 @@ impl Writer for PgWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::check_assumed_text;
+    use super::{AssumedLeases, Meta, check_assumed};
 
-    /// Each shape of the statement numbers its parameters 1..=n without a
-    /// gap, n being what `check_assumed` binds for it.
+    /// Each shape of the statement numbers its placeholders 1..=n without
+    /// a gap, n being the parameters it binds.
     #[test]
     fn check_assumed_numbers_what_it_binds() {
+        let meta = Meta {
+            revision: 7,
+            compact_revision: 0,
+        };
         for shape in 0..8u8 {
             let (names, ttls, unexpired) = (shape & 1 != 0, shape & 2 != 0, shape & 4 != 0);
-            let text = check_assumed_text(names, ttls, unexpired);
+            let absent = if names {
+                vec![b"k".to_vec()]
+            } else {
+                Vec::new()
+            };
+            let leases = AssumedLeases {
+                ttls: if ttls { vec![(1, 60)] } else { Vec::new() },
+                unexpired: if unexpired { vec![2] } else { Vec::new() },
+                now_ms: 1000,
+            };
+            let (text, params) = check_assumed(meta, 0, 1, &absent, &leases);
             let mut used: Vec<usize> = text
                 .split('$')
                 .skip(1)
@@ -1168,6 +1176,7 @@ mod tests {
             used.sort_unstable();
             used.dedup();
             let bound = 4 + usize::from(names) + 3 * usize::from(ttls) + 2 * usize::from(unexpired);
+            assert_eq!(params.len(), bound, "{text}");
             assert_eq!(used, (1..=bound).collect::<Vec<_>>(), "{text}");
             assert_eq!(text.contains("etcdsql_live"), names, "{text}");
             assert_eq!(text.contains("count(*)"), ttls, "{text}");
