@@ -1052,11 +1052,11 @@ const COMPOUND_BYTES: usize = 64 << 10;
 /// MySQL's error for an unhandled `SIGNAL SQLSTATE '45000'`.
 const ER_SIGNAL_EXCEPTION: u16 = 1644;
 
-/// A compound statement's BEGIN and revision-row lock, which keeps the
-/// row in session variables rather than sending it.
+/// A compound statement's BEGIN and revision-row lock. Nothing of the row
+/// is read back (CHECK_ASSUMED tests it), so it goes to a session variable
+/// rather than a result set.
 const LOCK_META_COMPOUND: &str = "START TRANSACTION;\
-    SELECT revision, compact_revision, partitions_version, epoch \
-    INTO @etcdsql_r, @etcdsql_c, @etcdsql_p, @etcdsql_e FROM etcdsql_meta WHERE id = 1 FOR UPDATE;";
+    SELECT id INTO @etcdsql_locked FROM etcdsql_meta WHERE id = 1 FOR UPDATE;";
 
 /// What the guard's failure means.
 fn lost_lock() -> DbError {
@@ -1087,7 +1087,6 @@ impl Writer for MyWriter {
     async fn begin_assuming(&mut self) -> Result<(), DbError> {
         self.connect().await?;
         if self.compound {
-            // Nothing is read back: the lock's row goes to variables.
             self.queued.push_str(LOCK_META_COMPOUND);
         } else {
             begin_text(&mut self.queued);
