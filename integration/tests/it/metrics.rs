@@ -89,6 +89,16 @@ async fn create(c: &mut Client, key: &str, value: &str) -> bool {
     c.txn(t).await.unwrap().succeeded()
 }
 
+/// Puts `value` at `key` if its mod revision is `rev`: the revision it
+/// took, or `None` where the compare failed.
+async fn cas(c: &mut Client, key: &str, rev: i64, value: &str) -> Option<i64> {
+    let t = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+        .and_then([TxnOp::put(key, value, None)]);
+    let r = c.txn(t).await.unwrap();
+    r.succeeded().then(|| r.header().unwrap().revision())
+}
+
 /// A batch that assumes what its process last wrote (one round trip) gives
 /// etcd's answers, and falls back to reading first whenever another process
 /// wrote in between or a key it took as absent exists.
@@ -115,12 +125,9 @@ async fn assumed_batches(target: Target) {
         .unwrap()
         .revision();
     for i in 1..=20 {
-        let t = Txn::new()
-            .when([Compare::mod_revision("k", CompareOp::Equal, rev)])
-            .and_then([TxnOp::put("k", i.to_string(), None)]);
-        let r = a.txn(t).await.unwrap();
-        assert!(r.succeeded(), "CAS {i} at {rev}");
-        rev = r.header().unwrap().revision();
+        rev = cas(&mut a, "k", rev, &i.to_string())
+            .await
+            .unwrap_or_else(|| panic!("CAS {i} at {rev}"));
     }
     for i in 0..10 {
         assert!(create(&mut a, &format!("x{i}"), "p").await, "create x{i}");
@@ -131,12 +138,9 @@ async fn assumed_batches(target: Target) {
     // 64 KiB): a create, and a CAS, each assumed and as answered.
     let big = "b".repeat(200 << 10);
     assert!(create(&mut a, "big", &big).await, "create big");
-    let t = Txn::new()
-        .when([Compare::mod_revision("k", CompareOp::Equal, rev)])
-        .and_then([TxnOp::put("k", big.as_str(), None)]);
-    let r = a.txn(t).await.unwrap();
-    assert!(r.succeeded(), "CAS with a long value");
-    rev = r.header().unwrap().revision();
+    rev = cas(&mut a, "k", rev, &big)
+        .await
+        .expect("CAS with a long value");
     let got = b.get("big", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), big.as_bytes());
     let got = b.get("k", None).await.unwrap();
@@ -152,11 +156,9 @@ async fn assumed_batches(target: Target) {
 
     // Another process writes: the first's next batches must see it.
     b.put("k", "q", None).await.unwrap();
-    let t = Txn::new()
-        .when([Compare::mod_revision("k", CompareOp::Equal, rev)])
-        .and_then([TxnOp::put("k", "stale", None)]);
-    assert!(
-        !a.txn(t).await.unwrap().succeeded(),
+    assert_eq!(
+        cas(&mut a, "k", rev, "stale").await,
+        None,
         "CAS on an old revision"
     );
     let r = a
