@@ -964,9 +964,16 @@ fn hex(out: &mut String, head: &str, b: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     out.reserve(head.len() + 2 * b.len() + 1);
     out.push_str(head);
-    for &x in b {
-        out.push(DIGITS[usize::from(x >> 4)] as char);
-        out.push(DIGITS[usize::from(x & 15)] as char);
+    // Digits go through a buffer a chunk at a time: a `String::push` per
+    // digit cost a put's text on MariaDB several times more.
+    let mut buf = [0u8; 512];
+    for chunk in b.chunks(buf.len() / 2) {
+        for (pair, &x) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(x >> 4)];
+            pair[1] = DIGITS[usize::from(x & 15)];
+        }
+        // Only ASCII digits were written: this cannot fail.
+        out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
     }
     out.push('\'');
 }
@@ -1429,6 +1436,19 @@ impl Writer for MyWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every byte value, across the buffer's chunk boundary, in capitals.
+    #[test]
+    fn hex_writes_every_byte() {
+        let b: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        let mut out = String::from("x");
+        hex(&mut out, "X'", &b);
+        let want: String = b.iter().map(|x| format!("{x:02X}")).collect();
+        assert_eq!(out, format!("xX'{want}'"));
+        out.clear();
+        hex(&mut out, "X'", &[]);
+        assert_eq!(out, "X''");
+    }
 
     /// A writer that has sent nothing: its queued text can be read.
     fn writer() -> MyWriter {
