@@ -672,9 +672,8 @@ struct MyWriter {
     shared: Shared,
     /// Values of the first session variables (`@e0`, …), to be bound by
     /// [`MyWriter::set_bound`] before the queued text that names them is
-    /// sent ([`BOUND_VARS_BYTES`]), and their bytes.
+    /// sent ([`BOUND_VARS_BYTES`]).
     bound: Vec<Value>,
-    bound_bytes: usize,
     /// Texts without rows to read back go as one compound statement
     /// (`BEGIN NOT ATOMIC … END`). MariaDB answers each statement of a
     /// multi-statement text in a packet of its own, and flushes it: ten
@@ -747,7 +746,6 @@ impl MyWriter {
             durability,
             shared: Shared::default(),
             bound: Vec::new(),
-            bound_bytes: 0,
         }
     }
 
@@ -833,9 +831,21 @@ impl MyWriter {
         let text = std::mem::take(&mut self.queued);
         let n = std::mem::take(&mut self.queued_n);
         let sentinels = self.take_check();
-        let compound = self.compound && text.len() + 2 * self.bound_bytes <= COMPOUND_BYTES;
+        let compound = self.compound && text.len() + 2 * self.bound_bytes() <= COMPOUND_BYTES;
         self.set_bound().await?;
         self.run_writes(text, n, &sentinels, compound).await
+    }
+
+    /// Bytes of the values to be bound: they count as the hexadecimal they
+    /// replace where a text's length decides how it is sent.
+    fn bound_bytes(&self) -> usize {
+        self.bound
+            .iter()
+            .map(|v| match v {
+                Value::Bytes(b) => b.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Sets the session variables of [`bound`](Self::bound), in one prepared
@@ -846,7 +856,6 @@ impl MyWriter {
             return Ok(());
         }
         let mut values = std::mem::take(&mut self.bound);
-        self.bound_bytes = 0;
         let n = values.len().next_power_of_two();
         values.resize(n, Value::NULL);
         self.open = true;
@@ -927,7 +936,6 @@ impl MyWriter {
         self.check_at = None;
         self.shared = Shared::default();
         self.bound.clear();
-        self.bound_bytes = 0;
         std::mem::take(&mut self.open)
     }
 
@@ -1309,7 +1317,6 @@ impl Writer for MyWriter {
                     .filter(|(_, n)| n.is_some())
                     .map(|(k, _)| Value::Bytes(k.value.clone()))
                     .collect();
-                self.bound_bytes = bytes;
             }
             let mut set = false;
             for (k, n) in chunk.iter().zip(&vars) {
@@ -1441,7 +1448,7 @@ impl Writer for MyWriter {
         n += 1;
         let mut sentinels = self.take_check();
         let compound = self.compound
-            && text.len() + 2 * self.bound_bytes + GUARD_SIGNAL.len() <= COMPOUND_BYTES;
+            && text.len() + 2 * self.bound_bytes() + GUARD_SIGNAL.len() <= COMPOUND_BYTES;
         if meta != before {
             if compound {
                 text.push_str(GUARD_SIGNAL);
@@ -1552,7 +1559,7 @@ mod tests {
             .collect();
         w.upsert_live(&big).await.expect("queued");
         assert_eq!(w.bound.len(), 20);
-        assert_eq!(w.bound_bytes, 20 * 1024);
+        assert_eq!(w.bound_bytes(), 20 * 1024);
         assert!(matches!(&w.bound[3], Value::Bytes(v) if *v == [3u8; 1024]));
         let text = w.queued.clone();
         assert!(!text.contains("SET") && text.contains("@e19"), "{text}");
@@ -1564,7 +1571,7 @@ mod tests {
         assert_eq!(w.bound.len(), 20);
         // Small first values are written inline.
         w.reset();
-        assert!(w.bound.is_empty() && w.bound_bytes == 0);
+        assert!(w.bound.is_empty() && w.bound_bytes() == 0);
         w.upsert_live(&big[..2]).await.expect("queued");
         assert!(w.bound.is_empty() && w.queued.contains("SET @e0 = X'"));
         assert_eq!(set_bound(2), "SET @e0 = ?, @e1 = ?");
