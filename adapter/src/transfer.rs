@@ -370,6 +370,7 @@ async fn load(
                     kv,
                     index: None,
                     rows_held: None,
+                    absent: false,
                 }),
                 None => flush.deletes.push(key),
             }

@@ -621,7 +621,8 @@ async fn replace_labels<W: Writer + ?Sized>(
     }
     for chunk in rows.chunks(LABEL_ROWS) {
         let text = format!(
-            "INSERT INTO etcdsql_label (h, name) VALUES {}",
+            "{} INTO etcdsql_label (h, name) VALUES {}",
+            d.insert_whole,
             vec!["(?, ?)"; chunk.len()].join(", ")
         );
         let mut p = Vec::with_capacity(chunk.len() * 2);

@@ -243,6 +243,9 @@ pub struct Upsert {
     /// (none when it holds no row), where known: rows equal to the
     /// upsert's are neither deleted nor written again.
     pub rows_held: Option<Vec<i64>>,
+    /// The key has no live row (as its batch began, or after the batch's
+    /// last flush), known for certain: a plain INSERT may write it.
+    pub absent: bool,
 }
 
 impl std::ops::Deref for Upsert {

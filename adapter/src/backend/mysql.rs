@@ -35,6 +35,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     json_param: "",
     insert_or_ignore: "INSERT IGNORE",
     insert_or_ignore_tail: "",
+    insert_whole: "INSERT",
     purge_superseded: "DELETE h FROM etcdsql_history h JOIN etcdsql_history n \
     ON h.name = n.name AND h.revision = n.prev_revision \
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0",
@@ -1545,6 +1546,7 @@ mod tests {
             kv,
             index: None,
             rows_held: None,
+            absent: false,
         }
     }
 

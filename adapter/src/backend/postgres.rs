@@ -46,6 +46,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     json_param: "::text::jsonb",
     insert_or_ignore: "INSERT",
     insert_or_ignore_tail: " ON CONFLICT DO NOTHING",
+    insert_whole: "INSERT",
     purge_superseded: "DELETE FROM etcdsql_history h USING etcdsql_history n \
     WHERE n.revision > ? AND n.revision <= ? AND n.prev_revision > 0 \
     AND h.name = n.name AND h.revision = n.prev_revision",
@@ -65,6 +66,12 @@ const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
     create_revision = EXCLUDED.create_revision, mod_revision = EXCLUDED.mod_revision, \
     version = EXCLUDED.version, lease = EXCLUDED.lease, labels = EXCLUDED.labels, \
     fields = EXCLUDED.fields";
+/// [`UPSERT_LIVE`] for rows known to be new: a plain INSERT skips the
+/// check for a conflicting row before each (15% of the statement's time).
+const INSERT_LIVE: &str = "INSERT INTO etcdsql_live \
+    (name, value, create_revision, mod_revision, version, lease, part, labels, fields) \
+    SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
+    $7::text[], $8::text[]::jsonb[], $9::text[]::jsonb[])";
 const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
 /// Rows of resources being moved to their own partition that are still in
 /// the default one; an update re-inserts them in the resource's partition.
@@ -786,7 +793,10 @@ impl PgWriter {
 
     /// Queues a write for the next round trip.
     async fn push(&mut self, text: &str, params: Vec<Owned>) -> Result<(), DbError> {
-        let generic = matches!(text, UPSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE);
+        let generic = matches!(
+            text,
+            UPSERT_LIVE | INSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE
+        );
         self.plans(generic).await?;
         let statement = self.prepared(text).await?;
         self.queue.push(Queued { statement, params });
@@ -873,6 +883,35 @@ impl PgWriter {
             params: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Live rows by `text` ([`UPSERT_LIVE`] or [`INSERT_LIVE`]).
+    async fn write_live(&mut self, u: &[&Upsert], text: &str) -> Result<(), DbError> {
+        let reg = self.partitions.get();
+        let part: Vec<String> = u.iter().map(|k| reg.target(&k.key).to_owned()).collect();
+        let key: Vec<Vec<u8>> = u.iter().map(|k| k.key.clone()).collect();
+        let value: Vec<Vec<u8>> = u.iter().map(|k| k.value.clone()).collect();
+        let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
+        let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
+        let version: Vec<i64> = u.iter().map(|k| k.version).collect();
+        let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
+        let labels: Vec<Option<String>> = u.iter().map(|k| k.labels().map(str::to_owned)).collect();
+        let fields: Vec<Option<String>> = u.iter().map(|k| k.fields().map(str::to_owned)).collect();
+        self.push(
+            text,
+            vec![
+                Box::new(key),
+                Box::new(value),
+                Box::new(create),
+                Box::new(modr),
+                Box::new(version),
+                Box::new(lease),
+                Box::new(part),
+                Box::new(labels),
+                Box::new(fields),
+            ],
+        )
+        .await
     }
 
     async fn query(&mut self, text: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
@@ -1021,32 +1060,14 @@ impl Writer for PgWriter {
         self.push(text, vec![Box::new(names)]).await
     }
 
-    async fn upsert_live(&mut self, u: &[Upsert]) -> Result<(), DbError> {
-        let reg = self.partitions.get();
-        let part: Vec<String> = u.iter().map(|k| reg.target(&k.key).to_owned()).collect();
-        let key: Vec<Vec<u8>> = u.iter().map(|k| k.key.clone()).collect();
-        let value: Vec<Vec<u8>> = u.iter().map(|k| k.value.clone()).collect();
-        let create: Vec<i64> = u.iter().map(|k| k.create_revision).collect();
-        let modr: Vec<i64> = u.iter().map(|k| k.mod_revision).collect();
-        let version: Vec<i64> = u.iter().map(|k| k.version).collect();
-        let lease: Vec<i64> = u.iter().map(|k| k.lease).collect();
-        let labels: Vec<Option<String>> = u.iter().map(|k| k.labels().map(str::to_owned)).collect();
-        let fields: Vec<Option<String>> = u.iter().map(|k| k.fields().map(str::to_owned)).collect();
-        self.push(
-            UPSERT_LIVE,
-            vec![
-                Box::new(key),
-                Box::new(value),
-                Box::new(create),
-                Box::new(modr),
-                Box::new(version),
-                Box::new(lease),
-                Box::new(part),
-                Box::new(labels),
-                Box::new(fields),
-            ],
-        )
-        .await
+    async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
+        let (new, rest): (Vec<&Upsert>, Vec<&Upsert>) = rows.iter().partition(|u| u.absent);
+        for (u, text) in [(new, INSERT_LIVE), (rest, UPSERT_LIVE)] {
+            if !u.is_empty() {
+                self.write_live(&u, text).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn insert_history(&mut self, h: &[HistoryRow], batch: i64) -> Result<(), DbError> {

@@ -68,6 +68,11 @@ pub struct Dialect {
     /// INTO … VALUES …{insert_or_ignore_tail}`.
     pub insert_or_ignore: &'static str,
     pub insert_or_ignore_tail: &'static str,
+    /// A plain INSERT in a write transaction, which is rolled back whole if
+    /// any of its statements fails. SQLite's `INSERT OR FAIL` keeps no
+    /// statement journal (a copy of each page the statement changes, to
+    /// undo it alone) for a multi-row INSERT.
+    pub insert_whole: &'static str,
     /// Deletes the history rows that changes in `(?, ?]` superseded (a
     /// delete with a join, spelled differently by each database).
     pub purge_superseded: &'static str,

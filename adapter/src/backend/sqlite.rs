@@ -34,6 +34,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     json_param: "",
     insert_or_ignore: "INSERT OR IGNORE",
     insert_or_ignore_tail: "",
+    insert_whole: "INSERT OR FAIL",
     purge_superseded: "DELETE FROM etcdsql_history WHERE (name, revision) IN \
     (SELECT name, prev_revision FROM etcdsql_history \
      WHERE revision > ? AND revision <= ? AND prev_revision > 0)",
@@ -471,6 +472,27 @@ impl SqliteWriter {
         exec_on(self.conn()?, text.as_ref(), p)
     }
 
+    /// Live rows by `text` (a row tuple between its head and tail).
+    fn write_live(&self, rows: &[&Upsert], text: (&str, &str, &str)) -> Result<(), DbError> {
+        for chunk in row_chunks(rows) {
+            let mut p = Vec::with_capacity(chunk.len() * 8);
+            for k in chunk {
+                p.extend([
+                    Param::Bytes(k.key.clone()),
+                    Param::Bytes(k.value.clone()),
+                    Param::Int(k.create_revision),
+                    Param::Int(k.mod_revision),
+                    Param::Int(k.version),
+                    Param::Int(k.lease),
+                    Param::text_or_null(k.labels()),
+                    Param::text_or_null(k.fields()),
+                ]);
+            }
+            self.exec(rows_text(text, chunk.len()), &p)?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the connection (opened first if need be) on a blocking
     /// thread. A connection whose thread failed is dropped and reopened
     /// next time.
@@ -504,8 +526,16 @@ const UPSERT_LIVE: (&str, &str, &str) = (
      version = excluded.version, lease = excluded.lease, labels = excluded.labels, \
      fields = excluded.fields",
 );
+/// [`UPSERT_LIVE`] for rows known to be new.
+const INSERT_LIVE: (&str, &str, &str) = (
+    "INSERT OR FAIL INTO etcdsql_live \
+     (name, value, create_revision, mod_revision, version, lease, labels, fields) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?)",
+    "",
+);
+/// `OR FAIL`: see [`Dialect::insert_whole`].
 const INSERT_HISTORY: (&str, &str, &str) = (
-    "INSERT INTO etcdsql_history \
+    "INSERT OR FAIL INTO etcdsql_history \
      (revision, sub, name, value, create_revision, version, lease, deleted, prev_revision, \
      labels, fields, batch) VALUES ",
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -628,21 +658,12 @@ impl Writer for SqliteWriter {
     }
 
     async fn upsert_live(&mut self, rows: &[Upsert]) -> Result<(), DbError> {
-        for chunk in row_chunks(rows) {
-            let mut p = Vec::with_capacity(chunk.len() * 8);
-            for k in chunk {
-                p.extend([
-                    Param::Bytes(k.key.clone()),
-                    Param::Bytes(k.value.clone()),
-                    Param::Int(k.create_revision),
-                    Param::Int(k.mod_revision),
-                    Param::Int(k.version),
-                    Param::Int(k.lease),
-                    Param::text_or_null(k.labels()),
-                    Param::text_or_null(k.fields()),
-                ]);
-            }
-            self.exec(rows_text(UPSERT_LIVE, chunk.len()), &p)?;
+        // Rows known to be new go by a plain INSERT, which keeps no
+        // statement journal; an upsert's update part always may (see
+        // [`Dialect::insert_whole`]).
+        let (new, rest): (Vec<&Upsert>, Vec<&Upsert>) = rows.iter().partition(|u| u.absent);
+        for (rows, text) in [(new, INSERT_LIVE), (rest, UPSERT_LIVE)] {
+            self.write_live(&rows, text)?;
         }
         Ok(())
     }

@@ -376,6 +376,10 @@ pub struct Batch<'w> {
     /// committer's earlier batches wrote them, with their versions' mod
     /// revisions.
     held: HashMap<Vec<u8>, (i64, Vec<i64>)>,
+    /// For keys the batch wrote: whether the database holds a live row for
+    /// each, as of the batch's start or its last flush (`true` where the
+    /// batch did not know).
+    stored: HashMap<Vec<u8>, bool>,
 }
 
 /// What a batch begun by [`Batch::begin_assuming`] took for granted.
@@ -715,6 +719,7 @@ impl<'w> Batch<'w> {
             extracted: HashMap::new(),
             generation: catalog.generation(),
             held: HashMap::new(),
+            stored: HashMap::new(),
             w,
             assumed,
         }
@@ -735,9 +740,14 @@ impl<'w> Batch<'w> {
         }
     }
 
-    /// Before the batch's first write of `key`: the label rows its stored
-    /// version has (none when absent), where tracked.
-    fn note_label_rows(&mut self, key: &[u8]) {
+    /// Before the batch's first write of `key`: whether it has a live row,
+    /// and the label rows its stored version has (none when absent), where
+    /// tracked.
+    fn note_stored(&mut self, key: &[u8]) {
+        if !self.stored.contains_key(key) {
+            let absent = matches!(self.cache.get(key), Some(None));
+            self.stored.insert(key.to_vec(), !absent);
+        }
         let Some(rows) = &mut self.label_rows else {
             return;
         };
@@ -795,10 +805,12 @@ impl<'w> Batch<'w> {
                         .label_rows
                         .as_ref()
                         .and_then(|rows| rows.get(&key).cloned());
+                    let absent = self.stored.get(&key) == Some(&false);
                     f.upserts.push(Upsert {
                         kv,
                         index,
                         rows_held,
+                        absent,
                     });
                 }
                 None => f.deletes.push(key),
@@ -822,6 +834,12 @@ impl<'w> Batch<'w> {
         }
         if !f.is_empty() {
             crate::backend::flush(self.w, &f).await?;
+        }
+        for u in &f.upserts {
+            self.stored.insert(u.key.clone(), true);
+        }
+        for key in &f.deletes {
+            self.stored.insert(key.clone(), false);
         }
         if let Some(rows) = &mut self.label_rows {
             for u in &f.upserts {
@@ -1039,7 +1057,7 @@ impl View for Batch<'_> {
     }
 
     async fn put(&mut self, kv: KeyValue, prev_revision: i64) -> Result<(), Error> {
-        self.note_label_rows(&kv.key);
+        self.note_stored(&kv.key);
         if let Some(events) = &mut self.events {
             let prev = match self.cache.get(&kv.key) {
                 _ if prev_revision == 0 => Some(None),
@@ -1073,7 +1091,7 @@ impl View for Batch<'_> {
     }
 
     async fn delete(&mut self, prev: &KeyValue) -> Result<(), Error> {
-        self.note_label_rows(&prev.key);
+        self.note_stored(&prev.key);
         if let Some(events) = &mut self.events {
             // A range delete reads its victims without values (keys only):
             // the previous version is whole only where the batch read it.

@@ -8,7 +8,9 @@ use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
     LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
-use etcdsql_integration::{Reference, Started, Target, normalize};
+use etcdsql_integration::{
+    Reference, Started, Target, free_port, metric_sum, normalize, scrape_metrics,
+};
 
 use crate::{Case, bin, case};
 
@@ -988,9 +990,167 @@ async fn counts_at_past_revisions(target: Target) {
     );
 }
 
+/// Deletes and re-creations of a few keys from many clients at once, so
+/// that one batch holds a key's delete and its next put (or a put, a
+/// delete and a put): no request fails, and the keys as read at the end,
+/// versions and create revisions included, equal a replay of the events a
+/// watch from the first revision reports.
+async fn recreated_in_one_batch(target: Target) {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use etcd_client::{EventType, WatchOptions};
+    const KEYS: u64 = 4;
+    let metrics = free_port();
+    let url = format!("http://127.0.0.1:{metrics}");
+    let started = Started::with_args(target, bin(), &["--listen-metrics-urls", &url])
+        .await
+        .unwrap_or_else(|e| panic!("starting {}: {e:#}", target.name()));
+    let c = started.server.client().await.expect("client");
+    let first = c
+        .clone()
+        .put("r/start", "", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    let mut tasks = Vec::new();
+    for client in 0..16u64 {
+        let mut c = started.server.client().await.expect("client");
+        tasks.push(tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (client + 1);
+            let mut puts = 0;
+            for step in 0..40u64 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let key = format!("r/{}", seed % KEYS);
+                if (seed >> 8).is_multiple_of(3) {
+                    c.delete(key, None).await.expect("delete");
+                } else {
+                    c.put(key, format!("{client}.{step}"), None)
+                        .await
+                        .expect("put");
+                    puts += 1;
+                }
+            }
+            puts
+        }));
+    }
+    let mut puts = 0;
+    for t in tasks {
+        puts += t.await.expect("client task");
+    }
+    let end = c
+        .clone()
+        .put("r/end", "", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    // (value, create revision, mod revision, version) by key.
+    let mut model: BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)> = BTreeMap::new();
+    let mut events = c
+        .clone()
+        .watch(
+            "r/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(first)),
+        )
+        .await
+        .expect("watch");
+    let mut seen = 0;
+    'events: while let Some(r) = tokio::time::timeout(Duration::from_secs(30), events.message())
+        .await
+        .expect("events in time")
+        .expect("watch stream")
+    {
+        for e in r.events() {
+            let kv = e.kv().expect("kv");
+            seen += 1;
+            match e.event_type() {
+                EventType::Put => {
+                    let version = model.get(kv.key()).map_or(1, |m| m.3 + 1);
+                    let create = model.get(kv.key()).map_or(kv.mod_revision(), |m| m.1);
+                    assert_eq!(
+                        (kv.version(), kv.create_revision()),
+                        (version, create),
+                        "event of {:?} at {} on {}",
+                        kv.key_str(),
+                        kv.mod_revision(),
+                        target.name()
+                    );
+                    model.insert(
+                        kv.key().to_vec(),
+                        (kv.value().to_vec(), create, kv.mod_revision(), version),
+                    );
+                }
+                EventType::Delete => {
+                    model.remove(kv.key());
+                }
+            }
+            if kv.mod_revision() == end {
+                break 'events;
+            }
+        }
+    }
+    let got: BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)> = c
+        .clone()
+        .get("r/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get")
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                (
+                    kv.value().to_vec(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, model, "keys at the end on {}", target.name());
+    // Every put has its event, and so has each delete that found its key.
+    assert!(
+        seen >= puts + 2,
+        "{seen} events for {puts} puts on {}",
+        target.name()
+    );
+    if target != Target::Etcd {
+        // No batch failed: one that did would have run again request by
+        // request, hiding the failure from the clients.
+        let scrape = scrape_metrics(metrics).await;
+        let batches = metric_sum(&scrape, "etcdsql_write_batch_requests_count");
+        let errors = metric_sum(&scrape, "etcdsql_db_errors_total") + 0.0;
+        println!(
+            "{}: {seen} events, {batches} batches, {errors} database errors",
+            target.name()
+        );
+        assert_eq!(errors, 0.0, "database errors on {}", target.name());
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("table", &Target::ETCDSQL, check),
+        case!(
+            "recreated_in_one_batch",
+            &[
+                Target::Etcd,
+                Target::Sqlite,
+                Target::Postgres,
+                Target::Mariadb,
+                Target::Galera,
+                Target::Cockroach,
+                Target::Tidb
+            ],
+            recreated_in_one_batch
+        ),
         case!(
             "counts_at_past_revisions",
             &[
