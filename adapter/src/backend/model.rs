@@ -270,11 +270,12 @@ pub trait Selectable {
     fn fields(&self) -> Option<&str> {
         self.index().map(|i| i.fields.as_str())
     }
+}
 
+impl Upsert {
     /// Its rows of `etcdsql_label`.
-    fn hashes(&self) -> &[i64] {
-        const OPAQUE: &[i64] = &[crate::selector::hash::OPAQUE];
-        self.index().map_or(OPAQUE, |i| i.hashes.as_slice())
+    pub fn hashes(&self) -> &[i64] {
+        crate::selector::hash::rows(&self.key, self.index().map(|i| i.hashes.as_slice()))
     }
 }
 

@@ -120,6 +120,17 @@ pub mod hash {
     /// so a term hashed there narrowed nothing). Stored hashes are above it.
     pub const LEGACY_BUCKET: i64 = 1;
 
+    /// The rows of `etcdsql_label` a live key holds, given its value's
+    /// hashes (`None`: not a readable object, one [`OPAQUE`] row). A key
+    /// outside `/registry/<resource>/` holds none: no selector range
+    /// reaches it ([`super::range_resource`]).
+    pub fn rows<'a>(key: &[u8], hashes: Option<&'a [i64]>) -> &'a [i64] {
+        if etcdsql_partitions::resource_of(key).is_none() {
+            return &[];
+        }
+        hashes.unwrap_or(&[OPAQUE])
+    }
+
     /// A hash as FNV-1a 64 gives it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Hash(u64);
@@ -243,6 +254,38 @@ mod tests {
             err.starts_with("invalid label selector \"a in b\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn label_rows_only_where_a_selector_range_reaches() {
+        let h = [7, 9];
+        for key in [
+            b"/registry/pods/ns/a".as_slice(),
+            b"/registry/example.com/widgets/ns/w",
+        ] {
+            assert_eq!(hash::rows(key, Some(&h)), &h);
+            assert_eq!(hash::rows(key, None), &[hash::OPAQUE]);
+            let resource = std::str::from_utf8(etcdsql_partitions::resource_of(key).unwrap())
+                .unwrap()
+                .to_string();
+            let end =
+                etcdsql_partitions::prefix_end(&etcdsql_partitions::prefix_of(&resource)).unwrap();
+            assert_eq!(
+                range_resource(&etcdsql_partitions::prefix_of(&resource), &end),
+                Some(resource)
+            );
+        }
+        for key in [
+            b"foo/bar".as_slice(),
+            b"/registry/pods",
+            b"/registry/example.com/widgets",
+            b"/registry//a",
+        ] {
+            assert!(hash::rows(key, Some(&h)).is_empty(), "{key:?}");
+            assert!(hash::rows(key, None).is_empty(), "{key:?}");
+            // No selector range holds it.
+            assert_eq!(range_resource(key, &[]), None, "{key:?}");
+        }
     }
 
     #[test]

@@ -156,9 +156,8 @@ async fn pass(backend: &dyn Backend, catalog: &Catalog, rows: Rows) -> Result<u6
             let pairs: Vec<(i64, &Vec<u8>)> = read
                 .iter()
                 .flat_map(|(name, index, _)| {
-                    let hashes = index
-                        .as_deref()
-                        .map_or(vec![hash::OPAQUE], |i| i.hashes.clone());
+                    let hashes =
+                        hash::rows(name, index.as_deref().map(|i| i.hashes.as_slice())).to_vec();
                     hashes.into_iter().map(move |h| (h, name))
                 })
                 .collect();

@@ -22,7 +22,7 @@ use prost::Message;
 use super::ops::{self, View};
 use crate::backend::{
     AssumedLeases, DbError, EventRow, Flush, HistoryRow, Indexed, LeaseRow, Meta, RangeQuery,
-    RangeRows, Selectable, Upsert, Writer,
+    RangeRows, Upsert, Writer,
 };
 use crate::error::Error;
 use crate::proto::etcdserverpb::request_op::Request;
@@ -765,8 +765,10 @@ impl<'w> Batch<'w> {
                 {
                     rows
                 }
-                _ => Indexed::of(self.catalog, key, &prev.value)
-                    .map_or_else(|| vec![hash::OPAQUE], |i| i.hashes.clone()),
+                _ => {
+                    let index = Indexed::of(self.catalog, key, &prev.value);
+                    hash::rows(key, index.as_deref().map(|i| i.hashes.as_slice())).to_vec()
+                }
             },
             None => return,
         };
