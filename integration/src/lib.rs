@@ -52,6 +52,17 @@ impl Target {
         Target::Tidb,
     ];
 
+    /// etcd, then every backend.
+    pub const ALL: [Target; 7] = {
+        let mut all = [Target::Etcd; 7];
+        let mut i = 0;
+        while i < Target::ETCDSQL.len() {
+            all[i + 1] = Target::ETCDSQL[i];
+            i += 1;
+        }
+        all
+    };
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Etcd => "etcd",

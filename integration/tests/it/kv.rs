@@ -1007,14 +1007,14 @@ async fn recreated_in_one_batch(target: Target) {
         .await
         .unwrap_or_else(|e| panic!("starting {}: {e:#}", target.name()));
     let c = started.server.client().await.expect("client");
-    let first = c
-        .clone()
-        .put("r/start", "", None)
-        .await
-        .expect("put")
-        .header()
-        .expect("header")
-        .revision();
+    let put_at = |key: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let r = c.put(key, "", None).await.expect("put");
+            r.header().expect("header").revision()
+        }
+    };
+    let first = put_at("r/start").await;
     let mut tasks = Vec::new();
     for client in 0..16u64 {
         let mut c = started.server.client().await.expect("client");
@@ -1042,14 +1042,7 @@ async fn recreated_in_one_batch(target: Target) {
     for t in tasks {
         puts += t.await.expect("client task");
     }
-    let end = c
-        .clone()
-        .put("r/end", "", None)
-        .await
-        .expect("put")
-        .header()
-        .expect("header")
-        .revision();
+    let end = put_at("r/end").await;
     // (value, create revision, mod revision, version) by key.
     let mut model: BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)> = BTreeMap::new();
     let mut events = c
@@ -1140,28 +1133,12 @@ pub fn cases() -> Vec<Case> {
         case!("table", &Target::ETCDSQL, check),
         case!(
             "recreated_in_one_batch",
-            &[
-                Target::Etcd,
-                Target::Sqlite,
-                Target::Postgres,
-                Target::Mariadb,
-                Target::Galera,
-                Target::Cockroach,
-                Target::Tidb
-            ],
+            &Target::ALL,
             recreated_in_one_batch
         ),
         case!(
             "counts_at_past_revisions",
-            &[
-                Target::Etcd,
-                Target::Sqlite,
-                Target::Postgres,
-                Target::Mariadb,
-                Target::Galera,
-                Target::Cockroach,
-                Target::Tidb
-            ],
+            &Target::ALL,
             counts_at_past_revisions
         ),
         case!(
