@@ -837,19 +837,18 @@ impl<'w> Batch<'w> {
         if !f.is_empty() {
             crate::backend::flush(self.w, &f).await?;
         }
+        // What the database now holds for each key written.
         for u in &f.upserts {
             self.stored.insert(u.key.clone(), true);
-        }
-        for key in &f.deletes {
-            self.stored.insert(key.clone(), false);
-        }
-        if let Some(rows) = &mut self.label_rows {
-            for u in &f.upserts {
+            if let Some(rows) = &mut self.label_rows {
                 rows.insert(u.key.clone(), u.hashes().to_vec());
             }
-            for key in f.deletes {
-                rows.insert(key, Vec::new());
+        }
+        for key in f.deletes {
+            if let Some(rows) = &mut self.label_rows {
+                rows.insert(key.clone(), Vec::new());
             }
+            self.stored.insert(key, false);
         }
         Ok(())
     }
