@@ -93,13 +93,16 @@ const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 /// proxy tier the comment keeps it on the primary. The text has only the
 /// terms a batch needs: the writer's connection plans each statement for
 /// its parameters, and the lease terms' subqueries cost more to plan than
-/// to run (93 µs a batch in all).
+/// to run (93 µs a batch in all). With `generic`, the statement also
+/// switches the rest of the transaction to generic plans, as
+/// [`GENERIC_PLANS`] would in a statement (and a reply) of its own.
 fn check_assumed(
     meta: Meta,
     version: i64,
     epoch: i64,
     absent: &[Vec<u8>],
     leases: &AssumedLeases,
+    generic: bool,
 ) -> (String, Vec<Owned>) {
     let mut t = String::from(
         "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
@@ -153,13 +156,23 @@ fn check_assumed(
              AND expires_at_ms <= ${now})"
         );
     }
-    t.push_str(" THEN 1 ELSE 0 END) FROM etcdsql_meta m WHERE m.id = 1");
+    t.push_str(" THEN 1 ELSE 0 END)");
+    if generic {
+        t.push_str(", set_config('plan_cache_mode', 'force_generic_plan', true)");
+    }
+    t.push_str(" FROM etcdsql_meta m WHERE m.id = 1");
     (t, params)
 }
 const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 /// Every commit notifies this channel; watch hubs in all processes listen.
 const CHANNEL: &str = "etcdsql_commit";
+/// A batch's last write: the revision row, and the notification of it
+/// (`pg_notify` is NOTIFY as a function). Prepared and planned once where
+/// the batch's writes are ([`GENERIC_PLANS`]): as a simple query its plan
+/// took 30 µs a batch, twice its execution.
+const COMMIT_META: &str = "UPDATE etcdsql_meta SET revision = $1, compact_revision = $2 \
+    WHERE id = 1 RETURNING pg_notify('etcdsql_commit', revision::text)";
 
 /// Why a statement failed, in the store's terms.
 fn classify(e: &tokio_postgres::Error) -> DbError {
@@ -795,7 +808,7 @@ impl PgWriter {
     async fn push(&mut self, text: &str, params: Vec<Owned>) -> Result<(), DbError> {
         let generic = matches!(
             text,
-            UPSERT_LIVE | INSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE
+            UPSERT_LIVE | INSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE | COMMIT_META
         );
         self.plans(generic).await?;
         let statement = self.prepared(text).await?;
@@ -958,8 +971,13 @@ impl Writer for PgWriter {
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
-        let (text, params) = check_assumed(meta, version, self.epoch, absent, leases);
-        self.push(&text, params).await
+        // Its own plan is made for its parameters; the writes after it
+        // want generic ones, which it switches to where plans are chosen.
+        let generic = self.custom_plans && !self.generic;
+        let (text, params) = check_assumed(meta, version, self.epoch, absent, leases, generic);
+        self.push(&text, params).await?;
+        self.generic |= generic;
+        Ok(())
     }
 
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {
@@ -1129,12 +1147,12 @@ impl Writer for PgWriter {
         // query of its own: Pgpool-II sends a multi-statement query to the
         // primary alone, and the standby that had the BEGIN would be left
         // in a transaction.
-        let text = format!(
-            "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} WHERE id = 1; \
-             NOTIFY {CHANNEL}, '{}'",
-            meta.revision, meta.compact_revision, meta.revision
-        );
-        self.send(Tail::Texts(&[&text, "COMMIT"])).await.map(drop)
+        self.push(
+            COMMIT_META,
+            vec![Box::new(meta.revision), Box::new(meta.compact_revision)],
+        )
+        .await?;
+        self.send(Tail::Texts(&["COMMIT"])).await.map(drop)
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {
@@ -1163,7 +1181,15 @@ impl Writer for PgWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::{AssumedLeases, Meta, check_assumed};
+    use super::{AssumedLeases, CHANNEL, COMMIT_META, Meta, check_assumed};
+
+    #[test]
+    fn commit_meta_notifies_the_channel_listened_to() {
+        assert!(
+            COMMIT_META.contains(&format!("pg_notify('{CHANNEL}', revision::text)")),
+            "{COMMIT_META}"
+        );
+    }
 
     /// Each shape of the statement numbers its placeholders 1..=n without
     /// a gap, n being the parameters it binds.
@@ -1185,7 +1211,7 @@ mod tests {
                 unexpired: if unexpired { vec![2] } else { Vec::new() },
                 now_ms: 1000,
             };
-            let (text, params) = check_assumed(meta, 0, 1, &absent, &leases);
+            let (text, params) = check_assumed(meta, 0, 1, &absent, &leases, shape & 1 != 0);
             let mut used: Vec<usize> = text
                 .split('$')
                 .skip(1)
@@ -1202,6 +1228,7 @@ mod tests {
             assert_eq!(text.contains("etcdsql_live"), names, "{text}");
             assert_eq!(text.contains("count(*)"), ttls, "{text}");
             assert_eq!(text.contains("expires_at_ms"), unexpired, "{text}");
+            assert_eq!(text.contains("set_config"), names, "{text}");
         }
     }
 }
