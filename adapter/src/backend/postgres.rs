@@ -56,7 +56,7 @@ pub(crate) const DIALECT: Dialect = Dialect {
     paren_parts: false,
 };
 
-const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
+pub const GET: &str = "SELECT name, value, create_revision, mod_revision, version, lease \
                    FROM etcdsql_live WHERE name = ANY($1)";
 const UPSERT_LIVE: &str = "INSERT INTO etcdsql_live \
     (name, value, create_revision, mod_revision, version, lease, part, labels, fields) \
@@ -72,7 +72,7 @@ const INSERT_LIVE: &str = "INSERT INTO etcdsql_live \
     (name, value, create_revision, mod_revision, version, lease, part, labels, fields) \
     SELECT * FROM UNNEST($1::bytea[], $2::bytea[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], \
     $7::text[], $8::text[]::jsonb[], $9::text[]::jsonb[])";
-const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
+pub const DELETE_LIVE: &str = "DELETE FROM etcdsql_live WHERE name = ANY($1)";
 /// Rows of resources being moved to their own partition that are still in
 /// the default one; an update re-inserts them in the resource's partition.
 const DELETE_DEFAULT: &str = "DELETE FROM etcdsql_live WHERE part = '' AND name = ANY($1)";
@@ -163,7 +163,7 @@ fn check_assumed(
     t.push_str(" FROM etcdsql_meta m WHERE m.id = 1");
     (t, params)
 }
-const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
+pub const LEASES: &str = "SELECT id, ttl, expires_at_ms FROM etcdsql_lease WHERE id = ANY($1)";
 const LEASE_KEYS: &str = "SELECT name FROM etcdsql_live WHERE lease = $1 ORDER BY name";
 /// Every commit notifies this channel; watch hubs in all processes listen.
 const CHANNEL: &str = "etcdsql_commit";
@@ -325,7 +325,7 @@ async fn connect_writer(config: &tokio_postgres::Config) -> Result<(Client, bool
 /// keys took 70 µs of planning for 8 µs of execution. Later statements
 /// that want plans for their parameters get both settings back
 /// ([`PgWriter::plans`]).
-const LOCK_META_INDEXED: &str = "SELECT revision, compact_revision, partitions_version, epoch, \
+pub const LOCK_META_INDEXED: &str = "SELECT revision, compact_revision, partitions_version, epoch, \
     set_config('plan_cache_mode', 'force_generic_plan', true), \
     set_config('enable_seqscan', 'off', true) \
     FROM etcdsql_meta WHERE id = 1 FOR UPDATE";

@@ -566,10 +566,82 @@ async fn server_partitions(target: Target) {
     }
 }
 
+/// The committer's statements on PostgreSQL are planned once per
+/// connection, so each plan must find rows by an index whatever the table
+/// held when it was made. On a small, analysed table, plans made as the
+/// writer makes them (its transaction started by `LOCK_META_INDEXED`) scan
+/// indexes; a generic plan made without it scans the table, the plan that
+/// would stay cached while the table grows.
+async fn writer_plans_index_scans(target: Target) {
+    use etcdsql::backend::postgres::{DELETE_LIVE, GET, LEASES, LOCK_META_INDEXED};
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut kv = p.client().await.unwrap();
+    for i in 0..40 {
+        kv.put(format!("k{i:02}"), "v", None).await.unwrap();
+    }
+    drop(p);
+    db.execute("ANALYZE").await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c.batch_execute("SET plan_cache_mode = force_custom_plan")
+        .await
+        .unwrap();
+    let statements = [
+        ("lookup by names", GET, "ARRAY['\\x01'::bytea]"),
+        ("lease lookup", LEASES, "ARRAY[1::int8]"),
+        ("delete by names", DELETE_LIVE, "ARRAY['\\x01'::bytea]"),
+    ];
+    let mut round = 0;
+    let mut plans = |start: &'static str| {
+        round += 1;
+        let c = &c;
+        async move {
+            c.batch_execute("BEGIN").await.unwrap();
+            c.simple_query(start).await.expect(start);
+            let mut out = Vec::new();
+            for (i, (what, text, arg)) in statements.iter().enumerate() {
+                let name = format!("s{round}_{i}");
+                c.batch_execute(&format!("PREPARE {name} AS {text}"))
+                    .await
+                    .expect(text);
+                let plan: Vec<String> = c
+                    .simple_query(&format!("EXPLAIN EXECUTE {name}({arg})"))
+                    .await
+                    .expect("explain")
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                        _ => None,
+                    })
+                    .collect();
+                out.push((*what, plan.join("\n")));
+            }
+            c.batch_execute("ROLLBACK").await.unwrap();
+            out
+        }
+    };
+    for (what, plan) in plans(LOCK_META_INDEXED).await {
+        assert!(
+            plan.contains("Index") && !plan.contains("Seq Scan"),
+            "{what}: {plan}"
+        );
+    }
+    let unguarded = plans("SET LOCAL plan_cache_mode = force_generic_plan").await;
+    assert!(unguarded[0].1.contains("Seq Scan"), "{}", unguarded[0].1);
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("server_partitions", SERVERS, server_partitions),
         case!("migrations", SERVERS, migrations),
+        case!(
+            "writer_plans_index_scans",
+            &[Target::Postgres],
+            writer_plans_index_scans
+        ),
         case!(
             "partition_add_under_writes",
             SERVERS,
