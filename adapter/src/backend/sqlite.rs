@@ -332,14 +332,15 @@ const WRITER_AUTOCHECKPOINT: &str = "16384";
 struct SqliteWriter {
     path: PathBuf,
     conn: Option<rusqlite::Connection>,
-    /// History rows written in this transaction.
+    /// History rows written in this transaction ([`Writer::begin`]
+    /// starts every one, and resets it).
     revisions: usize,
 }
 
 /// A transaction of at most this many history rows commits on the
 /// committer's task, where the runtime has another worker to go on with:
 /// the blocking thread's wake-up and the wake-up back cost a lone put
-/// about a tenth of its latency (one client: 1,227 → 1,350 puts/s). A
+/// up to a tenth of its latency (docs/benchmarks.md, stop 47). A
 /// larger batch means load, where those shared wake-ups cost each request
 /// little and the worker is worth keeping free for the fsync's duration.
 const INLINE_COMMIT_REVISIONS: usize = 16;
@@ -741,8 +742,7 @@ impl Writer for SqliteWriter {
             "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",
             &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
         )?;
-        let revisions = std::mem::take(&mut self.revisions);
-        if revisions <= INLINE_COMMIT_REVISIONS
+        if self.revisions <= INLINE_COMMIT_REVISIONS
             && tokio::runtime::Handle::current().metrics().num_workers() > 1
         {
             return self.exec("COMMIT", &[]).map(drop);
