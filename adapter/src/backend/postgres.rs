@@ -91,12 +91,14 @@ const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 /// `absent` exists, and the leases are as assumed. It runs after
 /// LOCK_META, so every other writer has committed or not started. Behind a
 /// proxy tier the comment keeps it on the primary. The text has only the
-/// terms a batch needs: the writer's connection plans each statement for
-/// its parameters, and the lease terms' subqueries cost more to plan than
-/// to run (93 µs a batch in all). With `generic`, the statement also
-/// switches the rest of the transaction to generic plans, as
-/// [`GENERIC_PLANS`] would in a statement (and a reply) of its own.
-fn check_assumed(
+/// terms a batch needs: where the writer's connection plans a statement
+/// for its parameters, the lease terms' subqueries cost more to plan than
+/// to run (93 µs a batch in all). After [`LOCK_META_INDEXED`] it runs on
+/// the transaction's generic plans, made once per shape. Otherwise, with
+/// `generic`, the statement also switches the rest of the transaction to
+/// generic plans, as [`GENERIC_PLANS`] would in a statement (and a reply)
+/// of its own.
+pub fn check_assumed(
     meta: Meta,
     version: i64,
     epoch: i64,
@@ -854,6 +856,16 @@ impl PgWriter {
             text,
             UPSERT_LIVE | INSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE | COMMIT_META
         );
+        self.push_planned(text, params, generic).await
+    }
+
+    /// [`Self::push`] for a statement that wants `generic` plans or not.
+    async fn push_planned(
+        &mut self,
+        text: &str,
+        params: Vec<Owned>,
+        generic: bool,
+    ) -> Result<(), DbError> {
         self.plans(generic).await?;
         let statement = self.prepared(text).await?;
         self.queue.push(Queued { statement, params });
@@ -1022,6 +1034,14 @@ impl Writer for PgWriter {
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
+        if self.indexed {
+            // It finds rows by ids and names, as the writes after it do:
+            // it runs on the plans the lock chose (LOCK_META_INDEXED)
+            // rather than switching to custom plans and back (three
+            // statements more).
+            let (text, params) = check_assumed(meta, version, self.epoch, absent, leases, false);
+            return self.push_planned(&text, params, true).await;
+        }
         // Its own plan is made for its parameters; the writes after it
         // want generic ones, which it switches to where plans are chosen.
         let generic = self.custom_plans && !self.generic;

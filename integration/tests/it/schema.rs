@@ -573,7 +573,8 @@ async fn server_partitions(target: Target) {
 /// indexes; a generic plan made without it scans the table, the plan that
 /// would stay cached while the table grows.
 async fn writer_plans_index_scans(target: Target) {
-    use etcdsql::backend::postgres::{DELETE_LIVE, GET, LEASES, LOCK_META_INDEXED};
+    use etcdsql::backend::postgres::{DELETE_LIVE, GET, LEASES, LOCK_META_INDEXED, check_assumed};
+    use etcdsql::backend::{AssumedLeases, Meta};
     let db = TestDb::create(target).await.expect("database");
     let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
     let mut kv = p.client().await.unwrap();
@@ -589,10 +590,28 @@ async fn writer_plans_index_scans(target: Target) {
     c.batch_execute("SET plan_cache_mode = force_custom_plan")
         .await
         .unwrap();
+    // The assumption check with every term it may have: absent names,
+    // leases with their TTLs, leases not expired.
+    let leases = AssumedLeases {
+        ttls: vec![(1, 60)],
+        unexpired: vec![2],
+        now_ms: 0,
+    };
+    let meta = Meta {
+        revision: 0,
+        compact_revision: 0,
+    };
+    let (check, bound) = check_assumed(meta, 0, 0, &[b"k".to_vec()], &leases, false);
+    assert_eq!(bound.len(), 10, "{check}");
     let statements = [
         ("lookup by names", GET, "ARRAY['\\x01'::bytea]"),
         ("lease lookup", LEASES, "ARRAY[1::int8]"),
         ("delete by names", DELETE_LIVE, "ARRAY['\\x01'::bytea]"),
+        (
+            "assumption check",
+            check.as_str(),
+            "0, 0, 0, 0, ARRAY['\\x01'::bytea], ARRAY[1::int8], ARRAY['1 60'], 1, ARRAY[2::int8], 0",
+        ),
     ];
     let mut round = 0;
     let mut plans = |start: &'static str| {
