@@ -1034,19 +1034,14 @@ impl Writer for PgWriter {
     ) -> Result<(), DbError> {
         self.assumed = true;
         let version = self.partitions.get().version;
-        if self.indexed {
-            // It finds rows by ids and names, as the writes after it do:
-            // it runs on the plans the lock chose (LOCK_META_INDEXED)
-            // rather than switching to custom plans and back (three
-            // statements more).
-            let (text, params) = check_assumed(meta, version, self.epoch, absent, leases, false);
-            return self.push_planned(&text, params, true).await;
-        }
-        // Its own plan is made for its parameters; the writes after it
-        // want generic ones, which it switches to where plans are chosen.
+        // After LOCK_META_INDEXED it runs on the lock's generic plans: it
+        // finds rows by ids and names, as the writes after it do, and
+        // switching to custom plans and back would cost three statements.
+        // Otherwise its own plan is made for its parameters, and it
+        // switches to the generic plans the writes after it want.
         let generic = self.custom_plans && !self.generic;
         let (text, params) = check_assumed(meta, version, self.epoch, absent, leases, generic);
-        self.push(&text, params).await?;
+        self.push_planned(&text, params, self.indexed).await?;
         self.generic |= generic;
         Ok(())
     }
