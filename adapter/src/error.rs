@@ -125,7 +125,11 @@ impl From<Error> for Status {
             Error::Stopping => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Db(
-                DbError::Retry(_) | DbError::Unavailable(_) | DbError::Stale | DbError::NeedsRead,
+                DbError::Retry(_)
+                | DbError::Unavailable(_)
+                | DbError::Stale
+                | DbError::Existed
+                | DbError::NeedsRead,
             ) => Code::Unavailable,
             Error::Db(DbError::Rejected(_)) => Code::InvalidArgument,
             Error::Db(DbError::Other(_)) | Error::Internal(_) => Code::Internal,

@@ -265,6 +265,7 @@ pub fn kind(e: &crate::backend::DbError) -> &'static str {
         DbError::Unavailable(_) => "unavailable",
         DbError::Rejected(_) => "rejected",
         DbError::Stale => "stale",
+        DbError::Existed => "existed",
         DbError::NeedsRead => "needs_read",
         DbError::Other(_) => "other",
     }

@@ -19,6 +19,11 @@ pub enum DbError {
     /// first.
     #[error("write batch assumptions did not hold")]
     Stale,
+    /// A batch begun assuming found the revision row as assumed, but a key
+    /// it took as absent exists; nothing of it was written. What the
+    /// committer knows still holds; the batch runs again, reading first.
+    #[error("a key a write batch took as absent exists")]
+    Existed,
     /// A batch begun assuming needed a read it cannot make (a key it does
     /// not know, a lease, a range); nothing was sent. It runs again,
     /// reading first.

@@ -436,6 +436,14 @@ pub trait Writer: Send {
         false
     }
 
+    /// Whether [`check_assumed`](Writer::check_assumed) fails with
+    /// [`DbError::Existed`] when the store is as assumed but a key taken as
+    /// absent exists: then a batch may take a plain put's unknown key as
+    /// absent, at the cost of one round trip where it is not.
+    fn tells_existed(&self) -> bool {
+        false
+    }
+
     /// Starts a transaction like [`begin`](Writer::begin) without waiting
     /// for it: the batch is evaluated from what this writer's last commit
     /// left (`meta` and the keys it knows), and the database checks that
@@ -448,8 +456,9 @@ pub trait Writer: Send {
     /// Queues the check, ahead of the writes: the store is still at `meta`
     /// (revision, compaction, partition registry, epoch), none of
     /// `absent` exists and every one of `leases` does as assumed. When it
-    /// fails, the commit fails with [`DbError::Stale`] and nothing is
-    /// written.
+    /// fails, the commit fails with [`DbError::Stale`] (or, where
+    /// [`tells_existed`](Writer::tells_existed), [`DbError::Existed`] when
+    /// only the absent keys failed it) and nothing is written.
     async fn check_assumed(
         &mut self,
         _meta: Meta,

@@ -87,8 +87,10 @@ const UPSERT_LEASE: &str = "INSERT INTO etcdsql_lease (id, ttl, expires_at_ms) \
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl, expires_at_ms = EXCLUDED.expires_at_ms";
 const DELETE_LEASE: &str = "DELETE FROM etcdsql_lease WHERE id = ANY($1)";
 /// [`Writer::check_assumed`]'s statement and its parameters: divides by
-/// zero unless the revision row is `meta`, `version` and `epoch`, none of
-/// `absent` exists, and the leases are as assumed. It runs after
+/// zero unless the revision row is `meta`, `version` and `epoch` and the
+/// leases are as assumed; with the revision row as assumed, takes the
+/// logarithm of zero if one of `absent` exists (the error tells
+/// [`DbError::Existed`] apart). It runs after
 /// LOCK_META, so every other writer has committed or not started. Behind a
 /// proxy tier the comment keeps it on the primary. The text has only the
 /// terms a batch needs: where the writer's connection plans a statement
@@ -106,10 +108,9 @@ pub fn check_assumed(
     leases: &AssumedLeases,
     generic: bool,
 ) -> (String, Vec<Owned>) {
-    let mut t = String::from(
-        "/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN m.revision = $1 AND m.compact_revision = $2 \
-         AND m.partitions_version = $3 AND m.epoch = $4",
-    );
+    const META: &str = "m.revision = $1 AND m.compact_revision = $2 \
+         AND m.partitions_version = $3 AND m.epoch = $4";
+    let mut t = format!("/*NO LOAD BALANCE*/ SELECT 1 / (CASE WHEN {META}");
     let mut params: Vec<Owned> = vec![
         Box::new(meta.revision),
         Box::new(meta.compact_revision),
@@ -121,13 +122,6 @@ pub fn check_assumed(
         params.push(p);
         params.len()
     };
-    if !absent.is_empty() {
-        let names = bind(Box::new(absent.to_vec()));
-        let _ = write!(
-            t,
-            " AND NOT EXISTS (SELECT 1 FROM etcdsql_live WHERE name = ANY(${names}))"
-        );
-    }
     if !leases.ttls.is_empty() {
         let ids = bind(Box::new(
             leases.ttls.iter().map(|l| l.0).collect::<Vec<i64>>(),
@@ -159,6 +153,14 @@ pub fn check_assumed(
         );
     }
     t.push_str(" THEN 1 ELSE 0 END)");
+    if !absent.is_empty() {
+        let names = bind(Box::new(absent.to_vec()));
+        let _ = write!(
+            t,
+            " + ln(CASE WHEN {META} AND EXISTS (SELECT 1 FROM etcdsql_live \
+             WHERE name = ANY(${names})) THEN 0 ELSE 1 END)"
+        );
+    }
     if generic {
         t.push_str(", set_config('plan_cache_mode', 'force_generic_plan', true)");
     }
@@ -926,10 +928,12 @@ impl PgWriter {
                 last = r;
             }
         }
-        // The only division in a write transaction is CHECK_ASSUMED's.
+        // The only division and logarithm in a write transaction are
+        // CHECK_ASSUMED's.
         let assumed = self.assumed;
         last.map_err(|e| match e.code() {
             Some(&SqlState::DIVISION_BY_ZERO) if assumed => DbError::Stale,
+            Some(&SqlState::INVALID_ARGUMENT_FOR_LOG) if assumed => DbError::Existed,
             _ => classify(&e),
         })
     }
@@ -1024,6 +1028,10 @@ impl Writer for PgWriter {
         self.push(self.lock_meta(), Vec::new()).await?;
         self.locked_indexed();
         Ok(())
+    }
+
+    fn tells_existed(&self) -> bool {
+        true
     }
 
     async fn check_assumed(

@@ -90,6 +90,9 @@ pub trait Write: Send + Sync + 'static {
     }
     /// Keys it expects to be absent (see [`Batch::begin_assuming`]).
     fn expects_absent(&self, _keys: &mut HashSet<Vec<u8>>) {}
+    /// Keys a batch may take as absent where it does not know them, the
+    /// database telling it when one exists ([`Known::guessing`]).
+    fn guessable(&self, _keys: &mut HashSet<Vec<u8>>) {}
     /// Evaluates it in `b`. A returned error is either the request's own
     /// (nothing of it was applied) or a database error that aborts the batch.
     async fn apply(&self, b: &mut Batch<'_>) -> Result<Self::Out, Error>;
@@ -111,6 +114,13 @@ impl Write for PutRequest {
     }
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         put_names(self, keys, leases);
+    }
+    /// A plain put's key is more often new than not; one that keeps the
+    /// stored value or lease needs it to exist.
+    fn guessable(&self, keys: &mut HashSet<Vec<u8>>) {
+        if !self.ignore_value && !self.ignore_lease {
+            keys.insert(self.key.clone());
+        }
     }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<PutResponse, Error> {
         ops::check_put(b, self).await?;
@@ -416,6 +426,18 @@ pub struct Known {
     /// next such pause (doubling while assumptions keep failing).
     pause: u32,
     next_pause: u32,
+    /// The writer tells a key that exists from a stale assumption
+    /// ([`Writer::tells_existed`](crate::backend::Writer::tells_existed)).
+    tells_existed: bool,
+    /// Batches to run without guessing, after a key guessed absent existed,
+    /// and the next such pause (doubling while guesses keep failing,
+    /// halving while batches that assume commit).
+    guess_pause: u32,
+    next_guess_pause: u32,
+    /// Keys this committer saw exist or wrote (a Bloom filter, allocated
+    /// on first use): only a key not in it is guessed absent. It outlives
+    /// `keys`, which forgets when full.
+    seen: Vec<u64>,
     /// The `etcdsql_label` rows committed batches wrote for versions of
     /// keys (mod revision, rows), under catalog generation
     /// `held_generation`. A committed version's mod revision names it for
@@ -425,12 +447,16 @@ pub struct Known {
 }
 
 impl Known {
+    /// Bits of [`Self::seen`] (1 MiB): at 1,000,000 keys, two bits a key
+    /// take about 5% of new keys for seen (those are read, not guessed).
+    const SEEN_BITS: u64 = 1 << 23;
     const MAX_KEYS: usize = 16_384;
     const MAX_BYTES: usize = 16 << 20;
     const MAX_LEASES: usize = 16_384;
 
     /// Whether the next batch may assume; counts a paused batch.
     pub fn usable(&mut self) -> bool {
+        self.guess_pause = self.guess_pause.saturating_sub(1);
         if self.pause > 0 {
             self.pause -= 1;
             return false;
@@ -453,12 +479,60 @@ impl Known {
         self.pause = self.next_pause;
     }
 
+    /// Whether a batch assuming may take the unknown keys of requests'
+    /// [`Write::guessable`] as absent: the database checks them with the
+    /// rest, and a failure costs the batch one round trip.
+    pub fn guessing(&self) -> bool {
+        self.tells_existed && self.guess_pause == 0
+    }
+
+    /// The two bits of `key` in [`Self::seen`].
+    fn seen_bits(key: &[u8]) -> [u64; 2] {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let h = h.finish();
+        [h % Self::SEEN_BITS, (h >> 32) % Self::SEEN_BITS]
+    }
+
+    fn mark_seen(&mut self, key: &[u8]) {
+        if self.seen.is_empty() {
+            self.seen = vec![0; (Self::SEEN_BITS / 64) as usize];
+        }
+        for bit in Self::seen_bits(key) {
+            self.seen[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    /// Whether `key` may have been seen to exist (never a false "no").
+    pub fn maybe_seen(&self, key: &[u8]) -> bool {
+        !self.seen.is_empty()
+            && Self::seen_bits(key)
+                .iter()
+                .all(|&bit| self.seen[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    /// What the writer tells apart ([`Self::guessing`]).
+    pub fn set_tells_existed(&mut self, tells: bool) {
+        self.tells_existed = tells;
+    }
+
+    /// A key a batch took as absent existed, the rest held: what is known
+    /// stays, and guessing pauses for a while.
+    pub fn existed(&mut self) {
+        self.next_guess_pause = (self.next_guess_pause * 2).clamp(1, 256);
+        self.guess_pause = self.next_guess_pause;
+    }
+
     /// A batch committed: the store is as it left it. What was known
     /// before holds only if nobody wrote between the last commit and this
     /// batch's start.
     pub fn absorb(&mut self, c: &mut Committed) {
         if c.assumed {
             self.next_pause = 0;
+        }
+        if c.took_absent {
+            self.next_guess_pause /= 2;
         }
         if self.meta.map(|m| m.revision) != Some(c.start) {
             self.keys.clear();
@@ -477,6 +551,9 @@ impl Known {
             self.leases.clear();
         }
         for (k, v) in std::mem::take(&mut c.keys) {
+            if v.is_some() {
+                self.mark_seen(&k);
+            }
             self.bytes += k.len() + v.as_ref().map_or(0, |kv| kv.value.len());
             self.keys.insert(k, v);
         }
@@ -565,6 +642,9 @@ impl Known {
         };
         let mut took = 0;
         for ((at, kv), key) in read.into_iter().zip(keys) {
+            if kv.is_some() {
+                self.mark_seen(key);
+            }
             if at.revision < self.since
                 || at.revision > meta.revision
                 || self.keys.contains_key(key)
@@ -600,6 +680,8 @@ pub struct Committed {
     pub leases: HashMap<i64, Option<i64>>,
     /// It ran on [`Known`] (one round trip).
     pub assumed: bool,
+    /// It ran on [`Known`] and took keys it did not know as absent.
+    pub took_absent: bool,
     /// The label rows it left for keys it wrote (mod revision, key, rows),
     /// where tracked; computed under catalog `generation`.
     pub label_rows: Vec<(i64, Vec<u8>, Vec<i64>)>,
@@ -898,6 +980,7 @@ impl<'w> Batch<'w> {
             keys: std::mem::take(&mut self.cache),
             leases: std::mem::take(&mut self.leases),
             assumed: self.assumed.is_some(),
+            took_absent: self.assumed.as_ref().is_some_and(|a| !a.absent.is_empty()),
             label_rows,
             generation: self.generation,
         })
@@ -1140,9 +1223,43 @@ mod tests {
             keys: HashMap::new(),
             leases: leases.iter().copied().collect(),
             assumed: false,
+            took_absent: false,
             label_rows: Vec::new(),
             generation: 0,
         }
+    }
+
+    /// Only keys not seen exist are guessed; guessing pauses after a guess
+    /// failed, longer each time, and needs a writer that tells it apart.
+    #[test]
+    fn guesses_keys_not_seen_and_pauses_after_a_failure() {
+        let mut k = Known::default();
+        assert!(!k.guessing(), "the writer has not said it tells");
+        k.set_tells_existed(true);
+        assert!(k.guessing());
+        let mut c = committed(0, 1, &[]);
+        c.keys.insert(b"old".to_vec(), Some(KeyValue::default()));
+        c.keys.insert(b"gone".to_vec(), None);
+        k.absorb(&mut c);
+        assert!(k.maybe_seen(b"old"));
+        assert!(!k.maybe_seen(b"gone") && !k.maybe_seen(b"new"));
+        // Read ahead, found: seen even where not kept.
+        let at = Meta {
+            revision: 0,
+            compact_revision: -1,
+        };
+        k.read_ahead(vec![(at, Some(KeyValue::default()))], &[b"far".to_vec()]);
+        assert!(k.maybe_seen(b"far"));
+        k.existed();
+        assert!(!k.guessing());
+        assert!(k.usable());
+        assert!(k.guessing(), "one batch paused");
+        k.existed();
+        for _ in 0..2 {
+            assert!(!k.guessing());
+            k.usable();
+        }
+        assert!(k.guessing(), "two batches paused");
     }
 
     #[test]

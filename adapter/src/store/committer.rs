@@ -48,6 +48,7 @@ trait Pending: Send {
     fn names(&self, keys: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>);
     fn lease_rows(&self) -> bool;
     fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>);
+    fn guessable(&self, keys: &mut HashSet<Vec<u8>>);
     /// Evaluates the request in `b` and keeps its own outcome; a database
     /// error aborts the batch and is returned instead.
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError>;
@@ -71,6 +72,10 @@ impl<W: Write> Pending for Job<W> {
 
     fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>) {
         self.op.expects_absent(keys);
+    }
+
+    fn guessable(&self, keys: &mut HashSet<Vec<u8>>) {
+        self.op.guessable(keys);
     }
 
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError> {
@@ -245,10 +250,29 @@ async fn run(
 /// What `job` lacks for a batch assuming: keys to read first, and whether
 /// it needs a read regardless ([`Known::unknown`]).
 fn unknown(known: &Mutex<Known>, job: &dyn Pending) -> (Vec<Vec<u8>>, bool) {
-    let (mut keys, mut leases, mut absent) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let (mut keys, mut leases) = (HashSet::new(), HashSet::new());
     job.names(&mut keys, &mut leases);
-    job.expects_absent(&mut absent);
-    lock(known).unknown(keys, &absent, &leases, job.lease_rows())
+    let k = lock(known);
+    let absent = may_be_absent(&k, std::iter::once(job));
+    k.unknown(keys, &absent, &leases, job.lease_rows())
+}
+
+/// The keys a batch of `jobs` assuming may take as absent where it does
+/// not know them: those expected absent, and guesses ([`Known::guessing`]).
+fn may_be_absent<'a>(
+    known: &Known,
+    jobs: impl IntoIterator<Item = &'a dyn Pending>,
+) -> HashSet<Vec<u8>> {
+    let (mut absent, mut guesses) = (HashSet::new(), HashSet::new());
+    let guessing = known.guessing();
+    for job in jobs {
+        job.expects_absent(&mut absent);
+        if guessing {
+            job.guessable(&mut guesses);
+        }
+    }
+    absent.extend(guesses.into_iter().filter(|k| !known.maybe_seen(k)));
+    absent
 }
 
 /// Whether a batch with `job` would read first.
@@ -407,6 +431,13 @@ async fn execute(
                 may_assume = false;
                 continue;
             }
+            DbError::Existed => {
+                // A key taken as absent exists; the rest held.
+                metrics::BATCH_PATH.with_label_values(&["existed"]).inc();
+                lock(known).existed();
+                may_assume = false;
+                continue;
+            }
             DbError::NeedsRead => {
                 may_assume = false;
                 continue;
@@ -554,16 +585,14 @@ async fn run_batch(
     // A batch may run on what this process last wrote, in one round trip,
     // unless it reads lease rows or names a lease not seen to exist.
     let generation = catalog.generation();
+    lock(known).set_tells_existed(w.tells_existed());
     let held = lock(known).held_rows(&keys, generation);
     let assume = assume
         && w.assumes()
         && !jobs.iter().any(|j| j.lease_rows())
         && lock(known).knows_leases(&leases);
     let mut batch = if assume {
-        let mut absent = HashSet::new();
-        for job in jobs.iter() {
-            job.expects_absent(&mut absent);
-        }
+        let absent = may_be_absent(&lock(known), jobs.iter().map(AsRef::as_ref));
         let assumed = lock(known).assume(keys, &leases).ok_or(DbError::Stale);
         match assumed {
             Ok(assumed) => Batch::begin_assuming(w, catalog, assumed, absent).await,
