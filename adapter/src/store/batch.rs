@@ -431,7 +431,7 @@ pub struct Known {
     tells_existed: bool,
     /// Batches to run without guessing, after a key guessed absent existed,
     /// and the next such pause (doubling while guesses keep failing,
-    /// halving while batches that assume commit).
+    /// halving as batches that took keys as absent commit).
     guess_pause: u32,
     next_guess_pause: u32,
     /// Keys this committer saw exist or wrote (a Bloom filter, allocated
@@ -495,7 +495,11 @@ impl Known {
         [h % Self::SEEN_BITS, (h >> 32) % Self::SEEN_BITS]
     }
 
+    /// Notes `key` in [`Self::seen`], where guesses are made at all.
     fn mark_seen(&mut self, key: &[u8]) {
+        if !self.tells_existed {
+            return;
+        }
         if self.seen.is_empty() {
             self.seen = vec![0; (Self::SEEN_BITS / 64) as usize];
         }
