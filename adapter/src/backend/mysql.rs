@@ -667,6 +667,8 @@ struct MyWriter {
     queued_n: usize,
     /// Where CHECK_ASSUMED is in `queued`, until it is sent.
     check_at: Option<usize>,
+    /// The transaction checks keys taken as absent ([`CHECK_ABSENT`]).
+    absent_checked: bool,
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
     durability: Arc<Durability>,
@@ -742,6 +744,7 @@ impl MyWriter {
             queued: String::new(),
             queued_n: 0,
             check_at: None,
+            absent_checked: false,
             open: false,
             epoch: 0,
             durability,
@@ -921,6 +924,11 @@ impl MyWriter {
     /// Drops the connection when it broke, so that `begin` reconnects.
     fn check<T>(&mut self, r: mysql_async::Result<T>) -> Result<T, DbError> {
         r.map_err(|e| {
+            if self.absent_checked
+                && matches!(&e, mysql_async::Error::Server(s) if s.code == ER_SUBQUERY_NO_1_ROW)
+            {
+                return DbError::Existed;
+            }
             let e = classify(e);
             if matches!(e, DbError::Unavailable(_)) {
                 self.conn = None;
@@ -935,6 +943,7 @@ impl MyWriter {
         self.queued.clear();
         self.queued_n = 0;
         self.check_at = None;
+        self.absent_checked = false;
         self.shared = Shared::default();
         self.bound.clear();
         std::mem::take(&mut self.open)
@@ -1075,14 +1084,24 @@ macro_rules! second_meta_row {
     };
 }
 
-/// [`Writer::check_assumed`]'s statement up to the names: a duplicate key
-/// unless the revision row is as assumed, none of the names exists and the
-/// leases are as assumed. It runs after LOCK_META, so every other writer
-/// has committed or not started.
+/// [`Writer::check_assumed`]'s statement up to its terms: a duplicate key
+/// unless the revision row and the leases are as assumed (the keys taken
+/// as absent are CHECK_ABSENT's). It runs after LOCK_META, so every other
+/// writer has committed or not started.
 const CHECK_ASSUMED: &str = concat!(
     second_meta_row!(),
     "etcdsql_meta m WHERE m.id = 1 AND NOT ("
 );
+
+/// After CHECK_ASSUMED, where a batch took keys as absent: the head of a
+/// scalar subquery that has a second row, failing with
+/// ER_SUBQUERY_NO_1_ROW, if one of them exists. Its own error, so that
+/// "a key exists" is told apart from "stale" ([`DbError::Existed`]) in a
+/// multi-statement text and in a compound statement alike.
+const CHECK_ABSENT: &str = "SET @etcdsql_absent = (SELECT 1";
+
+/// "Subquery returns more than 1 row": only CHECK_ABSENT's in a write.
+const ER_SUBQUERY_NO_1_ROW: u16 = 1242;
 
 /// After the revision row's UPDATE: a duplicate key unless it changed the
 /// row, which it does only if the row is still the one the transaction
@@ -1146,6 +1165,10 @@ impl Writer for MyWriter {
         true
     }
 
+    fn tells_existed(&self) -> bool {
+        true
+    }
+
     async fn begin_assuming(&mut self) -> Result<(), DbError> {
         self.connect().await?;
         if self.compound {
@@ -1173,13 +1196,6 @@ impl Writer for MyWriter {
              AND m.epoch = {}",
             meta.revision, meta.compact_revision, self.epoch
         );
-        for chunk in chunks(absent, Vec::len) {
-            q.push_str(" AND NOT EXISTS (SELECT 1 FROM etcdsql_live");
-            q.push_str(DIALECT.by_names_hint);
-            q.push_str(" WHERE name IN (");
-            hex_list(q, chunk.iter().map(Vec::as_slice));
-            q.push_str("))");
-        }
         if !leases.ttls.is_empty() {
             q.push_str(" AND (SELECT COUNT(*) FROM etcdsql_lease WHERE (id, ttl) IN (");
             for (i, (id, ttl)) in leases.ttls.iter().enumerate() {
@@ -1196,6 +1212,19 @@ impl Writer for MyWriter {
         q.push_str(");");
         self.check_at = Some(self.queued_n);
         self.queued_n += 1;
+        if !absent.is_empty() {
+            q.push_str(CHECK_ABSENT);
+            for chunk in chunks(absent, Vec::len) {
+                q.push_str(" UNION ALL SELECT 1 FROM etcdsql_live");
+                q.push_str(DIALECT.by_names_hint);
+                q.push_str(" WHERE name IN (");
+                hex_list(q, chunk.iter().map(Vec::as_slice));
+                q.push(')');
+            }
+            q.push_str(");");
+            self.queued_n += 1;
+            self.absent_checked = true;
+        }
         Ok(())
     }
 

@@ -610,7 +610,7 @@ async fn writer_plans_index_scans(target: Target) {
         (
             "assumption check",
             check.as_str(),
-            "0, 0, 0, 0, ARRAY['\\x01'::bytea], ARRAY[1::int8], ARRAY['1 60'], 1, ARRAY[2::int8], 0",
+            "0, 0, 0, 0, ARRAY[1::int8], ARRAY['1 60'], 1, ARRAY[2::int8], 0, ARRAY['\\x01'::bytea]",
         ),
     ];
     let mut round = 0;
