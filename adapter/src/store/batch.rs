@@ -164,6 +164,16 @@ impl Write for TxnRequest {
             keys.insert(c.key.clone());
         }
     }
+    /// Without compares, the success branch's plain puts are as plain puts.
+    fn guessable(&self, keys: &mut HashSet<Vec<u8>>) {
+        if self.compare.is_empty() {
+            for r in &self.success {
+                if let Some(Request::RequestPut(p)) = &r.request {
+                    p.guessable(keys);
+                }
+            }
+        }
+    }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<TxnResponse, Error> {
         ops::txn(b, self, true).await
     }

@@ -170,6 +170,19 @@ async fn assumed_batches(target: Target) {
         assumed + 3,
         "n guessed absent"
     );
+    // So is a put in a Txn without compares.
+    let r = a
+        .txn(Txn::new().and_then([TxnOp::put("t", "v", None)]))
+        .await
+        .unwrap();
+    assert!(r.succeeded());
+    let got = b.get("t", None).await.unwrap();
+    assert_eq!(got.kvs()[0].version(), 1);
+    assert_eq!(
+        batches(pm, "assumed").await,
+        assumed + 4,
+        "t guessed absent"
+    );
     // Up to date, but a key it took as absent exists: no create, and the
     // batch is not stale ("existed").
     let failed = |pm| async move { batches(pm, "stale").await + batches(pm, "existed").await };
