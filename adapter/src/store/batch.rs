@@ -625,8 +625,8 @@ impl Known {
     }
 
     /// What a request lacks for a batch assuming: the keys it names that
-    /// are not known and not expected absent (a read ahead can fetch
-    /// them), and whether it needs a read regardless (lease rows, or
+    /// are not known and not in `absent` (expected or guessed absent; a
+    /// read ahead can fetch the rest), and whether it needs a read regardless (lease rows, or
     /// leases not seen to exist). Nothing while the next batches cannot
     /// assume anyway (nothing known, or paused).
     pub fn unknown(

@@ -89,6 +89,16 @@ async fn create(c: &mut Client, key: &str, value: &str) -> bool {
     c.txn(t).await.unwrap().succeeded()
 }
 
+/// A plain put: the revision it took.
+async fn put(c: &mut Client, key: &str, value: &str) -> i64 {
+    c.put(key, value, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
 /// Puts `value` at `key` if its mod revision is `rev`: the revision it
 /// took, or `None` where the compare failed.
 async fn cas(c: &mut Client, key: &str, rev: i64, value: &str) -> Option<i64> {
@@ -115,22 +125,10 @@ async fn assumed_batches(target: Target) {
     let (mut a, mut b) = (p.client().await.unwrap(), q.client().await.unwrap());
     // Keys the first process never sees until it writes them.
     b.put("y", "q", None).await.unwrap();
-    let z = b
-        .put("z", "q", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let z = put(&mut b, "z", "q").await;
 
     // One writer: compare-and-swaps and creates in sequence.
-    let mut rev = a
-        .put("k", "0", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let mut rev = put(&mut a, "k", "0").await;
     for i in 1..=20 {
         rev = cas(&mut a, "k", rev, &i.to_string())
             .await
@@ -155,13 +153,7 @@ async fn assumed_batches(target: Target) {
     assert_eq!(got.kvs()[0].mod_revision(), rev);
     assert_eq!(batches(pm, "assumed").await, assumed + 2, "both assumed");
     // A plain put of a new key: guessed absent (one batch, assumed).
-    let r = a
-        .put("n", "r", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r = put(&mut a, "n", "r").await;
     let got = b.get("n", None).await.unwrap();
     assert_eq!(got.kvs()[0].version(), 1);
     assert_eq!(got.kvs()[0].create_revision(), r);
@@ -197,13 +189,7 @@ async fn assumed_batches(target: Target) {
     assert_eq!(got.kvs()[0].value(), b"q");
     // A plain put of a key it does not know, which exists: a new version
     // of it, as etcd answers, whether or not the batch guessed it absent.
-    let r = a
-        .put("z", "r", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r = put(&mut a, "z", "r").await;
     let got = b.get("z", None).await.unwrap();
     let kv = &got.kvs()[0];
     assert_eq!((kv.value(), kv.version()), (&b"r"[..], 2));
