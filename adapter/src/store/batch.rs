@@ -13,7 +13,9 @@
 //! what it read ahead while that commit ran ([`Known`]), and read nothing
 //! first ([`Batch::begin_assuming`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -498,10 +500,9 @@ impl Known {
 
     /// The two bits of `key` in [`Self::seen`].
     fn seen_bits(key: &[u8]) -> [u64; 2] {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        let h = h.finish();
+        use std::hash::BuildHasher;
+        // Fixed seed: a key's bits stay where they were set.
+        let h = foldhash::quality::FixedState::with_seed(0x6574_6364_7371_6c31).hash_one(key);
         [h % Self::SEEN_BITS, (h >> 32) % Self::SEEN_BITS]
     }
 
@@ -1225,6 +1226,10 @@ impl View for Batch<'_> {
 mod tests {
     use super::*;
 
+    fn set<T: std::hash::Hash + Eq, const N: usize>(items: [T; N]) -> HashSet<T> {
+        items.into_iter().collect()
+    }
+
     fn committed(start: i64, end: i64, leases: &[(i64, Option<i64>)]) -> Committed {
         Committed {
             start,
@@ -1334,7 +1339,7 @@ mod tests {
         let mut c = committed(1, 2, &[]);
         c.label_rows = vec![(2, b"a".to_vec(), vec![5, 9])];
         k.absorb(&mut c);
-        let keys: HashSet<Vec<u8>> = [b"a".to_vec(), b"b".to_vec()].into();
+        let keys = set([b"a".to_vec(), b"b".to_vec()]);
         let held = k.held_rows(&keys, 0);
         assert_eq!(held.len(), 1);
         assert_eq!(held[b"a".as_slice()], (2, vec![5, 9]));
@@ -1355,36 +1360,36 @@ mod tests {
     #[test]
     fn leases_seen_to_exist() {
         let mut k = Known::default();
-        let (none, absent) = (HashSet::new(), HashSet::new());
+        let (none, absent) = (HashSet::default(), HashSet::default());
         k.absorb(&mut committed(
             1,
             2,
             &[(7, Some(60)), (8, Some(5)), (9, None)],
         ));
-        assert!(k.knows_leases(&[7, 8].into()));
-        assert!(!k.knows_leases(&[7, 9].into()));
+        assert!(k.knows_leases(&set([7, 8])));
+        assert!(!k.knows_leases(&set([7, 9])));
         assert_eq!(
-            k.unknown(none.clone(), &absent, &[7].into(), false),
+            k.unknown(none.clone(), &absent, &set([7]), false),
             (vec![], false)
         );
         assert_eq!(
-            k.unknown(none.clone(), &absent, &[9].into(), false),
+            k.unknown(none.clone(), &absent, &set([9]), false),
             (vec![], true)
         );
         assert_eq!(
-            k.unknown(none.clone(), &absent, &[7].into(), true),
+            k.unknown(none.clone(), &absent, &set([7]), true),
             (vec![], true)
         );
         // Revoked by its own batch; another renewed with a new TTL.
         k.absorb(&mut committed(2, 3, &[(8, None), (7, Some(30))]));
-        assert!(!k.knows_leases(&[8].into()));
-        let (_, _, leases) = k.assume(none.clone(), &[7].into()).unwrap();
+        assert!(!k.knows_leases(&set([8])));
+        let (_, _, leases) = k.assume(none.clone(), &set([7])).unwrap();
         assert_eq!(leases, [(7, 30)]);
         // Another writer came between: nothing seen before holds.
         k.absorb(&mut committed(5, 6, &[]));
-        assert!(!k.knows_leases(&[7].into()));
+        assert!(!k.knows_leases(&set([7])));
         k.absorb(&mut committed(6, 6, &[(7, Some(30))]));
         k.forget();
-        assert!(!k.knows_leases(&[7].into()));
+        assert!(!k.knows_leases(&set([7])));
     }
 }

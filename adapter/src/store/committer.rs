@@ -4,7 +4,7 @@
 //! commit. While a batch commits, the next one gathers, so the batch size
 //! grows with the load (batch size × commit rate is the write throughput).
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
