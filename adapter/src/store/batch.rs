@@ -14,11 +14,10 @@
 //! first ([`Batch::begin_assuming`]).
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use prost::Message;
 
 use super::ops::{self, View};
@@ -627,9 +626,9 @@ impl Known {
 
     /// What a request lacks for a batch assuming: the keys it names that
     /// are not known and not in `absent` (expected or guessed absent; a
-    /// read ahead can fetch the rest), and whether it needs a read regardless (lease rows, or
-    /// leases not seen to exist). Nothing while the next batches cannot
-    /// assume anyway (nothing known, or paused).
+    /// read ahead can fetch the rest), and whether it needs a read
+    /// regardless (lease rows, or leases not seen to exist). Nothing while
+    /// the next batches cannot assume anyway (nothing known, or paused).
     pub fn unknown(
         &self,
         names: HashSet<Vec<u8>>,
