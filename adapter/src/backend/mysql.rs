@@ -1467,19 +1467,24 @@ impl Writer for MyWriter {
         // MySQL counts changed rows, and the UPDATE changes the row only if
         // it is still the one the transaction locked; where it should have
         // changed, the guard stops the COMMIT unless it did.
+        // A batch that leaves the row as it found it (lease grants and
+        // renewals) has nothing to write there.
+        let changes = meta != before;
         let mut text = std::mem::take(&mut self.queued);
         let mut n = std::mem::take(&mut self.queued_n);
-        let _ = write!(
-            text,
-            "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} \
-             WHERE id = 1 AND revision = {} AND compact_revision = {};",
-            meta.revision, meta.compact_revision, before.revision, before.compact_revision
-        );
-        n += 1;
+        if changes {
+            let _ = write!(
+                text,
+                "UPDATE etcdsql_meta SET revision = {}, compact_revision = {} \
+                 WHERE id = 1 AND revision = {} AND compact_revision = {};",
+                meta.revision, meta.compact_revision, before.revision, before.compact_revision
+            );
+            n += 1;
+        }
         let mut sentinels = self.take_check();
         let compound = self.compound
             && text.len() + 2 * self.bound_bytes() + GUARD_SIGNAL.len() <= COMPOUND_BYTES;
-        if meta != before {
+        if changes {
             if compound {
                 text.push_str(GUARD_SIGNAL);
             } else {
@@ -1493,7 +1498,6 @@ impl Writer for MyWriter {
         // Where the revision row changes, the COMMIT's flush covers every
         // revision up to `meta`'s; otherwise it may flush nothing, and what
         // the batch read must be made durable.
-        let changes = meta != before;
         self.set_bound().await?;
         let d = self.durability.clone();
         if changes {

@@ -559,6 +559,7 @@ impl Backend for Postgres {
             epoch: 0,
             queue: Vec::new(),
             assumed: false,
+            found: None,
             open: false,
             begin_pending: false,
             custom_plans: false,
@@ -731,6 +732,9 @@ struct PgWriter {
     queue: Vec<Queued>,
     /// CHECK_ASSUMED is queued or sent in this transaction.
     assumed: bool,
+    /// The revision row as this transaction found it under its lock (read,
+    /// or assumed and checked).
+    found: Option<Meta>,
     /// Something of this transaction has been sent (a ROLLBACK has work).
     open: bool,
     /// BEGIN goes out first with the next round trip.
@@ -816,6 +820,7 @@ impl PgWriter {
     fn reset(&mut self) -> bool {
         self.queue.clear();
         self.assumed = false;
+        self.found = None;
         self.begin_pending = false;
         self.generic = false;
         self.no_seqscan = false;
@@ -1041,6 +1046,7 @@ impl Writer for PgWriter {
         leases: &AssumedLeases,
     ) -> Result<(), DbError> {
         self.assumed = true;
+        self.found = Some(meta);
         let version = self.partitions.get().version;
         // After LOCK_META_INDEXED it runs on the lock's generic plans: it
         // finds rows by ids and names, as the writes after it do, and
@@ -1094,6 +1100,7 @@ impl Writer for PgWriter {
             next()?
         };
         self.epoch = locked.epoch;
+        self.found = Some(locked.meta);
         if locked.stale {
             let reg = self.query(super::REGISTRY_SQL, &[]).await?;
             self.partitions.set(super::decode_registry(&reg)?);
@@ -1221,12 +1228,16 @@ impl Writer for PgWriter {
         // listeners when (and only if) the transaction commits. COMMIT is a
         // query of its own: Pgpool-II sends a multi-statement query to the
         // primary alone, and the standby that had the BEGIN would be left
-        // in a transaction.
-        self.push(
-            COMMIT_META,
-            vec![Box::new(meta.revision), Box::new(meta.compact_revision)],
-        )
-        .await?;
+        // in a transaction. A batch that leaves the row as it found it
+        // (lease grants and renewals) neither rewrites it nor notifies:
+        // there is no revision to hear of.
+        if self.found != Some(meta) {
+            self.push(
+                COMMIT_META,
+                vec![Box::new(meta.revision), Box::new(meta.compact_revision)],
+            )
+            .await?;
+        }
         self.send(Tail::Texts(&["COMMIT"])).await.map(drop)
     }
 

@@ -275,6 +275,7 @@ impl Backend for SqliteBackend {
             path: self.readers.path.clone(),
             conn: None,
             revisions: 0,
+            found: None,
         }))
     }
 
@@ -335,6 +336,8 @@ struct SqliteWriter {
     /// History rows written in this transaction ([`Writer::begin`]
     /// starts every one, and resets it).
     revisions: usize,
+    /// The revision row as this transaction's BEGIN found it.
+    found: Option<Meta>,
 }
 
 /// A transaction of at most this many history rows commits on the
@@ -598,16 +601,23 @@ impl Writer for SqliteWriter {
         // process sharing the file makes it wait, and that wait runs on a
         // blocking thread.
         self.revisions = 0;
-        if let Some(c) = &self.conn
-            && let Some(meta) = begin_unless_busy(c)?
-        {
-            return Ok(meta);
-        }
-        self.blocking(|c| {
-            exec_on(c, "BEGIN IMMEDIATE", &[])?;
-            read_meta(c)
-        })
-        .await
+        self.found = None;
+        let meta = match &self.conn {
+            Some(c) => begin_unless_busy(c)?,
+            None => None,
+        };
+        let meta = match meta {
+            Some(meta) => meta,
+            None => {
+                self.blocking(|c| {
+                    exec_on(c, "BEGIN IMMEDIATE", &[])?;
+                    read_meta(c)
+                })
+                .await?
+            }
+        };
+        self.found = Some(meta);
+        Ok(meta)
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -738,10 +748,14 @@ impl Writer for SqliteWriter {
     }
 
     async fn commit(&mut self, meta: Meta) -> Result<(), DbError> {
-        self.exec(
-            "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",
-            &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
-        )?;
+        // A batch that leaves the row as it found it (lease grants and
+        // renewals) does not rewrite its page.
+        if self.found != Some(meta) {
+            self.exec(
+                "UPDATE etcdsql_meta SET revision = ?, compact_revision = ? WHERE id = 1",
+                &[Param::Int(meta.revision), Param::Int(meta.compact_revision)],
+            )?;
+        }
         if self.revisions <= INLINE_COMMIT_REVISIONS
             && tokio::runtime::Handle::current().metrics().num_workers() > 1
         {

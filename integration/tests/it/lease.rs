@@ -111,10 +111,94 @@ async fn expiry_across_processes(target: Target) {
     assert_eq!(listed, vec![kept]);
 }
 
+/// Lease grants, renewals and the revoke of a lease without keys take no
+/// revision, as in etcd; on PostgreSQL their batches neither rewrite the
+/// revision row nor notify the processes listening for commits. A put
+/// afterwards does both.
+async fn renewals_leave_the_revision_row(target: Target) {
+    use futures::StreamExt;
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let mut c = p.client().await.unwrap();
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let start = c
+        .put("/r/held", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    let (pg, mut conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    pg.batch_execute("LISTEN etcdsql_commit").await.unwrap();
+    let row_version = || async {
+        pg.query_one("SELECT xmin::text FROM etcdsql_meta WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = row_version().await;
+
+    let mut renewals = Renewals::start(&mut c, lease).await;
+    for _ in 0..20 {
+        assert_eq!(renewals.ttl().await, 60);
+    }
+    let other = c.lease_grant(30, None).await.unwrap().id();
+    c.lease_revoke(other).await.unwrap();
+    let now = c
+        .get("/r/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(
+        now, start,
+        "grants, renewals and an empty revoke take no revision"
+    );
+    assert_eq!(
+        row_version().await,
+        before,
+        "the revision row was rewritten"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        heard.try_recv().ok(),
+        None,
+        "a batch without a revision notified"
+    );
+
+    c.put("/r/next", "v", None).await.unwrap();
+    let payload = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("a put's commit notifies")
+        .unwrap();
+    assert_eq!(payload, (start + 1).to_string());
+    assert_ne!(row_version().await, before);
+}
+
 pub fn cases() -> Vec<Case> {
-    vec![case!(
-        "expiry_across_processes",
-        &Target::ETCDSQL,
-        expiry_across_processes
-    )]
+    vec![
+        case!(
+            "expiry_across_processes",
+            &Target::ETCDSQL,
+            expiry_across_processes
+        ),
+        case!(
+            "renewals_leave_the_revision_row",
+            &[Target::Postgres],
+            renewals_leave_the_revision_row
+        ),
+    ]
 }
