@@ -676,6 +676,9 @@ impl App {
         )
         .await
         .context("reading the auth store")?;
+        crate::store::promote_leases(backend.as_ref())
+            .await
+            .context("giving leases their TTL again")?;
         let store = Store::new(
             &tasks,
             backend.clone(),

@@ -282,6 +282,17 @@ pub trait Backend: Send + Sync {
         first_ints(&self.fetch(&s).await?)
     }
 
+    /// Gives every lease its TTL again from `from_ms`, where that is later
+    /// than its expiry (etcd's `lessor.Promote`); returns leases changed.
+    async fn promote_leases(&self, from_ms: i64) -> Result<u64, DbError> {
+        let s = self.statement(
+            "UPDATE etcdsql_lease SET expires_at_ms = ? + ttl * 1000 \
+             WHERE expires_at_ms < ? + ttl * 1000",
+            &[sql::Param::Int(from_ms), sql::Param::Int(from_ms)],
+        );
+        self.execute(&s).await
+    }
+
     /// Keys attached to a lease, latest state.
     async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, DbError> {
         let s = self.statement(

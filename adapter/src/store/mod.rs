@@ -150,6 +150,32 @@ fn hash_entry(r: HistoryRow) -> (Vec<u8>, Vec<u8>) {
 /// How often each process looks for expired leases.
 const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// What a promoted lease gets beyond its TTL: etcd's default election
+/// timeout, which its new leader adds.
+const LEASE_PROMOTE_EXTEND_MS: i64 = 1000;
+
+/// Gives every lease its full TTL again, as etcd's new leader does before
+/// it expires any (`lessor.Promote`): no holder could renew while no
+/// process was up, or while the database could not be reached. Returns the
+/// leases changed. A conflict (a renewal or revocation of another process
+/// holding a row) is retried.
+pub async fn promote_leases(backend: &dyn Backend) -> Result<u64, DbError> {
+    let mut conflicts = 0;
+    let n = loop {
+        match backend
+            .promote_leases(now_ms() + LEASE_PROMOTE_EXTEND_MS)
+            .await
+        {
+            Err(DbError::Retry(_)) if conflicts < 10 => conflicts += 1,
+            r => break r?,
+        }
+    };
+    if n > 0 {
+        tracing::info!(leases = n, "leases given their TTL again");
+    }
+    Ok(n)
+}
+
 /// What a store works with besides its backend and hub.
 pub struct Parts {
     pub compaction: Compaction,
@@ -672,15 +698,27 @@ impl Store {
 
 /// Revokes expired leases. Every process runs this; the revocation checks
 /// the expiry again under the revision lock, so each lease expires once.
+/// After a look that failed (the database could not be reached), leases
+/// are promoted ([`promote_leases`]) before any is expired. The server
+/// promotes them once before it serves.
 async fn expire_leases(store: std::sync::Weak<Store>) {
+    let mut promote = false;
     loop {
         tokio::time::sleep(LEASE_EXPIRY_INTERVAL).await;
         let Some(store) = store.upgrade() else { return };
+        if promote {
+            if let Err(e) = promote_leases(store.backend.as_ref()).await {
+                tracing::debug!(error = %e, "cannot promote leases");
+                continue;
+            }
+            promote = false;
+        }
         let now = now_ms();
         let expired = match store.backend.expired_leases(now, 256).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look for expired leases");
+                promote = true;
                 continue;
             }
         };

@@ -188,12 +188,60 @@ async fn renewals_leave_the_revision_row(target: Target) {
     assert_ne!(row_version().await, before);
 }
 
+/// As etcd's new leader does, a starting process gives every lease its full
+/// TTL again before it expires any: a lease that ran out while no process
+/// was up is renewable at once, and its keys stay until the TTL passes
+/// again without a renewal.
+async fn leases_promoted_at_start(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let mut c = p.client().await.unwrap();
+    let lease = c.lease_grant(2, None).await.unwrap().id();
+    c.put("/p/held", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    drop(c);
+    drop(p);
+    // Past the lease's expiry with no process up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
+    let mut c = p.client().await.unwrap();
+    let mut renewals = Renewals::start(&mut c, lease).await;
+    assert_eq!(
+        renewals.ttl().await,
+        2,
+        "the lease is renewable after the start"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(renewals.ttl().await, 2, "the lease is still renewable");
+    let got = c.get("/p/held", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1, "the lease's key outlived the stop");
+    drop(renewals);
+
+    // Without renewals it expires as any lease does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !c.get("/p/held", None).await.unwrap().kvs().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease did not expire after its renewals stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!(
             "expiry_across_processes",
             &Target::ETCDSQL,
             expiry_across_processes
+        ),
+        case!(
+            "leases_promoted_at_start",
+            &Target::ETCDSQL,
+            leases_promoted_at_start
         ),
         case!(
             "renewals_leave_the_revision_row",
