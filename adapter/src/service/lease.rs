@@ -29,10 +29,10 @@ pub struct LeaseService {
     pub id: Identity,
 }
 
-/// Seconds left, rounded up as etcd does; never below zero.
-fn remaining(expires_at_ms: i64) -> i64 {
-    let left = expires_at_ms.saturating_sub(now_ms());
-    if left <= 0 { 0 } else { (left + 999) / 1000 }
+/// Whole seconds left, as etcd truncates them (a lease just granted 60 s
+/// has 59 left); never below zero.
+fn remaining(expires_at_ms: i64, now_ms: i64) -> i64 {
+    expires_at_ms.saturating_sub(now_ms).max(0) / 1000
 }
 
 type KeepAliveStream =
@@ -158,7 +158,7 @@ impl Lease for LeaseService {
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: self.id.header(meta.revision),
             id: r.id,
-            ttl: remaining(row.expires_at_ms),
+            ttl: remaining(row.expires_at_ms, now_ms()),
             granted_ttl: row.ttl,
             keys,
         }))
@@ -197,4 +197,19 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remaining;
+
+    #[test]
+    fn remaining_seconds_are_truncated() {
+        let now = 1_000_000;
+        assert_eq!(remaining(now + 60_000, now), 60);
+        assert_eq!(remaining(now + 59_990, now), 59);
+        assert_eq!(remaining(now + 999, now), 0);
+        assert_eq!(remaining(now - 5, now), 0);
+        assert_eq!(remaining(i64::MIN, now), 0);
+    }
 }

@@ -215,6 +215,14 @@ async fn watch_and_leases(target: Target) {
     assert!(etcdctl(e, &["put", "lk", "v", &format!("--lease={id}")], "").contains("OK"));
     let ttl = etcdctl(e, &["lease", "timetolive", &id, "--keys"], "");
     assert!(ttl.contains("attached keys([lk])"), "{ttl}");
+    // Whole seconds left, truncated as etcd does: 59 just after the grant.
+    let left: i64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|r| r.split("s)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("remaining TTL in {ttl:?}"));
+    assert!((50..60).contains(&left), "{ttl}");
     let list = etcdctl(e, &["lease", "list"], "");
     assert!(
         list.contains("found 1 leases") && list.contains(&id),
