@@ -265,9 +265,10 @@ pub trait Backend: Send + Sync {
         self.fetch(&s).await?.first().map(decode_lease).transpose()
     }
 
+    /// Every lease, soonest expiry first, as etcd lists them.
     async fn leases(&self) -> Result<Vec<LeaseRow>, DbError> {
         let s = self.statement(
-            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY id",
+            "SELECT id, ttl, expires_at_ms FROM etcdsql_lease ORDER BY expires_at_ms, id",
             &[],
         );
         self.fetch(&s).await?.iter().map(decode_lease).collect()

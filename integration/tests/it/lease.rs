@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, PutOptions, WatchOptions};
-use etcdsql_integration::{Process, Target, TestDb};
+use etcd_client::{EventType, LeaseGrantOptions, PutOptions, WatchOptions};
+use etcdsql_integration::{Process, Started, Target, TestDb};
 
 use crate::{Case, Renewals, bin, case};
 
@@ -231,12 +231,37 @@ async fn leases_promoted_at_start(target: Target) {
     assert_eq!(c.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
 }
 
+/// LeaseLeases lists the leases soonest expiry first, as etcd does.
+async fn leases_listed_by_expiry(target: Target) {
+    let s = Started::new(target, bin()).await.expect("start");
+    let mut c = s.server.client().await.unwrap();
+    for (id, ttl) in [(10, 100), (5, 50), (7, 200)] {
+        c.lease_grant(ttl, Some(LeaseGrantOptions::new().with_id(id)))
+            .await
+            .unwrap();
+    }
+    let listed: Vec<i64> = c
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert_eq!(listed, [5, 10, 7], "on {}", target.name());
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!(
             "expiry_across_processes",
             &Target::ETCDSQL,
             expiry_across_processes
+        ),
+        case!(
+            "leases_listed_by_expiry",
+            &Target::ALL,
+            leases_listed_by_expiry
         ),
         case!(
             "leases_promoted_at_start",
