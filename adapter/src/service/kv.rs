@@ -69,7 +69,6 @@ impl Kv for KvService {
         self.store
             .auth()
             .check(ai.as_ref(), &r.key, &r.range_end, false)?;
-        self.store.alarms().check_corrupt()?;
         let mut resp = self.store.range(&r).await?;
         self.id.fill(&mut resp.header);
         Ok(Response::new(resp))

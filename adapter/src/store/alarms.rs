@@ -182,7 +182,9 @@ impl Alarms {
             .any(|(a, _)| *a == alarm as i32)
     }
 
-    /// Before a KV request or a lease revoke: fails while CORRUPT is raised.
+    /// Before a write (Put, DeleteRange, a Txn that writes, Compact, a
+    /// lease grant or revoke): fails while CORRUPT is raised. Reads go on,
+    /// as in etcd.
     pub fn check_corrupt(&self) -> Result<(), Error> {
         if self.raised(AlarmType::Corrupt) {
             return Err(Error::Corrupt);
@@ -194,6 +196,11 @@ impl Alarms {
     /// (etcd's estimate: [`put_cost`], [`txn_cost`], [`LEASE_COST`]).
     pub async fn check_space(&self, cost: usize) -> Result<(), Error> {
         self.check_corrupt()?;
+        self.check_quota(cost).await
+    }
+
+    /// [`Self::check_space`] without the CORRUPT check (a read-only Txn).
+    pub async fn check_quota(&self, cost: usize) -> Result<(), Error> {
         if self.quota > 0 {
             let cost = i64::try_from(cost).unwrap_or(i64::MAX);
             if self.size.load(Ordering::Relaxed).saturating_add(cost) >= self.quota {

@@ -455,9 +455,14 @@ impl Store {
     /// Read-only Txns are answered at one fixed revision without the
     /// committer; the others go through it.
     pub async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Error> {
-        // etcd checks the quota of every Txn, read-only ones included.
-        self.alarms.check_space(alarms::txn_cost(&t)).await?;
-        if check::txn_is_read_only(&t) {
+        // etcd checks the quota of every Txn, read-only ones included, and
+        // refuses only those that write while CORRUPT is raised.
+        let read_only = check::txn_is_read_only(&t);
+        if !read_only {
+            self.alarms.check_corrupt()?;
+        }
+        self.alarms.check_quota(alarms::txn_cost(&t)).await?;
+        if read_only {
             let meta = self.backend.meta().await?;
             let mut view = ReadView {
                 backend: self.backend.as_ref(),

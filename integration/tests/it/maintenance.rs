@@ -5,13 +5,16 @@
 use std::time::{Duration, Instant};
 
 use etcdsql::proto::etcdserverpb::alarm_request::AlarmAction;
+use etcdsql::proto::etcdserverpb::cluster_client::ClusterClient;
 use etcdsql::proto::etcdserverpb::kv_client::KvClient;
 use etcdsql::proto::etcdserverpb::lease_client::LeaseClient;
 use etcdsql::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcdsql::proto::etcdserverpb::request_op::Request as Op;
 use etcdsql::proto::etcdserverpb::{
     AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest, HashRequest, LeaseGrantRequest,
-    MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
+    TxnRequest,
 };
 use etcdsql_integration::{Process, Started, Target, TestDb};
 use tonic::transport::Channel;
@@ -38,6 +41,7 @@ struct Clients {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
     m: MaintenanceClient<Channel>,
+    cluster: ClusterClient<Channel>,
 }
 
 async fn clients(p: &Process) -> Clients {
@@ -50,6 +54,7 @@ async fn clients(p: &Process) -> Clients {
     Clients {
         kv: KvClient::new(ch.clone()),
         lease: LeaseClient::new(ch.clone()),
+        cluster: ClusterClient::new(ch.clone()),
         m: MaintenanceClient::new(ch),
     }
 }
@@ -225,6 +230,107 @@ async fn script(c: &mut Clients) -> Vec<String> {
     );
     step!("put after", c.kv.put(put("a/4", "v")), |_| String::new());
     step!("status after", c.m.status(StatusRequest {}), errors);
+    // CORRUPT refuses writes; reads go on.
+    step!(
+        "activate CORRUPT",
+        c.m.alarm(alarm(AlarmAction::Activate, me, AlarmType::Corrupt)),
+        listed
+    );
+    step!(
+        "corrupt: range",
+        c.kv.range(RangeRequest {
+            key: "a/".into(),
+            range_end: "a0".into(),
+            ..Default::default()
+        }),
+        |r| r.count.to_string()
+    );
+    step!(
+        "corrupt: serializable range",
+        c.kv.range(RangeRequest {
+            key: "a/".into(),
+            range_end: "a0".into(),
+            serializable: true,
+            ..Default::default()
+        }),
+        |r| r.count.to_string()
+    );
+    step!(
+        "corrupt: txn read",
+        c.kv.txn(txn(vec![Op::RequestRange(RangeRequest {
+            key: "a/2".into(),
+            ..Default::default()
+        })])),
+        |t| t.succeeded.to_string()
+    );
+    step!(
+        "corrupt: txn put",
+        c.kv.txn(txn(vec![Op::RequestPut(put("a/7", "v"))])),
+        |t| t.succeeded.to_string()
+    );
+    step!("corrupt: put", c.kv.put(put("a/7", "v")), |_| String::new());
+    step!(
+        "corrupt: delete",
+        c.kv.delete_range(DeleteRangeRequest {
+            key: "a/4".into(),
+            ..Default::default()
+        }),
+        |d| d.deleted.to_string()
+    );
+    step!(
+        "corrupt: lease grant",
+        c.lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }),
+        |_| String::new()
+    );
+    step!(
+        "deactivate CORRUPT",
+        c.m.alarm(alarm(AlarmAction::Deactivate, me, AlarmType::Corrupt)),
+        listed
+    );
+    // Membership requests etcd refuses before it would change anything.
+    step!(
+        "member list",
+        c.cluster.member_list(MemberListRequest::default()),
+        |r| format!(
+            "{} member(s), header revision {}",
+            r.members.len(),
+            r.header.map_or(-1, |h| h.revision)
+        )
+    );
+    step!(
+        "member remove unknown",
+        c.cluster.member_remove(MemberRemoveRequest { id: me ^ 1 }),
+        |_| String::new()
+    );
+    step!(
+        "member update unknown",
+        c.cluster.member_update(MemberUpdateRequest {
+            id: me ^ 1,
+            peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+        }),
+        |_| String::new()
+    );
+    step!(
+        "member promote self",
+        c.cluster.member_promote(MemberPromoteRequest { id: me }),
+        |_| String::new()
+    );
+    step!(
+        "member add without a port",
+        c.cluster.member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1".into()],
+            is_learner: false,
+        }),
+        |_| String::new()
+    );
+    step!(
+        "member add with a path",
+        c.cluster.member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:1/p".into()],
+            is_learner: true,
+        }),
+        |_| String::new()
+    );
     step!(
         "move leader to self",
         c.m.move_leader(MoveLeaderRequest { target_id: me }),
@@ -291,6 +397,14 @@ async fn alarms_as_etcd(target: Target) {
         "move leader elsewhere: error FailedPrecondition etcdserver: bad leader transferee",
         "hash: stable true, changed by a put true",
         "activate NONE: puts ok ",
+        "member list: ok 1 member(s), header revision 0",
+        "member remove unknown: error NotFound etcdserver: member not found",
+        "member promote self: error FailedPrecondition etcdserver: can only promote a learner member",
+        "member add without a port: error InvalidArgument etcdserver: given member URLs are invalid",
+        "corrupt: range: ok 1",
+        "corrupt: txn read: ok true",
+        "corrupt: put: error DataLoss etcdserver: corrupt cluster",
+        "corrupt: delete: error DataLoss etcdserver: corrupt cluster",
     ] {
         assert!(
             want.iter().any(|l| l == line),
