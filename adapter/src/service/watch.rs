@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -34,6 +34,8 @@ const MAX_EVENTS: usize = 1000;
 const RESYNC_WINDOW: i64 = 1000;
 /// etcd's mvcc error for a reused watch id.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's mvcc error for a range without keys (key at or after range_end).
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 pub struct WatchService {
     pub hub: Arc<Hub>,
@@ -121,7 +123,9 @@ struct Watcher {
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
-    last_sent: Instant,
+    /// Nothing was sent to it since the last progress tick (etcd's
+    /// `progress` flag): the next tick notifies it.
+    quiet: bool,
     /// Events whose new or old object matches (WatchCreateRequest 9/10).
     selector: Option<Selector>,
 }
@@ -202,7 +206,7 @@ impl WatchStream {
                     }
                 }
                 _ = ticker.tick() => {
-                    if self.progress_notify(progress_interval).await.is_err() {
+                    if self.progress_notify().await.is_err() {
                         return;
                     }
                 }
@@ -295,6 +299,16 @@ impl WatchStream {
             r.cancel_reason = reason;
             return self.send(r).await;
         }
+        // An empty key is "\0" and a range_end of "\0" means every key
+        // from it on, as in etcd.
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end.as_slice() {
+            let mut r = self.response(-1, meta.revision);
+            r.created = true;
+            r.canceled = true;
+            r.cancel_reason = EMPTY_RANGE.to_string();
+            return self.send(r).await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let mut r = self.response(-1, meta.revision);
@@ -348,7 +362,7 @@ impl WatchStream {
             no_put: filters.contains(&FilterType::Noput),
             no_delete: filters.contains(&FilterType::Nodelete),
             progress_notify: c.progress_notify,
-            last_sent: Instant::now(),
+            quiet: true,
             selector,
         };
         let mut r = self.response(id, meta.revision);
@@ -409,7 +423,7 @@ impl WatchStream {
                 w.next = covered + 1;
                 if !events.is_empty() {
                     metrics::WATCH_EVENTS.inc_by(events.len() as u64);
-                    w.last_sent = Instant::now();
+                    w.quiet = false;
                     let mut r = self.response(id, covered);
                     r.events = events;
                     self.send(r).await?;
@@ -456,23 +470,21 @@ impl WatchStream {
         }
     }
 
-    /// Empty responses to synced watches that asked for progress and were
-    /// sent nothing during the interval.
-    async fn progress_notify(&mut self, interval: Duration) -> Result<(), Gone> {
+    /// At each progress tick: empty responses to synced watches that asked
+    /// for progress and were sent nothing since the tick before, as etcd.
+    async fn progress_notify(&mut self) -> Result<(), Gone> {
         let latest = self.hub.revision();
         let due: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| {
-                w.progress_notify && w.next > latest && w.last_sent.elapsed() >= interval
-            })
+            .filter(|(_, w)| w.progress_notify && w.next > latest && w.quiet)
             .map(|(id, _)| *id)
             .collect();
+        for w in self.watchers.values_mut() {
+            w.quiet = true;
+        }
         for id in due {
             self.send(self.response(id, latest)).await?;
-            if let Some(w) = self.watchers.get_mut(&id) {
-                w.last_sent = Instant::now();
-            }
         }
         Ok(())
     }

@@ -117,6 +117,10 @@ async fn script(c: &mut Client) -> Vec<String> {
         .await
         .expect("duplicate");
     settle(&mut ws, &mut log).await;
+    ws.watch("w/z", Some(opts().with_range("w/a")))
+        .await
+        .expect("empty range");
+    settle(&mut ws, &mut log).await;
 
     c.put("w/a", "1", None).await.unwrap(); // 2
     c.put("w/b", "2", None).await.unwrap(); // 3
@@ -205,6 +209,10 @@ async fn check(target: Target) {
         has(
             "watch -1: created rev=1 canceled=true reason=\"mvcc: duplicate watch ID provided on the WatchStream\""
         ),
+        "{got:#?}"
+    );
+    assert!(
+        has("watch -1: created rev=1 canceled=true reason=\"mvcc: watcher range is empty\""),
         "{got:#?}"
     );
     assert!(has("watch 21: canceled rev=0 compact=5"), "{got:#?}");
@@ -331,9 +339,49 @@ async fn across_processes(target: Target) {
     assert_eq!(last.count(), 10);
 }
 
+/// An idle watch that asked for progress gets a notification at every
+/// tick of `--experimental-watch-progress-notify-interval`, as from etcd
+/// (each tick notifies the watches sent nothing since the tick before).
+async fn progress_every_tick(target: Target) {
+    let s = Started::with_args(
+        target,
+        bin(),
+        &["--experimental-watch-progress-notify-interval", "500ms"],
+    )
+    .await
+    .expect("start");
+    let mut c = s.server.client().await.unwrap();
+    c.put("p/k", "v", None).await.unwrap();
+    let mut ws = c
+        .watch(
+            "p/",
+            Some(WatchOptions::new().with_prefix().with_progress_notify()),
+        )
+        .await
+        .unwrap();
+    assert!(ws.message().await.unwrap().unwrap().created());
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2750);
+    let mut notified = 0;
+    while let Ok(m) = tokio::time::timeout_at(deadline, ws.message()).await {
+        let r = m.unwrap().unwrap();
+        assert!(r.events().is_empty(), "{r:?}");
+        notified += 1;
+    }
+    // Ticks at 0.5, 1.0, … 2.5 s after the stream opened, each notifying.
+    assert!(
+        (5..=6).contains(&notified),
+        "{notified} progress notifications in 2.75 s at a 500 ms interval"
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("script", &Target::ETCDSQL, check),
         case!("across_processes", &Target::ETCDSQL, across_processes),
+        case!(
+            "progress_every_tick",
+            &[Target::Sqlite, Target::Postgres],
+            progress_every_tick
+        ),
     ]
 }
