@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus::{
@@ -254,6 +255,11 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(READS.clone()))?;
     r.register(Box::new(FENCES.clone()))?;
     r.register(Box::new(GATHERED_READS.clone()))?;
+    // process_resident_memory_bytes and the rest, as etcd's Go client
+    // library exports them (`etcdctl check datascale` reads that one).
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     Ok(())
 }
 
@@ -278,8 +284,8 @@ fn render() -> Vec<u8> {
     out
 }
 
-/// Serves `GET /metrics` (and `/health`) until `stop` resolves.
-pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
+/// Serves `GET /metrics` (and `/health`, `/version`) until `stop` resolves.
+pub async fn serve(listener: TcpListener, health: Health, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
@@ -292,19 +298,22 @@ pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
                 }
             },
         };
+        let health = health.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                |req: http::Request<hyper::body::Incoming>| async move {
+            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                let health = health.clone();
+                async move {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (http::StatusCode::OK, render()),
-                        "/health" => (http::StatusCode::OK, b"{\"health\":\"true\"}".to_vec()),
+                        "/health" => health_answer(&health, req.uri().query()).await,
+                        "/version" => (http::StatusCode::OK, version_answer()),
                         _ => (http::StatusCode::NOT_FOUND, b"not found\n".to_vec()),
                     };
                     let mut resp = http::Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = status;
                     Ok::<_, Infallible>(resp)
-                },
-            );
+                }
+            });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, svc)
@@ -319,20 +328,58 @@ pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
 /// Times every gRPC call and runs it in a `rpc` tracing span. It also
 /// gives an oversized request etcd's status (the layer sees every
 /// response; see `error::oversized_as_grpc_go`).
-#[derive(Clone, Copy, Default)]
-pub struct RpcLayer;
+#[derive(Clone)]
+pub struct RpcLayer {
+    pub health: Health,
+}
 
 impl<S> tower::Layer<S> for RpcLayer {
     type Service = RpcService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService { inner }
+        RpcService {
+            inner,
+            health: self.health.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RpcService<S> {
     inner: S,
+    health: Health,
+}
+
+/// Answers /health: whether the server is healthy, given the alarm names
+/// the request excludes (`?exclude=NOSPACE`).
+pub type Health = Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// etcd's /health answer: `{"health":"true"}`, or `"false"` with 503.
+async fn health_answer(health: &Health, query: Option<&str>) -> (http::StatusCode, Vec<u8>) {
+    let excluded = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("exclude="))
+        .map(str::to_string)
+        .collect();
+    if health(excluded).await {
+        (http::StatusCode::OK, b"{\"health\":\"true\"}".to_vec())
+    } else {
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            b"{\"health\":\"false\"}".to_vec(),
+        )
+    }
+}
+
+/// etcd's /version, with the version Status reports.
+fn version_answer() -> Vec<u8> {
+    format!(
+        "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"{}\"}}",
+        crate::service::maintenance::ETCD_VERSION,
+        crate::service::maintenance::ETCD_CLUSTER_VERSION
+    )
+    .into_bytes()
 }
 
 /// The method label: etcd's own paths, anything else as "other" so that
@@ -390,22 +437,40 @@ fn grpc_labels(path: &str) -> Option<(&'static str, &str, &str)> {
     Some((kind, service, method))
 }
 
-/// `GET /metrics` and `/health` on the client URLs, as etcd serves them
-/// there (over HTTP/1 and HTTP/2).
-fn http_endpoint(path: &str) -> Option<http::Response<tonic::body::Body>> {
-    let body = match path {
-        "/metrics" => render(),
-        "/health" => b"{\"health\":\"true\"}".to_vec(),
-        _ => return None,
-    };
-    let mut resp = http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(body))));
-    if path == "/metrics" {
+/// `GET /metrics`, `/health` and `/version` on the client URLs, as etcd
+/// serves them there (over HTTP/1 and HTTP/2).
+fn http_endpoint(
+    uri: &http::Uri,
+    health: &Health,
+) -> Option<BoxFuture<'static, http::Response<tonic::body::Body>>> {
+    let path = uri.path();
+    if !matches!(path, "/metrics" | "/health" | "/version") {
+        return None;
+    }
+    let (path, query, health) = (
+        path.to_string(),
+        uri.query().map(str::to_string),
+        health.clone(),
+    );
+    Some(Box::pin(async move {
+        let (status, body) = match path.as_str() {
+            "/metrics" => (http::StatusCode::OK, render()),
+            "/health" => health_answer(&health, query.as_deref()).await,
+            _ => (http::StatusCode::OK, version_answer()),
+        };
+        let mut resp = http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let kind = if path == "/metrics" {
+            "text/plain; version=0.0.4"
+        } else {
+            "application/json"
+        };
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            http::HeaderValue::from_static(kind),
         );
-    }
-    Some(resp)
+        resp
+    }))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RpcService<S>
@@ -423,9 +488,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.method() == http::Method::GET
-            && let Some(resp) = http_endpoint(req.uri().path())
+            && let Some(resp) = http_endpoint(req.uri(), &self.health)
         {
-            return Box::pin(async move { Ok(resp) });
+            return Box::pin(async move { Ok(resp.await) });
         }
         let m = method(req.uri().path());
         // At debug level: a span per request at info cost several percent

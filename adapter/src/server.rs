@@ -781,12 +781,24 @@ impl App {
         let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        let health: metrics::Health = {
+            let store = Arc::downgrade(&self.store);
+            Arc::new(move |excluded| {
+                let store = store.clone();
+                Box::pin(async move {
+                    match store.upgrade() {
+                        Some(s) => s.healthy(&excluded).await,
+                        None => false,
+                    }
+                })
+            })
+        };
         for l in metrics_listeners {
             let addr = l.local_addr()?;
             tracing::info!(%addr, "serving /metrics");
             self.tasks.spawn(
                 "metrics listener",
-                metrics::serve(l, stopped(self.streams.subscribe())),
+                metrics::serve(l, health.clone(), stopped(self.streams.subscribe())),
             );
         }
         let mut serving = Vec::new();
@@ -796,7 +808,9 @@ impl App {
             let router = tonic::transport::Server::builder()
                 // GET /metrics and /health over HTTP/1 too, as etcd.
                 .accept_http1(true)
-                .layer(RpcLayer)
+                .layer(RpcLayer {
+                    health: health.clone(),
+                })
                 .add_service(
                     KvServer::from_arc(self.kv.clone()).max_decoding_message_size(max_message),
                 )

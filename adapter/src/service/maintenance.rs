@@ -23,6 +23,8 @@ use crate::store::Store;
 /// The etcd version etcdsql reports: kube-apiserver enables progress
 /// requests and consistent reads from its cache from 3.5.13 on.
 pub const ETCD_VERSION: &str = "3.5.17";
+/// The cluster version of /version, as that etcd reports it.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub store: Arc<Store>,

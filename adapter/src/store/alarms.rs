@@ -174,6 +174,17 @@ impl Alarms {
             .collect()
     }
 
+    /// Names of the raised alarms (`NOSPACE`, `CORRUPT`), as /health
+    /// matches them against its `exclude` parameters.
+    pub fn raised_names(&self) -> Vec<&'static str> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|&(a, _)| AlarmType::try_from(a).map_or("UNKNOWN", |t| t.as_str_name()))
+            .collect()
+    }
+
     fn raised(&self, alarm: AlarmType) -> bool {
         self.active
             .read()

@@ -699,6 +699,24 @@ impl Store {
     pub async fn meta(&self) -> Result<Meta, Error> {
         Ok(self.backend.meta().await?)
     }
+
+    /// etcd's /health: no raised alarm but those `excluded` (by name, as
+    /// `NOSPACE`), and the revision row read from the database within a
+    /// second (etcd's check is a quorum read).
+    pub async fn healthy(&self, excluded: &[String]) -> bool {
+        if self
+            .alarms
+            .raised_names()
+            .iter()
+            .any(|a| !excluded.iter().any(|e| e == a))
+        {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.backend.meta()).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// Revokes expired leases. Every process runs this; the revocation checks

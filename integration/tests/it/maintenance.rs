@@ -28,6 +28,11 @@ pub fn cases() -> Vec<Case> {
             &[Target::Sqlite, Target::Postgres, Target::Mariadb],
             alarms_as_etcd
         ),
+        case!(
+            "health_reports_alarms",
+            &[Target::Etcd, Target::Sqlite, Target::Postgres],
+            health_reports_alarms
+        ),
         case!("quota", &Target::ETCDSQL, quota),
         case!(
             "snapshot_restore",
@@ -371,6 +376,53 @@ async fn script(c: &mut Clients) -> Vec<String> {
         h2 != h3
     ));
     out
+}
+
+/// /health on the client URL answers as etcd's: unhealthy (503) while an
+/// alarm is raised, unless `exclude` names it; /version is JSON.
+async fn health_reports_alarms(target: Target) {
+    let s = Started::new(target, bin()).await.expect("start");
+    let port: u16 = s
+        .server
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let get = |path: &'static str| crate::deploy::http_get(port, path);
+    let status = |answer: &str| answer.split_whitespace().nth(1).map(str::to_string);
+    let mut c = clients(&s.server).await;
+    let me =
+        c.m.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id;
+    let healthy = get("/health").await;
+    assert_eq!(status(&healthy).as_deref(), Some("200"), "{healthy}");
+    assert!(healthy.contains(r#"{"health":"true"}"#), "{healthy}");
+    let alarm = |action: AlarmAction| AlarmRequest {
+        action: action as i32,
+        member_id: me,
+        alarm: AlarmType::Nospace as i32,
+    };
+    c.m.alarm(alarm(AlarmAction::Activate)).await.unwrap();
+    let raised = get("/health").await;
+    assert_eq!(status(&raised).as_deref(), Some("503"), "{raised}");
+    assert!(raised.contains(r#"{"health":"false"}"#), "{raised}");
+    let excluded = get("/health?exclude=NOSPACE").await;
+    assert_eq!(status(&excluded).as_deref(), Some("200"), "{excluded}");
+    c.m.alarm(alarm(AlarmAction::Deactivate)).await.unwrap();
+    let cleared = get("/health").await;
+    assert_eq!(status(&cleared).as_deref(), Some("200"), "{cleared}");
+    let version = get("/version").await;
+    assert!(
+        version.contains(r#"{"etcdserver":"3."#) && version.contains(r#""etcdcluster":"3."#),
+        "{version}"
+    );
 }
 
 /// Alarms, Hash and MoveLeader: the same answers as etcd 3.4's.
