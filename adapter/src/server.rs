@@ -702,7 +702,6 @@ impl App {
             stop: stop_rx,
         });
         let cluster = Arc::new(ClusterService {
-            store: store.clone(),
             id,
             name: config.name.clone(),
             client_urls: advertise,

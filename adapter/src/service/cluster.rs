@@ -11,10 +11,7 @@ use crate::proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::store::Store;
-
 pub struct ClusterService {
-    pub store: std::sync::Arc<Store>,
     pub id: Identity,
     pub name: String,
     pub client_urls: Vec<String>,
