@@ -93,6 +93,7 @@ impl Watch for WatchService {
             id: self.id,
             tx,
             watchers: BTreeMap::new(),
+            compacted_ids: Default::default(),
             next_id: 0,
             progress_pending: false,
             mark: self.hub.stream_mark(),
@@ -173,6 +174,9 @@ struct WatchStream {
     id: Identity,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
+    /// Watches ended by a compaction that the client has not cancelled:
+    /// etcd keeps their ids taken until it does.
+    compacted_ids: std::collections::BTreeSet<i64>,
     next_id: i64,
     progress_pending: bool,
     /// How far this stream has queued events, for writes' answers to wait on.
@@ -214,6 +218,12 @@ impl WatchStream {
         }
     }
 
+    /// A watch id in use: a live watch's, or one ended by compaction and
+    /// not cancelled yet.
+    fn taken(&self, id: i64) -> bool {
+        self.watchers.contains_key(&id) || self.compacted_ids.contains(&id)
+    }
+
     async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
         if self.tx.capacity() == 0 {
             // The client reads slowly: writes do not wait for this stream.
@@ -238,8 +248,11 @@ impl WatchStream {
                 self.create(c).await
             }
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
+                let live = self.watchers.remove(&c.watch_id).is_some();
+                if live {
                     metrics::WATCHERS.dec();
+                }
+                if live || self.compacted_ids.remove(&c.watch_id) {
                     let mut r = self.response(c.watch_id, self.hub.revision());
                     r.canceled = true;
                     self.send(r).await?;
@@ -310,7 +323,7 @@ impl WatchStream {
             return self.send(r).await;
         }
         let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
+            if self.taken(c.watch_id) {
                 let mut r = self.response(-1, meta.revision);
                 r.created = true;
                 r.canceled = true;
@@ -319,7 +332,7 @@ impl WatchStream {
             }
             c.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
+            while self.taken(self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -382,6 +395,7 @@ impl WatchStream {
         if self.watchers.remove(&id).is_some() {
             metrics::WATCHERS.dec();
         }
+        self.compacted_ids.insert(id);
         let mut r = self.response(id, 0);
         r.compact_revision = compact;
         r.canceled = true;

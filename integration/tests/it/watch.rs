@@ -189,6 +189,13 @@ async fn script(c: &mut Client) -> Vec<String> {
     settle(&mut ws, &mut log).await;
     c.put("z", "last", None).await.unwrap(); // 11
     settle(&mut ws, &mut log).await;
+    // A watch ended by compaction keeps its id until the client cancels it.
+    ws.watch("w/q", Some(opts().with_watch_id(21)))
+        .await
+        .unwrap();
+    settle(&mut ws, &mut log).await;
+    ws.cancel(21).await.unwrap();
+    settle(&mut ws, &mut log).await;
     log.lines()
 }
 
@@ -216,6 +223,7 @@ async fn check(target: Target) {
         "{got:#?}"
     );
     assert!(has("watch 21: canceled rev=0 compact=5"), "{got:#?}");
+    assert!(has("watch 21: canceled rev=11 compact=0"), "{got:#?}");
     assert!(has("watch -1: progress rev=9"), "{got:#?}");
     assert!(
         !got.iter().any(|l| l.starts_with("watch 7: DELETE")),
