@@ -303,15 +303,17 @@ pub async fn serve(listener: TcpListener, health: Health, stop: impl Future<Outp
             let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
                 let health = health.clone();
                 async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (http::StatusCode::OK, render()),
-                        "/health" => health_answer(&health, req.uri().query()).await,
-                        "/version" => (http::StatusCode::OK, version_answer()),
-                        _ => (http::StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+                    let (path, query) = (req.uri().path(), req.uri().query());
+                    let (status, kind, body) = if http_path(path) {
+                        http_answer(path, query, &health).await
+                    } else {
+                        (
+                            http::StatusCode::NOT_FOUND,
+                            "text/plain",
+                            b"not found\n".to_vec(),
+                        )
                     };
-                    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(http_response(status, kind, Full::new(Bytes::from(body))))
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -354,32 +356,61 @@ pub struct RpcService<S> {
 /// the request excludes (`?exclude=NOSPACE`).
 pub type Health = Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, bool> + Send + Sync>;
 
-/// etcd's /health answer: `{"health":"true"}`, or `"false"` with 503.
-async fn health_answer(health: &Health, query: Option<&str>) -> (http::StatusCode, Vec<u8>) {
-    let excluded = query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("exclude="))
-        .map(str::to_string)
-        .collect();
-    if health(excluded).await {
-        (http::StatusCode::OK, b"{\"health\":\"true\"}".to_vec())
-    } else {
-        (
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            b"{\"health\":\"false\"}".to_vec(),
-        )
+/// The paths etcd serves over HTTP beside gRPC, on its client URLs and on
+/// its metrics URLs.
+fn http_path(path: &str) -> bool {
+    matches!(path, "/metrics" | "/health" | "/version")
+}
+
+/// The answer to a GET of an [`http_path`]: status, content type, body.
+/// /health is etcd's: `{"health":"true"}`, or `"false"` with 503; /version
+/// names the version Status reports.
+async fn http_answer(
+    path: &str,
+    query: Option<&str>,
+    health: &Health,
+) -> (http::StatusCode, &'static str, Vec<u8>) {
+    const JSON: &str = "application/json";
+    match path {
+        "/metrics" => (http::StatusCode::OK, "text/plain; version=0.0.4", render()),
+        "/health" => {
+            let excluded = query
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("exclude="))
+                .map(str::to_string)
+                .collect();
+            if health(excluded).await {
+                (
+                    http::StatusCode::OK,
+                    JSON,
+                    b"{\"health\":\"true\"}".to_vec(),
+                )
+            } else {
+                let body = b"{\"health\":\"false\"}".to_vec();
+                (http::StatusCode::SERVICE_UNAVAILABLE, JSON, body)
+            }
+        }
+        _ => {
+            let body = format!(
+                "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"{}\"}}",
+                crate::service::maintenance::ETCD_VERSION,
+                crate::service::maintenance::ETCD_CLUSTER_VERSION
+            );
+            (http::StatusCode::OK, JSON, body.into_bytes())
+        }
     }
 }
 
-/// etcd's /version, with the version Status reports.
-fn version_answer() -> Vec<u8> {
-    format!(
-        "{{\"etcdserver\":\"{}\",\"etcdcluster\":\"{}\"}}",
-        crate::service::maintenance::ETCD_VERSION,
-        crate::service::maintenance::ETCD_CLUSTER_VERSION
-    )
-    .into_bytes()
+/// A response of `status` with `body` of content type `kind`.
+fn http_response<B>(status: http::StatusCode, kind: &'static str, body: B) -> http::Response<B> {
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(kind),
+    );
+    resp
 }
 
 /// The method label: etcd's own paths, anything else as "other" so that
@@ -443,33 +474,21 @@ fn http_endpoint(
     uri: &http::Uri,
     health: &Health,
 ) -> Option<BoxFuture<'static, http::Response<tonic::body::Body>>> {
-    let path = uri.path();
-    if !matches!(path, "/metrics" | "/health" | "/version") {
+    if !http_path(uri.path()) {
         return None;
     }
     let (path, query, health) = (
-        path.to_string(),
+        uri.path().to_string(),
         uri.query().map(str::to_string),
         health.clone(),
     );
     Some(Box::pin(async move {
-        let (status, body) = match path.as_str() {
-            "/metrics" => (http::StatusCode::OK, render()),
-            "/health" => health_answer(&health, query.as_deref()).await,
-            _ => (http::StatusCode::OK, version_answer()),
-        };
-        let mut resp = http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(body))));
-        *resp.status_mut() = status;
-        let kind = if path == "/metrics" {
-            "text/plain; version=0.0.4"
-        } else {
-            "application/json"
-        };
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(kind),
-        );
-        resp
+        let (status, kind, body) = http_answer(&path, query.as_deref(), &health).await;
+        http_response(
+            status,
+            kind,
+            tonic::body::Body::new(Full::new(Bytes::from(body))),
+        )
     }))
 }
 

@@ -224,6 +224,15 @@ impl WatchStream {
         self.watchers.contains_key(&id) || self.compacted_ids.contains(&id)
     }
 
+    /// As etcd refuses a watch: created, then canceled with the reason.
+    async fn not_created(&self, id: i64, revision: i64, reason: String) -> Result<(), Gone> {
+        let mut r = self.response(id, revision);
+        r.created = true;
+        r.canceled = true;
+        r.cancel_reason = reason;
+        self.send(r).await
+    }
+
     async fn send(&self, resp: WatchResponse) -> Result<(), Gone> {
         if self.tx.capacity() == 0 {
             // The client reads slowly: writes do not wait for this stream.
@@ -306,29 +315,21 @@ impl WatchStream {
             }
         };
         if let Some(reason) = self.refused(&c).await {
-            let mut r = self.response(-1, meta.revision);
-            r.created = true;
-            r.canceled = true;
-            r.cancel_reason = reason;
-            return self.send(r).await;
+            return self.not_created(-1, meta.revision, reason).await;
         }
         // An empty key is "\0" and a range_end of "\0" means every key
         // from it on, as in etcd.
         let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
         if !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end.as_slice() {
-            let mut r = self.response(-1, meta.revision);
-            r.created = true;
-            r.canceled = true;
-            r.cancel_reason = EMPTY_RANGE.to_string();
-            return self.send(r).await;
+            return self
+                .not_created(-1, meta.revision, EMPTY_RANGE.to_string())
+                .await;
         }
         let id = if c.watch_id != 0 {
             if self.taken(c.watch_id) {
-                let mut r = self.response(-1, meta.revision);
-                r.created = true;
-                r.canceled = true;
-                r.cancel_reason = DUPLICATE_ID.to_string();
-                return self.send(r).await;
+                return self
+                    .not_created(-1, meta.revision, DUPLICATE_ID.to_string())
+                    .await;
             }
             c.watch_id
         } else {
@@ -357,13 +358,7 @@ impl WatchStream {
         ) {
             Ok(s) => s,
             Err(reason) => {
-                // As etcd refuses a watch it cannot serve: created, then
-                // canceled with the reason.
-                let mut r = self.response(id, meta.revision);
-                r.created = true;
-                r.canceled = true;
-                r.cancel_reason = reason;
-                return self.send(r).await;
+                return self.not_created(id, meta.revision, reason).await;
             }
         };
         let key = if c.key.is_empty() { vec![0] } else { c.key };

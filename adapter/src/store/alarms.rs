@@ -167,10 +167,7 @@ impl Alarms {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|&(a, member)| {
-                let name = AlarmType::try_from(a).map_or("UNKNOWN", |t| t.as_str_name());
-                format!("memberID:{member} alarm:{name} ")
-            })
+            .map(|&(a, member)| format!("memberID:{member} alarm:{} ", alarm_name(a)))
             .collect()
     }
 
@@ -181,7 +178,7 @@ impl Alarms {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|&(a, _)| AlarmType::try_from(a).map_or("UNKNOWN", |t| t.as_str_name()))
+            .map(|&(a, _)| alarm_name(a))
             .collect()
     }
 
@@ -227,6 +224,11 @@ impl Alarms {
         }
         Ok(())
     }
+}
+
+/// An alarm type's name as etcd prints it (`NOSPACE`, `CORRUPT`).
+fn alarm_name(alarm: i32) -> &'static str {
+    AlarmType::try_from(alarm).map_or("UNKNOWN", |t| t.as_str_name())
 }
 
 /// What a lease grant costs.

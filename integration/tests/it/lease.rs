@@ -100,15 +100,7 @@ async fn expiry_across_processes(target: Target) {
         .unwrap();
     assert_eq!(ttl.granted_ttl(), 2);
     assert_eq!(ttl.keys(), [b"/l/kept".to_vec()]);
-    let listed: Vec<i64> = c2
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    assert_eq!(listed, vec![kept]);
+    assert_eq!(lease_ids(&mut c2).await, [kept]);
 }
 
 /// Lease grants, renewals and the revoke of a lease without keys take no
@@ -231,6 +223,12 @@ async fn leases_promoted_at_start(target: Target) {
     assert_eq!(c.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
 }
 
+/// The ids LeaseLeases answers, in its order.
+async fn lease_ids(c: &mut etcd_client::Client) -> Vec<i64> {
+    let listed = c.leases().await.unwrap();
+    listed.leases().iter().map(|l| l.id()).collect()
+}
+
 /// LeaseLeases lists the leases soonest expiry first, as etcd does.
 async fn leases_listed_by_expiry(target: Target) {
     let s = Started::new(target, bin()).await.expect("start");
@@ -240,15 +238,7 @@ async fn leases_listed_by_expiry(target: Target) {
             .await
             .unwrap();
     }
-    let listed: Vec<i64> = c
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    assert_eq!(listed, [5, 10, 7], "on {}", target.name());
+    assert_eq!(lease_ids(&mut c).await, [5, 10, 7], "on {}", target.name());
 }
 
 pub fn cases() -> Vec<Case> {
