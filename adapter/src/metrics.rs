@@ -256,10 +256,8 @@ pub fn register() -> prometheus::Result<()> {
     r.register(Box::new(FENCES.clone()))?;
     r.register(Box::new(GATHERED_READS.clone()))?;
     // process_resident_memory_bytes and the rest, as etcd's Go client
-    // library exports them (`etcdctl check datascale` reads that one).
-    r.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
+    // library exports them (`etcdctl check datascale` reads that one), come
+    // with the default registry (the crate's `process` feature).
     Ok(())
 }
 

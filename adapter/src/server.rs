@@ -557,7 +557,8 @@ pub struct App {
 impl App {
     pub async fn open(config: &Config) -> anyhow::Result<App> {
         if let Err(e) = metrics::register() {
-            tracing::warn!(error = %e, "metrics already registered");
+            // A second server in one process (the tests) shares them.
+            tracing::debug!(error = %e, "metrics already registered");
         }
         let tasks = Tasks::new();
         let dsn = config.dsn()?;

@@ -339,10 +339,13 @@ impl WatchStream {
             self.next_id += 1;
             self.next_id - 1
         };
-        let start = if c.start_revision > 0 {
-            c.start_revision
-        } else {
-            meta.revision + 1
+        // 0 (and -1 while nothing is compacted: the compacted revision is
+        // then -1) is "from now"; etcd takes any other start below the
+        // compacted revision as compacted.
+        let compacted = meta.compact_revision;
+        let start = match c.start_revision {
+            r if r > 0 || (r < 0 && r < compacted) => r,
+            _ => meta.revision + 1,
         };
         let filters: Vec<FilterType> = c
             .filters
@@ -376,8 +379,8 @@ impl WatchStream {
         let mut r = self.response(id, meta.revision);
         r.created = true;
         self.send(r).await?;
-        if start < meta.compact_revision {
-            return self.compacted(id, meta.compact_revision).await;
+        if start < compacted {
+            return self.compacted(id, compacted).await;
         }
         self.watchers.insert(id, watcher);
         metrics::WATCHERS.inc();

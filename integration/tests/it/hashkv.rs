@@ -44,12 +44,14 @@ async fn script(c: &mut Client) -> Vec<String> {
     hash("latest", c.hash_kv(0).await);
     hash("at 7", c.hash_kv(7).await);
     hash("future", c.hash_kv(99).await);
+    hash("negative", c.hash_kv(-1).await);
     c.compact(8, Some(CompactionOptions::new().with_physical()))
         .await
         .unwrap();
     hash("compacted, latest", c.hash_kv(0).await);
     hash("compacted, at 9", c.hash_kv(9).await);
     hash("compacted, at 8", c.hash_kv(8).await);
+    hash("compacted, negative", c.hash_kv(-3).await);
     c.put("h/3", "later", None).await.unwrap(); // 11
     c.delete("h/", Some(DeleteOptions::new().with_prefix()))
         .await

@@ -121,6 +121,21 @@ async fn script(c: &mut Client) -> Vec<String> {
         .await
         .expect("empty range");
     settle(&mut ws, &mut log).await;
+    // Negative starts: -1 is "from now" until something is compacted; a
+    // start below etcd's compacted revision (-1 before any) is compacted.
+    ws.watch(
+        "w/a",
+        Some(opts().with_start_revision(-1).with_watch_id(30)),
+    )
+    .await
+    .expect("start -1");
+    ws.watch(
+        "w/a",
+        Some(opts().with_start_revision(-2).with_watch_id(31)),
+    )
+    .await
+    .expect("start -2");
+    settle(&mut ws, &mut log).await;
 
     c.put("w/a", "1", None).await.unwrap(); // 2
     c.put("w/b", "2", None).await.unwrap(); // 3
@@ -178,6 +193,9 @@ async fn script(c: &mut Client) -> Vec<String> {
     )
     .await
     .unwrap();
+    ws.watch("w/", Some(opts().with_start_revision(-1).with_watch_id(32)))
+        .await
+        .unwrap();
     settle(&mut ws, &mut log).await;
 
     c.delete("w/", Some(DeleteOptions::new().with_prefix()))
@@ -224,6 +242,9 @@ async fn check(target: Target) {
     );
     assert!(has("watch 21: canceled rev=0 compact=5"), "{got:#?}");
     assert!(has("watch 21: canceled rev=11 compact=0"), "{got:#?}");
+    assert!(has("watch 30: PUT w/a=\"4\""), "{got:#?}");
+    assert!(has("watch 31: canceled rev=0 compact=-1"), "{got:#?}");
+    assert!(has("watch 32: canceled rev=0 compact=5"), "{got:#?}");
     assert!(has("watch -1: progress rev=9"), "{got:#?}");
     assert!(
         !got.iter().any(|l| l.starts_with("watch 7: DELETE")),
