@@ -92,11 +92,24 @@ fn unsupported(what: &str) -> Status {
 }
 
 impl MaintenanceService {
-    /// etcd's isAuthenticated of its maintenance calls: root only.
+    /// etcd's isAuthenticated of its maintenance calls: root only. etcd
+    /// returns its auth store's errors as they are: gRPC's Unknown, with
+    /// the store's `auth: …` text.
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let ai = sender(self.store.auth(), req).await?;
-        self.store.auth().check_admin(ai.as_ref())?;
-        Ok(())
+        let checked = match sender(self.store.auth(), req).await {
+            Ok(ai) => self.store.auth().check_admin(ai.as_ref()),
+            Err(e) => Err(e),
+        };
+        checked.map_err(|e| match e {
+            Error::AuthOldRevision => Status::unknown("auth: revision in header is old"),
+            e @ (Error::UserEmpty
+            | Error::UserNotFound
+            | Error::PermissionDenied
+            | Error::InvalidAuthToken) => {
+                Status::unknown(e.to_string().replace("etcdserver: ", "auth: "))
+            }
+            e => e.into(),
+        })
     }
 }
 
