@@ -1238,7 +1238,13 @@ impl Writer for PgWriter {
             )
             .await?;
         }
-        self.send(Tail::Texts(&["COMMIT"])).await.map(drop)
+        let done = self.send(Tail::Texts(&["COMMIT"])).await.map(drop);
+        // Answered, COMMIT ended the transaction, also after a failed write
+        // (as a rollback); only a broken connection leaves it in doubt.
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            self.open = false;
+        }
+        done
     }
 
     async fn execute(&mut self, s: &Statement) -> Result<u64, DbError> {

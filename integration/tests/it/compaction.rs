@@ -399,9 +399,48 @@ async fn drops_epochs(target: Target) {
     );
 }
 
+/// The first write after a compaction finds the revision row changed (its
+/// compacted revision): the batch that assumed the row fails its check
+/// and runs again. Its COMMIT, sent with it, already ended the failed
+/// transaction; a ROLLBACK after it would make PostgreSQL warn "there is
+/// no transaction in progress".
+async fn stale_batch_ends_once(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let port = etcdsql_integration::free_port();
+    let metrics = format!("http://127.0.0.1:{port}");
+    let p = Process::etcdsql_with(bin(), &db.dsn, &["--listen-metrics-urls", &metrics])
+        .await
+        .expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    let put = c.put("/s/a", "1", None).await.unwrap();
+    c.compact(put.header().unwrap().revision(), None)
+        .await
+        .unwrap();
+    // The purge after it rolls the history epoch: the revision row changes.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !p.log().contains("compacted history") && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = c.put("/s/b", "2", None).await.unwrap();
+    assert_eq!(after.header().unwrap().revision(), 3);
+    let text = etcdsql_integration::scrape_metrics(port).await;
+    let stale = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcdsql_write_batches_total{path=\"stale\"} "))
+        .map_or(0.0, |n| n.parse::<f64>().unwrap());
+    assert!(stale >= 1.0, "no stale batch: {text}");
+    let log = p.log();
+    assert!(!log.contains("no transaction in progress"), "{log}");
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("purges_history", &Target::ETCDSQL, purges_history),
+        case!(
+            "stale_batch_ends_once",
+            &[Target::Postgres],
+            stale_batch_ends_once
+        ),
         case!(
             "drops_epochs",
             &[Target::Postgres, Target::Mariadb, Target::Galera],
