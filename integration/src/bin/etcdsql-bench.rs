@@ -1735,7 +1735,16 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             ms(warm.elapsed())
         );
         let server = u.process();
-        let cpu = || server.map_or(0.0, |p| p.cpu_seconds());
+        // CPU seconds of the server and of the database (in containers)
+        // since `c0`.
+        let cpu = || u.cpu();
+        let since = |c0: (Option<f64>, Option<f64>)| {
+            let c = cpu();
+            (
+                c.0.zip(c0.0).map_or(0.0, |(a, b)| a - b),
+                c.1.zip(c0.1).map(|(a, b)| a - b),
+            )
+        };
         let n = args.kube_objects;
         let hot = args.kube_hot;
         let mut measured = Vec::new();
@@ -1752,7 +1761,7 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             })
             .await,
         );
-        let mut cpus = vec![cpu() - c0];
+        let mut cpus = vec![since(c0)];
         let c0 = cpu();
         measured.push(
             kube_phase(&mut conns, n, 201, |i| {
@@ -1765,7 +1774,7 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             })
             .await,
         );
-        cpus.push(cpu() - c0);
+        cpus.push(since(c0));
         let c0 = cpu();
         measured.push(
             kube_phase(&mut conns, args.kube_updates, 200, move |i| {
@@ -1777,12 +1786,12 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             })
             .await,
         );
-        cpus.push(cpu() - c0);
+        cpus.push(since(c0));
         let c0 = cpu();
         let (rate, latencies, errors, conflicts) =
             kube_read_modify_write(&mut conns, args.kube_updates, hot).await;
         measured.push((rate, latencies, errors));
-        cpus.push(cpu() - c0);
+        cpus.push(since(c0));
         let mut conflicts = [None, None, None, Some(conflicts), None];
         // Paginated LISTs: each client walks whole lists, page by page.
         let c0 = cpu();
@@ -1825,8 +1834,10 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
         }))
         .await;
         measured.push(gather(started, results));
-        cpus.push(cpu() - c0);
-        for (k, ((rate, latencies, errors), secs)) in measured.into_iter().zip(cpus).enumerate() {
+        cpus.push(since(c0));
+        for (k, ((rate, latencies, errors), (secs, db))) in
+            measured.into_iter().zip(cpus).enumerate()
+        {
             let ops = latencies.len().max(1) as f64;
             let mut note = match conflicts[k].take() {
                 Some(c) => format!("{c} conflicts"),
@@ -1836,10 +1847,16 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
                 if !note.is_empty() {
                     note.push_str("; ");
                 }
-                note.push_str(&format!(
-                    "server CPU {:.2} s per 1,000",
-                    secs / ops * 1000.0
-                ));
+                let per = |s: f64| s / ops * 1000.0;
+                note.push_str(&match db {
+                    Some(d) => format!(
+                        "CPU s per 1,000: server {:.2} + database {:.2} = {:.2}",
+                        per(secs),
+                        per(d),
+                        per(secs + d)
+                    ),
+                    None => format!("server CPU {:.2} s per 1,000", per(secs)),
+                });
             }
             rows[k].push(Row {
                 target: name.clone(),
