@@ -426,6 +426,13 @@ pub trait Writer: Send {
     /// Starts a transaction and locks the revision row.
     async fn begin(&mut self) -> Result<Meta, DbError>;
 
+    /// Whether the next transaction's COMMIT returns only once it is on
+    /// disk (always, unless told otherwise before its BEGIN). A database
+    /// that can relax that per transaction may, for `false`, return once
+    /// the commit is written and would outlive this process, though not
+    /// the machine.
+    fn durable(&mut self, _durable: bool) {}
+
     /// [`begin`](Writer::begin), then the latest versions of `keys` and
     /// the rows of `leases` that exist; a database may send them together.
     async fn begin_read(&mut self, keys: &[Vec<u8>], leases: &[i64]) -> Result<Began, DbError> {

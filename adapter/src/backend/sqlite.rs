@@ -276,6 +276,8 @@ impl Backend for SqliteBackend {
             conn: None,
             revisions: 0,
             found: None,
+            durable: true,
+            synchronous_full: Some(true),
         }))
     }
 
@@ -338,6 +340,11 @@ struct SqliteWriter {
     revisions: usize,
     /// The revision row as this transaction's BEGIN found it.
     found: Option<Meta>,
+    /// The next transaction's COMMIT waits for its fsync ([`Writer::durable`]).
+    durable: bool,
+    /// `conn`'s `synchronous`: FULL (true, as opened) or NORMAL; `None`
+    /// where a change may have failed halfway.
+    synchronous_full: Option<bool>,
 }
 
 /// A transaction of at most this many history rows commits on the
@@ -602,22 +609,48 @@ impl Writer for SqliteWriter {
         // blocking thread.
         self.revisions = 0;
         self.found = None;
+        // The level is set between transactions only. With NORMAL a
+        // commit is in the log, and in the OS's cache, when it returns;
+        // the next FULL commit's fsync takes it to disk with its own.
+        let durable = self.durable;
+        let synchronous = if durable {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
         let meta = match &self.conn {
-            Some(c) => begin_unless_busy(c)?,
+            Some(c) => {
+                if self.synchronous_full != Some(durable) {
+                    self.synchronous_full = None;
+                    c.execute_batch(synchronous).map_err(classify_rusqlite)?;
+                    self.synchronous_full = Some(durable);
+                }
+                begin_unless_busy(c)?
+            }
             None => None,
         };
         let meta = match meta {
             Some(meta) => meta,
             None => {
-                self.blocking(|c| {
-                    exec_on(c, "BEGIN IMMEDIATE", &[])?;
-                    read_meta(c)
-                })
-                .await?
+                // Set again: the connection may be new.
+                self.synchronous_full = None;
+                let meta = self
+                    .blocking(move |c| {
+                        c.execute_batch(synchronous).map_err(classify_rusqlite)?;
+                        exec_on(c, "BEGIN IMMEDIATE", &[])?;
+                        read_meta(c)
+                    })
+                    .await?;
+                self.synchronous_full = Some(durable);
+                meta
             }
         };
         self.found = Some(meta);
         Ok(meta)
+    }
+
+    fn durable(&mut self, durable: bool) {
+        self.durable = durable;
     }
 
     async fn get(&mut self, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, DbError> {
@@ -768,5 +801,61 @@ impl Writer for SqliteWriter {
         if self.exec("ROLLBACK", &[]).is_err() {
             self.conn = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteWriter;
+    use crate::backend::Writer;
+
+    fn synchronous(w: &SqliteWriter) -> i64 {
+        let c = w.conn.as_ref().expect("connection");
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("PRAGMA synchronous")
+    }
+
+    /// A transaction begun after `durable(false)` commits at NORMAL (1),
+    /// one after `durable(true)` at FULL (2) again, also on a new
+    /// connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn synchronous_follows_durable() {
+        let dir = std::env::temp_dir().join(format!("etcdsql-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("etcdsql.db");
+        let dsn = crate::backend::dsn::Dsn::Sqlite(path.clone());
+        drop(
+            crate::server::open_backend(&dsn, true, false)
+                .await
+                .expect("migrated"),
+        );
+        let mut w = SqliteWriter {
+            path,
+            conn: None,
+            revisions: 0,
+            found: None,
+            durable: true,
+            synchronous_full: Some(true),
+        };
+        let mut levels = Vec::new();
+        for (durable, drop_conn) in [
+            (true, false),
+            (false, false),
+            (false, false),
+            (true, false),
+            (false, true),
+            (true, true),
+        ] {
+            if drop_conn {
+                w.conn = None;
+            }
+            w.durable(durable);
+            w.begin().await.expect("begin");
+            levels.push(synchronous(&w));
+            w.commit(w.found.expect("found")).await.expect("commit");
+        }
+        assert_eq!(levels, [2, 1, 1, 2, 1, 2]);
+        std::fs::remove_dir_all(&dir).expect("removed");
     }
 }

@@ -102,6 +102,11 @@ pub trait Write: Send + Sync + 'static {
     fn revision(_out: &Self::Out) -> Option<i64> {
         None
     }
+    /// What it did must outlive the machine once answered: its batch's
+    /// commit is durable ([`Writer::durable`](crate::backend::Writer::durable)).
+    fn lasting(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -277,6 +282,12 @@ impl Write for LeaseRenew {
     type Out = (i64, i64);
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.id);
+    }
+    /// As etcd, which renews in memory only: a renewal lost with the
+    /// machine is made up for at the next start, where every lease gets
+    /// its TTL again (`store::promote_leases`).
+    fn lasting(&self) -> bool {
+        false
     }
     async fn apply(&self, b: &mut Batch<'_>) -> Result<(i64, i64), Error> {
         // As etcd: an expired lease is not renewed, even before it is

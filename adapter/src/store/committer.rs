@@ -49,6 +49,7 @@ trait Pending: Send {
     fn lease_rows(&self) -> bool;
     fn expects_absent(&self, keys: &mut HashSet<Vec<u8>>);
     fn guessable(&self, keys: &mut HashSet<Vec<u8>>);
+    fn lasting(&self) -> bool;
     /// Evaluates the request in `b` and keeps its own outcome; a database
     /// error aborts the batch and is returned instead.
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError>;
@@ -76,6 +77,10 @@ impl<W: Write> Pending for Job<W> {
 
     fn guessable(&self, keys: &mut HashSet<Vec<u8>>) {
         self.op.guessable(keys);
+    }
+
+    fn lasting(&self) -> bool {
+        self.op.lasting()
     }
 
     async fn apply(&mut self, b: &mut Batch<'_>) -> Result<(), DbError> {
@@ -585,6 +590,7 @@ async fn run_batch(
     // A batch may run on what this process last wrote, in one round trip,
     // unless it reads lease rows or names a lease not seen to exist.
     let generation = catalog.generation();
+    w.durable(jobs.iter().any(|j| j.lasting()));
     lock(known).set_tells_existed(w.tells_existed());
     let held = lock(known).held_rows(&keys, generation);
     let assume = assume
