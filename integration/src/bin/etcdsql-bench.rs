@@ -1735,8 +1735,8 @@ async fn apiserver_table(targets: &[String], args: &Args) -> anyhow::Result<()> 
             ms(warm.elapsed())
         );
         let server = u.process();
-        // CPU seconds of the server and of the database (in containers)
-        // since `c0`.
+        // CPU seconds of the server and of the database (in containers);
+        // `since` answers what each used after `c0`.
         let cpu = || u.cpu();
         let since = |c0: (Option<f64>, Option<f64>)| {
             let c = cpu();
