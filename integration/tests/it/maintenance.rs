@@ -162,6 +162,21 @@ async fn script(c: &mut Clients) -> Vec<String> {
             .collect(),
         ..Default::default()
     };
+    let get = |key: &str| RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    // The keys under a/.
+    let range = |serializable: bool| RangeRequest {
+        key: "a/".into(),
+        range_end: "a0".into(),
+        serializable,
+        ..Default::default()
+    };
+    let delete = |key: &str| DeleteRangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
     step!(
         "txn put",
         c.kv.txn(txn(vec![Op::RequestPut(put("a/3", "v"))])),
@@ -169,37 +184,18 @@ async fn script(c: &mut Clients) -> Vec<String> {
     );
     step!(
         "txn delete",
-        c.kv.txn(txn(vec![Op::RequestDeleteRange(DeleteRangeRequest {
-            key: "a/9".into(),
-            ..Default::default()
-        })])),
+        c.kv.txn(txn(vec![Op::RequestDeleteRange(delete("a/9"))])),
         |t| t.succeeded.to_string()
     );
     step!(
         "txn read",
-        c.kv.txn(txn(vec![Op::RequestRange(RangeRequest {
-            key: "a/1".into(),
-            ..Default::default()
-        })])),
+        c.kv.txn(txn(vec![Op::RequestRange(get("a/1"))])),
         |t| t.succeeded.to_string()
     );
-    step!(
-        "range",
-        c.kv.range(RangeRequest {
-            key: "a/".into(),
-            range_end: "a0".into(),
-            ..Default::default()
-        }),
-        |r| r.count.to_string()
-    );
-    step!(
-        "delete",
-        c.kv.delete_range(DeleteRangeRequest {
-            key: "a/1".into(),
-            ..Default::default()
-        }),
-        |d| d.deleted.to_string()
-    );
+    step!("range", c.kv.range(range(false)), |r| r.count.to_string());
+    step!("delete", c.kv.delete_range(delete("a/1")), |d| d
+        .deleted
+        .to_string());
     step!(
         "lease grant",
         c.lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }),
@@ -241,31 +237,17 @@ async fn script(c: &mut Clients) -> Vec<String> {
         c.m.alarm(alarm(AlarmAction::Activate, me, AlarmType::Corrupt)),
         listed
     );
-    step!(
-        "corrupt: range",
-        c.kv.range(RangeRequest {
-            key: "a/".into(),
-            range_end: "a0".into(),
-            ..Default::default()
-        }),
-        |r| r.count.to_string()
-    );
+    step!("corrupt: range", c.kv.range(range(false)), |r| r
+        .count
+        .to_string());
     step!(
         "corrupt: serializable range",
-        c.kv.range(RangeRequest {
-            key: "a/".into(),
-            range_end: "a0".into(),
-            serializable: true,
-            ..Default::default()
-        }),
+        c.kv.range(range(true)),
         |r| r.count.to_string()
     );
     step!(
         "corrupt: txn read",
-        c.kv.txn(txn(vec![Op::RequestRange(RangeRequest {
-            key: "a/2".into(),
-            ..Default::default()
-        })])),
+        c.kv.txn(txn(vec![Op::RequestRange(get("a/2"))])),
         |t| t.succeeded.to_string()
     );
     step!(
@@ -274,14 +256,9 @@ async fn script(c: &mut Clients) -> Vec<String> {
         |t| t.succeeded.to_string()
     );
     step!("corrupt: put", c.kv.put(put("a/7", "v")), |_| String::new());
-    step!(
-        "corrupt: delete",
-        c.kv.delete_range(DeleteRangeRequest {
-            key: "a/4".into(),
-            ..Default::default()
-        }),
-        |d| d.deleted.to_string()
-    );
+    step!("corrupt: delete", c.kv.delete_range(delete("a/4")), |d| d
+        .deleted
+        .to_string());
     step!(
         "corrupt: lease grant",
         c.lease.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }),
