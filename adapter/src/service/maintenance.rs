@@ -96,10 +96,9 @@ impl MaintenanceService {
     /// returns its auth store's errors as they are: gRPC's Unknown, with
     /// the store's `auth: …` text.
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let checked = match sender(self.store.auth(), req).await {
-            Ok(ai) => self.store.auth().check_admin(ai.as_ref()),
-            Err(e) => Err(e),
-        };
+        let checked = sender(self.store.auth(), req)
+            .await
+            .and_then(|ai| self.store.auth().check_admin(ai.as_ref()));
         checked.map_err(|e| match e {
             Error::AuthOldRevision => Status::unknown("auth: revision in header is old"),
             e @ (Error::UserEmpty
