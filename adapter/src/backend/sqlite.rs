@@ -1,5 +1,6 @@
 //! SQLite, the embedded default: a WAL-mode file with `synchronous=FULL`
-//! (every commit is on disk before it is acknowledged), a pool of sqlx
+//! (every commit is on disk before it is acknowledged, but a batch of lease
+//! renewals only: see [`Writer::durable`]), a pool of sqlx
 //! connections, range readers and one writer connection on rusqlite.
 //! `BEGIN IMMEDIATE` takes the database's write lock, which also serialises
 //! several etcdsql processes sharing one file.
