@@ -677,7 +677,7 @@ impl App {
         )
         .await
         .context("reading the auth store")?;
-        crate::store::promote_leases(backend.as_ref())
+        let promoted = crate::store::promote_leases(backend.as_ref())
             .await
             .context("giving leases their TTL again")?;
         let store = Store::new(
@@ -691,6 +691,7 @@ impl App {
                 catalog: catalog.clone(),
                 alarms,
                 auth: auth.clone(),
+                promoted,
             },
         );
         let (streams, stop_rx) = tokio::sync::watch::channel(false);

@@ -557,6 +557,16 @@ impl Process {
         None
     }
 
+    /// SIGSTOP, or SIGCONT to go on: a paused process notices nothing.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {}", self.child.id());
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -31,13 +31,13 @@ fn sources(d: Dialect) -> &'static [(&'static str, &'static str)] {
     }
     match d {
         Dialect::Sqlite => {
-            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql")
+            files!("sqlite": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql", "0010_run.sql")
         }
         Dialect::Postgres => {
-            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql")
+            files!("postgres": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql", "0010_run.sql")
         }
         Dialect::Mysql => {
-            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql")
+            files!("mysql": "0001_init.sql", "0002_layout.sql", "0003_selectors.sql", "0004_alarms.sql", "0005_auth.sql", "0006_rowid_tables.sql", "0007_hot_updates.sql", "0008_label_hashes.sql", "0009_sync.sql", "0010_run.sql")
         }
     }
 }
@@ -375,7 +375,7 @@ mod tests {
         };
         assert_eq!(versions(Dialect::Sqlite), versions(Dialect::Postgres));
         assert_eq!(versions(Dialect::Mysql), versions(Dialect::Postgres));
-        assert_eq!(latest(Dialect::Mysql), 9);
+        assert_eq!(latest(Dialect::Mysql), 10);
     }
 
     #[test]

@@ -284,14 +284,18 @@ pub trait Backend: Send + Sync {
     }
 
     /// Gives every lease its TTL again from `from_ms`, where that is later
-    /// than its expiry (etcd's `lessor.Promote`); returns leases changed.
-    async fn promote_leases(&self, from_ms: i64) -> Result<u64, DbError> {
+    /// than its expiry (etcd's `lessor.Promote`); returns the leases
+    /// changed and the database's run it committed in
+    /// ([`Writer::incarnation`]).
+    async fn promote_leases(&self, from_ms: i64) -> Result<Promoted, DbError> {
         let s = self.statement(
-            "UPDATE etcdsql_lease SET expires_at_ms = ? + ttl * 1000 \
-             WHERE expires_at_ms < ? + ttl * 1000",
+            PROMOTE_LEASES,
             &[sql::Param::Int(from_ms), sql::Param::Int(from_ms)],
         );
-        self.execute(&s).await
+        Ok(Promoted {
+            leases: self.execute(&s).await?,
+            incarnation: None,
+        })
     }
 
     /// Keys attached to a lease, latest state.
@@ -411,6 +415,32 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A random number (a batch's nonce, a server's run).
+pub fn random_i64() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    i64::from_ne_bytes(h.finish().to_ne_bytes())
+}
+
+/// [`Backend::promote_leases`]: every lease's TTL again from the first
+/// parameter (given twice), where that is later than its expiry.
+pub const PROMOTE_LEASES: &str = "UPDATE etcdsql_lease SET expires_at_ms = ? + ttl * 1000 \
+     WHERE expires_at_ms < ? + ttl * 1000";
+
+/// What [`Backend::promote_leases`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Promoted {
+    /// Leases given a later expiry.
+    pub leases: u64,
+    /// The database's run it committed in ([`Writer::incarnation`]).
+    pub incarnation: Option<i64>,
+}
+
 /// What [`Writer::begin_read`] found.
 pub struct Began {
     pub meta: Meta,
@@ -432,6 +462,16 @@ pub trait Writer: Send {
     /// the commit is written and would outlive this process, though not
     /// the machine.
     fn durable(&mut self, _durable: bool) {}
+
+    /// The database server's run this transaction is in, where a commit
+    /// that was not durable ([`durable`](Writer::durable)) can be lost
+    /// while this process runs on (PostgreSQL: a token that a crash
+    /// removes). A run other than the one leases were last promoted in
+    /// ([`Backend::promote_leases`]) may have lost renewals. None where no
+    /// commit is lost that way, or no run is recorded.
+    async fn incarnation(&mut self) -> Result<Option<i64>, DbError> {
+        Ok(None)
+    }
 
     /// [`begin`](Writer::begin), then the latest versions of `keys` and
     /// the rows of `leases` that exist; a database may send them together.

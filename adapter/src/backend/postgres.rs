@@ -25,8 +25,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use super::sql::{self, Dialect, Param, Statement};
 use super::{
     AssumedLeases, Backend, Began, Columns, DbError, HistoryRow, Holds, Kind, LeaseRow, Meta,
-    PartitionInfo, Partitions, RangeFold, RangeQuery, RangeRows, Rows, Selectable, Upsert, Writer,
-    decode_kv, decode_lease, decode_range, first_bytes, first_ints,
+    PartitionInfo, Partitions, Promoted, RangeFold, RangeQuery, RangeRows, Rows, Selectable,
+    Upsert, Writer, decode_kv, decode_lease, decode_range, first_bytes, first_ints,
 };
 use crate::proto::mvccpb::KeyValue;
 use etcdsql_partitions::{Registry, ddl};
@@ -280,7 +280,30 @@ pub struct Postgres {
     config: tokio_postgres::Config,
     pool: Pool,
     partitions: Arc<Partitions>,
+    /// PostgreSQL itself, not another database on its protocol
+    /// (CockroachDB): commits may skip the flush ([`PgWriter::durable`])
+    /// and a crash is told by [`RUN`].
+    postgres: bool,
 }
+
+/// The server's run ([`Writer::incarnation`]): a token in an unlogged
+/// table, which crash recovery empties and a promoted standby has empty.
+/// Where no run is recorded yet, [`PROMOTE_LEASES`] records one.
+const RUN: &str = "SELECT run FROM etcdsql_run WHERE id = 1";
+
+/// [`super::PROMOTE_LEASES`] and the run it commits in, in one statement,
+/// so in one transaction on one server; `$2` becomes the run where none is
+/// recorded. (Where another process records one meanwhile, the statement's
+/// snapshot sees neither and answers NULL: the next expiry promotes again.)
+const PROMOTE_LEASES: &str = "WITH p AS (UPDATE etcdsql_lease SET expires_at_ms = $1 + ttl * 1000 \
+     WHERE expires_at_ms < $1 + ttl * 1000 RETURNING 1), \
+     r AS (INSERT INTO etcdsql_run (id, run) VALUES (1, $2) ON CONFLICT (id) DO NOTHING RETURNING run) \
+     SELECT (SELECT count(*) FROM p), \
+     COALESCE((SELECT run FROM r), (SELECT run FROM etcdsql_run WHERE id = 1))";
+
+/// A renewal-only transaction's commit returns without waiting for the
+/// WAL flush ([`PgWriter::durable`]).
+const NOT_DURABLE: &str = "SET LOCAL synchronous_commit = off";
 
 async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
     let (client, conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
@@ -408,11 +431,17 @@ impl Postgres {
             }));
         }
         let pool = pool.build().map_err(|e| DbError::Other(e.to_string()))?;
-        let pg = Postgres {
+        let mut pg = Postgres {
             config,
             pool,
             partitions: Arc::default(),
+            postgres: false,
         };
+        let version = pg.query("SELECT version()", &[]).await?;
+        pg.postgres = version
+            .first()
+            .and_then(|r| r.try_get::<_, String>(0).ok())
+            .is_some_and(|v| v.starts_with("PostgreSQL"));
         pg.reload_partitions().await?;
         Ok(pg)
     }
@@ -566,7 +595,32 @@ impl Backend for Postgres {
             generic: false,
             indexed: false,
             no_seqscan: false,
+            postgres: self.postgres,
+            durable: true,
         }))
+    }
+
+    async fn promote_leases(&self, from_ms: i64) -> Result<Promoted, DbError> {
+        if !self.postgres {
+            let s = self.statement(
+                super::PROMOTE_LEASES,
+                &[Param::Int(from_ms), Param::Int(from_ms)],
+            );
+            return Ok(Promoted {
+                leases: self.execute(&s).await?,
+                incarnation: None,
+            });
+        }
+        let run = super::random_i64();
+        let rows = self.query(PROMOTE_LEASES, &[&from_ms, &run]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| DbError::Other("promoting leases returned no row".into()))?;
+        let leases: i64 = row.try_get(0).map_err(|e| classify(&e))?;
+        Ok(Promoted {
+            leases: u64::try_from(leases).unwrap_or_default(),
+            incarnation: row.try_get(1).map_err(|e| classify(&e))?,
+        })
     }
 
     async fn db_size(&self) -> Result<i64, DbError> {
@@ -747,6 +801,10 @@ struct PgWriter {
     indexed: bool,
     /// This transaction has sequential scans off ([`LOCK_META_INDEXED`]).
     no_seqscan: bool,
+    /// See [`Postgres::postgres`].
+    postgres: bool,
+    /// See [`Writer::durable`].
+    durable: bool,
 }
 
 /// How long a pooled connection of a proxy tier's balanced side lives
@@ -1039,6 +1097,25 @@ impl Writer for PgWriter {
         true
     }
 
+    /// Not durable: the commit returns once in the WAL's buffers, without
+    /// its flush; a crash of the server (not of this process) may lose it,
+    /// which [`Writer::incarnation`] tells. A later durable commit flushes
+    /// it with its own.
+    fn durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
+    async fn incarnation(&mut self) -> Result<Option<i64>, DbError> {
+        if !self.postgres {
+            return Ok(None);
+        }
+        let rows = self.query(RUN, &[]).await?;
+        rows.first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| classify(&e))
+    }
+
     async fn check_assumed(
         &mut self,
         meta: Meta,
@@ -1237,6 +1314,10 @@ impl Writer for PgWriter {
                 vec![Box::new(meta.revision), Box::new(meta.compact_revision)],
             )
             .await?;
+        }
+        if !self.durable && self.postgres {
+            self.push_planned(NOT_DURABLE, Vec::new(), self.generic)
+                .await?;
         }
         let done = self.send(Tail::Texts(&["COMMIT"])).await.map(drop);
         // Answered, COMMIT ended the transaction, also after a failed write

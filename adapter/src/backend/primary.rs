@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, DbError, Kind, PartitionInfo, Partitions, Rows, Writer, sql};
+use super::{Backend, DbError, Kind, PartitionInfo, Partitions, Promoted, Rows, Writer, sql};
 
 /// Pgpool-II sends a statement that starts with a comment to the primary.
 pub(crate) const NO_LOAD_BALANCE: &str = "/*NO LOAD BALANCE*/ ";
@@ -61,6 +61,10 @@ impl Backend for Primary {
 
     async fn execute(&self, s: &sql::Statement) -> Result<u64, DbError> {
         self.0.execute(s).await
+    }
+
+    async fn promote_leases(&self, from_ms: i64) -> Result<Promoted, DbError> {
+        self.0.promote_leases(from_ms).await
     }
 
     fn poll_interval(&self) -> std::time::Duration {

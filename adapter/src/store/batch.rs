@@ -303,25 +303,45 @@ impl Write for LeaseRenew {
 
 /// Revokes the lease only if it is still expired at `now_ms`: a renewal
 /// that committed first wins, and of several processes expiring one lease
-/// only the first finds it. Answers the revision, or None if kept.
+/// only the first finds it. Only in the database's run (`incarnation`)
+/// that leases were last promoted in: another may have lost renewals.
 pub struct LeaseExpire {
     pub id: i64,
     pub now_ms: i64,
+    /// See [`Writer::incarnation`](crate::backend::Writer::incarnation).
+    pub incarnation: Option<i64>,
+}
+
+/// What [`LeaseExpire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Revoked at this revision.
+    Revoked(i64),
+    /// Renewed or gone meanwhile.
+    Kept,
+    /// The database runs again since leases were promoted: promote them
+    /// again before any expires.
+    Restarted,
 }
 
 #[async_trait]
 impl Write for LeaseExpire {
-    type Out = Option<i64>;
+    type Out = Expiry;
     fn lease_rows(&self) -> bool {
         true
     }
     fn names(&self, _: &mut HashSet<Vec<u8>>, leases: &mut HashSet<i64>) {
         leases.insert(self.id);
     }
-    async fn apply(&self, b: &mut Batch<'_>) -> Result<Option<i64>, Error> {
+    async fn apply(&self, b: &mut Batch<'_>) -> Result<Expiry, Error> {
+        if b.incarnation().await? != self.incarnation {
+            return Ok(Expiry::Restarted);
+        }
         match b.lease_row(self.id).await? {
-            Some(row) if row.expires_at_ms <= self.now_ms => b.revoke(self.id).await.map(Some),
-            _ => Ok(None),
+            Some(row) if row.expires_at_ms <= self.now_ms => {
+                b.revoke(self.id).await.map(Expiry::Revoked)
+            }
+            _ => Ok(Expiry::Kept),
         }
     }
 }
@@ -340,18 +360,6 @@ pub struct Probe {
     pub batch: i64,
     /// The batch's CRD writes, for the catalog if it did commit.
     pub crd_writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-/// A random nonce per batch.
-fn nonce() -> i64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    i64::from_ne_bytes(h.finish().to_ne_bytes())
 }
 
 /// Why a commit failed, and whether its outcome is unknown.
@@ -808,7 +816,7 @@ impl<'w> Batch<'w> {
     ) -> Batch<'w> {
         Batch {
             catalog,
-            nonce: nonce(),
+            nonce: crate::backend::random_i64(),
             meta,
             sub: 0,
             cache,
@@ -1033,6 +1041,12 @@ impl<'w> Batch<'w> {
         }
         self.set_lease(id, None);
         Ok(self.meta.revision + i64::from(self.sub > 0))
+    }
+
+    /// See [`Writer::incarnation`].
+    async fn incarnation(&mut self) -> Result<Option<i64>, Error> {
+        self.must_read()?;
+        Ok(self.w.incarnation().await?)
     }
 
     /// The lease's current row, the batch's own changes included.

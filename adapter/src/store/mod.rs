@@ -40,7 +40,9 @@ use crate::replicas::Replicas;
 use crate::selector::{Catalog, Selector};
 use crate::tasks::Tasks;
 use crate::watch::{self, Hub};
-use batch::{Compact, Compacted, Extracted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke};
+use batch::{
+    Compact, Compacted, Expiry, Extracted, LeaseExpire, LeaseGrant, LeaseRenew, LeaseRevoke,
+};
 use committer::Committer;
 use ops::View;
 
@@ -156,12 +158,14 @@ const LEASE_PROMOTE_EXTEND_MS: i64 = 1000;
 
 /// Gives every lease its full TTL again, as etcd's new leader does before
 /// it expires any (`lessor.Promote`): no holder could renew while no
-/// process was up, or while the database could not be reached. Returns the
-/// leases changed. A conflict (a renewal or revocation of another process
-/// holding a row) is retried.
-pub async fn promote_leases(backend: &dyn Backend) -> Result<u64, DbError> {
+/// process was up, or while the database could not be reached, and renewals
+/// a restarted database lost are made up for. Returns the database's run it
+/// committed in ([`Writer::incarnation`](crate::backend::Writer::incarnation)).
+/// A conflict (a renewal or revocation of another process holding a row)
+/// is retried.
+pub async fn promote_leases(backend: &dyn Backend) -> Result<Option<i64>, DbError> {
     let mut conflicts = 0;
-    let n = loop {
+    let p = loop {
         match backend
             .promote_leases(now_ms() + LEASE_PROMOTE_EXTEND_MS)
             .await
@@ -170,10 +174,10 @@ pub async fn promote_leases(backend: &dyn Backend) -> Result<u64, DbError> {
             r => break r?,
         }
     };
-    if n > 0 {
-        tracing::info!(leases = n, "leases given their TTL again");
+    if p.leases > 0 {
+        tracing::info!(leases = p.leases, "leases given their TTL again");
     }
-    Ok(n)
+    Ok(p.incarnation)
 }
 
 /// What a store works with besides its backend and hub.
@@ -184,6 +188,8 @@ pub struct Parts {
     pub catalog: Arc<Catalog>,
     pub alarms: Arc<alarms::Alarms>,
     pub auth: Arc<crate::auth::Auth>,
+    /// The database's run the server's first [`promote_leases`] committed in.
+    pub promoted: Option<i64>,
 }
 
 impl Store {
@@ -201,6 +207,7 @@ impl Store {
             catalog,
             alarms,
             auth,
+            promoted,
         } = parts;
         let store = Arc::new(Store {
             committer: Committer::spawn(tasks, backend.clone(), hub.clone(), catalog.clone()),
@@ -218,7 +225,10 @@ impl Store {
             alarms,
             auth,
         });
-        tasks.spawn("lease expirer", expire_leases(Arc::downgrade(&store)));
+        tasks.spawn(
+            "lease expirer",
+            expire_leases(Arc::downgrade(&store), promoted),
+        );
         store
     }
 
@@ -727,18 +737,23 @@ impl Store {
 
 /// Revokes expired leases. Every process runs this; the revocation checks
 /// the expiry again under the revision lock, so each lease expires once.
-/// After a look that failed (the database could not be reached), leases
-/// are promoted ([`promote_leases`]) before any is expired. The server
-/// promotes them once before it serves.
-async fn expire_leases(store: std::sync::Weak<Store>) {
+/// After a look that failed (the database could not be reached), and
+/// where the database runs again since leases were promoted (`promoted`,
+/// checked in each expiry's transaction), leases are promoted
+/// ([`promote_leases`]) before any is expired. The server promotes them
+/// once before it serves.
+async fn expire_leases(store: std::sync::Weak<Store>, mut promoted: Option<i64>) {
     let mut promote = false;
     loop {
         tokio::time::sleep(LEASE_EXPIRY_INTERVAL).await;
         let Some(store) = store.upgrade() else { return };
         if promote {
-            if let Err(e) = promote_leases(store.backend.as_ref()).await {
-                tracing::debug!(error = %e, "cannot promote leases");
-                continue;
+            match promote_leases(store.backend.as_ref()).await {
+                Ok(incarnation) => promoted = incarnation,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot promote leases");
+                    continue;
+                }
             }
             promote = false;
         }
@@ -752,15 +767,21 @@ async fn expire_leases(store: std::sync::Weak<Store>) {
             }
         };
         for id in expired {
-            match store
-                .committer
-                .submit(LeaseExpire { id, now_ms: now })
-                .await
-            {
-                Ok(Some(revision)) => {
+            let expire = LeaseExpire {
+                id,
+                now_ms: now,
+                incarnation: promoted,
+            };
+            match store.committer.submit(expire).await {
+                Ok(Expiry::Revoked(revision)) => {
                     tracing::debug!(lease = id, revision, "lease expired");
                 }
-                Ok(None) => {}
+                Ok(Expiry::Kept) => {}
+                Ok(Expiry::Restarted) => {
+                    tracing::info!("the database has restarted since leases were promoted");
+                    promote = true;
+                    break;
+                }
                 Err(e) => tracing::warn!(lease = id, error = %e, "expiring a lease failed"),
             }
         }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{GetOptions, KeyValue, WatchOptions};
-use etcdsql_integration::{Process, Target, TestDb, servers};
+use etcd_client::{GetOptions, KeyValue, PutOptions, WatchOptions};
+use etcdsql_integration::{Process, Target, TestDb, admin_sql, servers};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::{Case, bin, case};
+use crate::{Case, Renewals, bin, case};
 
 const CLIENTS: usize = 64;
 const WRITES: usize = 10_000;
@@ -620,6 +620,169 @@ async fn visible_before_durable(target: Target) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// A renewal commits without waiting for its WAL flush, so a crash of
+/// PostgreSQL can lose it while etcdsql runs on. Process a grants a lease,
+/// puts a key on it and renews it; the WAL writer is slowed (10 s) so that
+/// the renewal is still in PostgreSQL's buffers when the server is killed
+/// (-9) and restarted, and a with it. Process b was paused all along: it
+/// saw no failed look and reads the lease as expired at its grant's TTL.
+/// As with etcd's new leader, the lease must get its TTL again, not expire
+/// before the renewal's TTL has passed; then, unrenewed, it expires.
+async fn renewal_lost_with_the_database(target: Target) {
+    const TTL: i64 = 10;
+    let (server, container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
+        .await
+        .expect("container task")
+        .expect("a database container of its own");
+    let admin = server.urls[0].clone();
+    for sql in [
+        "ALTER SYSTEM SET wal_writer_delay = '10s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin_sql(target, &admin, sql).await.expect(sql);
+    }
+    let db = TestDb::create_on(target, &server.urls)
+        .await
+        .expect("database");
+    let expiry = "SELECT expires_at_ms FROM etcdsql_lease";
+    let b = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql b");
+    let mut cb = b.client().await.unwrap();
+    let mut attempt = 0;
+    let (lease, promised) = loop {
+        attempt += 1;
+        let mut a = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql a");
+        let mut ca = a.client().await.unwrap();
+        let lease = ca.lease_grant(TTL, None).await.unwrap().id();
+        ca.put("/lost/k", "v", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .unwrap();
+        let granted = db.count(expiry).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut renewals = Renewals::start(&mut ca, lease).await;
+        assert_eq!(renewals.ttl().await, TTL);
+        let promised = Instant::now() + Duration::from_secs(TTL as u64);
+        let renewed = db.count(expiry).await.unwrap();
+        assert!(renewed > granted, "the renewal is visible");
+        b.pause(true);
+        a.kill();
+        container.restart_now().expect("restarting the database");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let after = loop {
+            match db.count(expiry).await {
+                Ok(n) => break n,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the database did not come back: {e:#}"),
+            }
+        };
+        b.pause(false);
+        if after == granted {
+            break (lease, promised);
+        }
+        // Flushed before the kill (another backend's flush took it along).
+        assert_eq!(after, renewed);
+        assert!(
+            attempt < 3,
+            "the renewal outlived the crash {attempt} times"
+        );
+        cb.lease_revoke(lease).await.unwrap();
+    };
+    // Past the expiry the database holds, and b's looks meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        Instant::now() + Duration::from_millis(500) < promised,
+        "the restart took too long for the case to show anything"
+    );
+    let ttl = cb.lease_time_to_live(lease, None).await.unwrap().ttl();
+    let kept = cb.get("/lost/k", None).await.unwrap().kvs().len();
+    assert!(
+        ttl > 0 && kept == 1,
+        "within the renewal's TTL, after the database lost the renewal: TTL {ttl}, {kept} key(s); b's log:\n{}",
+        b.log()
+    );
+    // Unrenewed, it expires a TTL (and a second) after b promoted it.
+    let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 10);
+    while !cb.get("/lost/k", None).await.unwrap().kvs().is_empty() {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cb.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
+    eprintln!(
+        "renewal lost with the database: attempt {attempt}; the lease kept its key through the \
+         renewal's TTL, then expired"
+    );
+}
+
+/// What a crash of PostgreSQL leaves, made by hand: the run's token gone
+/// (crash recovery empties its unlogged table) and a renewal lost (the
+/// lease's expiry back in the past). No connection breaks, so no look for
+/// expired leases fails: only the token tells. Leases are promoted before
+/// any expires. First, with the token there, a lease whose expiry is put
+/// back expires at the next look.
+async fn run_token_gone(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    let runs = "SELECT COUNT(*) FROM etcdsql_run";
+    assert_eq!(
+        db.count(runs).await.unwrap(),
+        1,
+        "a run is recorded at start"
+    );
+
+    let first = c.lease_grant(60, None).await.unwrap().id();
+    c.put("/run/first", "v", Some(PutOptions::new().with_lease(first)))
+        .await
+        .unwrap();
+    db.execute(&format!(
+        "UPDATE etcdsql_lease SET expires_at_ms = expires_at_ms - 120000 WHERE id = {first}"
+    ))
+    .await
+    .unwrap();
+    wait_gone(&mut c, "/run/first", Duration::from_secs(3)).await;
+
+    const TTL: i64 = 4;
+    let lease = c.lease_grant(TTL, None).await.unwrap().id();
+    c.put("/run/k", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    db.execute(&format!(
+        "UPDATE etcdsql_lease SET expires_at_ms = expires_at_ms - 120000 WHERE id = {lease}"
+    ))
+    .await
+    .unwrap();
+    db.execute("DELETE FROM etcdsql_run").await.unwrap();
+    let promoted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !gone(&mut c, "/run/k").await,
+        "the lease expired though the run's token was gone; log:\n{}",
+        p.log()
+    );
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap().ttl();
+    assert!(ttl > 0, "TTL {ttl} after the promotion");
+    assert_eq!(db.count(runs).await.unwrap(), 1, "a run is recorded again");
+    // Then, unrenewed, it expires a TTL (and a second) after the promotion.
+    wait_gone(&mut c, "/run/k", Duration::from_secs(TTL as u64 + 4)).await;
+    assert!(promoted.elapsed() >= Duration::from_secs(TTL as u64));
+}
+
+async fn gone(c: &mut etcd_client::Client, key: &str) -> bool {
+    c.get(key, None).await.unwrap().kvs().is_empty()
+}
+
+async fn wait_gone(c: &mut etcd_client::Client, key: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !gone(c, key).await {
+        assert!(
+            Instant::now() < deadline,
+            "{key} was not expired within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A key's mod revision and value, as text.
 fn rev_value(kv: &KeyValue) -> (i64, String) {
     (
@@ -714,6 +877,12 @@ pub fn cases() -> Vec<Case> {
             &[Target::Sqlite, Target::Postgres, Target::Mariadb],
             sigterm_with_watches
         ),
+        case!(
+            "renewal_lost_with_the_database",
+            &[Target::Postgres],
+            renewal_lost_with_the_database
+        ),
+        case!("run_token_gone", &[Target::Postgres], run_token_gone),
         case!(
             "visible_before_durable",
             &[Target::Mariadb],

@@ -81,7 +81,7 @@ async fn migrations(target: Target) {
     let refused = refused_start(dsn);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 9: run `etcdsql schema migrate --endpoint"),
+        stderr(&refused).contains("the database schema is empty; this etcdsql needs version 10: run `etcdsql schema migrate --endpoint"),
         "{}",
         stderr(&refused)
     );
@@ -104,6 +104,7 @@ async fn migrations(target: Target) {
     assert!(sql.contains("-- migration 7 (hot updates)"), "{sql}");
     assert!(sql.contains("-- migration 8 (label hashes)"), "{sql}");
     assert!(sql.contains("-- migration 9 (sync)"), "{sql}");
+    assert!(sql.contains("-- migration 10 (run)"), "{sql}");
     assert!(
         !run(&["schema", "status", "--endpoint", dsn])
             .status
@@ -125,7 +126,7 @@ async fn migrations(target: Target) {
         db.count("SELECT COUNT(*) FROM _sqlx_migrations")
             .await
             .unwrap(),
-        9
+        10
     );
     let again = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(
@@ -137,7 +138,7 @@ async fn migrations(target: Target) {
     assert!(st.status.success(), "{}", stderr(&st));
     let text = stdout(&st);
     assert!(
-        text.contains("schema version 9 (this etcdsql: 9)") && text.contains("applied  0009 sync"),
+        text.contains("schema version 10 (this etcdsql: 10)") && text.contains("applied  0010 run"),
         "{text}"
     );
     assert!(text.ends_with("up to date\n"), "{text}");
@@ -162,13 +163,13 @@ async fn migrations(target: Target) {
     };
     db.execute(&format!(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (10, 'from the future', TRUE, {zero}, 0)"
+         VALUES (11, 'from the future', TRUE, {zero}, 0)"
     ))
     .await
-    .unwrap_or_else(|_| panic!("recording version 10"));
+    .unwrap_or_else(|_| panic!("recording version 11"));
     let refused = refused_start(dsn);
     assert!(
-        stderr(&refused).contains("is at version 10 (from the future), newer than this etcdsql knows (up to 9); run a newer etcdsql"),
+        stderr(&refused).contains("is at version 11 (from the future), newer than this etcdsql knows (up to 10); run a newer etcdsql"),
         "{}",
         stderr(&refused)
     );
@@ -180,7 +181,7 @@ async fn migrations(target: Target) {
     );
     let m = run(&["schema", "migrate", "--endpoint", dsn]);
     assert!(!m.status.success(), "migrate must refuse a newer schema");
-    db.execute("DELETE FROM _sqlx_migrations WHERE version = 10")
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 11")
         .await
         .unwrap();
 
