@@ -629,7 +629,7 @@ async fn visible_before_durable(target: Target) {
 /// As with etcd's new leader, the lease must get its TTL again, not expire
 /// before the renewal's TTL has passed; then, unrenewed, it expires.
 async fn renewal_lost_with_the_database(target: Target) {
-    const TTL: i64 = 10;
+    const TTL: i64 = 20;
     let (server, container) = tokio::task::spawn_blocking(move || servers::dedicated(target))
         .await
         .expect("container task")
@@ -648,7 +648,7 @@ async fn renewal_lost_with_the_database(target: Target) {
     let b = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql b");
     let mut cb = b.client().await.unwrap();
     let mut attempt = 0;
-    let (lease, promised) = loop {
+    let (lease, renewed_at, promised) = loop {
         attempt += 1;
         let mut a = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql a");
         let mut ca = a.client().await.unwrap();
@@ -657,10 +657,11 @@ async fn renewal_lost_with_the_database(target: Target) {
             .await
             .unwrap();
         let granted = db.count(expiry).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let mut renewals = Renewals::start(&mut ca, lease).await;
         assert_eq!(renewals.ttl().await, TTL);
-        let promised = Instant::now() + Duration::from_secs(TTL as u64);
+        let renewed_at = Instant::now();
+        let promised = renewed_at + Duration::from_secs(TTL as u64);
         let renewed = db.count(expiry).await.unwrap();
         assert!(renewed > granted, "the renewal is visible");
         b.pause(true);
@@ -678,7 +679,7 @@ async fn renewal_lost_with_the_database(target: Target) {
         };
         b.pause(false);
         if after == granted {
-            break (lease, promised);
+            break (lease, renewed_at, promised);
         }
         // Flushed before the kill (another backend's flush took it along).
         assert_eq!(after, renewed);
@@ -688,8 +689,11 @@ async fn renewal_lost_with_the_database(target: Target) {
         );
         cb.lease_revoke(lease).await.unwrap();
     };
-    // Past the expiry the database holds, and b's looks meanwhile.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past the expiry the database holds (the grant's, 8 s after the
+    // renewal), and b's looks meanwhile.
+    let past =
+        (renewed_at + Duration::from_millis(9500)).max(Instant::now() + Duration::from_secs(3));
+    tokio::time::sleep_until(past.into()).await;
     assert!(
         Instant::now() + Duration::from_millis(500) < promised,
         "the restart took too long for the case to show anything"
@@ -702,7 +706,7 @@ async fn renewal_lost_with_the_database(target: Target) {
         b.log()
     );
     // Unrenewed, it expires a TTL (and a second) after b promoted it.
-    let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 10);
+    let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 15);
     while !cb.get("/lost/k", None).await.unwrap().kvs().is_empty() {
         assert!(Instant::now() < deadline, "the lease never expired");
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -315,6 +315,31 @@ async fn run(target: Target, tier: Tier) {
         )
     };
 
+    // A lease through the tier: its renewals (on PostgreSQL, commits that
+    // do not wait for the flush) keep its key past the TTL, and its expiry
+    // (which reads the database's run in its transaction) deletes the key.
+    let lease = c.lease_grant(2, None).await.unwrap().id();
+    c.put(
+        "/lease/k",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    let mut renewals = crate::Renewals::start(&mut c, lease).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(renewals.ttl().await, 2, "a renewal through the tier");
+    }
+    let kept = c.get("/lease/k", None).await.unwrap().kvs().len();
+    assert_eq!(kept, 1, "the renewed lease's key");
+    drop(renewals);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.get("/lease/k", None).await.unwrap().kvs().is_empty() {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Replication paused: a default Range still sees the newest write (from
     // the primary, after waiting for the replica); a serializable one is
     // served by the replica as it is.
