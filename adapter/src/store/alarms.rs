@@ -11,6 +11,7 @@
 //! - while CORRUPT is raised, KV requests and lease grants and revokes fail
 //!   with "corrupt cluster".
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -112,9 +113,10 @@ impl Alarms {
     }
 
     /// Alarm ACTIVATE: the member's alarm, raised now or before; none for
-    /// NONE (as etcd).
+    /// NONE (as etcd 3.5). A type etcd does not know is kept and listed, as
+    /// etcd keeps it, and does nothing else but make /health fail.
     pub async fn activate(&self, member: u64, alarm: i32) -> Result<Vec<AlarmMember>, Error> {
-        if alarm == AlarmType::None as i32 || AlarmType::try_from(alarm).is_err() {
+        if alarm == AlarmType::None as i32 {
             return Ok(Vec::new());
         }
         let d = self.backend.sql();
@@ -128,10 +130,15 @@ impl Alarms {
                 &[Param::Int(member.cast_signed()), Param::Int(alarm.into())],
             ))
             .await?;
-        if alarm == AlarmType::Nospace as i32 {
-            tracing::warn!(member = format!("{member:x}"), "alarm raised: NOSPACE");
-        } else {
-            tracing::error!(member = format!("{member:x}"), "alarm raised: CORRUPT");
+        let member_hex = format!("{member:x}");
+        match AlarmType::try_from(alarm) {
+            Ok(AlarmType::Corrupt) => tracing::error!(member = member_hex, "alarm raised: CORRUPT"),
+            Ok(AlarmType::Nospace) => tracing::warn!(member = member_hex, "alarm raised: NOSPACE"),
+            _ => tracing::warn!(
+                member = member_hex,
+                alarm,
+                "alarm raised of a type that does nothing"
+            ),
         }
         self.read(AlarmType::None as i32).await?;
         Ok(vec![AlarmMember {
@@ -171,9 +178,10 @@ impl Alarms {
             .collect()
     }
 
-    /// Names of the raised alarms (`NOSPACE`, `CORRUPT`), as /health
-    /// matches them against its `exclude` parameters.
-    pub fn raised_names(&self) -> Vec<&'static str> {
+    /// Names of the raised alarms (`NOSPACE`, `CORRUPT`, a number for a
+    /// type etcd does not know), as /health matches them against its
+    /// `exclude` parameters.
+    pub fn raised_names(&self) -> Vec<Cow<'static, str>> {
         self.active
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -226,9 +234,13 @@ impl Alarms {
     }
 }
 
-/// An alarm type's name as etcd prints it (`NOSPACE`, `CORRUPT`).
-fn alarm_name(alarm: i32) -> &'static str {
-    AlarmType::try_from(alarm).map_or("UNKNOWN", |t| t.as_str_name())
+/// An alarm type's name as etcd prints it (`NOSPACE`, `CORRUPT`; Go's
+/// protobuf enums print an unknown value as its number).
+fn alarm_name(alarm: i32) -> Cow<'static, str> {
+    AlarmType::try_from(alarm).map_or_else(
+        |_| Cow::Owned(alarm.to_string()),
+        |t| Cow::Borrowed(t.as_str_name()),
+    )
 }
 
 /// What a lease grant costs.

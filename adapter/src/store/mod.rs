@@ -724,7 +724,7 @@ impl Store {
             .alarms
             .raised_names()
             .iter()
-            .any(|a| !excluded.iter().any(|e| e == a))
+            .any(|a| !excluded.iter().any(|e| e.as_str() == a.as_ref()))
         {
             return false;
         }

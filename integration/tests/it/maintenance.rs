@@ -109,7 +109,9 @@ async fn script(c: &mut Clients) -> Vec<String> {
                 } else {
                     a.member_id.to_string()
                 };
-                format!("{who}:{:?}", AlarmType::try_from(a.alarm).unwrap())
+                let kind = AlarmType::try_from(a.alarm)
+                    .map_or_else(|_| a.alarm.to_string(), |t| format!("{t:?}"));
+                format!("{who}:{kind}")
             })
             .collect();
         format!("{v:?}")
@@ -323,6 +325,38 @@ async fn script(c: &mut Clients) -> Vec<String> {
         c.m.move_leader(MoveLeaderRequest { target_id: me ^ 1 }),
         |_| String::new()
     );
+    // A type etcd does not know: kept, listed, named by its number in
+    // Status; writes go on.
+    let unknown = |action: AlarmAction| AlarmRequest {
+        action: action as i32,
+        member_id: me,
+        alarm: 7,
+    };
+    step!(
+        "activate type 7",
+        c.m.alarm(unknown(AlarmAction::Activate)),
+        listed
+    );
+    step!(
+        "list all with type 7",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None)),
+        listed
+    );
+    step!("list type 7", c.m.alarm(unknown(AlarmAction::Get)), listed);
+    step!("status with type 7", c.m.status(StatusRequest {}), errors);
+    step!("put with type 7", c.kv.put(put("a/7", "v")), |_| {
+        String::new()
+    });
+    step!(
+        "deactivate type 7",
+        c.m.alarm(unknown(AlarmAction::Deactivate)),
+        listed
+    );
+    step!(
+        "list all after type 7",
+        c.m.alarm(alarm(AlarmAction::Get, 0, AlarmType::None)),
+        listed
+    );
     // etcd 3.4 keeps an alarm of type NONE (listed, and in Status as
     // "memberID:N "); 3.5 ignores it, and so does etcdsql, which reports
     // 3.5. Compared only as far as both agree: nothing new in force.
@@ -426,6 +460,9 @@ async fn alarms_as_etcd(target: Target) {
         "move leader elsewhere: error FailedPrecondition etcdserver: bad leader transferee",
         "hash: stable true, changed by a put true",
         "activate NONE: puts ok ",
+        "activate type 7: ok [\"self:7\"]",
+        "status with type 7: ok [\"memberID:self alarm:7 \"]",
+        "put with type 7: ok ",
         "member list: ok 1 member(s), header revision 0",
         "member remove unknown: error NotFound etcdserver: member not found",
         "member promote self: error FailedPrecondition etcdserver: can only promote a learner member",
