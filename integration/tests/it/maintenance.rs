@@ -429,6 +429,19 @@ async fn health_reports_alarms(target: Target) {
     c.m.alarm(alarm(AlarmAction::Deactivate)).await.unwrap();
     let cleared = get("/health").await;
     assert_eq!(status(&cleared).as_deref(), Some("200"), "{cleared}");
+    // A type etcd does not know is named by its number, as etcd names it.
+    let unknown = |action: AlarmAction| AlarmRequest {
+        alarm: 7,
+        ..alarm(action)
+    };
+    c.m.alarm(unknown(AlarmAction::Activate)).await.unwrap();
+    let raised = get("/health").await;
+    assert_eq!(status(&raised).as_deref(), Some("503"), "{raised}");
+    let excluded = get("/health?exclude=7").await;
+    assert_eq!(status(&excluded).as_deref(), Some("200"), "{excluded}");
+    c.m.alarm(unknown(AlarmAction::Deactivate)).await.unwrap();
+    let cleared = get("/health").await;
+    assert_eq!(status(&cleared).as_deref(), Some("200"), "{cleared}");
     let version = get("/version").await;
     assert!(
         version.contains(r#"{"etcdserver":"3."#) && version.contains(r#""etcdcluster":"3."#),
