@@ -541,16 +541,8 @@ async fn visible_before_durable(target: Target) {
     put.abort();
 
     // Back up, without the commit.
+    let after = count_when_back(&db, meta, Duration::from_secs(120)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let after = loop {
-        match db.count(meta).await {
-            Ok(n) => break n,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("the database did not come back: {e:#}"),
-        }
-    };
     assert_eq!(
         after, r0,
         "the database kept the put: the crash took back nothing, so the case shows nothing"
@@ -667,16 +659,7 @@ async fn renewal_lost_with_the_database(target: Target) {
         b.pause(true);
         a.kill();
         container.restart_now().expect("restarting the database");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let after = loop {
-            match db.count(expiry).await {
-                Ok(n) => break n,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("the database did not come back: {e:#}"),
-            }
-        };
+        let after = count_when_back(&db, expiry, Duration::from_secs(60)).await;
         b.pause(false);
         if after == granted {
             break (lease, renewed_at, promised);
@@ -735,27 +718,11 @@ async fn run_token_gone(target: Target) {
         "a run is recorded at start"
     );
 
-    let first = c.lease_grant(60, None).await.unwrap().id();
-    c.put("/run/first", "v", Some(PutOptions::new().with_lease(first)))
-        .await
-        .unwrap();
-    db.execute(&format!(
-        "UPDATE etcdsql_lease SET expires_at_ms = expires_at_ms - 120000 WHERE id = {first}"
-    ))
-    .await
-    .unwrap();
+    lapsed_lease(&mut c, &db, "/run/first", 60).await;
     wait_gone(&mut c, "/run/first", Duration::from_secs(3)).await;
 
     const TTL: i64 = 4;
-    let lease = c.lease_grant(TTL, None).await.unwrap().id();
-    c.put("/run/k", "v", Some(PutOptions::new().with_lease(lease)))
-        .await
-        .unwrap();
-    db.execute(&format!(
-        "UPDATE etcdsql_lease SET expires_at_ms = expires_at_ms - 120000 WHERE id = {lease}"
-    ))
-    .await
-    .unwrap();
+    let lease = lapsed_lease(&mut c, &db, "/run/k", TTL).await;
     db.execute("DELETE FROM etcdsql_run").await.unwrap();
     let promoted = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -772,6 +739,21 @@ async fn run_token_gone(target: Target) {
     assert!(promoted.elapsed() >= Duration::from_secs(TTL as u64));
 }
 
+/// A lease of `ttl` with `key` on it, its expiry then put two minutes
+/// back in the database (as a lost renewal leaves it).
+async fn lapsed_lease(c: &mut etcd_client::Client, db: &TestDb, key: &str, ttl: i64) -> i64 {
+    let lease = c.lease_grant(ttl, None).await.unwrap().id();
+    c.put(key, "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    db.execute(&format!(
+        "UPDATE etcdsql_lease SET expires_at_ms = expires_at_ms - 120000 WHERE id = {lease}"
+    ))
+    .await
+    .unwrap();
+    lease
+}
+
 async fn gone(c: &mut etcd_client::Client, key: &str) -> bool {
     c.get(key, None).await.unwrap().kvs().is_empty()
 }
@@ -784,6 +766,20 @@ async fn wait_gone(c: &mut etcd_client::Client, key: &str, within: Duration) {
             "{key} was not expired within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `sql`'s count once the database answers again, after a restart.
+async fn count_when_back(db: &TestDb, sql: &'static str, within: Duration) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        match db.count(sql).await {
+            Ok(n) => return n,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the database did not come back: {e:#}"),
+        }
     }
 }
 
