@@ -129,6 +129,10 @@ struct Watcher {
     quiet: bool,
     /// Events whose new or old object matches (WatchCreateRequest 9/10).
     selector: Option<Selector>,
+    /// The compacted revision as last read. An event at or below it gets
+    /// no prev_kv: etcd reads the previous version at the revision before
+    /// the event's, which is compacted then.
+    compacted: i64,
 }
 
 impl Watcher {
@@ -149,7 +153,11 @@ impl Watcher {
                 EventType::Put as i32
             },
             kv: Some(e.kv.clone()),
-            prev_kv: if self.prev_kv { e.prev.clone() } else { None },
+            prev_kv: if self.prev_kv && e.revision > self.compacted {
+                e.prev.clone()
+            } else {
+                None
+            },
         }
     }
 }
@@ -375,6 +383,7 @@ impl WatchStream {
             progress_notify: c.progress_notify,
             quiet: true,
             selector,
+            compacted,
         };
         let mut r = self.response(id, meta.revision);
         r.created = true;
@@ -461,6 +470,12 @@ impl WatchStream {
         self.mark.exempt();
         let meta = self.hub.backend().meta().await;
         let rows = self.hub.read(w.next - 1, upto, &w.key, &w.end).await;
+        if let (Ok(meta), Some(w)) = (&meta, self.watchers.get_mut(&id)) {
+            w.compacted = w.compacted.max(meta.compact_revision);
+        }
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(None);
+        };
         match (meta, rows) {
             (Ok(meta), _) if w.next < meta.compact_revision => {
                 self.compacted(id, meta.compact_revision).await?;

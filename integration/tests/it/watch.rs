@@ -196,6 +196,20 @@ async fn script(c: &mut Client) -> Vec<String> {
     ws.watch("w/", Some(opts().with_start_revision(-1).with_watch_id(32)))
         .await
         .unwrap();
+    // From the compacted revision with prev_kv: the event at 5 has none
+    // (its previous version is read at 4, compacted), later ones do.
+    ws.watch(
+        "w/",
+        Some(
+            opts()
+                .with_prefix()
+                .with_start_revision(5)
+                .with_prev_key()
+                .with_watch_id(33),
+        ),
+    )
+    .await
+    .unwrap();
     settle(&mut ws, &mut log).await;
 
     c.delete("w/", Some(DeleteOptions::new().with_prefix()))
@@ -245,6 +259,14 @@ async fn check(target: Target) {
     assert!(has("watch 30: PUT w/a=\"4\""), "{got:#?}");
     assert!(has("watch 31: canceled rev=0 compact=-1"), "{got:#?}");
     assert!(has("watch 32: canceled rev=0 compact=5"), "{got:#?}");
+    assert!(
+        has("watch 33: PUT w/a=\"4\" c=2 m=5 v=2 l=0 prev=None"),
+        "{got:#?}"
+    );
+    assert!(
+        has("watch 33: DELETE w/b=\"\" c=0 m=6 v=0 l=0 prev=Some"),
+        "{got:#?}"
+    );
     assert!(has("watch -1: progress rev=9"), "{got:#?}");
     assert!(
         !got.iter().any(|l| l.starts_with("watch 7: DELETE")),
