@@ -288,14 +288,7 @@ pub trait Backend: Send + Sync {
     /// changed and the database's run it committed in
     /// ([`Writer::incarnation`]).
     async fn promote_leases(&self, from_ms: i64) -> Result<Promoted, DbError> {
-        let s = self.statement(
-            PROMOTE_LEASES,
-            &[sql::Param::Int(from_ms), sql::Param::Int(from_ms)],
-        );
-        Ok(Promoted {
-            leases: self.execute(&s).await?,
-            incarnation: None,
-        })
+        promote_by_update(self, from_ms).await
     }
 
     /// Keys attached to a lease, latest state.
@@ -427,10 +420,21 @@ pub fn random_i64() -> i64 {
     i64::from_ne_bytes(h.finish().to_ne_bytes())
 }
 
-/// [`Backend::promote_leases`]: every lease's TTL again from the first
-/// parameter (given twice), where that is later than its expiry.
-pub const PROMOTE_LEASES: &str = "UPDATE etcdsql_lease SET expires_at_ms = ? + ttl * 1000 \
-     WHERE expires_at_ms < ? + ttl * 1000";
+/// [`Backend::promote_leases`] as one UPDATE, with no run recorded.
+pub async fn promote_by_update<B: Backend + ?Sized>(
+    b: &B,
+    from_ms: i64,
+) -> Result<Promoted, DbError> {
+    let s = b.statement(
+        "UPDATE etcdsql_lease SET expires_at_ms = ? + ttl * 1000 \
+         WHERE expires_at_ms < ? + ttl * 1000",
+        &[sql::Param::Int(from_ms), sql::Param::Int(from_ms)],
+    );
+    Ok(Promoted {
+        leases: b.execute(&s).await?,
+        incarnation: None,
+    })
+}
 
 /// What [`Backend::promote_leases`] did.
 #[derive(Debug, Clone, Copy)]

@@ -291,7 +291,7 @@ pub struct Postgres {
 /// Where no run is recorded yet, [`PROMOTE_LEASES`] records one.
 const RUN: &str = "SELECT run FROM etcdsql_run WHERE id = 1";
 
-/// [`super::PROMOTE_LEASES`] and the run it commits in, in one statement,
+/// [`super::promote_by_update`]'s UPDATE and the run it commits in, in one statement,
 /// so in one transaction on one server; `$2` becomes the run where none is
 /// recorded. (Where another process records one meanwhile, the statement's
 /// snapshot sees neither and answers NULL: the next expiry promotes again.)
@@ -602,14 +602,7 @@ impl Backend for Postgres {
 
     async fn promote_leases(&self, from_ms: i64) -> Result<Promoted, DbError> {
         if !self.postgres {
-            let s = self.statement(
-                super::PROMOTE_LEASES,
-                &[Param::Int(from_ms), Param::Int(from_ms)],
-            );
-            return Ok(Promoted {
-                leases: self.execute(&s).await?,
-                incarnation: None,
-            });
+            return super::promote_by_update(self, from_ms).await;
         }
         let run = super::random_i64();
         let rows = self.query(PROMOTE_LEASES, &[&from_ms, &run]).await?;

@@ -402,6 +402,8 @@ pub struct Batch<'w> {
     events: Option<Vec<EventRow>>,
     /// Set when the batch runs on [`Known`] instead of reading first.
     assumed: Option<Assumed>,
+    /// [`Writer::incarnation`] as this transaction read it, once read.
+    run: Option<Option<i64>>,
     /// With a selector table (`etcdsql_label`) whose rows are complete: for
     /// keys the batch wrote, the hashes the table holds for them as of the
     /// batch's start or its last flush. A write that keeps them leaves the
@@ -837,6 +839,7 @@ impl<'w> Batch<'w> {
             stored: HashMap::new(),
             w,
             assumed,
+            run: None,
         }
     }
 
@@ -1043,10 +1046,15 @@ impl<'w> Batch<'w> {
         Ok(self.meta.revision + i64::from(self.sub > 0))
     }
 
-    /// See [`Writer::incarnation`].
+    /// See [`Writer::incarnation`]; read once per transaction.
     async fn incarnation(&mut self) -> Result<Option<i64>, Error> {
+        if let Some(run) = self.run {
+            return Ok(run);
+        }
         self.must_read()?;
-        Ok(self.w.incarnation().await?)
+        let run = self.w.incarnation().await?;
+        self.run = Some(run);
+        Ok(run)
     }
 
     /// The lease's current row, the batch's own changes included.
