@@ -12,7 +12,7 @@ use etcdsql_integration::{Process, Target, TestDb, admin_sql, servers};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::{Case, Renewals, bin, case};
+use crate::{Case, Renewals, bin, case, wait_gone};
 
 const CLIENTS: usize = 64;
 const WRITES: usize = 10_000;
@@ -689,11 +689,7 @@ async fn renewal_lost_with_the_database(target: Target) {
         b.log()
     );
     // Unrenewed, it expires a TTL (and a second) after b promoted it.
-    let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 15);
-    while !cb.get("/lost/k", None).await.unwrap().kvs().is_empty() {
-        assert!(Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_gone(&mut cb, "/lost/k", Duration::from_secs(TTL as u64 + 15)).await;
     assert_eq!(cb.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
     eprintln!(
         "renewal lost with the database: attempt {attempt}; the lease kept its key through the \
@@ -756,17 +752,6 @@ async fn lapsed_lease(c: &mut etcd_client::Client, db: &TestDb, key: &str, ttl: 
 
 async fn gone(c: &mut etcd_client::Client, key: &str) -> bool {
     c.get(key, None).await.unwrap().kvs().is_empty()
-}
-
-async fn wait_gone(c: &mut etcd_client::Client, key: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !gone(c, key).await {
-        assert!(
-            Instant::now() < deadline,
-            "{key} was not expired within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `sql`'s count once the database answers again, after a restart.

@@ -212,14 +212,7 @@ async fn leases_promoted_at_start(target: Target) {
     drop(renewals);
 
     // Without renewals it expires as any lease does.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !c.get("/p/held", None).await.unwrap().kvs().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease did not expire after its renewals stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::wait_gone(&mut c, "/p/held", Duration::from_secs(10)).await;
     assert_eq!(c.lease_time_to_live(lease, None).await.unwrap().ttl(), -1);
 }
 

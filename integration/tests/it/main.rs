@@ -73,6 +73,19 @@ impl Renewals {
     }
 }
 
+/// Waits until `key` is gone (its lease expired), polling; panics after
+/// `within`.
+pub async fn wait_gone(c: &mut etcd_client::Client, key: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !c.get(key, None).await.unwrap().kvs().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key} was not expired within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// One test case and the targets it runs against.
 pub struct Case {
     name: &'static str,

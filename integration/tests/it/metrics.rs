@@ -608,14 +608,7 @@ async fn lease_puts(target: Target) {
     .await
     .unwrap();
     assert_eq!(renewals.ttl().await, 0, "an expired lease's keep-alive");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !a.get("/lp/late", None).await.unwrap().kvs().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the expired lease's key stayed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    crate::wait_gone(&mut a, "/lp/late", std::time::Duration::from_secs(10)).await;
     assert_eq!(renewals.ttl().await, 0, "the revoked lease's keep-alive");
 }
 

@@ -334,11 +334,7 @@ async fn run(target: Target, tier: Tier) {
     let kept = c.get("/lease/k", None).await.unwrap().kvs().len();
     assert_eq!(kept, 1, "the renewed lease's key");
     drop(renewals);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !c.get("/lease/k", None).await.unwrap().kvs().is_empty() {
-        assert!(Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::wait_gone(&mut c, "/lease/k", Duration::from_secs(10)).await;
 
     // Replication paused: a default Range still sees the newest write (from
     // the primary, after waiting for the replica); a serializable one is
