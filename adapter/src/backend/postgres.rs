@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::error::Error as _;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
@@ -177,6 +178,21 @@ const CHANNEL: &str = "etcdsql_commit";
 /// took 30 µs a batch, twice its execution.
 const COMMIT_META: &str = "UPDATE etcdsql_meta SET revision = $1, compact_revision = $2 \
     WHERE id = 1 RETURNING pg_notify('etcdsql_commit', revision::text)";
+/// [`COMMIT_META`] without the notification, while no other process
+/// listens ([`Postgres::alone`]).
+const COMMIT_META_QUIET: &str =
+    "UPDATE etcdsql_meta SET revision = $1, compact_revision = $2 WHERE id = 1";
+/// The LISTEN that every process's hub runs, as `pg_stat_activity` shows it
+/// for the connection, which runs nothing after it.
+const LISTEN: &str = "LISTEN etcdsql_commit";
+/// Other sessions on this database whose last statement is [`LISTEN`], or
+/// whose statements this role may not see (counted, to be safe). `$1` is
+/// the asking listener's own process id.
+const OTHER_LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity \
+    WHERE datname = current_database() AND pid <> $1 \
+    AND (query = 'LISTEN etcdsql_commit' OR query = '<insufficient privilege>')";
+/// How often a listener counts the others ([`OTHER_LISTENERS`]).
+const ALONE_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a statement failed, in the store's terms.
 fn classify(e: &tokio_postgres::Error) -> DbError {
@@ -284,6 +300,11 @@ pub struct Postgres {
     /// (CockroachDB): commits may skip the flush ([`PgWriter::durable`])
     /// and a crash is told by [`RUN`].
     postgres: bool,
+    /// No other process listens for commits, as this process's listener
+    /// last counted: its commits need not notify ([`COMMIT_META_QUIET`]).
+    /// A NOTIFY costs PostgreSQL the queue's lock and a signal to each
+    /// listening backend, this process's own listener included.
+    alone: Arc<AtomicBool>,
 }
 
 /// The server's run ([`Writer::incarnation`]): a token in an unlogged
@@ -436,6 +457,7 @@ impl Postgres {
             pool,
             partitions: Arc::default(),
             postgres: false,
+            alone: Arc::default(),
         };
         let version = pg.query("SELECT version()", &[]).await?;
         pg.postgres = version
@@ -596,6 +618,7 @@ impl Backend for Postgres {
             indexed: false,
             no_seqscan: false,
             postgres: self.postgres,
+            alone: self.alone.clone(),
             durable: true,
         }))
     }
@@ -663,9 +686,15 @@ impl Backend for Postgres {
         mut known: crate::watch::Known,
     ) -> Option<futures::future::BoxFuture<'static, ()>> {
         let (config, pool) = (self.config.clone(), self.pool.clone());
+        // Quiet commits only where a listener of its own could count.
+        let alone = self.postgres.then(|| self.alone.clone());
         Some(Box::pin(async move {
             loop {
-                match listen(&config, &pool, &wake, &mut known).await {
+                let result = listen(&config, &pool, &wake, &mut known, alone.as_deref()).await;
+                if let Some(a) = &alone {
+                    a.store(false, Ordering::SeqCst);
+                }
+                match result {
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
                     }
@@ -690,6 +719,20 @@ impl Backend for Postgres {
     }
 }
 
+/// `text` on the primary, through a proxy tier too.
+async fn pool_query(
+    pool: &Pool,
+    text: &str,
+    p: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, DbError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let text = format!("{}{text}", super::NO_LOAD_BALANCE);
+    client
+        .query(text.as_str(), p)
+        .await
+        .map_err(|e| classify(&e))
+}
+
 /// A LISTEN that hears nothing: its session is not kept for it (a proxy
 /// pooling by transaction hands the server connection to others).
 struct Deaf;
@@ -706,16 +749,43 @@ const DEAF_POLL: Duration = Duration::from_millis(50);
 /// Once listening it sends a probe through the pool and waits for it: a
 /// proxy pooling by transaction runs the LISTEN on a server connection it
 /// then lends to others, and the probe never comes back ([`Deaf`]).
+///
+/// Heard, it counts the other processes' listeners every [`ALONE_CHECK`]
+/// and keeps `alone` (where given) true while there are none. Another
+/// process's probe, sent once it listens, makes it false at once; that
+/// process polls every [`DEAF_POLL`] until a second after its own probe
+/// came back.
 async fn listen(
     config: &tokio_postgres::Config,
     pool: &Pool,
     wake: &Notify,
     known: &mut crate::watch::Known,
+    alone: Option<&AtomicBool>,
 ) -> Result<Deaf, DbError> {
     let (client, mut conn) = config.connect(NoTls).await.map_err(|e| classify(&e))?;
     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-    let statement = format!("LISTEN {CHANNEL}");
-    let listen = client.batch_execute(&statement);
+    // Before the LISTEN, which stays the session's last statement.
+    let pid: i32 = match alone {
+        Some(_) => {
+            // On the server that the LISTEN goes to, behind a proxy too.
+            let text = format!("{}SELECT pg_backend_pid()", super::NO_LOAD_BALANCE);
+            let started = client.query_one(text.as_str(), &[]);
+            tokio::pin!(started);
+            // The connection's messages are polled here, as below.
+            loop {
+                tokio::select! {
+                    r = &mut started => break r
+                        .and_then(|r| r.try_get(0))
+                        .map_err(|e| classify(&e))?,
+                    m = messages.next() => if m.is_none() {
+                        return Err(DbError::Unavailable("LISTEN connection closed".into()));
+                    },
+                }
+            }
+        }
+        None => 0,
+    };
+    let listen = client.batch_execute(LISTEN);
     tokio::pin!(listen);
     let probe_payload = format!("probe {}", rand::random::<u64>());
     let probe = async {
@@ -734,6 +804,11 @@ async fn listen(
     };
     tokio::pin!(probe);
     let mut probing = true;
+    // Polled as often a while after, for commits that others started
+    // quiet (see [`Postgres::alone`]) and ended after they heard the probe.
+    let mut fast_until = None;
+    let mut count = tokio::time::interval(ALONE_CHECK);
+    count.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = &mut probe, if probing => match r {
@@ -742,11 +817,29 @@ async fn listen(
                 Err(e) => return Err(e),
             },
             // Until the probe comes back, notifications may not.
-            () = tokio::time::sleep(DEAF_POLL), if probing => wake.notify_one(),
+            () = tokio::time::sleep(DEAF_POLL),
+                if probing || fast_until.is_some_and(|t| Instant::now() < t) => wake.notify_one(),
+            _ = count.tick(), if !probing && alone.is_some() => {
+                let others = pool_query(pool, OTHER_LISTENERS, &[&pid]).await;
+                let none = matches!(others.as_deref(), Ok([r]) if r.get::<_, i64>(0) == 0);
+                if let Some(a) = alone {
+                    a.store(none, Ordering::SeqCst);
+                }
+            }
             m = messages.next() => match m {
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     if n.payload() == probe_payload {
                         probing = false;
+                        fast_until = Some(Instant::now() + ALONE_CHECK);
+                        continue;
+                    }
+                    if n.payload().starts_with("probe ") {
+                        // Another process listens now; counted from the
+                        // next full period on.
+                        if let Some(a) = alone {
+                            a.store(false, Ordering::SeqCst);
+                            count.reset();
+                        }
                         continue;
                     }
                     match n.payload().parse::<i64>() {
@@ -796,6 +889,8 @@ struct PgWriter {
     no_seqscan: bool,
     /// See [`Postgres::postgres`].
     postgres: bool,
+    /// [`Postgres::alone`].
+    alone: Arc<AtomicBool>,
     /// See [`Writer::durable`].
     durable: bool,
 }
@@ -912,7 +1007,12 @@ impl PgWriter {
     async fn push(&mut self, text: &str, params: Vec<Owned>) -> Result<(), DbError> {
         let generic = matches!(
             text,
-            UPSERT_LIVE | INSERT_LIVE | INSERT_HISTORY | UPSERT_LEASE | COMMIT_META
+            UPSERT_LIVE
+                | INSERT_LIVE
+                | INSERT_HISTORY
+                | UPSERT_LEASE
+                | COMMIT_META
+                | COMMIT_META_QUIET
         );
         self.push_planned(text, params, generic).await
     }
@@ -1302,8 +1402,13 @@ impl Writer for PgWriter {
         // (lease grants and renewals) neither rewrites it nor notifies:
         // there is no revision to hear of.
         if self.found != Some(meta) {
+            let quiet = self.postgres && self.alone.load(Ordering::SeqCst);
             self.push(
-                COMMIT_META,
+                if quiet {
+                    COMMIT_META_QUIET
+                } else {
+                    COMMIT_META
+                },
                 vec![Box::new(meta.revision), Box::new(meta.compact_revision)],
             )
             .await?;
@@ -1347,7 +1452,18 @@ impl Writer for PgWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::{AssumedLeases, CHANNEL, COMMIT_META, Meta, check_assumed};
+    use super::{
+        AssumedLeases, CHANNEL, COMMIT_META, COMMIT_META_QUIET, LISTEN, Meta, OTHER_LISTENERS,
+        check_assumed,
+    };
+
+    #[test]
+    fn listeners_are_counted_by_the_listen_they_run() {
+        assert_eq!(LISTEN, format!("LISTEN {CHANNEL}"));
+        assert!(OTHER_LISTENERS.contains(&format!("query = '{LISTEN}'")));
+        assert!(!COMMIT_META_QUIET.contains("notify"));
+        assert!(COMMIT_META.starts_with(COMMIT_META_QUIET));
+    }
 
     #[test]
     fn commit_meta_notifies_the_channel_listened_to() {

@@ -425,6 +425,99 @@ async fn progress_every_tick(target: Target) {
     );
 }
 
+/// A PostgreSQL session of the test's, whose notifications are counted.
+struct Listener {
+    client: tokio_postgres::Client,
+    heard: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    /// Runs `LISTEN` as `statement` (its last one, as PostgreSQL shows it).
+    async fn new(db: &TestDb, statement: &str) -> Listener {
+        let (client, mut conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, heard) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client.batch_execute(statement).await.unwrap();
+        Listener { client, heard }
+    }
+
+    /// Whether a commit's notification arrives within 500 ms of a put.
+    async fn hears_put(&mut self, c: &mut Client, key: &str) -> bool {
+        while self.heard.try_recv().is_ok() {}
+        let rev = c
+            .put(key, "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.heard.recv()).await {
+            if p == rev.to_string() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// On PostgreSQL a commit notifies other processes' hubs; with none
+/// listening it does not. Listeners are told by the statement they last
+/// ran (`LISTEN etcdsql_commit`, counted about every second), and a new
+/// one by the probe it sends once listening, heard at once.
+async fn notifies_only_other_listeners(target: Target) {
+    let db = TestDb::create(target).await.expect("database");
+    let p = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql");
+    let mut c = p.client().await.unwrap();
+    // Listening, but not as a hub does: not counted.
+    let mut hidden = Listener::new(&db, "LISTEN etcdsql_commit; SELECT 1").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !hidden.hears_put(&mut c, "n/1").await,
+        "a commit notified with no other process listening"
+    );
+    // A hub's probe: notifications again, before the next count.
+    hidden
+        .client
+        .batch_execute("NOTIFY etcdsql_commit, 'probe 7'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        hidden.hears_put(&mut c, "n/2").await,
+        "no notification after another process's probe"
+    );
+    // Counted again, and none listens.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!hidden.hears_put(&mut c, "n/3").await);
+    // A session whose last statement is the hub's LISTEN is counted.
+    let mut hub = Listener::new(&db, "LISTEN etcdsql_commit").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut i = 0;
+    while !hub.hears_put(&mut c, &format!("n/4/{i}")).await {
+        i += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no notification with another listener"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(hub.hears_put(&mut c, "n/5").await, "the listener counted");
+    drop(hub);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!hidden.hears_put(&mut c, "n/6").await, "alone again");
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!("script", &Target::ETCDSQL, check),
@@ -433,6 +526,11 @@ pub fn cases() -> Vec<Case> {
             "progress_every_tick",
             &[Target::Sqlite, Target::Postgres],
             progress_every_tick
+        ),
+        case!(
+            "notifies_only_other_listeners",
+            &[Target::Postgres],
+            notifies_only_other_listeners
         ),
     ]
 }
