@@ -108,7 +108,6 @@ async fn expiry_across_processes(target: Target) {
 /// revision row nor notify the processes listening for commits. A put
 /// afterwards does both.
 async fn renewals_leave_the_revision_row(target: Target) {
-    use futures::StreamExt;
     let db = TestDb::create(target).await.expect("database");
     let p = Process::etcdsql(bin(), &db.dsn).await.unwrap();
     let mut c = p.client().await.unwrap();
@@ -121,19 +120,18 @@ async fn renewals_leave_the_revision_row(target: Target) {
         .unwrap()
         .revision();
 
-    let (pg, mut conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
+    // Counted as a hub's listener: LISTEN is its last statement, and its
+    // probe turns notifications on before the count sees it.
+    let mut listener = crate::Listener::new(&db, "LISTEN etcdsql_commit").await;
+    let (pg, conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
         .await
         .expect("connect");
-    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    pg.batch_execute("LISTEN etcdsql_commit").await.unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute("NOTIFY etcdsql_commit, 'probe lease test'")
+        .await
+        .unwrap();
+    let heard = &mut listener.heard;
+    assert_eq!(heard.recv().await.unwrap(), "probe lease test");
     let row_version = || async {
         pg.query_one("SELECT xmin::text FROM etcdsql_meta WHERE id = 1", &[])
             .await

@@ -73,6 +73,52 @@ impl Renewals {
     }
 }
 
+/// A PostgreSQL session of the test's, whose notifications are counted.
+pub struct Listener {
+    pub client: tokio_postgres::Client,
+    pub heard: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    /// Runs `LISTEN` as `statement` (its last one, as PostgreSQL shows it).
+    pub async fn new(db: &etcdsql_integration::TestDb, statement: &str) -> Listener {
+        let (client, mut conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, heard) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client.batch_execute(statement).await.unwrap();
+        Listener { client, heard }
+    }
+
+    /// Whether a commit's notification arrives within 500 ms of a put.
+    pub async fn hears_put(&mut self, c: &mut etcd_client::Client, key: &str) -> bool {
+        while self.heard.try_recv().is_ok() {}
+        let rev = c
+            .put(key, "v", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.heard.recv()).await {
+            if p == rev.to_string() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Waits until `key` is gone (its lease expired), polling; panics after
 /// `within`.
 pub async fn wait_gone(c: &mut etcd_client::Client, key: &str, within: std::time::Duration) {

@@ -14,7 +14,7 @@ use etcd_client::{
 };
 use etcdsql_integration::{Process, Reference, Started, Target, TestDb};
 
-use crate::{Case, bin, case};
+use crate::{Case, Listener, bin, case};
 
 /// What each watch id (and -1, progress) received, in order.
 #[derive(Default)]
@@ -423,52 +423,6 @@ async fn progress_every_tick(target: Target) {
         (5..=6).contains(&notified),
         "{notified} progress notifications in 2.75 s at a 500 ms interval"
     );
-}
-
-/// A PostgreSQL session of the test's, whose notifications are counted.
-struct Listener {
-    client: tokio_postgres::Client,
-    heard: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Listener {
-    /// Runs `LISTEN` as `statement` (its last one, as PostgreSQL shows it).
-    async fn new(db: &TestDb, statement: &str) -> Listener {
-        let (client, mut conn) = tokio_postgres::connect(&db.dsn, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let (tx, heard) = tokio::sync::mpsc::unbounded_channel();
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                    let _ = tx.send(n.payload().to_string());
-                }
-            }
-        });
-        client.batch_execute(statement).await.unwrap();
-        Listener { client, heard }
-    }
-
-    /// Whether a commit's notification arrives within 500 ms of a put.
-    async fn hears_put(&mut self, c: &mut Client, key: &str) -> bool {
-        while self.heard.try_recv().is_ok() {}
-        let rev = c
-            .put(key, "v", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.heard.recv()).await {
-            if p == rev.to_string() {
-                return true;
-            }
-        }
-        false
-    }
 }
 
 /// On PostgreSQL a commit notifies other processes' hubs; with none
