@@ -821,7 +821,10 @@ async fn listen(
                 if probing || fast_until.is_some_and(|t| Instant::now() < t) => wake.notify_one(),
             _ = count.tick(), if !probing && alone.is_some() => {
                 let others = pool_query(pool, OTHER_LISTENERS, &[&pid]).await;
-                let none = matches!(others.as_deref(), Ok([r]) if r.get::<_, i64>(0) == 0);
+                let none = matches!(
+                    others.as_deref(),
+                    Ok([r]) if r.try_get::<_, i64>(0).is_ok_and(|n| n == 0)
+                );
                 if let Some(a) = alone {
                     a.store(none, Ordering::SeqCst);
                 }
