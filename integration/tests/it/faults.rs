@@ -494,13 +494,7 @@ async fn visible_before_durable(target: Target) {
     let b = Process::etcdsql(bin(), &db.dsn).await.expect("etcdsql b");
     let mut ca = a.client().await.unwrap();
     let mut cb = b.client().await.unwrap();
-    let r0 = ca
-        .put(KEY, "v0", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let r0 = crate::put(&mut ca, KEY, "v0").await;
     let seen: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
     let mut stream = cb
         .watch(KEY, Some(WatchOptions::new().with_start_revision(r0 + 1)))

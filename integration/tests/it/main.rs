@@ -102,13 +102,7 @@ impl Listener {
     /// Whether a commit's notification arrives within 500 ms of a put.
     pub async fn hears_put(&mut self, c: &mut etcd_client::Client, key: &str) -> bool {
         while self.heard.try_recv().is_ok() {}
-        let rev = c
-            .put(key, "v", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let rev = put(c, key, "v").await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
         while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.heard.recv()).await {
             if p == rev.to_string() {
@@ -117,6 +111,16 @@ impl Listener {
         }
         false
     }
+}
+
+/// A plain put: the revision it took.
+pub async fn put(c: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    c.put(key, value, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
 }
 
 /// Waits until `key` is gone (its lease expired), polling; panics after

@@ -3,7 +3,7 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 use etcdsql_integration::{Process, Target, TestDb, free_port, scrape_metrics as scrape};
 
-use crate::{Case, Renewals, bin, case};
+use crate::{Case, Renewals, bin, case, put};
 
 async fn metrics_endpoint(target: Target) {
     let db = TestDb::create(target).await.unwrap();
@@ -89,16 +89,6 @@ async fn create(c: &mut Client, key: &str, value: &str) -> bool {
         .and_then([TxnOp::put(key, value, None)])
         .or_else([TxnOp::get(key, None)]);
     c.txn(t).await.unwrap().succeeded()
-}
-
-/// A plain put: the revision it took.
-async fn put(c: &mut Client, key: &str, value: &str) -> i64 {
-    c.put(key, value, None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision()
 }
 
 /// Puts `value` at `key` if its mod revision is `rev`: the revision it
